@@ -1,0 +1,386 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML.
+
+Precedence is defaults < YAML file < command-line ``key=value`` overrides.
+Unknown keys are rejected with the closest valid key suggested; values out of
+range are rejected with the key and the allowed range named. The resolved
+config is a plain nested dict (``to_dict``) that can be written next to every
+result and reloaded as a YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key."""
+
+
+def param(default: Any = dataclasses.MISSING, *, factory: Any = None, ge=None, gt=None,
+          le=None, lt=None, choices: tuple | None = None, help: str = "") -> Any:
+    """A dataclass field carrying its allowed range and help text."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------
+
+@dataclass
+class SyntheticConfig:
+    """The embedded cross-lingual NLI benchmark (see conlst_ray/data/synthetic.py)."""
+    seed: int = param(13, help="benchmark seed: same seed, same corpora")
+    n_source_train: int = param(6000, ge=30, help="labelled source pairs for training")
+    n_unlabelled: int = param(2000, ge=30, help="unlabelled pairs per target language")
+    n_dev: int = param(600, ge=30, help="labelled dev pairs per language")
+    n_test: int = param(600, ge=30, help="labelled test pairs per language")
+
+
+@dataclass
+class DataConfig:
+    """Where corpora come from. Corpus specs are ``format:location`` strings;
+    ``{lang}`` in a spec is replaced by each language code (see data/readers.py)."""
+    source_lang: str = param("src")
+    target_langs: list = param(factory=lambda: ["near", "mid", "far", "distant"])
+    source_train: str = param("synthetic:train", help="labelled source-language training corpus")
+    source_dev: Optional[str] = param("synthetic:dev", help="labelled source-language dev corpus")
+    target_train: str = param("synthetic:unlabelled", help="unlabelled target corpus, {lang} template")
+    target_dev: Optional[str] = param("synthetic:dev", help="labelled target dev corpus ({lang}); null if none")
+    target_test: Optional[str] = param("synthetic:test", help="labelled target test corpus ({lang}); null if none")
+    max_length: int = param(128, ge=8, help="maximum tokens of a premise-hypothesis pair")
+    max_rows: Optional[int] = param(None, ge=1, help="cap on rows read per corpus (smoke runs)")
+    on_malformed: str = param("raise", choices=("raise", "skip"), help="malformed corpus rows: fail, or skip and count")
+    synthetic: SyntheticConfig = param(factory=SyntheticConfig)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the BERT built from a config when model.name_or_path == 'tiny-bert'."""
+    hidden_size: int = param(64, ge=8)
+    num_layers: int = param(2, ge=1)
+    num_heads: int = param(2, ge=1)
+    intermediate_size: int = param(128, ge=8)
+    max_position: int = param(128, ge=16)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = param("tiny-bert", help="hub id, local HF directory, or 'tiny-bert' (built from model.tiny)")
+    tokenizer: Optional[str] = param("synthetic", help="null = the model's own; 'synthetic' = embedded benchmark vocab; a .txt path = WordPiece vocab")
+    lowercase: bool = param(False, help="lower-case text in a WordPiece tokenizer built from a vocab file")
+    pooling: str = param("cls", choices=("cls", "mean", "pooler"), help="sentence embedding h")
+    num_labels: int = param(3, ge=2)
+    contrastive_dim: int = param(128, ge=1, help="output size of the contrastive head (theta_con, Eq. 6)")
+    dropout: Optional[float] = param(None, ge=0.0, lt=1.0, help="override the encoder's dropout (the positive view of Eq. 6 relies on it)")
+    tiny: TinyModelConfig = param(factory=TinyModelConfig)
+
+
+@dataclass
+class SourceTrainConfig:
+    """Stage 0: cross-entropy fine-tuning on labelled source data."""
+    lr: float = param(1e-3, gt=0.0)
+    epochs: int = param(4, ge=1)
+    batch_size: int = param(32, ge=1)
+    weight_decay: float = param(0.01, ge=0.0)
+    warmup_ratio: float = param(0.1, ge=0.0, le=1.0)
+    max_grad_norm: float = param(1.0, gt=0.0)
+    eval_batch_size: int = param(256, ge=1)
+
+
+@dataclass
+class CoNLConfig:
+    """Stage 1: contrastive negative learning, Eq. 4-8."""
+    gamma: float = param(0.9, gt=0.0, le=1.0, help="confidence threshold of Eq. 4/5")
+    lambda_clcs: float = param(0.001, ge=0.0, help="weight of the CLCS loss, Eq. 8 (paper: 0.001)")
+    num_negatives: int = param(8, ge=1, help="K negatives per anchor, Eq. 5")
+    tau: float = param(0.5, gt=0.0, help="temperature of Eq. 6")
+    squared_distance: bool = param(True, help="similarity = -||a-b||^2 (True) or -||a-b|| (False)")
+    negative_scope: str = param("language", choices=("language", "pooled"), help="draw negatives from the anchor's language or all targets")
+    lr: float = param(5e-5, gt=0.0, help="paper: 2e-6 mBERT, 5e-6 XLM-R")
+    epochs: int = param(1, ge=1)
+    batch_size: int = param(32, ge=1)
+    source_batch_size: int = param(32, ge=1, help="N source samples per step for CLCS, Eq. 7")
+    use_contrastive: bool = param(True, help="False = 'w/o contrastive learning' ablation (NL with cross-entropy)")
+    use_clcs: bool = param(True, help="False = 'w/o CLCS' ablation")
+
+
+@dataclass
+class SSLConfig:
+    """Stage 2: self-training with FlexMatch thresholds, Eq. 9-14."""
+    enabled: bool = param(True, help="False = 'w/o self-training' ablation")
+    iterations: int = param(3, ge=1, help="T rounds of pseudo-label -> select -> train")
+    epochs_per_iteration: int = param(1, ge=1)
+    lr: float = param(2e-4, gt=0.0)
+    batch_size: int = param(32, ge=1)
+    threshold: float = param(0.9, gt=0.0, le=1.0, help="FlexMatch's fixed threshold tau (gamma of Eq. 14)")
+    thresholding: str = param("flexmatch", choices=("flexmatch", "fixed"))
+    flexmatch_warmup: bool = param(True, help="count unused samples in FlexMatch's normaliser")
+    lambda_u: float = param(1.0, ge=0.0, help="weight of the unlabelled loss, Eq. 12 (paper: 1)")
+    mixup_alpha: float = param(4.0, gt=0.0, help="Beta(alpha, alpha) of Eq. 11 (paper: 4)")
+    mask_rate: float = param(0.15, ge=0.0, lt=1.0, help="share of tokens masked in the strong view")
+    use_mixup: bool = param(True)
+    use_backtranslation: bool = param(True)
+    use_masking: bool = param(True)
+
+
+@dataclass
+class ResourcesConfig:
+    num_workers: int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
+    use_gpu: bool = param(False)
+    cpus_per_worker: float = param(1.0, gt=0.0)
+    max_failures: int = param(1, ge=0, help="worker failures a training run survives")
+    inference_actors: int = param(1, ge=1)
+    cpus_per_actor: float = param(0.5, gt=0.0)
+    gpus_per_actor: float = param(0.0, ge=0.0)
+    inference_batch_size: int = param(128, ge=1)
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = param(4, ge=1)
+    metric: str = param("target_dev_acc", choices=("target_dev_acc", "source_dev_acc"))
+    mode: str = param("max", choices=("max", "min"))
+    max_concurrent_trials: Optional[int] = param(None, ge=1)
+    grace_period: int = param(1, ge=1)
+    reduction_factor: int = param(2, ge=2)
+    search_space: dict = param(factory=dict, help="key -> {type: choice|uniform|loguniform|randint|grid, ...}")
+
+
+@dataclass
+class Config:
+    seed: int = param(0, help="training seed")
+    output_dir: str = param("runs", help="run directories are created below this")
+    run_name: Optional[str] = param(None, help="run directory name; default derived from time")
+    data: DataConfig = param(factory=DataConfig)
+    model: ModelConfig = param(factory=ModelConfig)
+    source: SourceTrainConfig = param(factory=SourceTrainConfig)
+    conl: CoNLConfig = param(factory=CoNLConfig)
+    ssl: SSLConfig = param(factory=SSLConfig)
+    resources: ResourcesConfig = param(factory=ResourcesConfig)
+    tune: TuneConfig = param(factory=TuneConfig)
+
+
+# ----------------------------------------------------------------------------
+# building from dicts, with checks
+# ----------------------------------------------------------------------------
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: null is not allowed (expected {getattr(base, '__name__', base)})")
+    origin = typing.get_origin(base) or base
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+    elif origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif origin is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):  # "fr,de" on the command line
+            return [v.strip() for v in value.split(",") if v.strip()]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{key}: expected {getattr(origin, '__name__', origin)}, got {value!r}")
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {list(meta['choices'])}")
+    ge, gt, le, lt = meta.get("ge"), meta.get("gt"), meta.get("le"), meta.get("lt")
+    bad = ((ge is not None and value < ge) or (gt is not None and value <= gt)
+           or (le is not None and value > le) or (lt is not None and value >= lt))
+    if bad:
+        low = f"[{ge}" if ge is not None else (f"({gt}" if gt is not None else "(-inf")
+        high = f"{le}]" if le is not None else (f"{lt})" if lt is not None else "inf)")
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {low}, {high}")
+
+
+def _unknown_key(prefix: str, key: str, valid: list[str], origin: str) -> ConfigError:
+    full = f"{prefix}{key}"
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    where = f" (in {origin})" if origin else ""
+    return ConfigError(f"unknown config key '{full}'{where}{hint}")
+
+
+def _build(cls, data: dict, prefix: str = "", origin: str = ""):
+    """Build dataclass ``cls`` from a nested dict, checking keys, types and ranges."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        raise _unknown_key(prefix, unknown[0], list(types_), origin)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key, tp, value = f"{prefix}{f.name}", types_[f.name], data[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value, f"{key}.", origin)
+            continue
+        value = _coerce(key, value, tp)
+        _check_range(key, value, f.metadata)
+        kwargs[f.name] = value
+    obj = cls(**kwargs)
+    _check_defaults(obj, prefix)
+    return obj
+
+
+def _check_defaults(obj, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not dataclasses.is_dataclass(value):
+            _check_range(f"{prefix}{f.name}", value, f.metadata)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "search_space":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``conl.gamma=0.8`` -> (["conl", "gamma"], 0.8); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. conl.gamma=0.8)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: dict = {}
+    cur = out
+    for part in path[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of config sections")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
+                cls=Config):
+    """Defaults < YAML file at ``path`` < ``key=value`` overrides."""
+    merged: dict = {}
+    origin = ""
+    if path is not None:
+        merged = read_yaml(path)
+        origin = str(path)
+        _build(cls, merged, origin=origin)  # errors name the file before overrides muddle them
+    for text in overrides:
+        keys, value = parse_override(text)
+        merged = _deep_merge(merged, _nest(keys, value))
+    return _build(cls, merged, origin=origin if not overrides else f"{origin or 'defaults'} + overrides")
+
+
+def config_from_dict(data: dict, cls=Config):
+    return _build(cls, data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: never half-written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, loadable again with ``load_config``."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_help(cls=Config, prefix: str = "") -> list[str]:
+    """One line per key with its default and allowed range, for ``--help``."""
+    lines = []
+    types_ = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += config_help(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meta = f.metadata
+        rng = ""
+        if meta.get("choices"):
+            rng = f" {{{'|'.join(meta['choices'])}}}"
+        elif any(meta.get(k) is not None for k in ("ge", "gt", "le", "lt")):
+            rng = " " + " ".join(f"{k}{meta[k]}" for k in ("ge", "gt", "le", "lt") if meta.get(k) is not None)
+        text = f"  {prefix}{f.name}={default!r}{rng}"
+        if meta.get("help"):
+            text += f"  # {meta['help']}"
+        lines.append(text)
+    return lines

@@ -1,0 +1,1 @@
+"""Corpora: one row schema, readers for every format, the embedded benchmark."""

@@ -1,0 +1,54 @@
+"""The corpora a run needs, read as the config names them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyarrow as pa
+
+from conlst_ray.data.readers import read_corpus, read_languages
+
+
+def _kwargs(data_cfg) -> dict:
+    return {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
+            "synthetic_cfg": data_cfg.synthetic}
+
+
+def _log_reports(reports, log) -> None:
+    for report in reports:
+        if report.skipped:
+            log(f"[data] {report.summary()}")
+
+
+def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Table]:
+    """Labelled source-language rows (split 'train' or 'dev')."""
+    spec = data_cfg.source_train if split == "train" else data_cfg.source_dev
+    if spec is None:
+        return None
+    table, report = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
+    _log_reports([report], log)
+    return table
+
+
+def target_corpus(data_cfg, split: str, langs=None, log=print) -> Optional[pa.Table]:
+    """Rows of every target language for split 'train' (unlabelled), 'dev' or 'test'."""
+    spec = {"train": data_cfg.target_train, "dev": data_cfg.target_dev, "test": data_cfg.target_test}[split]
+    if spec is None:
+        return None
+    table, reports = read_languages(spec, langs or data_cfg.target_langs, **_kwargs(data_cfg))
+    _log_reports(reports, log)
+    return table
+
+
+def eval_corpus(data_cfg, split: str = "dev", log=print) -> Optional[pa.Table]:
+    """Source and target rows of one labelled split, for the per-language table."""
+    parts = [t for t in (source_corpus(data_cfg, split, log) if split == "dev" else None,
+                         target_corpus(data_cfg, split, log=log)) if t is not None]
+    if split == "test" and data_cfg.target_test is not None:
+        spec = data_cfg.target_test
+        try:
+            table, _ = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
+            parts.insert(0, table)
+        except Exception:  # many corpora have no source-language test file
+            pass
+    return pa.concat_tables(parts) if parts else None

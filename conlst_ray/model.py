@@ -1,0 +1,210 @@
+"""Encoder wrapper used by every stage, and offline tokenizers.
+
+``ConlstEncoder`` wraps any Hugging Face encoder (hub id or local directory;
+mBERT and XLM-R in the real configs) and exposes what the algorithm needs:
+
+* ``embed``      pooled sentence embedding h (CLS, mean, or BERT's pooler)
+* ``classify``   the classification head theta_cl on h (also used on mixed h, Eq. 9)
+* ``contrast``   the linear contrastive head theta_con of Eq. 6
+* ``forward``    logits of a tokenised batch
+
+A saved model is a standard Hugging Face directory: the encoder's
+``config.json`` + ``model.safetensors`` (loadable with ``AutoModel``), the
+heads in ``conlst_heads.safetensors``, their shape in ``conlst.json``, and the
+tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+HEADS_FILE = "conlst_heads.safetensors"
+META_FILE = "conlst.json"
+TINY_BERT = "tiny-bert"
+
+
+class ConlstEncoder(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int = 3, contrastive_dim: int = 128,
+                 pooling: str = "cls"):
+        super().__init__()
+        if pooling not in ("cls", "mean", "pooler"):
+            raise ValueError(f"model.pooling must be cls, mean or pooler, got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        hidden = encoder.config.hidden_size
+        p = getattr(encoder.config, "hidden_dropout_prob", None)
+        self.dropout = nn.Dropout(0.1 if p is None else p)
+        self.classifier = nn.Linear(hidden, num_labels)
+        self.contrastive_head = nn.Linear(hidden, contrastive_dim)
+
+    @property
+    def num_labels(self) -> int:
+        return self.classifier.out_features
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled sentence embedding h of a tokenised batch."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(**kwargs)
+        if self.pooling == "pooler":
+            if getattr(out, "pooler_output", None) is None:
+                raise ValueError("model.pooling=pooler but this encoder has no pooler; use cls or mean")
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from a sentence embedding (the embedding may be a mixup, Eq. 9)."""
+        return self.classifier(self.dropout(h))
+
+    def contrast(self, h: torch.Tensor) -> torch.Tensor:
+        """The contrastive head theta_con of Eq. 6: h_i = f(x_i; theta_m, theta_con)."""
+        return self.contrastive_head(h)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        return self.classify(self.embed(input_ids, attention_mask, token_type_ids))
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, path: str | Path, tokenizer=None) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path, safe_serialization=True)
+        heads = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
+        heads.update({f"contrastive_head.{k}": v for k, v in self.contrastive_head.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(path / HEADS_FILE))
+        meta = {"pooling": self.pooling, "num_labels": self.num_labels,
+                "contrastive_dim": self.contrastive_head.out_features, "format": 1}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, pooling: Optional[str] = None, dropout: Optional[float] = None,
+             num_labels: Optional[int] = None, contrastive_dim: Optional[int] = None) -> "ConlstEncoder":
+        """Load a saved ConlstEncoder, or any HF encoder (hub id or directory)
+        with freshly initialised heads when it has no ``conlst.json``."""
+        from transformers import AutoConfig, AutoModel
+
+        meta = {}
+        local = Path(path)
+        if (local / META_FILE).is_file():
+            meta = json.loads((local / META_FILE).read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(str(path))
+        _set_dropout(config, dropout)
+        encoder = AutoModel.from_pretrained(str(path), config=config)
+        model = cls(encoder, num_labels=num_labels or meta.get("num_labels", 3),
+                    contrastive_dim=contrastive_dim or meta.get("contrastive_dim", 128),
+                    pooling=pooling or meta.get("pooling", "cls"))
+        if meta:
+            from safetensors.torch import load_file
+
+            heads = load_file(str(local / HEADS_FILE))
+            model.classifier.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
+                                              if k.startswith("classifier.")})
+            model.contrastive_head.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
+                                                    if k.startswith("contrastive_head.")})
+        return model
+
+
+def _set_dropout(config, dropout: Optional[float]) -> None:
+    if dropout is None:
+        return
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+
+
+def tiny_bert(vocab_size: int, tiny_cfg, dropout: Optional[float] = None, pad_token_id: int = 0):
+    """A small BERT built from a config (no download): the embedded default's encoder."""
+    from transformers import BertConfig, BertModel
+
+    p = 0.1 if dropout is None else dropout
+    config = BertConfig(vocab_size=vocab_size, hidden_size=tiny_cfg.hidden_size,
+                        num_hidden_layers=tiny_cfg.num_layers, num_attention_heads=tiny_cfg.num_heads,
+                        intermediate_size=tiny_cfg.intermediate_size,
+                        max_position_embeddings=tiny_cfg.max_position, hidden_dropout_prob=p,
+                        attention_probs_dropout_prob=p, pad_token_id=pad_token_id)
+    return BertModel(config)
+
+
+def build_model(model_cfg, tokenizer) -> ConlstEncoder:
+    """The encoder named by ``model.name_or_path`` with the configured heads."""
+    if model_cfg.name_or_path == TINY_BERT:
+        encoder = tiny_bert(len(tokenizer), model_cfg.tiny, model_cfg.dropout, tokenizer.pad_token_id)
+        return ConlstEncoder(encoder, model_cfg.num_labels, model_cfg.contrastive_dim, model_cfg.pooling)
+    return ConlstEncoder.load(model_cfg.name_or_path, pooling=model_cfg.pooling, dropout=model_cfg.dropout,
+                              num_labels=model_cfg.num_labels, contrastive_dim=model_cfg.contrastive_dim)
+
+
+# -- tokenizers -------------------------------------------------------------------------
+
+def read_vocab(vocab_file: str | Path) -> dict[str, int]:
+    """A WordPiece vocab file (one token a line) -> token -> id."""
+    vocab_file = Path(vocab_file)
+    if not vocab_file.is_file():
+        raise FileNotFoundError(f"model.tokenizer: vocab file not found: {vocab_file}")
+    vocab: dict[str, int] = {}
+    for line in vocab_file.read_text(encoding="utf-8").split("\n"):
+        token = line.rstrip("\r")
+        if token and token not in vocab:
+            vocab[token] = len(vocab)
+    return vocab
+
+
+def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = False):
+    """A BERT WordPiece tokenizer from a vocab file, built offline
+    (e.g. the real mBERT vocabulary: cased, so lowercase=False).
+
+    transformers 5 ignores ``vocab_file=`` (the tokenizer silently ends up
+    with only the five special tokens), so the vocabulary is passed as a dict.
+    """
+    from transformers import BertTokenizerFast
+
+    vocab = read_vocab(vocab_file)
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
+    if missing:
+        raise ValueError(f"{vocab_file}: vocabulary lacks special token(s) {missing}")
+    return BertTokenizerFast(vocab=vocab, do_lower_case=lowercase,
+                             strip_accents=None if lowercase else False)
+
+
+def synthetic_tokenizer(bench=None):
+    """Word-level tokenizer over the embedded benchmark's vocabulary."""
+    from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
+
+    bench = bench or SyntheticBenchmark.from_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        return wordpiece_tokenizer(write_vocab(bench, Path(tmp) / "vocab.txt"), lowercase=True)
+
+
+def build_tokenizer(model_cfg, data_cfg=None):
+    """Resolve ``model.tokenizer``: 'synthetic', a .txt vocab, a hub id/dir, or
+    null for the model's own tokenizer."""
+    spec = model_cfg.tokenizer
+    if spec == "synthetic":
+        from conlst_ray.data.synthetic import SyntheticBenchmark
+
+        return synthetic_tokenizer(SyntheticBenchmark.from_config(getattr(data_cfg, "synthetic", None)))
+    if spec is not None and spec.endswith(".txt"):
+        return wordpiece_tokenizer(spec, model_cfg.lowercase)
+    from transformers import AutoTokenizer
+
+    name = spec or model_cfg.name_or_path
+    if name == TINY_BERT:
+        raise ValueError("model.tokenizer: tiny-bert has no tokenizer of its own; "
+                         "set model.tokenizer to 'synthetic' or a vocab .txt file")
+    return AutoTokenizer.from_pretrained(name)

@@ -1,0 +1,170 @@
+"""Plain-PyTorch training and inference helpers shared by every stage.
+
+No Ray here: the Ray Train loops and Ray Data actors call these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Encoded:
+    """A tokenised corpus: unpadded token id lists plus the row columns kept."""
+    input_ids: list
+    token_type_ids: Optional[list]
+    labels: np.ndarray
+    ids: list
+    langs: list
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+
+def encode_table(tokenizer, table: pa.Table, max_length: int) -> Encoded:
+    """Tokenise premise-hypothesis pairs, truncated to ``max_length``, unpadded
+    (padding happens per batch: see ``collate``)."""
+    enc = tokenizer(table.column("premise").to_pylist(), table.column("hypothesis").to_pylist(),
+                    truncation=True, max_length=max_length, padding=False)
+    return Encoded(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"),
+                   labels=np.asarray(table.column("label").to_pylist(), dtype=np.int64),
+                   ids=table.column("id").to_pylist(), langs=table.column("lang").to_pylist())
+
+
+def collate(input_ids: Sequence[Sequence[int]], token_type_ids: Optional[Sequence[Sequence[int]]],
+            pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest pair (dynamic padding)."""
+    width = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    types = torch.zeros((len(input_ids), width), dtype=torch.long) if token_type_ids is not None else None
+    for i, row in enumerate(input_ids):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+        if types is not None:
+            types[i, : len(row)] = torch.as_tensor(token_type_ids[i], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def batch_of(data: Encoded, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    types = [data.token_type_ids[i] for i in index] if data.token_type_ids is not None else None
+    return collate([data.input_ids[i] for i in index], types, pad_id)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator,
+                     drop_last: bool = False) -> Iterator[np.ndarray]:
+    order = rng.permutation(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of similar length (length bucketing): short pairs are not padded
+    to the longest pair of the corpus."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def linear_warmup_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0):
+    """AdamW without decay on biases and LayerNorm weights (BERT practice)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def train_supervised(model, data: Encoded, cfg, pad_id: int, seed: int = 0, device="cpu",
+                     log_every: int = 0, log=print) -> list[dict]:
+    """Cross-entropy fine-tuning on labelled rows (the source stage). Returns
+    per-epoch logs."""
+    if (data.labels < 0).any():
+        raise ValueError("source training data has rows without a label (-1)")
+    model.to(device).train()
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = linear_warmup_schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
+    logs = []
+    for epoch in range(cfg.epochs):
+        total, seen = 0.0, 0
+        for step, index in enumerate(shuffled_batches(len(data), cfg.batch_size, rng)):
+            batch = to_device(batch_of(data, index, pad_id), device)
+            labels = torch.as_tensor(data.labels[index], device=device)
+            loss = F.cross_entropy(model(**batch), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(index)
+            seen += len(index)
+            if log_every and step % log_every == 0:
+                log(f"epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f}")
+        logs.append({"epoch": epoch, "loss": total / max(seen, 1)})
+    return logs
+
+
+@torch.inference_mode()
+def predict_proba(model, data: Encoded, pad_id: int, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """Class distribution q of every row (model in eval mode: no dropout),
+    computed over length-sorted batches and returned in row order."""
+    model.to(device).eval()
+    out = np.zeros((len(data), model.num_labels), dtype=np.float32)
+    for index in length_sorted_batches(data.lengths(), batch_size):
+        batch = to_device(batch_of(data, index, pad_id), device)
+        out[index] = model(**batch).float().softmax(-1).cpu().numpy()
+    return out
+
+
+def accuracy_by_language(q: np.ndarray, data: Encoded) -> dict[str, float]:
+    """Accuracy per language over rows with a known label."""
+    pred = q.argmax(-1)
+    langs = np.asarray(data.langs)
+    out = {}
+    for lang in dict.fromkeys(data.langs):
+        sel = (langs == lang) & (data.labels >= 0)
+        if sel.any():
+            out[lang] = float((pred[sel] == data.labels[sel]).mean())
+    return out
