@@ -188,10 +188,15 @@ def read_xnli_mt_tsv(path: str | os.PathLike, lang: Optional[str] = None,
     return sink.table(), sink.report
 
 
-def _records_into(sink: _RowSink, records: Iterable[tuple[str, dict]], max_rows: Optional[int]):
-    for n, (where, rec) in enumerate(records):
+def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_rows: Optional[int]):
+    """Feed (where, default id, record) triples; a record that is a string is
+    the reason it could not be parsed."""
+    for where, default_id, rec in records:
         if max_rows is not None and sink.report.rows >= max_rows:
             break
+        if isinstance(rec, str):
+            sink.bad(where, rec)
+            continue
         if not isinstance(rec, dict):
             sink.bad(where, "not a JSON object")
             continue
@@ -200,12 +205,13 @@ def _records_into(sink: _RowSink, records: Iterable[tuple[str, dict]], max_rows:
             sink.bad(where, f"missing column(s) {missing}")
             continue
         sink.add(where, rec["premise"], rec["hypothesis"], rec.get("label"),
-                 row_id=rec.get("id", n), lang=rec.get("lang"))
+                 row_id=rec.get("id", default_id), lang=rec.get("lang"))
 
 
 def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
                on_malformed: str = "raise", max_rows: Optional[int] = None):
-    """JSON lines with premise, hypothesis and optional label, id, lang."""
+    """JSON lines with premise, hypothesis and optional label, id (default:
+    the line number) and lang."""
     path = Path(path)
     sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed)
 
@@ -214,15 +220,11 @@ def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                yield f"{path}:{lineno}", lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield f"{path}:{lineno}", f"invalid JSON ({exc.msg})"
+                yield f"{path}:{lineno}", lineno, f"invalid JSON ({exc.msg})"
 
-    for where, rec in records():
-        if isinstance(rec, str):
-            sink.bad(where, rec)
-            continue
-        _records_into(sink, [(where, rec)], max_rows)
+    _records_into(sink, records(), max_rows)
     return sink.table(), sink.report
 
 
@@ -243,7 +245,7 @@ def read_parquet(path: str | os.PathLike, lang: Optional[str] = None,
     if max_rows is not None:
         table = table.slice(0, max_rows)
     sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed)
-    records = ((f"{path}:row {i + 1}", rec) for i, rec in enumerate(table.to_pylist()))
+    records = ((f"{path}:row {i + 1}", i + 1, rec) for i, rec in enumerate(table.to_pylist()))
     _records_into(sink, records, max_rows)
     return sink.table(), sink.report
 
@@ -260,8 +262,7 @@ def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "rai
         raise CorpusError(f"{id_prefix}: dataset lacks column(s) {missing}; has {ds.column_names}")
     sink = _RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed)
     id_col = "pairID" if "pairID" in ds.column_names else None
-    records = ((f"{id_prefix}:row {i}", {**rec, "id": rec[id_col] if id_col else i})
-               for i, rec in enumerate(ds))
+    records = ((f"{id_prefix}:row {i}", rec[id_col] if id_col else i, rec) for i, rec in enumerate(ds))
     _records_into(sink, records, max_rows)
     return sink.table(), sink.report
 

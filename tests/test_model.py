@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from conlst_ray.config import ModelConfig
+from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer, read_vocab
+
+
+@pytest.fixture()
+def tiny(synthetic_tokenizer):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(), synthetic_tokenizer)
+
+
+def batch(tokenizer):
+    return tokenizer(["kala mebu dofi", "x"], ["dofi", "y z w v"], padding=True, return_tensors="pt")
+
+
+def test_heads_and_shapes(tiny, synthetic_tokenizer):
+    enc = batch(synthetic_tokenizer)
+    h = tiny.embed(**enc)
+    assert h.shape == (2, 64)
+    assert tiny.classify(h).shape == (2, 3) and tiny.contrast(h).shape == (2, 128)
+    tiny.eval()
+    assert torch.allclose(tiny(**enc), tiny.classify(tiny.embed(**enc)))
+
+
+def test_mean_pooling_ignores_padding(synthetic_tokenizer):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(pooling="mean"), synthetic_tokenizer).eval()
+    enc = synthetic_tokenizer(["kala mebu"], ["dofi"], return_tensors="pt")
+    padded = {k: torch.cat([v, torch.zeros(1, 4, dtype=v.dtype)], 1) for k, v in enc.items()}
+    assert torch.allclose(model.embed(**enc), model.embed(**padded), atol=1e-5)
+    cls_model = build_model(ModelConfig(pooling="cls"), synthetic_tokenizer)
+    cls_model.load_state_dict(model.state_dict())
+    assert not torch.allclose(cls_model.eval().embed(**enc), model.embed(**enc))
+
+
+def test_dropout_makes_two_views_and_eval_is_deterministic(tiny, synthetic_tokenizer):
+    enc = batch(synthetic_tokenizer)
+    tiny.train()
+    assert not torch.allclose(tiny.embed(**enc), tiny.embed(**enc))  # Eq. 6's positive pair
+    tiny.eval()
+    assert torch.equal(tiny.embed(**enc), tiny.embed(**enc))
+
+
+def test_save_load_is_a_standard_hf_directory(tiny, synthetic_tokenizer, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    tiny.save(tmp_path / "m", synthetic_tokenizer)
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    again = ConlstEncoder.load(tmp_path / "m").eval()
+    enc = batch(synthetic_tokenizer)
+    assert torch.allclose(tiny.eval()(**enc), again(**enc))
+    assert torch.allclose(tiny.contrast(tiny.embed(**enc)), again.contrast(again.embed(**enc)))
+    plain = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.allclose(plain(**enc).last_hidden_state[:, 0], tiny.embed(**enc), atol=1e-6)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert tok("kala mebu")["input_ids"] == synthetic_tokenizer("kala mebu")["input_ids"]
+
+
+def test_plain_hf_encoder_directory_gets_fresh_heads(tiny, tmp_path):
+    tiny.encoder.save_pretrained(tmp_path / "enc")
+    model = ConlstEncoder.load(tmp_path / "enc", pooling="mean", num_labels=3, contrastive_dim=16)
+    assert model.pooling == "mean" and model.contrast(torch.zeros(1, 64)).shape == (1, 16)
+
+
+def test_real_mbert_vocabulary_tokenizer(mbert_tokenizer, shared_data):
+    vocab = read_vocab(shared_data / "vocab" / "bert-base-multilingual-cased-vocab.txt")
+    assert len(mbert_tokenizer) == len(vocab) == 119547
+    assert mbert_tokenizer.convert_tokens_to_ids(["[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [100, 101, 102, 103]
+    assert mbert_tokenizer.tokenize("Das ist schön") == ["Das", "ist", "s", "##ch", "##ön"]  # cased
+    assert mbert_tokenizer.unk_token_id not in mbert_tokenizer("Привет, 你好")["input_ids"]
+
+
+def test_tokenizer_specs(shared_data):
+    cfg = ModelConfig(tokenizer=str(shared_data / "vocab" / "bert-base-multilingual-cased-vocab.txt"))
+    assert len(build_tokenizer(cfg)) == 119547
+    with pytest.raises(ValueError, match="tiny-bert has no tokenizer"):
+        build_tokenizer(ModelConfig(tokenizer=None))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        build_tokenizer(ModelConfig(tokenizer="/nowhere/missing.txt"))
