@@ -1,0 +1,109 @@
+"""Complementary labels of pseudo-labelled target samples (Eq. 4) and the
+negative pool they index into (Eq. 5)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+POOLED = "*"  # language key of the pool shared by all target languages
+
+
+def complementary_labels(q: torch.Tensor, gamma: float,
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Eq. 4: for a confident sample (max q >= gamma), a class drawn uniformly
+    from the classes other than argmax q -- we trust that it is not of those
+    classes, but not which one it is; for an unconfident sample, argmin q --
+    the one class the model is surest it is not."""
+    conf, top = q.max(-1)
+    shift = torch.randint(1, q.shape[-1], top.shape, generator=generator, device="cpu").to(q.device)
+    return torch.where(conf >= gamma, (top + shift) % q.shape[-1], q.argmin(-1))
+
+
+class NegativePool:
+    """Eq. 5: the confident target samples (max q >= gamma), indexed by
+    pseudo-label, so that K negatives with a given pseudo-label are drawn in
+    O(K) rather than by scanning the corpus.
+
+    Members are kept per (language, class) and, for joint multi-target
+    training, also per (POOLED, class) across all languages; ``scope`` picks
+    which a draw uses.
+
+    Policy when a class is short: draws are uniform *with replacement* (O(K)),
+    so a class with 1 <= n < K members still yields K negatives (repeats are
+    encoded once by the CoNL step). With ``min_members`` > n the class yields
+    none. A class with no member yields none: its anchors get index -1 and
+    contribute no contrastive term (Eq. 6 with an empty sum is 0). Both cases
+    are counted in ``stats`` and logged once per class.
+    """
+
+    def __init__(self, sample_index: Sequence[int], pseudo_labels: Sequence[int], confidence: Sequence[float],
+                 gamma: float, num_classes: int, langs: Optional[Sequence[str]] = None, seed: int = 0,
+                 min_members: int = 1):
+        idx = np.asarray(sample_index, dtype=np.int64)
+        labels = np.asarray(pseudo_labels, dtype=np.int64)
+        keep = np.asarray(confidence, dtype=np.float64) >= gamma
+        lang_arr = np.asarray(langs if langs is not None else [POOLED] * len(idx), dtype=object)
+        self.num_classes, self.gamma, self.min_members = num_classes, gamma, min_members
+        self.members: dict[tuple[str, int], np.ndarray] = {}
+        for c in range(num_classes):
+            sel = keep & (labels == c)
+            self.members[(POOLED, c)] = idx[sel]
+            for lang in set(lang_arr[sel].tolist()) - {POOLED}:
+                self.members[(lang, c)] = idx[sel & (lang_arr == lang)]
+        self.rng = np.random.default_rng(seed)
+        self.stats: Counter = Counter()
+        self._warned: set = set()
+
+    def size(self, lang: str = POOLED, cls: Optional[int] = None) -> int:
+        classes = range(self.num_classes) if cls is None else [cls]
+        return sum(len(self.members.get((lang, c), ())) for c in classes)
+
+    def draw(self, complementary: Sequence[int], k: int, langs: Optional[Sequence[str]] = None,
+             scope: str = "language") -> np.ndarray:
+        """K negatives per anchor: sample indices whose pseudo-label equals the
+        anchor's complementary label, from the anchor's language (scope
+        'language') or from all languages ('pooled'). Returns [B, K], -1 = none."""
+        comp = np.asarray(complementary, dtype=np.int64)
+        out = np.full((len(comp), k), -1, dtype=np.int64)
+        for i, c in enumerate(comp):
+            lang = POOLED if scope == "pooled" or langs is None else langs[i]
+            members = self.members.get((lang, int(c)), np.empty(0, np.int64))
+            if len(members) < max(self.min_members, 1):
+                self._short(lang, int(c), len(members))
+                continue
+            if len(members) < k:
+                self.stats["short_class_draws"] += 1
+            out[i] = members[self.rng.integers(0, len(members), size=k)]
+            self.stats["draws"] += 1
+        return out
+
+    def _short(self, lang: str, cls: int, n: int) -> None:
+        self.stats["anchors_without_negatives"] += 1
+        if (lang, cls) not in self._warned:
+            self._warned.add((lang, cls))
+            log.warning("negative pool: class %d of language %s has %d confident members; "
+                        "its anchors get no negatives", cls, lang, n)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.stats = Counter(state["stats"])
+
+
+def unique_negatives(negative_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicate a batch's negatives: returns (unique sample indices, the
+    [B, K] index remapped into them, -1 kept), so each is encoded once."""
+    valid = negative_index >= 0
+    uniq, inverse = np.unique(negative_index[valid], return_inverse=True)
+    remapped = np.full_like(negative_index, -1)
+    remapped[valid] = inverse
+    return uniq, remapped

@@ -1,0 +1,102 @@
+"""Selection of clean pseudo-labels for self-training (Eq. 14's indicator).
+
+Two interchangeable rules with one interface (``update``, ``thresholds``,
+``mask``, ``state_dict``), as USB swaps FixMatch for FlexMatch: a fixed
+threshold, and FlexMatch's class-wise dynamic thresholds (Zhang et al., 2021).
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNUSED = -1
+
+
+class FixedThresholds:
+    """Every class uses the fixed threshold tau (FixMatch)."""
+
+    def __init__(self, num_classes: int, tau: float):
+        self.num_classes, self.tau = num_classes, tau
+
+    def update(self, sample_index, predictions, confident) -> None:
+        pass
+
+    def thresholds(self) -> torch.Tensor:
+        return torch.full((self.num_classes,), self.tau)
+
+    def mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_by_class(probs, self.thresholds())
+
+    def state_dict(self) -> dict:
+        return {"tau": self.tau}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tau = state["tau"]
+
+
+class FlexMatchThresholds:
+    """FlexMatch's class-wise thresholds (curriculum pseudo-labelling):
+
+        sigma_c   = number of unlabelled samples whose latest confident
+                    prediction (confidence > tau) is class c
+        beta_c    = sigma_c / max(max_c sigma_c, N_unused)     (with warm-up)
+                    sigma_c / max_c sigma_c                    (without)
+        T_c       = M(beta_c) * tau,   M(x) = x / (2 - x)
+
+    N_unused counts samples never predicted confidently. With warm-up, every
+    threshold is 0 before any confident prediction: FlexMatch then learns from
+    all samples, and thresholds rise as the model becomes confident.
+
+    ``update`` takes (sample index, prediction, confident) for a batch. Feed it
+    the union of all DDP workers' batches and every worker holds identical
+    thresholds: the state is "latest confident prediction per sample", so the
+    order and grouping of the updates do not matter.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, tau: float, warmup: bool = True):
+        self.num_classes, self.tau, self.warmup = num_classes, tau, warmup
+        self.predictions = torch.full((num_samples,), UNUSED, dtype=torch.long)
+
+    def update(self, sample_index, predictions, confident) -> None:
+        idx = torch.as_tensor(sample_index, dtype=torch.long).cpu()
+        conf = torch.as_tensor(confident, dtype=torch.bool).cpu()
+        self.predictions[idx[conf]] = torch.as_tensor(predictions, dtype=torch.long).cpu()[conf]
+
+    def sigma(self) -> torch.Tensor:
+        used = self.predictions[self.predictions != UNUSED]
+        return torch.bincount(used, minlength=self.num_classes).float()
+
+    def beta(self) -> torch.Tensor:
+        sigma = self.sigma()
+        norm = sigma.max()
+        if self.warmup:
+            norm = torch.maximum(norm, (self.predictions == UNUSED).sum().float())
+        return sigma / norm if norm > 0 else torch.zeros_like(sigma)
+
+    def thresholds(self) -> torch.Tensor:
+        beta = self.beta()
+        return beta / (2.0 - beta) * self.tau
+
+    def mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_by_class(probs, self.thresholds())
+
+    def state_dict(self) -> dict:
+        return {"predictions": self.predictions.clone(), "tau": self.tau, "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.predictions = state["predictions"].clone()
+        self.tau, self.warmup = state["tau"], state["warmup"]
+
+
+def mask_by_class(probs: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, pseudo-labels): a sample is kept when its confidence reaches the
+    threshold of its predicted class."""
+    conf, pred = probs.max(-1)
+    return conf >= thresholds.to(probs.device)[pred], pred
+
+
+def make_thresholds(ssl_cfg, num_samples: int, num_classes: int):
+    """The rule named by ``ssl.thresholding``."""
+    if ssl_cfg.thresholding == "fixed":
+        return FixedThresholds(num_classes, ssl_cfg.threshold)
+    return FlexMatchThresholds(num_samples, num_classes, ssl_cfg.threshold, ssl_cfg.flexmatch_warmup)
