@@ -63,6 +63,7 @@ class DataConfig:
     max_length: int = param(128, ge=8, help="maximum tokens of a premise-hypothesis pair")
     max_rows: Optional[int] = param(None, ge=1, help="cap on rows read per corpus (smoke runs)")
     on_malformed: str = param("raise", choices=("raise", "skip"), help="malformed corpus rows: fail, or skip and count")
+    shard_rows: int = param(10000, ge=1, help="rows per Parquet shard of a cached corpus (unit of resume)")
     synthetic: SyntheticConfig = param(factory=SyntheticConfig)
 
 
@@ -145,7 +146,10 @@ class ResourcesConfig:
     inference_actors: int = param(1, ge=1)
     cpus_per_actor: float = param(0.5, gt=0.0)
     gpus_per_actor: float = param(0.0, ge=0.0)
-    inference_batch_size: int = param(128, ge=1)
+    inference_batch_size: int = param(128, ge=1, help="pairs per forward pass (micro-batch) in an inference actor")
+    actor_batch_rows: int = param(1024, ge=1, help="rows handed to an inference actor per call; sorted by length inside")
+    cpus_per_task: float = param(0.25, gt=0.0, help="CPUs of a Ray Data read/tokenize/write task")
+    torch_threads: Optional[int] = param(None, ge=1, help="torch threads per inference actor (default: torch's)")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The only Ray code: Ray Data pipelines and Ray Train loops."""

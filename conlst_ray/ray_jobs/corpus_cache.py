@@ -1,0 +1,94 @@
+"""Target corpora as Parquet shards with known row counts, one folder per
+language, each complete folder marked by a manifest.
+
+Every later Ray Data job reads these shards, so (a) a job knows how many
+rows each shard holds and can tell a finished shard from a half-done one,
+and (b) any input format (TSV, JSONL, hub data sets) is read once, in a Ray
+task per language, never on the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from conlst_ray.config import atomic_write_text
+from conlst_ray.data.readers import read_corpus
+from conlst_ray.data.schema import CorpusError
+
+MANIFEST = "_manifest.json"
+
+
+def lang_dir(root: Path, lang: str) -> Path:
+    return Path(root) / f"lang={lang}"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write next to ``path`` and rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict) -> dict:
+    """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
+    table, report = read_corpus(spec, lang, **read_kwargs)
+    if table.num_rows == 0:
+        raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows")
+    out = lang_dir(Path(root), lang)
+    if out.exists():
+        shutil.rmtree(out)  # leftovers of an interrupted ingest: no manifest, so not trusted
+    # pos = row position within the language: restores corpus order after parallel work
+    table = table.append_column("pos", pa.array(range(table.num_rows), pa.int64()))
+    shards = []
+    for i, start in enumerate(range(0, table.num_rows, shard_rows)):
+        name = f"shard-{i:05d}.parquet"
+        part = table.slice(start, shard_rows)
+        write_parquet_atomic(part, out / name)
+        shards.append({"file": name, "rows": part.num_rows})
+    manifest = {"spec": spec, "lang": lang, "rows": table.num_rows, "shards": shards,
+                "skipped_malformed": report.skipped}
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(root: Path, lang: str) -> dict | None:
+    path = lang_dir(root, lang) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
+                   log=print) -> dict[str, dict]:
+    """Shard every language's corpus under ``root`` (cached: a language with a
+    manifest from the same spec is not read again). Returns lang -> manifest."""
+    root = Path(root)
+    langs = list(dict.fromkeys(langs))
+    if not langs:
+        raise CorpusError(f"{spec}: no languages given")
+    manifests, pending = {}, []
+    for lang in langs:
+        manifest = read_manifest(root, lang)
+        if manifest is not None and manifest["spec"] != spec:
+            raise CorpusError(f"{lang_dir(root, lang)} was built from {manifest['spec']!r}, not {spec!r}; "
+                              f"remove it or use another run directory")
+        if manifest is None:
+            pending.append(lang)
+        else:
+            manifests[lang] = manifest
+    if pending:
+        read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
+                       "synthetic_cfg": data_cfg.synthetic}
+        task = ray.remote(ingest_language).options(num_cpus=cpus_per_task, max_retries=1,
+                                                   retry_exceptions=[OSError])
+        refs = {lang: task.remote(spec, lang, str(root), data_cfg.shard_rows, read_kwargs) for lang in pending}
+        for lang, ref in refs.items():
+            manifests[lang] = ray.get(ref)  # a CorpusError surfaces here with its message
+        log(f"[ingest] {len(pending)} language(s) sharded under {root}")
+    return {lang: manifests[lang] for lang in langs}
