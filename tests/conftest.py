@@ -38,3 +38,14 @@ def synthetic_tokenizer():
     from conlst_ray.model import synthetic_tokenizer
 
     return synthetic_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start-up costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=True)
+    yield ray
+    ray.shutdown()

@@ -42,6 +42,17 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def read_and_tokenize(paths: pa.Table, tokenizer_dir: str, max_length: int) -> pa.Table:
+    """Read cached shards (one per input row) and tokenise them: one CPU task
+    per shard, so blocks stay shard-sized and stream through the actor pool."""
+    tables = []
+    for path in paths.column("path").to_pylist():
+        table = pq.read_table(path, columns=["id", "lang", "pos", "premise", "hypothesis"])
+        tables.append(tokenize_batch(table.append_column("path", pa.array([path] * table.num_rows)),
+                                     tokenizer_dir, max_length))
+    return pa.concat_tables(tables)
+
+
 def tokenize_batch(table: pa.Table, tokenizer_dir: str, max_length: int) -> pa.Table:
     """premise/hypothesis -> unpadded token ids (list<int32>)."""
     tok = load_tokenizer(tokenizer_dir)
@@ -181,9 +192,9 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     log(f"[pseudo-label] {len(expected)} shard(s) to label, {len(report.skipped)} already complete")
 
     t0, last = time.time(), 0.0
-    ds = ray.data.read_parquet(list(files.values()), include_paths=True, num_cpus=res_cfg.cpus_per_task,
-                               override_num_blocks=len(files))
-    ds = ds.map_batches(tokenize_batch, batch_format="pyarrow", num_cpus=res_cfg.cpus_per_task,
+    # One block per shard (read_parquet would fold small files into one block).
+    ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
+    ds = ds.map_batches(read_and_tokenize, batch_format="pyarrow", batch_size=None, num_cpus=res_cfg.cpus_per_task,
                         fn_kwargs={"tokenizer_dir": model_dir, "max_length": max_length})
     ds = ds.map_batches(Predictor, batch_format="pyarrow", batch_size=res_cfg.actor_batch_rows,
                         compute=ray.data.ActorPoolStrategy(size=res_cfg.inference_actors),
