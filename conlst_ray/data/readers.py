@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conlst_ray.data.schema import (COLUMNS, LABEL_IDS, LABEL_NAMES, UNKNOWN_LABEL, CorpusError,
+from conlst_ray.data.schema import (LABEL_IDS, LABEL_NAMES, UNKNOWN_LABEL, CorpusError,
                                     empty_columns, rows_to_table)
 
 FORMATS = ("xnli_tsv", "xnli_mt_tsv", "jsonl", "parquet", "hf", "synthetic")

@@ -1,0 +1,143 @@
+"""The driver shared by every Ray Data job over cached corpus shards.
+
+    one input row per pending shard (from_items: one block per shard)
+      -> the job's stages            (tasks / actor pools, given by the caller)
+      -> write part files            CPU tasks
+    driver: counts rows per shard; a complete shard is merged, sorted by
+    position and renamed into place: out_root/lang=xx/shard-NNNNN.parquet
+
+The driver holds one row counter per shard, never the corpus. A rerun skips
+shards whose output exists: they were renamed into place only when complete,
+so an interrupted run resumes where it stopped and does no work twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
+
+TMP = "_parts"
+
+
+def shard_key(path: str) -> str:
+    """.../lang=fr/shard-00003.parquet -> 'lang=fr/shard-00003'."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.stem}"
+
+
+def write_parts(table: pa.Table, tmp_root: str) -> pa.Table:
+    """Write each shard's rows of this batch as a part file; return (shard, rows)."""
+    keys, counts = [], []
+    paths = table.column("path")
+    for path in pc.unique(paths).to_pylist():
+        part = table.filter(pc.equal(paths, path)).drop_columns(["path"])
+        key = shard_key(path)
+        write_parquet_atomic(part, Path(tmp_root) / key / f"part-{uuid.uuid4().hex}.parquet")
+        keys.append(key)
+        counts.append(part.num_rows)
+    return pa.table({"shard": keys, "rows": pa.array(counts, pa.int64())})
+
+
+@dataclass
+class JobReport:
+    computed: list = field(default_factory=list)   # shards computed by this call
+    skipped: list = field(default_factory=list)    # shards already complete
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> None:
+    """Merge a complete shard's parts (a retried task may have written a batch
+    twice: keep each id once), check the count, sort by position, rename into place."""
+    parts = sorted((tmp_root / key).glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    table = table.sort_by("pos")
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    keep = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
+    table = table.filter(pa.array(keep))
+    if table.num_rows != expected:
+        raise RuntimeError(f"shard {key}: {table.num_rows} distinct rows written, expected {expected}")
+    write_parquet_atomic(table, out_root / f"{key}.parquet")
+    shutil.rmtree(tmp_root / key, ignore_errors=True)
+
+
+def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path,
+                    stages: Callable, cpus_per_task: float, log=print,
+                    on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
+    """Run ``stages`` (Dataset of {"path"} -> Dataset with id, pos, path
+    columns) over every shard whose output is missing, and finalize shards."""
+    corpus_root, out_root = Path(corpus_root), Path(out_root)
+    tmp_root = out_root / TMP
+    expected, files = {}, {}
+    report = JobReport()
+    for lang, manifest in manifests.items():
+        for shard in manifest["shards"]:
+            key = f"lang={lang}/{Path(shard['file']).stem}"
+            if (out_root / f"{key}.parquet").is_file():
+                report.skipped.append(key)
+            else:
+                expected[key] = shard["rows"]
+                files[key] = str(lang_dir(corpus_root, lang) / shard["file"])
+    if not expected:
+        log(f"[{name}] all {len(report.skipped)} shard(s) complete: nothing to do")
+        return report
+    shutil.rmtree(tmp_root, ignore_errors=True)  # parts of an interrupted attempt are not trusted
+    log(f"[{name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
+
+    t0, last = time.time(), 0.0
+    # One block per shard (read_parquet would fold small files into one block).
+    ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
+    ds = stages(ds)
+    ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task,
+                        fn_kwargs={"tmp_root": str(tmp_root)})
+    counts = dict.fromkeys(expected, 0)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for key, rows in zip(batch.column("shard").to_pylist(), batch.column("rows").to_pylist()):
+            counts[key] += rows
+            report.rows += rows
+            if counts[key] >= expected[key] and key not in report.computed:
+                finalize_shard(tmp_root, out_root, key, expected[key])
+                report.computed.append(key)
+        report.seconds = time.time() - t0
+        if report.seconds - last > 10:
+            last = report.seconds
+            log(f"[{name}] {len(report.computed)}/{len(expected)} shards, {report.rows} rows, "
+                f"{report.rows_per_second:.0f} rows/s")
+        if on_progress is not None:
+            on_progress(report)
+    missing = [k for k in expected if k not in report.computed]
+    if missing:
+        raise RuntimeError(f"{name} ended with incomplete shards: {missing[:5]}")
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    report.seconds = time.time() - t0
+    log(f"[{name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
+    return report
+
+
+
+
+def read_outputs(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:
+    """All finished output of a sharded job (optionally some languages), in
+    language then corpus order."""
+    out_root = Path(out_root)
+    dirs = sorted(d for d in out_root.glob("lang=*") if langs is None or d.name[5:] in langs)
+    tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("shard-*.parquet"))]
+    if not tables:
+        raise FileNotFoundError(f"no finished output under {out_root}")
+    return pa.concat_tables(tables)
