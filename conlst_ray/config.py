@@ -138,6 +138,22 @@ class SSLConfig:
 
 
 @dataclass
+class TranslationConfig:
+    """Back-translation (target -> pivot -> target) and translate-train
+    (source -> target) with a Hugging Face seq2seq model, on Ray Data."""
+    model: str = param("facebook/mbart-large-50-many-to-many-mmt", help="hub id or local directory of a seq2seq translation model")
+    family: str = param("auto", choices=("auto", "mbart50", "nllb", "m2m100"), help="language-code table; auto = from the model")
+    pivot_lang: str = param("en", help="pivot language of back-translation")
+    on_uncovered: str = param("error", choices=("error", "mask_only"), help="a language the model lacks: fail at start-up, or fall back to masking-only augmentation")
+    max_new_tokens: int = param(128, ge=1)
+    num_beams: int = param(1, ge=1)
+    batch_size: int = param(32, ge=1, help="sentences per generate() call")
+    actors: int = param(1, ge=1)
+    gpus_per_actor: float = param(0.0, ge=0.0)
+    cpus_per_actor: float = param(0.5, gt=0.0)
+
+
+@dataclass
 class ResourcesConfig:
     num_workers: int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
     use_gpu: bool = param(False)
@@ -173,6 +189,7 @@ class Config:
     source: SourceTrainConfig = param(factory=SourceTrainConfig)
     conl: CoNLConfig = param(factory=CoNLConfig)
     ssl: SSLConfig = param(factory=SSLConfig)
+    translation: TranslationConfig = param(factory=TranslationConfig)
     resources: ResourcesConfig = param(factory=ResourcesConfig)
     tune: TuneConfig = param(factory=TuneConfig)
 

@@ -67,7 +67,7 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
     twice: keep each id once), check the count, sort by position, rename into place."""
     parts = sorted((tmp_root / key).glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
-    table = table.sort_by("pos")
+    table = table.sort_by([("pos", "ascending"), ("id", "ascending")])  # a duplicate sits next to its twin
     ids = table.column("id").to_numpy(zero_copy_only=False)
     keep = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
     table = table.filter(pa.array(keep))
@@ -79,9 +79,12 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
 
 def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path,
                     stages: Callable, cpus_per_task: float, log=print,
-                    on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
+                    on_progress: Optional[Callable[[JobReport], None]] = None,
+                    rows_per_input: int = 1) -> JobReport:
     """Run ``stages`` (Dataset of {"path"} -> Dataset with id, pos, path
-    columns) over every shard whose output is missing, and finalize shards."""
+    columns) over every shard whose output is missing, and finalize shards.
+    ``rows_per_input``: output rows per input row (e.g. one per target
+    language of translate-train)."""
     corpus_root, out_root = Path(corpus_root), Path(out_root)
     tmp_root = out_root / TMP
     expected, files = {}, {}
@@ -92,7 +95,7 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
             if (out_root / f"{key}.parquet").is_file():
                 report.skipped.append(key)
             else:
-                expected[key] = shard["rows"]
+                expected[key] = shard["rows"] * rows_per_input
                 files[key] = str(lang_dir(corpus_root, lang) / shard["file"])
     if not expected:
         log(f"[{name}] all {len(report.skipped)} shard(s) complete: nothing to do")

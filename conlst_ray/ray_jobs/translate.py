@@ -1,0 +1,127 @@
+"""Translation on Ray Data: an actor pool holding a seq2seq model.
+
+* back-translation: every target row, target -> pivot -> target, premise and
+  hypothesis (the strong view of the self-training stage);
+* translate-train: every labelled source row into each target language
+  (the paper's CoNLST-MT setting), labels kept.
+
+Input is the cached corpus shards; output is Parquet keyed by id, resumable
+per shard like pseudo-labelling (see sharded.py), so reruns reuse it.
+Columns: id, lang, pos, source_id, premise, hypothesis, label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
+from conlst_ray.translation import Translator, check_coverage, detect_family
+
+TEXT_COLUMNS = ["id", "lang", "pos", "premise", "hypothesis", "label"]
+
+
+def read_shards(paths: pa.Table) -> pa.Table:
+    """One cached shard per input row -> its text rows plus their path."""
+    tables = []
+    for path in paths.column("path").to_pylist():
+        table = pq.read_table(path, columns=TEXT_COLUMNS)
+        tables.append(table.append_column("path", pa.array([path] * table.num_rows)))
+    return pa.concat_tables(tables)
+
+
+class TranslateActor:
+    """Holds one translation model; translates the rows of a batch, grouped by language."""
+
+    def __init__(self, model: str, family: str, mode: str, pivot: str, targets: Sequence[str],
+                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool):
+        self.translator = Translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu)
+        self.mode, self.pivot, self.targets = mode, pivot, list(targets)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        out = {k: [] for k in ("id", "lang", "pos", "path", "source_id", "premise", "hypothesis", "label")}
+        for lang in dict.fromkeys(r["lang"] for r in rows):
+            group = [r for r in rows if r["lang"] == lang]
+            for tgt, premises, hypotheses in self._translate(lang, group):
+                for r, p, h in zip(group, premises, hypotheses):
+                    out["id"].append(r["id"] if self.mode == "back" else f"{tgt}-mt-{r['id']}")
+                    out["lang"].append(tgt)
+                    for key in ("pos", "path", "label"):
+                        out[key].append(r[key])
+                    out["source_id"].append(r["id"])
+                    out["premise"].append(p)
+                    out["hypothesis"].append(h)
+        return pa.table(out)
+
+    def _translate(self, lang: str, group: list):
+        premises = [r["premise"] for r in group]
+        hypotheses = [r["hypothesis"] for r in group]
+        t = self.translator
+        if self.mode == "back":
+            yield lang, t.back_translate(premises, lang, self.pivot), t.back_translate(hypotheses, lang, self.pivot)
+            return
+        for tgt in self.targets:
+            yield tgt, t.translate(premises, lang, tgt), t.translate(hypotheses, lang, tgt)
+
+
+def resolve_family(tr_cfg) -> str:
+    """The code table, read from the model's config when family is 'auto'
+    (cheap: no weights are loaded)."""
+    if tr_cfg.family != "auto":
+        return tr_cfg.family
+    from transformers import AutoConfig, AutoTokenizer
+
+    return detect_family(AutoConfig.from_pretrained(tr_cfg.model), AutoTokenizer.from_pretrained(tr_cfg.model))
+
+
+def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,
+              targets: Sequence[str] = (), cpus_per_task: float = 0.25, log=print,
+              on_progress: Optional[Callable[[JobReport], None]] = None) -> tuple[JobReport, list]:
+    """Back-translate (mode 'back') the languages of ``manifests``, or
+    translate them (mode 'train', source rows) into ``targets``. Languages
+    the model does not cover are checked before any work starts. Returns
+    (report, languages that fall back to masking-only augmentation)."""
+    if mode not in ("back", "train"):
+        raise ValueError(f"mode must be 'back' or 'train', got {mode!r}")
+    family = resolve_family(tr_cfg)
+    if mode == "back":
+        covered, fallback = check_coverage(family, list(manifests), tr_cfg.on_uncovered, log)
+        check_coverage(family, [tr_cfg.pivot_lang], "error", log)
+        manifests = {lang: m for lang, m in manifests.items() if lang in covered}
+        targets = []
+    else:
+        check_coverage(family, list(manifests), "error", log)
+        targets, fallback = check_coverage(family, list(targets), tr_cfg.on_uncovered, log)
+    if not manifests or (mode == "train" and not targets):
+        return JobReport(), fallback
+
+    def stages(ds):
+        ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task)
+        return ds.map_batches(TranslateActor, batch_format="pyarrow", batch_size=tr_cfg.batch_size * 4,
+                              compute=ray.data.ActorPoolStrategy(size=tr_cfg.actors),
+                              num_cpus=tr_cfg.cpus_per_actor, num_gpus=tr_cfg.gpus_per_actor,
+                              fn_constructor_kwargs={
+                                  "model": tr_cfg.model, "family": family, "mode": mode,
+                                  "pivot": tr_cfg.pivot_lang, "targets": targets,
+                                  "max_new_tokens": tr_cfg.max_new_tokens, "num_beams": tr_cfg.num_beams,
+                                  "batch_size": tr_cfg.batch_size, "use_gpu": tr_cfg.gpus_per_actor > 0})
+
+    name = "back-translate" if mode == "back" else "translate-train"
+    report = run_sharded_job(name, manifests, corpus_root, out_root, stages, cpus_per_task, log, on_progress,
+                             rows_per_input=1 if mode == "back" else len(targets))
+    return report, fallback
+
+
+def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Table:
+    """Finished translations; for translate-train output, ``lang`` selects a target."""
+    table = read_outputs(out_root)
+    if lang is not None:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.equal(table.column("lang"), lang))
+    return table

@@ -1,0 +1,126 @@
+"""Language-code tables of seq2seq translation models and a translator that
+works with any Hugging Face seq2seq model (no Ray here; the Ray Data actor in
+``ray_jobs/translate.py`` wraps it)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+# XNLI's 15 languages in each model family's codes.
+# mBART-50 many-to-many covers 13 of them: no Bulgarian, no Greek.
+MBART50_CODES = {
+    "ar": "ar_AR", "de": "de_DE", "en": "en_XX", "es": "es_XX", "fr": "fr_XX", "hi": "hi_IN", "ru": "ru_RU",
+    "sw": "sw_KE", "th": "th_TH", "tr": "tr_TR", "ur": "ur_PK", "vi": "vi_VN", "zh": "zh_CN",
+}
+# NLLB-200 (FLORES-200 codes) covers all 15.
+NLLB_CODES = {
+    "ar": "arb_Arab", "bg": "bul_Cyrl", "de": "deu_Latn", "el": "ell_Grek", "en": "eng_Latn", "es": "spa_Latn",
+    "fr": "fra_Latn", "hi": "hin_Deva", "ru": "rus_Cyrl", "sw": "swh_Latn", "th": "tha_Thai", "tr": "tur_Latn",
+    "ur": "urd_Arab", "vi": "vie_Latn", "zh": "zho_Hans",
+}
+# M2M100 writes its language tokens as __xx__ (ISO 639-1); covers all 15.
+M2M100_CODES = {lang: f"__{lang}__" for lang in NLLB_CODES}
+CODE_TABLES = {"mbart50": MBART50_CODES, "nllb": NLLB_CODES, "m2m100": M2M100_CODES}
+
+
+class TranslationConfigError(ValueError):
+    """A language the translation model does not cover, or an unknown family."""
+
+
+def detect_family(model_config, tokenizer=None) -> str:
+    """mbart50 / nllb / m2m100 from a model config (and tokenizer vocabulary)."""
+    model_type = getattr(model_config, "model_type", "")
+    if model_type == "mbart":
+        return "mbart50"
+    if model_type == "m2m_100":
+        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        return "nllb" if "eng_Latn" in vocab or "nllb" in str(getattr(model_config, "_name_or_path", "")).lower() \
+            else "m2m100"
+    raise TranslationConfigError(f"translation.family: cannot tell the language codes of model type "
+                                 f"{model_type!r}; set translation.family to mbart50, nllb or m2m100")
+
+
+def check_coverage(family: str, langs: Sequence[str], on_uncovered: str, log=print) -> tuple[list, list]:
+    """Split ``langs`` into (covered, fallback). An uncovered language is an
+    error, or with on_uncovered='mask_only' falls back to masking-only
+    augmentation with a warning."""
+    table = CODE_TABLES[family]
+    uncovered = [lang for lang in langs if lang not in table]
+    if uncovered and on_uncovered == "error":
+        raise TranslationConfigError(
+            f"translation: language(s) {uncovered} not covered by {family} (covers {sorted(table)}); "
+            f"use another model (NLLB-200 covers all XNLI languages) or set translation.on_uncovered=mask_only")
+    for lang in uncovered:
+        log(f"[translate] WARNING: {lang!r} is not covered by {family}: it falls back to masking-only augmentation")
+    return [lang for lang in langs if lang in table], uncovered
+
+
+class Translator:
+    """Translates lists of sentences between languages with one seq2seq model."""
+
+    def __init__(self, model: str, family: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
+                 batch_size: int = 32, use_gpu: bool = False):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model).eval().to(self.device)
+        self.family = detect_family(self.model.config, self.tokenizer) if family == "auto" else family
+        self.codes = CODE_TABLES[self.family]
+        self.max_new_tokens, self.num_beams, self.batch_size = max_new_tokens, num_beams, batch_size
+
+    def _encode(self, texts: list[str], src_code: str):
+        if hasattr(self.tokenizer, "src_lang"):  # real mBART-50 / NLLB / M2M100 tokenizers
+            self.tokenizer.src_lang = src_code
+            return self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        # a plain tokenizer with the language codes as special tokens: prefix by hand
+        return self.tokenizer([f"{src_code} {t}" for t in texts], return_tensors="pt", padding=True,
+                              truncation=True)
+
+    def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
+        """Translate ``texts`` from language ``src`` to ``tgt`` (ISO codes).
+        An empty output (it happens) is replaced by the input sentence."""
+        torch = self.torch
+        forced = self.tokenizer.convert_tokens_to_ids(self.codes[tgt])
+        out: list[str] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start:start + self.batch_size])
+            enc = {k: v.to(self.device) for k, v in self._encode(chunk, self.codes[src]).items()}
+            with torch.inference_mode():
+                gen = self.model.generate(**enc, forced_bos_token_id=forced, max_new_tokens=self.max_new_tokens,
+                                          num_beams=self.num_beams, do_sample=False)
+            decoded = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
+            out += [d.strip() or orig for d, orig in zip(decoded, chunk)]
+        return out
+
+    def back_translate(self, texts: Sequence[str], lang: str, pivot: str) -> list[str]:
+        """lang -> pivot -> lang: a paraphrase, the strong view of Eq. 14."""
+        return self.translate(self.translate(texts, lang, pivot), pivot, lang)
+
+
+def tiny_translation_model(path, family: str, words: Optional[Sequence[str]] = None, arch: str = "mbart"):
+    """A tiny seq2seq model and word-level tokenizer with ``family``'s language
+    codes, built from a config (no download): its output is meaningless but it
+    exercises the real translation pipeline. ``arch``: mbart or m2m100."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
+                              MBartForConditionalGeneration, PreTrainedTokenizerFast)
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    codes = sorted(set(CODE_TABLES[family].values()))
+    words = list(dict.fromkeys(words or ["a", "b", "c"]))
+    vocab = {t: i for i, t in enumerate(specials + codes + [w for w in words if w not in codes])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", additional_special_tokens=codes)
+    shape = dict(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
+                 pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    model = (MBartForConditionalGeneration(MBartConfig(**shape)) if arch == "mbart"
+             else M2M100ForConditionalGeneration(M2M100Config(**shape)))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
