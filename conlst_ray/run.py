@@ -7,11 +7,10 @@ CoNL and self-training stages plug in after it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from conlst_ray.config import ConfigError, config_help, load_config
+from conlst_ray.cli import base_parser, load_or_report
 from conlst_ray.data.corpora import eval_corpus, source_corpus
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer
 from conlst_ray.reporting import write_language_table
@@ -20,16 +19,11 @@ from conlst_ray.training import (accuracy_by_language, encode_table, predict_pro
                                  train_supervised)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m conlst_ray.run",
-        description="Run the CoNLST pipeline (source fine-tuning -> zero-shot evaluation) "
-                    "on the embedded benchmark by default.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (key=default [range]):\n" + "\n".join(config_help()))
-    parser.add_argument("--config", help="YAML config file (defaults < file < overrides)")
+def build_parser():
+    parser = base_parser("python -m conlst_ray.run",
+                         "Run the CoNLST pipeline (source fine-tuning -> zero-shot evaluation) "
+                         "on the embedded benchmark by default.")
     parser.add_argument("--resume", action="store_true", help="continue the run directory, skipping finished stages")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conl.gamma=0.8")
     return parser
 
 
@@ -65,10 +59,8 @@ def evaluate(cfg, run: RunDir, model_dir: str, name: str, tokenizer, split: str 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = load_or_report(args)
+    if cfg is None:
         return 2
     run = RunDir.create(cfg, resume=args.resume)
     print(f"[run] {run.root}")

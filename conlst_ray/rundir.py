@@ -17,9 +17,13 @@ class RunDir:
         self.root = Path(root)
 
     @classmethod
+    def of(cls, cfg) -> "RunDir":
+        """The run directory a config names (not created)."""
+        return cls(Path(cfg.output_dir) / (cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")))
+
+    @classmethod
     def create(cls, cfg, resume: bool = False) -> "RunDir":
-        name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-        run = cls(Path(cfg.output_dir) / name)
+        run = cls.of(cfg)
         if run.root.exists() and any(run.root.iterdir()) and not resume:
             raise FileExistsError(f"run directory {run.root} exists; pass --resume to continue it "
                                   f"or choose another run_name")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
-from conlst_ray.translation import Translator, check_coverage, detect_family
+from conlst_ray.translation import TranslationConfigError, Translator, check_coverage, detect_family
 
 TEXT_COLUMNS = ["id", "lang", "pos", "premise", "hypothesis", "label"]
 
@@ -76,7 +76,12 @@ def resolve_family(tr_cfg) -> str:
         return tr_cfg.family
     from transformers import AutoConfig, AutoTokenizer
 
-    return detect_family(AutoConfig.from_pretrained(tr_cfg.model), AutoTokenizer.from_pretrained(tr_cfg.model))
+    try:
+        config, tokenizer = AutoConfig.from_pretrained(tr_cfg.model), AutoTokenizer.from_pretrained(tr_cfg.model)
+    except OSError as exc:
+        raise TranslationConfigError(f"translation.model: cannot load {tr_cfg.model!r} (no hub access? "
+                                     f"give a local directory): {exc}") from None
+    return detect_family(config, tokenizer)
 
 
 def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,

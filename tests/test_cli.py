@@ -1,0 +1,44 @@
+"""The command lines: --help for each, pseudo-labelling a run's target corpora,
+and translation's start-up checks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conlst_ray import pseudo_label as pl_cli
+from conlst_ray import run as run_cli
+from conlst_ray import translate as tr_cli
+from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
+from conlst_ray.translation import tiny_translation_model
+
+
+@pytest.mark.parametrize("module", ["run", "pseudo_label", "translate"])
+def test_every_entry_point_has_help(module):
+    proc = subprocess.run([sys.executable, "-m", f"conlst_ray.{module}", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "conl.gamma=0.9" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session, capsys):
+    args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300"]
+    assert pl_cli.main(args) == 2                       # no model yet: a clear error
+    assert "run python -m conlst_ray.run first" in capsys.readouterr().err
+    assert run_cli.main(args) == 0
+    assert pl_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| far | 300 |" in out
+    table = read_pseudo_labels(tmp_path / "r" / "pseudo_labels" / "cli")
+    assert table.num_rows == 4 * 300 and len(set(table.column("id").to_pylist())) == 4 * 300
+
+
+def test_translate_cli_rejects_an_uncovered_language_before_any_work(tmp_path, shared_data, capsys):
+    model = tiny_translation_model(tmp_path / "mbart", "mbart50")
+    args = [f"output_dir={tmp_path}", "run_name=t", f"translation.model={model}", "data.target_langs=[fr,bg]",
+            f"data.target_train=xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"]
+    assert tr_cli.main(args) == 2
+    assert "['bg'] not covered by mbart50" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+    assert tr_cli.main(["translation.model=/nowhere/model"]) == 2
+    assert "translation.model: cannot load" in capsys.readouterr().err
