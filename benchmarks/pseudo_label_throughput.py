@@ -185,6 +185,7 @@ def main() -> None:
             print(f"(c) DataLoader, padded to 128                 : {c:8.1f} pairs/s")
             cfg = load_config(None, [f"data.target_train={spec}", "data.shard_rows=2490",
                                      f"resources.torch_threads={args.threads}", "resources.cpus_per_actor=1",
+                                     "resources.tokenize_tasks=1",
                                      f"resources.inference_batch_size={args.micro_batch}"])
             ray.init(num_cpus=2, log_to_driver=False)
             try:

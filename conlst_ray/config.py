@@ -86,6 +86,7 @@ class ModelConfig:
     num_labels: int = param(3, ge=2)
     contrastive_dim: int = param(128, ge=1, help="output size of the contrastive head (theta_con, Eq. 6)")
     dropout: Optional[float] = param(None, ge=0.0, lt=1.0, help="override the encoder's dropout (the positive view of Eq. 6 relies on it)")
+    source_checkpoint: Optional[str] = param(None, help="a fine-tuned model directory that replaces the source stage (CoNLST as post-training)")
     tiny: TinyModelConfig = param(factory=TinyModelConfig)
 
 
@@ -141,7 +142,7 @@ class SSLConfig:
 class TranslationConfig:
     """Back-translation (target -> pivot -> target) and translate-train
     (source -> target) with a Hugging Face seq2seq model, on Ray Data."""
-    model: str = param("facebook/mbart-large-50-many-to-many-mmt", help="hub id or local directory of a seq2seq translation model")
+    model: Optional[str] = param(None, help="hub id or local directory of a seq2seq translation model, e.g. facebook/mbart-large-50-many-to-many-mmt; null = no back-translation (masking only)")
     family: str = param("auto", choices=("auto", "mbart50", "nllb", "m2m100"), help="language-code table; auto = from the model")
     pivot_lang: str = param("en", help="pivot language of back-translation")
     on_uncovered: str = param("error", choices=("error", "mask_only"), help="a language the model lacks: fail at start-up, or fall back to masking-only augmentation")
@@ -163,7 +164,8 @@ class ResourcesConfig:
     cpus_per_actor: float = param(0.5, gt=0.0)
     gpus_per_actor: float = param(0.0, ge=0.0)
     inference_batch_size: int = param(128, ge=1, help="pairs per forward pass (micro-batch) in an inference actor")
-    actor_batch_rows: int = param(1024, ge=1, help="rows handed to an inference actor per call; sorted by length inside")
+    actor_batch_rows: int = param(4096, ge=1, help="rows handed to an inference actor per call; sorted by length inside")
+    tokenize_tasks: Optional[int] = param(None, ge=1, help="cap on concurrent read/tokenize tasks (null = no cap); 1 leaves the cores of a small machine to inference")
     cpus_per_task: float = param(0.25, gt=0.0, help="CPUs of a Ray Data read/tokenize/write task")
     torch_threads: Optional[int] = param(None, ge=1, help="torch threads per inference actor (default: torch's)")
 

@@ -34,16 +34,20 @@ class ConlBatch:
     source_labels: Optional[torch.Tensor] = None
 
 
-def make_conl_batch(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg, pad_id: int,
-                    generator: Optional[torch.Generator] = None, source: Optional[Encoded] = None,
-                    source_index: Optional[np.ndarray] = None) -> ConlBatch:
-    """Anchors ``target[index]`` with their complementary labels (Eq. 4) and
-    K negatives each from the pool (Eq. 5), deduplicated; plus a source batch
-    for the CLCS loss. ``q`` holds the pseudo-label distribution of every
-    target row; the pool's members are row indices of ``target``."""
+def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg,
+                   generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, np.ndarray]:
+    """For anchors ``target[index]``: complementary labels (Eq. 4) and K
+    negative row indices each from the pool (Eq. 5), -1 = none. ``q`` holds
+    the pseudo-label distribution of every target row."""
     comp = complementary_labels(torch.as_tensor(q[index]), cfg.gamma, generator)
     langs = [target.langs[i] for i in index]
-    drawn = pool.draw(comp.numpy(), cfg.num_negatives, langs, scope=cfg.negative_scope)
+    return comp, pool.draw(comp.numpy(), cfg.num_negatives, langs, scope=cfg.negative_scope)
+
+
+def build_conl_batch(target: Encoded, index: np.ndarray, comp: torch.Tensor, drawn: np.ndarray, pad_id: int,
+                     source: Optional[Encoded] = None, source_index: Optional[np.ndarray] = None) -> ConlBatch:
+    """Tokenised anchors and their negatives, each distinct negative once,
+    plus a source batch for the CLCS loss."""
     uniq, remapped = unique_negatives(drawn)
     batch = ConlBatch(anchors=batch_of(target, index, pad_id), complementary=comp,
                       negatives=batch_of(target, uniq, pad_id) if len(uniq) else None,
@@ -52,6 +56,14 @@ def make_conl_batch(target: Encoded, index: np.ndarray, q: np.ndarray, pool: Neg
         batch.source = batch_of(source, source_index, pad_id)
         batch.source_labels = torch.as_tensor(source.labels[source_index])
     return batch
+
+
+def make_conl_batch(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg, pad_id: int,
+                    generator: Optional[torch.Generator] = None, source: Optional[Encoded] = None,
+                    source_index: Optional[np.ndarray] = None) -> ConlBatch:
+    """``plan_negatives`` then ``build_conl_batch`` for one process."""
+    comp, drawn = plan_negatives(target, index, q, pool, cfg, generator)
+    return build_conl_batch(target, index, comp, drawn, pad_id, source, source_index)
 
 
 def conl_step(model, batch: ConlBatch, cfg, generator: Optional[torch.Generator] = None):

@@ -120,6 +120,7 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     def stages(ds):
         ds = ds.map_batches(read_and_tokenize, batch_format="pyarrow", batch_size=None,
                             num_cpus=res_cfg.cpus_per_task,
+                            compute=ray.data.TaskPoolStrategy(size=res_cfg.tokenize_tasks),
                             fn_kwargs={"tokenizer_dir": model_dir, "max_length": max_length})
         return ds.map_batches(Predictor, batch_format="pyarrow", batch_size=res_cfg.actor_batch_rows,
                               compute=ray.data.ActorPoolStrategy(size=res_cfg.inference_actors),

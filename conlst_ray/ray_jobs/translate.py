@@ -72,6 +72,9 @@ class TranslateActor:
 def resolve_family(tr_cfg) -> str:
     """The code table, read from the model's config when family is 'auto'
     (cheap: no weights are loaded)."""
+    if not tr_cfg.model:
+        raise TranslationConfigError("translation.model is not set: name a seq2seq model "
+                                     "(e.g. facebook/mbart-large-50-many-to-many-mmt or facebook/nllb-200-distilled-600M)")
     if tr_cfg.family != "auto":
         return tr_cfg.family
     from transformers import AutoConfig, AutoTokenizer

@@ -1,0 +1,113 @@
+"""The CoNLST pipeline, stage by stage, resumable:
+
+    source fine-tuning (or a given source checkpoint)
+      -> target corpora sharded -> pseudo-labels (Ray Data)
+      -> CoNL (Ray Train)
+      -> back-translations (Ray Data, when a translation model is set)
+      -> self-training, T iterations (Ray Train; pseudo-labels and FlexMatch
+         thresholds recomputed inside the workers each iteration)
+      -> per-language tables
+
+Every stage writes below the run directory and marks itself done last, so a
+rerun with ``--resume`` skips finished stages.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conlst_ray.rundir import RunDir
+
+
+def stage_source(cfg, run: RunDir, log=print) -> str:
+    """The source model: given (CoNLST as post-training) or fine-tuned here."""
+    if cfg.model.source_checkpoint:
+        log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
+        return cfg.model.source_checkpoint
+    out = run.root / "source"
+    if run.is_done("source"):
+        log(f"[source] done already: {out / 'model'}")
+        return str(out / "model")
+    from conlst_ray.model import build_model, build_tokenizer
+    from conlst_ray.ray_jobs.train import fit_stage
+    from conlst_ray.training import seed_everything
+
+    seed_everything(cfg.seed)
+    tokenizer = build_tokenizer(cfg.model, cfg.data)
+    init = build_model(cfg.model, tokenizer).save(run.stage("init") / "model", tokenizer)
+    t0 = time.time()
+    metrics = fit_stage("source", cfg, out, str(init))
+    run.mark_done("source", {"seconds": time.time() - t0, **metrics})
+    log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}")
+    return str(out / "model")
+
+
+def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+
+    corpus = run.root / "corpus" / "target_train"
+    manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
+                               cfg.resources.cpus_per_task, log)
+    out = run.root / "pseudo_labels" / "source"
+    if not run.is_done("pseudo_labels"):
+        report = pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log)
+        run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds})
+    return corpus, out
+
+
+def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
+    from conlst_ray.ray_jobs.train import fit_stage
+
+    out = run.root / "conl"
+    if not run.is_done("conl"):
+        t0 = time.time()
+        metrics = fit_stage("conl", cfg, out, model_dir, target_corpus=str(corpus), pseudo_labels=str(labels))
+        run.mark_done("conl", {"seconds": time.time() - t0, **metrics})
+        log(f"[conl] {time.time() - t0:.1f}s")
+    return str(out / "model")
+
+
+def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
+    if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation):
+        return None
+    if not cfg.translation.model:
+        log("[translate] translation.model is not set: the strong view is random masking only")
+        return None
+    from conlst_ray.ray_jobs.corpus_cache import read_manifest
+    from conlst_ray.ray_jobs.translate import translate
+
+    out = run.root / "translations" / "back"
+    if not run.is_done("backtranslation"):
+        manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
+        report, fallback = translate(cfg.translation, manifests, corpus, out, "back",
+                                     cpus_per_task=cfg.resources.cpus_per_task, log=log)
+        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback})
+    return out
+
+
+def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=print) -> str:
+    from conlst_ray.ray_jobs.train import fit_stage
+
+    out = run.root / "ssl"
+    if not run.is_done("ssl"):
+        t0 = time.time()
+        metrics = fit_stage("ssl", cfg, out, model_dir, target_corpus=str(corpus),
+                            translations=str(translations) if translations else None)
+        run.mark_done("ssl", {"seconds": time.time() - t0, **metrics})
+        log(f"[ssl] {time.time() - t0:.1f}s")
+    return str(out / "model")
+
+
+def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict[str, str]:
+    """Run (or resume) every stage; returns name -> model directory."""
+    models = {"zero-shot": stage_source(cfg, run, log)}
+    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
+    models["CoNL"] = stage_conl(cfg, run, models["zero-shot"], corpus, labels, log)
+    if stop_after == "conl":
+        return models
+    if cfg.ssl.enabled:
+        translations = stage_backtranslation(cfg, run, corpus, log)
+        models["CoNLST"] = stage_ssl(cfg, run, models["CoNL"], corpus, translations, log)
+    return models
