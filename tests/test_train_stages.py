@@ -34,3 +34,101 @@ def test_source_stage_in_process(tmp_path, ray_session):
     assert len(log) == 2 * (256 // 32) and log[-1]["step"] == 16
     assert log[-1]["loss"] < log[0]["loss"]
     assert metrics["epoch"] == 1 and 0 <= metrics["target_dev_acc"] <= 1
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, ray_session):
+    """A source model, the sharded target corpus and its pseudo-labels."""
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+
+    root = tmp_path_factory.mktemp("stages")
+    cfg = load_config(None, SMALL + ["conl.batch_size=32", "conl.source_batch_size=16", "ssl.batch_size=16",
+                                     "ssl.iterations=2", "ssl.threshold=0.6"])
+    fit_stage("source", cfg, root / "source", init_model(root, cfg), num_workers=0)
+    corpus = root / "corpus"
+    manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data)
+    pseudo_label(str(root / "source" / "model"), corpus, manifests, root / "pl", cfg.resources,
+                 cfg.data.max_length, log=lambda *_: None)
+    return cfg, root
+
+
+def conl(cfg, root, name, overrides=(), workers=0):
+    from conlst_ray.config import load_config as lc
+
+    cfg2 = lc(None, SMALL + ["conl.batch_size=32", "conl.source_batch_size=16"] + list(overrides))
+    fit_stage("conl", cfg2, root / name, str(root / "source" / "model"), target_corpus=str(root / "corpus"),
+              pseudo_labels=str(root / "pl"), num_workers=workers)
+    return steps(root / name)
+
+
+def test_conl_stage_and_its_ablation_switches(source_run):
+    cfg, root = source_run
+    full = conl(cfg, root, "conl")
+    assert len(full) == (2 * 96) // 32                          # one epoch over all target anchors
+    assert {"loss_cl", "loss_clcs"} <= set(full[0]) and "loss_nl_target" not in full[0]
+    assert all(abs(r["loss"] - (r["loss_cl"] + 0.001 * r["loss_clcs"])) < 1e-4 for r in full)  # Eq. 8
+    no_clcs = conl(cfg, root, "conl_no_clcs", ["conl.use_clcs=false"])
+    assert "loss_clcs" not in no_clcs[0] and "loss_cl" in no_clcs[0]
+    no_cl = conl(cfg, root, "conl_no_cl", ["conl.use_contrastive=false"])
+    assert "loss_nl_target" in no_cl[0] and "loss_cl" not in no_cl[0]
+    assert (root / "conl" / "model" / "conlst_heads.safetensors").is_file()
+
+
+def ssl(cfg, root, name, overrides=(), workers=0):
+    from conlst_ray.config import load_config as lc
+
+    cfg2 = lc(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=2", "ssl.threshold=0.6"] + list(overrides))
+    metrics = fit_stage("ssl", cfg2, root / name, str(root / "source" / "model"),
+                        target_corpus=str(root / "corpus"), num_workers=workers)
+    return steps(root / name), metrics
+
+
+def test_ssl_stage_iterations_thresholds_and_switches(source_run):
+    cfg, root = source_run
+    log, metrics = ssl(cfg, root, "ssl")
+    assert {r["iteration"] for r in log} == {0, 1}
+    assert "mixup_lambda" in log[0] and log[0]["aug_masking"] == 1.0 and log[0]["aug_backtranslation"] == 0.0
+    assert all(abs(r["loss"] - (r["loss_sup"] + r["loss_u"])) < 1e-4 for r in log)   # Eq. 12, lambda_u = 1
+    assert 0 < metrics["selected_share"] <= 1
+    thresholds = json.loads((root / "ssl" / "thresholds" / "iter1.rank0.json").read_text())
+    assert len(thresholds) == 3 and all(0 <= t <= 0.6 + 1e-6 for t in thresholds)
+    no_mix, _ = ssl(cfg, root, "ssl_no_mixup", ["ssl.use_mixup=false", "ssl.use_masking=false"])
+    assert "mixup_lambda" not in no_mix[0] and no_mix[0]["aug_masking"] == 0.0
+
+
+def test_one_and_two_workers_follow_the_same_loss_trajectory(source_run):
+    """Same global batch (32): 1 worker x 32 rows vs 2 workers x 16 rows, DDP
+    averaging the gradients. Dropout is off so both see the same function;
+    the losses agree to 1e-3 relative (float reduction order only)."""
+    cfg, root = source_run
+    init = init_model(root / "w", cfg)
+    fit_stage("source", cfg, root / "w1", init, num_workers=1)
+    fit_stage("source", cfg, root / "w2", init, num_workers=2)
+    one, two = steps(root / "w1"), steps(root / "w2")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 17))
+    np.testing.assert_allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-3)
+
+
+def test_two_workers_apply_identical_flexmatch_thresholds(source_run):
+    cfg, root = source_run
+    ssl(cfg, root, "ssl2", workers=2)
+    for it in (0, 1):
+        r0 = json.loads((root / "ssl2" / "thresholds" / f"iter{it}.rank0.json").read_text())
+        r1 = json.loads((root / "ssl2" / "thresholds" / f"iter{it}.rank1.json").read_text())
+        assert r0 == r1
+
+
+def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_run, tmp_path):
+    """A worker dies in the second epoch (step 11 of 16); the group restarts
+    from the epoch-1 checkpoint and ends at the same optimizer step."""
+    cfg, root = source_run
+    init = init_model(tmp_path, cfg)
+    marker = tmp_path / "failed"
+    metrics = fit_stage("source", cfg, tmp_path / "killed", init, num_workers=2,
+                        inject_failure={"step": 11, "marker": str(marker)})
+    assert marker.exists()                                   # the failure did happen
+    log = steps(tmp_path / "killed")
+    assert log[-1]["step"] == 16 and metrics["step"] == 16   # same count as uninterrupted
+    redone = [r["step"] for r in log if r["step"] > 8]
+    assert redone[:3] == [9, 10, 11] and 9 in redone[3:]     # epoch 2 restarted after its checkpoint
