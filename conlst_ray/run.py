@@ -1,60 +1,57 @@
-"""``python -m conlst_ray.run``: the CoNLST pipeline, stage by stage.
+"""``python -m conlst_ray.run``: the whole CoNLST pipeline, stage by stage.
 
-Today it runs the source stage (cross-entropy fine-tuning on labelled source
-data) and the zero-shot evaluation that prints the per-language table; the
-CoNL and self-training stages plug in after it.
+source fine-tuning (or model.source_checkpoint) -> pseudo-labels -> CoNL ->
+(back-translation) -> self-training x T -> per-language tables of the
+zero-shot, CoNL and CoNLST models. ``--resume`` skips finished stages.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
-from conlst_ray.cli import base_parser, load_or_report
-from conlst_ray.data.corpora import eval_corpus, source_corpus
-from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer
+from conlst_ray.cli import add_ray_address, base_parser, init_ray, load_or_report
+from conlst_ray.data.corpora import eval_corpus
+from conlst_ray.model import ConlstEncoder
 from conlst_ray.reporting import write_language_table
 from conlst_ray.rundir import RunDir
-from conlst_ray.training import (accuracy_by_language, encode_table, predict_proba, seed_everything,
-                                 train_supervised)
+from conlst_ray.training import accuracy_by_language, encode_table, predict_proba
+
+STAGES = ("source", "pseudo_labels", "conl", "ssl")
 
 
 def build_parser():
     parser = base_parser("python -m conlst_ray.run",
-                         "Run the CoNLST pipeline (source fine-tuning -> zero-shot evaluation) "
-                         "on the embedded benchmark by default.")
+                         "Run the CoNLST pipeline (source fine-tuning -> pseudo-labels -> CoNL -> "
+                         "self-training -> per-language tables) on the embedded benchmark by default.")
     parser.add_argument("--resume", action="store_true", help="continue the run directory, skipping finished stages")
+    parser.add_argument("--stop-after", choices=("conl",), help="stop after this stage (resume later with --resume)")
+    add_ray_address(parser)
     return parser
 
 
-def stage_source(cfg, run: RunDir, tokenizer, log=print) -> str:
-    """Fine-tune on labelled source data; save a HF directory under source/model."""
-    out = run.stage("source")
-    if run.is_done("source"):
-        log(f"[source] done already: {out / 'model'}")
-        return str(out / "model")
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, tokenizer)
-    train = encode_table(tokenizer, source_corpus(cfg.data, "train", log), cfg.data.max_length)
-    log(f"[source] fine-tuning on {len(train)} {cfg.data.source_lang} pairs, {cfg.source.epochs} epochs")
-    t0 = time.time()
-    logs = train_supervised(model, train, cfg.source, tokenizer.pad_token_id, seed=cfg.seed,
-                            log_every=0, log=log)
-    model.save(out / "model", tokenizer)
-    run.mark_done("source", {"epochs": logs, "seconds": time.time() - t0, "rows": len(train)})
-    log(f"[source] {time.time() - t0:.1f}s, final loss {logs[-1]['loss']:.4f}")
-    return str(out / "model")
+def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
+    """Accuracy per language of one model on a labelled split (in the driver)."""
+    from transformers import AutoTokenizer
 
-
-def evaluate(cfg, run: RunDir, model_dir: str, name: str, tokenizer, split: str = "dev", log=print) -> dict:
     table = eval_corpus(cfg.data, split, log)
     if table is None:
-        log(f"[eval] no labelled {split} data: skipped")
         return {}
-    model = ConlstEncoder.load(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = encode_table(tokenizer, table, cfg.data.max_length)
-    q = predict_proba(model, data, tokenizer.pad_token_id, cfg.source.eval_batch_size)
+    q = predict_proba(ConlstEncoder.load(model_dir), data, tokenizer.pad_token_id, cfg.source.eval_batch_size)
     return accuracy_by_language(q, data)
+
+
+def report(cfg, run: RunDir, models: dict, log=print) -> str:
+    langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
+    out = []
+    for split in ("dev", "test"):
+        results = {name: evaluate(cfg, path, split, log) for name, path in models.items()}
+        results = {k: v for k, v in results.items() if v}
+        if results:
+            md = write_language_table(results, langs, cfg.data.source_lang, run.stage("results") / f"accuracy_{split}")
+            out.append(f"Per-language accuracy (%), {split}:\n\n{md}")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -64,17 +61,14 @@ def main(argv=None) -> int:
         return 2
     run = RunDir.create(cfg, resume=args.resume)
     print(f"[run] {run.root}")
-    tokenizer = build_tokenizer(cfg.model, cfg.data)
-    source_dir = stage_source(cfg, run, tokenizer)
-    langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
-    results = {}
-    for split in ("dev", "test"):
-        accs = evaluate(cfg, run, source_dir, "zero-shot", tokenizer, split)
-        if accs:
-            results[f"zero-shot ({split})"] = accs
-    md = write_language_table(results, langs, cfg.data.source_lang, run.stage("results") / "zero_shot")
-    print("\nPer-language accuracy (%), source model, zero-shot:\n")
-    print(md)
+    init_ray(args.address)
+    from conlst_ray.pipeline import run_pipeline
+
+    models = run_pipeline(cfg, run, stop_after=args.stop_after)
+    if args.stop_after:
+        print(f"[run] stopped after {args.stop_after}; continue with --resume")
+        return 0
+    print("\n" + report(cfg, run, models))
     return 0
 
 

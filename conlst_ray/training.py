@@ -5,7 +5,6 @@ No Ray here: the Ray Train loops and Ray Data actors call these functions.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -13,7 +12,6 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -77,14 +75,6 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator,
-                     drop_last: bool = False) -> Iterator[np.ndarray]:
-    order = rng.permutation(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
-
-
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Batches of similar length (length bucketing): short pairs are not padded
     to the longest pair of the corpus."""
@@ -113,37 +103,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
         (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr)
-
-
-def train_supervised(model, data: Encoded, cfg, pad_id: int, seed: int = 0, device="cpu",
-                     log_every: int = 0, log=print) -> list[dict]:
-    """Cross-entropy fine-tuning on labelled rows (the source stage). Returns
-    per-epoch logs."""
-    if (data.labels < 0).any():
-        raise ValueError("source training data has rows without a label (-1)")
-    model.to(device).train()
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = linear_warmup_schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
-    logs = []
-    for epoch in range(cfg.epochs):
-        total, seen = 0.0, 0
-        for step, index in enumerate(shuffled_batches(len(data), cfg.batch_size, rng)):
-            batch = to_device(batch_of(data, index, pad_id), device)
-            labels = torch.as_tensor(data.labels[index], device=device)
-            loss = F.cross_entropy(model(**batch), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-            seen += len(index)
-            if log_every and step % log_every == 0:
-                log(f"epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f}")
-        logs.append({"epoch": epoch, "loss": total / max(seen, 1)})
-    return logs
 
 
 @torch.inference_mode()

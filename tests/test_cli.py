@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from conlst_ray import pseudo_label as pl_cli
-from conlst_ray import run as run_cli
 from conlst_ray import translate as tr_cli
 from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
 from conlst_ray.translation import tiny_translation_model
@@ -22,10 +21,16 @@ def test_every_entry_point_has_help(module):
 
 @pytest.mark.slow
 def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session, capsys):
-    args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300"]
+    from conlst_ray.config import load_config
+    from conlst_ray.pipeline import stage_source
+    from conlst_ray.rundir import RunDir
+
+    args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300",
+            "resources.num_workers=0"]
     assert pl_cli.main(args) == 2                       # no model yet: a clear error
     assert "run python -m conlst_ray.run first" in capsys.readouterr().err
-    assert run_cli.main(args) == 0
+    cfg = load_config(None, args)
+    stage_source(cfg, RunDir.create(cfg), log=lambda *_: None)   # what `run` does first
     assert pl_cli.main(args) == 0
     out = capsys.readouterr().out
     assert "| far | 300 |" in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -370,7 +371,9 @@ def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
 def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                epoch, step, device, metrics_path):
     s = cfg.ssl
+    t0 = time.perf_counter()
     q = pseudo_label_in_workers(model, target, tok, cfg, device)
+    label_seconds = time.perf_counter() - t0
     conf, pred = q.max(-1), q.argmax(-1)
     thresholds.update(np.arange(len(target)), pred, conf > s.threshold)
     mask, _ = thresholds.mask(torch.as_tensor(q))
@@ -402,7 +405,8 @@ def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, op
             sums.setdefault(k, []).append(v)
         _log_step(metrics_path, {"stage": "ssl", "iteration": epoch, "step": step, **record})
     out = {k: float(np.mean(v)) for k, v in sums.items()}
-    out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target))})
+    out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
+                "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target)})
     if getattr(target, "gold", None) is not None and len(selected):
         gold = target.gold[selected]
         known = gold >= 0
