@@ -109,6 +109,8 @@ class ConlstEncoder(nn.Module):
         model = cls(encoder, num_labels=num_labels or meta.get("num_labels", 3),
                     contrastive_dim=contrastive_dim or meta.get("contrastive_dim", 128),
                     pooling=pooling or meta.get("pooling", "cls"))
+        if not meta:
+            _import_classification_head(model, local, pooling)
         if meta:
             from safetensors.torch import load_file
 
@@ -118,6 +120,38 @@ class ConlstEncoder(nn.Module):
             model.contrastive_head.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
                                                     if k.startswith("contrastive_head.")})
         return model
+
+
+def _import_classification_head(model: "ConlstEncoder", path: Path, pooling: Optional[str]) -> None:
+    """A plain HF ``*ForSequenceClassification`` directory (e.g. a robustly
+    trained or translate-train model given as model.source_checkpoint): carry
+    its BERT-style head (``classifier.weight/bias`` over the pooler) over, so
+    CoNLST post-trains the classifier it was given. Other head shapes cannot
+    be mapped onto one linear layer: say so instead of silently re-initialising."""
+    import logging
+
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        keys = set(fh.keys())
+        if {"classifier.weight", "classifier.bias"} <= keys:
+            w, b = fh.get_tensor("classifier.weight"), fh.get_tensor("classifier.bias")
+            if tuple(w.shape) == tuple(model.classifier.weight.shape):
+                model.classifier.load_state_dict({"weight": w, "bias": b})
+                if pooling not in (None, "pooler"):
+                    logging.getLogger(__name__).warning(
+                        "%s: imported a classifier trained on the pooler output, but model.pooling=%s",
+                        path, pooling)
+                if pooling is None:
+                    model.pooling = "pooler"
+                return
+    if any(k.startswith("classifier.") for k in keys):
+        logging.getLogger(__name__).warning(
+            "%s: its classification head (%s) does not map onto conlst_ray's linear head; "
+            "the head starts from scratch", path, sorted(k for k in keys if k.startswith("classifier."))[:3])
 
 
 def _set_dropout(config, dropout: Optional[float]) -> None:

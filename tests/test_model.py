@@ -79,3 +79,28 @@ def test_tokenizer_specs(shared_data):
         build_tokenizer(ModelConfig(tokenizer=None))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         build_tokenizer(ModelConfig(tokenizer="/nowhere/missing.txt"))
+
+
+def test_hf_sequence_classification_checkpoint_keeps_its_head(synthetic_tokenizer, tmp_path):
+    """model.source_checkpoint may be any fine-tuned BERT classifier (CoNLST-RS / -MT)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(synthetic_tokenizer), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, num_labels=3)
+    hf = BertForSequenceClassification(cfg).eval()
+    hf.save_pretrained(tmp_path / "clf")
+    model = ConlstEncoder.load(tmp_path / "clf").eval()
+    assert model.pooling == "pooler"
+    enc = batch(synthetic_tokenizer)
+    assert torch.allclose(model(**enc), hf(**enc).logits, atol=1e-5)
+
+
+def test_source_checkpoint_replaces_the_source_stage(tmp_path):
+    from conlst_ray.config import load_config
+    from conlst_ray.pipeline import stage_source
+    from conlst_ray.rundir import RunDir
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", f"model.source_checkpoint={tmp_path}/ckpt"])
+    assert stage_source(cfg, RunDir.create(cfg), log=lambda *_: None) == f"{tmp_path}/ckpt"
+    assert not (tmp_path / "r" / "source").exists()
