@@ -63,7 +63,8 @@ def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log
     out = run.root / "conl"
     if not run.is_done("conl"):
         t0 = time.time()
-        metrics = fit_stage("conl", cfg, out, model_dir, target_corpus=str(corpus), pseudo_labels=str(labels))
+        metrics = fit_stage("conl", cfg, out, model_dir, target_corpus=str(corpus), pseudo_labels=str(labels),
+                            langs=list(cfg.data.target_langs))
         run.mark_done("conl", {"seconds": time.time() - t0, **metrics})
         log(f"[conl] {time.time() - t0:.1f}s")
     return str(out / "model")
@@ -94,20 +95,68 @@ def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=
     if not run.is_done("ssl"):
         t0 = time.time()
         metrics = fit_stage("ssl", cfg, out, model_dir, target_corpus=str(corpus),
-                            translations=str(translations) if translations else None)
+                            translations=str(translations) if translations else None,
+                            langs=list(cfg.data.target_langs))
         run.mark_done("ssl", {"seconds": time.time() - t0, **metrics})
         log(f"[ssl] {time.time() - t0:.1f}s")
     return str(out / "model")
 
 
-def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict[str, str]:
-    """Run (or resume) every stage; returns name -> model directory."""
-    models = {"zero-shot": stage_source(cfg, run, log)}
-    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
-    models["CoNL"] = stage_conl(cfg, run, models["zero-shot"], corpus, labels, log)
-    if stop_after == "conl":
-        return models
-    if cfg.ssl.enabled:
-        translations = stage_backtranslation(cfg, run, corpus, log)
+def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
+                  stop_after: str | None = None) -> dict[str, str]:
+    """CoNL then self-training for the target languages of ``cfg``."""
+    models = {"CoNL": stage_conl(cfg, run, source_model, corpus, labels, log)}
+    if stop_after != "conl" and cfg.ssl.enabled:
         models["CoNLST"] = stage_ssl(cfg, run, models["CoNL"], corpus, translations, log)
+    return models
+
+
+def _one_language(cfg, root: str, lang: str, source_model: str, corpus: str, labels: str, translations,
+                  stop_after: str | None) -> dict[str, str]:
+    """One target language's independent run under RUN/targets/<lang>/."""
+    from dataclasses import replace
+
+    sub = RunDir(Path(root) / "targets" / lang)
+    sub.root.mkdir(parents=True, exist_ok=True)
+    cfg_l = replace(cfg, data=replace(cfg.data, target_langs=[lang]))
+    return target_stages(cfg_l, sub, source_model, Path(corpus), Path(labels), translations,
+                         log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
+
+
+def per_language(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
+                 stop_after: str | None = None) -> dict[str, dict[str, str]]:
+    """The paper's setting: one independent CoNL + SSL run per target language,
+    sharing the source model and the pseudo-labels. With
+    resources.parallel_targets > 1 the languages run as Ray tasks, each
+    driving its own TorchTrainer (they take no CPU themselves, so their
+    workers get the cores), scheduled across the cluster."""
+    import ray
+
+    langs = list(cfg.data.target_langs)
+    args = (str(run.root), source_model, str(corpus), str(labels),
+            str(translations) if translations else None, stop_after)
+    if cfg.resources.parallel_targets > 1:
+        task = ray.remote(num_cpus=0.01)(_one_language)
+        pending, results = list(langs), {}
+        running: dict = {}
+        while pending or running:
+            while pending and len(running) < cfg.resources.parallel_targets:
+                lang = pending.pop(0)
+                running[task.remote(cfg, args[0], lang, *args[1:])] = lang
+            done, _ = ray.wait(list(running), num_returns=1)
+            results[running.pop(done[0])] = ray.get(done[0])
+    else:
+        results = {lang: _one_language(cfg, args[0], lang, *args[1:]) for lang in langs}
+    names = dict.fromkeys(name for r in results.values() for name in r)
+    return {name: {lang: r[name] for lang, r in results.items() if name in r} for name in names}
+
+
+def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict:
+    """Run (or resume) every stage; returns name -> model directory, or for
+    per_language mode name -> {language -> model directory}."""
+    models: dict = {"zero-shot": stage_source(cfg, run, log)}
+    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
+    translations = stage_backtranslation(cfg, run, corpus, log) if stop_after != "conl" else None
+    stages = per_language if cfg.data.target_mode == "per_language" else target_stages
+    models.update(stages(cfg, run, models["zero-shot"], corpus, labels, translations, log, stop_after))
     return models

@@ -42,11 +42,30 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     return accuracy_by_language(q, data)
 
 
+def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
+    """per_language mode: each language scored by its own model; the source
+    column is the mean over those models."""
+    from dataclasses import replace
+
+    accs, source = {}, []
+    for lang, path in models.items():
+        cfg_l = replace(cfg, data=replace(cfg.data, target_langs=[lang]))
+        res = evaluate(cfg_l, path, split, log)
+        if lang in res:
+            accs[lang] = res[lang]
+        if cfg.data.source_lang in res:
+            source.append(res[cfg.data.source_lang])
+    if source:
+        accs[cfg.data.source_lang] = sum(source) / len(source)
+    return accs
+
+
 def report(cfg, run: RunDir, models: dict, log=print) -> str:
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     out = []
     for split in ("dev", "test"):
-        results = {name: evaluate(cfg, path, split, log) for name, path in models.items()}
+        results = {name: evaluate_per_language(cfg, path, split, log) if isinstance(path, dict)
+                   else evaluate(cfg, path, split, log) for name, path in models.items()}
         results = {k: v for k, v in results.items() if v}
         if results:
             md = write_language_table(results, langs, cfg.data.source_lang, run.stage("results") / f"accuracy_{split}")

@@ -132,3 +132,23 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
     assert log[-1]["step"] == 16 and metrics["step"] == 16   # same count as uninterrupted
     redone = [r["step"] for r in log if r["step"] > 8]
     assert redone[:3] == [9, 10, 11] and 9 in redone[3:]     # epoch 2 restarted after its checkpoint
+
+
+def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_session):
+    from conlst_ray.pipeline import run_pipeline
+    from conlst_ray.rundir import RunDir
+
+    cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "run_name=pl", "data.target_mode=per_language",
+                                     "resources.num_workers=0", "source.epochs=1", "conl.source_batch_size=16",
+                                     "ssl.batch_size=16", "ssl.iterations=1", "ssl.threshold=0.6"])
+    models = run_pipeline(cfg, RunDir.create(cfg), log=lambda *_: None)
+    assert set(models["CoNL"]) == set(models["CoNLST"]) == {"near", "far"}
+    for lang in ("near", "far"):
+        conl_steps = steps(tmp_path / "pl" / "targets" / lang / "conl")
+        assert len(conl_steps) == 96 // 32                    # anchors of this language only
+        assert (tmp_path / "pl" / "targets" / lang / "ssl" / "DONE.json").is_file()
+    assert not (tmp_path / "pl" / "conl").exists()            # no joint run
+    from conlst_ray.run import report
+
+    table = report(cfg, RunDir(tmp_path / "pl"), models, log=lambda *_: None)
+    assert "| CoNLST |" in table and "nan" not in table
