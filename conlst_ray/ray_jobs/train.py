@@ -293,7 +293,7 @@ def _optimizer_step(ddp, model, loss, optimizer, scheduler, max_norm: float = 1.
 
 def _log_step(metrics_path, record: dict) -> None:
     if metrics_path is not None:
-        _append_jsonl(metrics_path.with_name("steps.jsonl"), record)
+        _append_jsonl(metrics_path.with_name("steps.jsonl"), {**record, "time": time.time()})
 
 
 def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,

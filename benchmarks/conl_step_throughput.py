@@ -1,0 +1,113 @@
+"""CoNL training throughput: the stage under Ray Train with one worker vs the
+same step in a plain PyTorch loop in one process, same model, same batches,
+same threads. Printed side by side with their ratio (target >= 0.9).
+
+    python benchmarks/conl_step_throughput.py [--hidden 256 --layers 4]
+
+Ray Train's figure is its steady state (from the per-step timestamps of
+steps.jsonl, first step excluded) and, separately, end to end including the
+worker group's start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from conlst_ray.algorithm.negatives import NegativePool  # noqa: E402
+from conlst_ray.algorithm.steps import build_conl_batch, conl_step, plan_negatives  # noqa: E402
+from conlst_ray.config import load_config  # noqa: E402
+from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
+from conlst_ray.ray_jobs.train import (_eval_tables, fit_stage, global_plan, read_q,  # noqa: E402
+                                       read_stage_data)
+from conlst_ray.training import linear_warmup_schedule, make_optimizer  # noqa: E402
+
+
+def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int) -> float:
+    """The CoNL epoch of ray_jobs/train.py without Ray: same plan, same step."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = ConlstEncoder.load(model_dir).train()
+    source, target = read_stage_data(cfg, {"target_corpus": str(corpus)}, tok)
+    q = read_q(str(labels), target.ids)
+    c = cfg.conl
+    plan = global_plan(len(target), c.batch_size, cfg.seed, 0)
+    optimizer = make_optimizer(model, c.lr)
+    scheduler = linear_warmup_schedule(optimizer, len(plan), 0.0)
+    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma, 3, target.langs, seed=cfg.seed)
+    src_rng = np.random.default_rng([cfg.seed, 0, 7])
+    times = []
+    for step, gbatch in enumerate(plan):
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
+        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g)
+        src = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
+        batch = build_conl_batch(target, gbatch, comp, drawn, tok.pad_token_id, source, src)
+        loss, _ = conl_step(model, batch, c, g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        times.append(time.time())
+    _eval_tables(cfg)  # same end-of-epoch work as the stage's loop is not timed in either figure
+    return (len(times) - 1) * c.batch_size / (times[-1] - times[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import ray
+
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+
+    cfg = load_config(None, [f"model.tiny.hidden_size={args.hidden}", f"model.tiny.num_layers={args.layers}",
+                             f"model.tiny.num_heads={max(1, args.hidden // 64)}",
+                             f"model.tiny.intermediate_size={4 * args.hidden}",
+                             f"resources.cpus_per_worker={args.threads}", "data.synthetic.n_unlabelled=1000",
+                             "conl.batch_size=32", "conl.num_negatives=8"])
+    ray.init(num_cpus=args.threads, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tok = build_tokenizer(cfg.model, cfg.data)
+        torch.manual_seed(0)
+        model_dir = str(build_model(cfg.model, tok).save(tmp / "model", tok))
+        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
+                                   log=lambda *_: None)
+        pseudo_label(model_dir, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
+                     log=lambda *_: None)
+        t0 = time.time()
+        fit_stage("conl", cfg, tmp / "conl", model_dir, target_corpus=str(tmp / "corpus"),
+                  pseudo_labels=str(tmp / "pl"), num_workers=1)
+        wall = time.time() - t0
+        steps = [json.loads(line) for line in (tmp / "conl" / "steps.jsonl").read_text().splitlines()]
+        ray_steady = (len(steps) - 1) * cfg.conl.batch_size / (steps[-1]["time"] - steps[0]["time"])
+        ray_e2e = len(steps) * cfg.conl.batch_size / wall
+        ray.shutdown()
+        plain = plain_loop(cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads)
+    print(f"model: tiny BERT {args.layers} layers, hidden {args.hidden}; CoNL batch 32 anchors, K=8, "
+          f"CLCS batch 32; {len(steps)} steps; torch threads {args.threads}")
+    print(f"plain PyTorch loop, one process   : {plain:8.1f} anchors/s")
+    print(f"Ray Train, 1 worker, steady state : {ray_steady:8.1f} anchors/s")
+    print(f"Ray Train, 1 worker, incl. start-up ({wall:.0f}s): {ray_e2e:8.1f} anchors/s")
+    print(f"ratio steady / plain = {ray_steady / plain:.2f}  (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
