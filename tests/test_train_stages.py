@@ -152,3 +152,36 @@ def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_se
 
     table = report(cfg, RunDir(tmp_path / "pl"), models, log=lambda *_: None)
     assert "| CoNLST |" in table and "nan" not in table
+
+
+def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shared_data, mbert_tokenizer,
+                                                                 ray_session):
+    """Real XNLI text (fr, de), the mBERT tokenizer, a tiny mBART for the
+    back-translations: the SSL stage trains on them, or not when switched off."""
+    import torch
+
+    from conlst_ray.model import ConlstEncoder, tiny_bert
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.translate import translate
+    from conlst_ray.translation import tiny_translation_model
+
+    xnli = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
+    base = [f"data.source_train={xnli.replace('{lang}', 'en')}", f"data.target_train={xnli}",
+            "data.source_lang=en", "data.target_langs=[fr,de]", "data.source_dev=null", "data.target_dev=null",
+            "data.target_test=null", "data.max_rows=64", "data.shard_rows=32", "model.tokenizer=null",
+            "ssl.batch_size=16", "ssl.iterations=1", "ssl.threshold=0.34", "ssl.thresholding=fixed"]
+    cfg = load_config(None, base)
+    torch.manual_seed(0)
+    model_dir = ConlstEncoder(tiny_bert(len(mbert_tokenizer), cfg.model.tiny)).save(tmp_path / "m", mbert_tokenizer)
+    manifests = ingest_corpora(xnli, ["fr", "de"], tmp_path / "corpus", cfg.data)
+    words = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").split()[:200]
+    tr_cfg = load_config(None, [f"translation.model={tiny_translation_model(tmp_path / 'mt', 'mbart50', words)}",
+                                "translation.max_new_tokens=8"]).translation
+    translate(tr_cfg, manifests, tmp_path / "corpus", tmp_path / "bt", "back", log=lambda *_: None)
+    for name, switch in (("with_bt", "ssl.use_backtranslation=true"), ("without_bt", "ssl.use_backtranslation=false")):
+        cfg = load_config(None, base + [switch])
+        fit_stage("ssl", cfg, tmp_path / name, str(model_dir), target_corpus=str(tmp_path / "corpus"),
+                  translations=str(tmp_path / "bt"), num_workers=0)
+    with_bt, without_bt = steps(tmp_path / "with_bt"), steps(tmp_path / "without_bt")
+    assert with_bt and all(r["aug_backtranslation"] == 1.0 for r in with_bt)
+    assert without_bt and all(r["aug_backtranslation"] == 0.0 for r in without_bt)
