@@ -28,6 +28,12 @@ def load_or_report(args):
         return None
 
 
+def parse(parser: argparse.ArgumentParser, argv=None):
+    """(args, resolved config); the config is None after a reported error."""
+    args = parser.parse_args(argv)
+    return args, load_or_report(args)
+
+
 def add_ray_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' inside a cluster); default: start a local Ray")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, load_or_report
+from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -36,8 +36,7 @@ def summary(table) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_or_report(args)
+    args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
     model_dir = Path(args.model_dir) if args.model_dir else RunDir.of(cfg).root / "source" / "model"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, load_or_report
+from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.model import ConlstEncoder
 from conlst_ray.reporting import write_language_table
@@ -74,8 +74,7 @@ def report(cfg, run: RunDir, models: dict, log=print) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_or_report(args)
+    args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
     run = RunDir.create(cfg, resume=args.resume)

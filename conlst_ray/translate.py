@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, load_or_report
+from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -23,8 +23,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_or_report(args)
+    args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
