@@ -1,0 +1,118 @@
+"""Search spaces written in YAML (``tune.search_space``), checked before any
+trial starts. No Ray here: ``ray_jobs/tune.py`` turns a checked space into
+Ray Tune domains.
+
+    tune:
+      search_space:
+        conl.gamma: {type: uniform, low: 0.7, high: 0.95}
+        conl.lambda_clcs: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+        conl.num_negatives: {type: randint, low: 4, high: 16}     # high exclusive
+        conl.lr: {type: choice, values: [2.0e-6, 5.0e-6]}
+        ssl.lr: {type: grid, values: [1.0e-4, 2.0e-4]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from conlst_ray.config import Config, ConfigError, config_from_dict, to_dict
+
+DISTRIBUTIONS = {
+    "choice": ("values",),
+    "grid": ("values",),
+    "uniform": ("low", "high"),
+    "loguniform": ("low", "high"),
+    "randint": ("low", "high"),
+}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str           # dotted config key, e.g. conl.gamma
+    kind: str          # one of DISTRIBUTIONS
+    low: Any = None
+    high: Any = None
+    values: tuple = ()
+
+
+def _config_keys(cls=Config, prefix: str = "") -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            keys |= _config_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.add(f"{prefix}{f.name}")
+    return keys
+
+
+def parse_search_space(space: dict, base: Config) -> list[Dimension]:
+    """Check every entry: a known config key, a known distribution with its
+    fields, low < high, positive bounds for loguniform, and values that are
+    valid for the key (every choice and both bounds are checked against the
+    config's own ranges). Errors name the key."""
+    import difflib
+
+    known = _config_keys()
+    dims = []
+    for key, spec in (space or {}).items():
+        where = f"tune.search_space.{key}"
+        if key not in known or key.startswith("tune."):
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ConfigError(f"{where}: expected a mapping with a 'type' ({'|'.join(DISTRIBUTIONS)})")
+        kind = spec["type"]
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: unknown distribution '{kind}'; choose one of {list(DISTRIBUTIONS)}")
+        extra = set(spec) - {"type", *DISTRIBUTIONS[kind]}
+        missing = [k for k in DISTRIBUTIONS[kind] if k not in spec]
+        if missing or extra:
+            raise ConfigError(f"{where}: '{kind}' takes {list(DISTRIBUTIONS[kind])}"
+                              + (f"; missing {missing}" if missing else "") + (f"; unexpected {sorted(extra)}" if extra else ""))
+        if kind in ("choice", "grid"):
+            values = spec["values"]
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: values must be a non-empty list")
+            dim = Dimension(key, kind, values=tuple(values))
+            candidates = list(values)
+        else:
+            low, high = _number(where, "low", spec["low"]), _number(where, "high", spec["high"])
+            if not low < high:
+                raise ConfigError(f"{where}: low ({low}) must be below high ({high})")
+            if kind == "loguniform" and low <= 0:
+                raise ConfigError(f"{where}: loguniform needs low > 0, got {low}")
+            if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+                raise ConfigError(f"{where}: randint needs integer bounds")
+            dim = Dimension(key, kind, low=low, high=high)
+            candidates = [low, high - 1 if kind == "randint" else high]
+        for value in candidates:  # each must make a valid config
+            try:
+                apply(base, {key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: value {value!r} is invalid: {exc}") from None
+        dims.append(dim)
+    return dims
+
+
+def _number(where: str, name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be a number, got {value!r}") from None
+
+
+def apply(base: Config, params: dict) -> Config:
+    """A copy of ``base`` with dotted ``params`` set, checked like any config."""
+    data = to_dict(base)
+    for key, value in params.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = int(value) if isinstance(node.get(last), int) and not isinstance(node.get(last), bool) \
+            and isinstance(value, float) and value.is_integer() else value
+    return config_from_dict(data)

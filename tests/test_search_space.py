@@ -1,0 +1,52 @@
+"""Search spaces are checked before any trial starts; errors name the key."""
+
+import pytest
+
+from conlst_ray.config import Config, ConfigError
+from conlst_ray.search_space import apply, parse_search_space
+
+
+def test_every_distribution_parses():
+    dims = parse_search_space({
+        "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},
+        "conl.lambda_clcs": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "conl.num_negatives": {"type": "randint", "low": 4, "high": 16},
+        "conl.lr": {"type": "choice", "values": [2e-6, 5e-6]},
+        "ssl.lr": {"type": "grid", "values": [1e-4, 2e-4]},
+        "conl.tau": {"type": "uniform", "low": 0.1, "high": 1.0},
+        "ssl.mixup_alpha": {"type": "choice", "values": [2.0, 4.0]},
+    }, Config())
+    assert [d.kind for d in dims] == ["uniform", "loguniform", "randint", "choice", "grid", "uniform", "choice"]
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"conl.gamma": {"type": "normal", "low": 0, "high": 1}}, "tune.search_space.conl.gamma: unknown distribution 'normal'"),
+    ({"conl.gamma": {"type": "uniform", "low": 0.9, "high": 0.5}}, r"tune.search_space.conl.gamma: low \(0.9\) must be below high \(0.5\)"),
+    ({"conl.lambda_clcs": {"type": "loguniform", "low": 0, "high": 1}}, "loguniform needs low > 0"),
+    ({"conl.gama": {"type": "uniform", "low": 0.5, "high": 0.9}}, "unknown config key 'conl.gama'; did you mean 'conl.gamma'"),
+    ({"conl.gamma": {"type": "uniform", "low": 0.5}}, r"missing \['high'\]"),
+    ({"conl.gamma": {"type": "uniform", "low": 0.5, "high": 1.5}}, r"conl.gamma: value 1.5 is invalid"),
+    ({"conl.num_negatives": {"type": "choice", "values": []}}, "non-empty list"),
+    ({"conl.num_negatives": {"type": "randint", "low": 0, "high": 4}}, "value 0.0 is invalid"),
+])
+def test_malformed_entries_fail_naming_the_key(space, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_search_space(space, Config())
+
+
+def test_apply_sets_dotted_keys_and_keeps_types():
+    cfg = apply(Config(), {"conl.num_negatives": 12.0, "ssl.lr": 3e-4, "run_name": "x"})
+    assert cfg.conl.num_negatives == 12 and isinstance(cfg.conl.num_negatives, int)
+    assert cfg.ssl.lr == 3e-4 and cfg.run_name == "x"
+
+
+def test_tune_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
+    import ray
+
+    from conlst_ray import tune as tune_cli
+
+    was_running = ray.is_initialized()
+    code = tune_cli.main([f"output_dir={tmp_path}",
+                          "tune.search_space={conl.gamma: {type: uniform, low: 0.9, high: 0.1}}"])
+    assert code == 2 and "tune.search_space.conl.gamma" in capsys.readouterr().err
+    assert ray.is_initialized() == was_running and not list(tmp_path.iterdir())

@@ -1,0 +1,48 @@
+"""python -m conlst_ray.tune end to end (smoke sizes, in-process training
+workers): shared work once per search, outputs, resume of a finished search."""
+
+import pytest
+import yaml
+
+from conlst_ray import tune as tune_cli
+from conlst_ray.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("tune")
+    # num_workers=0: shared source stage in-process (fast); trials still get one worker each
+    args = ["--smoke-test", "--num-samples", "3", f"output_dir={out}", "run_name=s", "resources.num_workers=0"]
+    assert tune_cli.main(args) == 0
+    return out / "tune", args
+
+
+def test_shared_work_is_computed_once_for_all_trials(search):
+    storage, _ = search
+    trials = sorted(p for p in (storage / "s-trials").iterdir() if p.is_dir())
+    assert len(trials) == 3
+    shared = storage / "s-shared"
+    assert (shared / "source" / "DONE.json").is_file() and (shared / "pseudo_labels" / "DONE.json").is_file()
+    for trial in trials:  # trials train CoNL (and SSL) only, from the shared source model and labels
+        assert (trial / "conl" / "model").is_dir() and not (trial / "source").exists()
+    assert len(list(storage.rglob("source/model/model.safetensors"))) == 1
+
+
+def test_outputs_best_config_and_tables(search):
+    storage, _ = search
+    out = storage / "s"
+    best = load_config(out / "best_config.yaml")               # runnable with python -m conlst_ray.run
+    assert 0.7 <= best.conl.gamma <= 0.95 and best.conl.num_negatives in (4, 8)
+    assert (out / "trials.csv").read_text().count("\n") == 4   # header + 3 trials
+    assert "| zero-shot |" in (out / "best_accuracy_dev.md").read_text()
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["data"]["synthetic"]["n_unlabelled"] == 200
+
+
+def test_resume_of_a_finished_search_reruns_no_trial(search):
+    storage, args = search
+    before = {p: p.stat().st_mtime_ns for p in (storage / "s-trials").rglob("metrics.jsonl")}
+    assert tune_cli.main(args + ["--resume"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (storage / "s-trials").rglob("metrics.jsonl")}
+    assert before == after and len(after) >= 3
