@@ -12,7 +12,7 @@ from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
 from conlst_ray.translation import tiny_translation_model
 
 
-@pytest.mark.parametrize("module", ["run", "pseudo_label", "translate"])
+@pytest.mark.parametrize("module", ["run", "pseudo_label", "translate", "tune"])
 def test_every_entry_point_has_help(module):
     proc = subprocess.run([sys.executable, "-m", f"conlst_ray.{module}", "--help"], capture_output=True,
                           text=True, timeout=120)

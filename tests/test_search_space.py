@@ -50,3 +50,14 @@ def test_tune_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
                           "tune.search_space={conl.gamma: {type: uniform, low: 0.9, high: 0.1}}"])
     assert code == 2 and "tune.search_space.conl.gamma" in capsys.readouterr().err
     assert ray.is_initialized() == was_running and not list(tmp_path.iterdir())
+
+
+def test_demo_config_space_is_the_built_in_default():
+    from pathlib import Path
+
+    from conlst_ray.config import load_config
+    from conlst_ray.tune import DEFAULT_SPACE
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "tune_configs" / "demo.yaml")
+    assert cfg.tune.search_space == DEFAULT_SPACE
+    assert len(parse_search_space(cfg.tune.search_space, cfg)) == 3
