@@ -38,6 +38,7 @@ def test_outputs_best_config_and_tables(search):
     assert (out / "trials.csv").read_text().count("\n") == 4   # header + 3 trials
     assert "| zero-shot |" in (out / "best_accuracy_dev.md").read_text()
     assert yaml.safe_load((out / "best_config.yaml").read_text())["data"]["synthetic"]["n_unlabelled"] == 200
+    assert len(list(out.glob("trial_*/events.out.tfevents*"))) == 3  # TensorBoard logs per trial
 
 
 def test_resume_of_a_finished_search_reruns_no_trial(search):
