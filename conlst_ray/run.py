@@ -14,7 +14,7 @@ from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.model import ConlstEncoder
 from conlst_ray.reporting import write_language_table
 from conlst_ray.rundir import RunDir
-from conlst_ray.training import accuracy_by_language, encode_table, predict_proba
+from conlst_ray.training import accuracy_on
 
 STAGES = ("source", "pseudo_labels", "conl", "ssl")
 
@@ -36,10 +36,8 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     table = eval_corpus(cfg.data, split, log)
     if table is None:
         return {}
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = encode_table(tokenizer, table, cfg.data.max_length)
-    q = predict_proba(ConlstEncoder.load(model_dir), data, tokenizer.pad_token_id, cfg.source.eval_batch_size)
-    return accuracy_by_language(q, data)
+    return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(model_dir), table,
+                       cfg.data.max_length, cfg.source.eval_batch_size)
 
 
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:

@@ -127,3 +127,9 @@ def accuracy_by_language(q: np.ndarray, data: Encoded) -> dict[str, float]:
         if sel.any():
             out[lang] = float((pred[sel] == data.labels[sel]).mean())
     return out
+
+
+def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: int = 256, device="cpu") -> dict:
+    """Accuracy per language of ``model`` on the labelled rows of ``table``."""
+    data = encode_table(tokenizer, table, max_length)
+    return accuracy_by_language(predict_proba(model, data, tokenizer.pad_token_id, batch_size, device), data)

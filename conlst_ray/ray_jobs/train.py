@@ -34,7 +34,7 @@ from conlst_ray.algorithm.steps import (SslBatch, build_conl_batch, conl_step, p
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder
-from conlst_ray.training import (accuracy_by_language, batch_of, encode_table, linear_warmup_schedule,
+from conlst_ray.training import (accuracy_on, batch_of, encode_table, linear_warmup_schedule,
                                  make_optimizer, predict_proba, to_device)
 
 STATE_FILE = "train_state.pt"
@@ -192,9 +192,7 @@ def read_q(path: str, ids: list) -> np.ndarray:
 def evaluate(model, tokenizer, cfg, eval_tables) -> dict:
     accs = {}
     for table in eval_tables:
-        data = encode_table(tokenizer, table, cfg.data.max_length)
-        q = predict_proba(model, data, tokenizer.pad_token_id, cfg.source.eval_batch_size)
-        accs.update(accuracy_by_language(q, data))
+        accs.update(accuracy_on(model, tokenizer, table, cfg.data.max_length, cfg.source.eval_batch_size))
     model.train()
     targets = [accs[lang] for lang in cfg.data.target_langs if lang in accs]
     out = {f"acc_{lang}": acc for lang, acc in accs.items()}
