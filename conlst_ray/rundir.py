@@ -41,6 +41,3 @@ class RunDir:
 
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))
-
-    def metrics(self, name: str) -> dict:
-        return json.loads((self.root / name / DONE_FILE).read_text(encoding="utf-8"))
