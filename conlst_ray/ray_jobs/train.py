@@ -281,7 +281,7 @@ def _append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record, default=float) + "\n")
 
 
-def _optimizer_step(ddp, model, loss, optimizer, scheduler, max_norm: float = 1.0) -> None:
+def _optimizer_step(model, loss, optimizer, scheduler, max_norm: float = 1.0) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -289,26 +289,33 @@ def _optimizer_step(ddp, model, loss, optimizer, scheduler, max_norm: float = 1.
     scheduler.step()
 
 
-def _log_step(metrics_path, record: dict) -> None:
+def _record_step(sums: dict, metrics_path, logs: dict, **tags) -> None:
+    """Average a step's log terms over the workers, keep them for the epoch
+    means, and (rank 0) append them to steps.jsonl with a timestamp."""
+    record = {k: all_mean(v) for k, v in logs.items()}
+    for k, v in record.items():
+        sums.setdefault(k, []).append(v)
     if metrics_path is not None:
-        _append_jsonl(metrics_path.with_name("steps.jsonl"), {**record, "time": time.time()})
+        _append_jsonl(metrics_path.with_name("steps.jsonl"), {**tags, **record, "time": time.time()})
+
+
+def _epoch_means(sums: dict) -> dict:
+    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                   epoch, step, device, metrics_path):
-    losses = []
+    sums: dict[str, list] = {}
     for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, epoch):
         maybe_fail(loop_cfg, step)
         idx = my_slice(gbatch)
         batch = to_device(batch_of(source, idx, tok.pad_token_id), device)
         labels = torch.as_tensor(source.labels[idx], device=device)
         loss, logs = ddp(source_step, batch, labels)
-        _optimizer_step(ddp, model, loss, optimizer, scheduler, cfg.source.max_grad_norm)
+        _optimizer_step(model, loss, optimizer, scheduler, cfg.source.max_grad_norm)
         step += 1
-        mean = all_mean(logs["loss"])
-        losses.append(mean)
-        _log_step(metrics_path, {"stage": "source", "step": step, "loss": mean})
-    return {"loss": float(np.mean(losses))}, step
+        _record_step(sums, metrics_path, logs, stage="source", step=step)
+    return _epoch_means(sums), step
 
 
 def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
@@ -330,13 +337,10 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
         batch = build_conl_batch(target, gbatch[rows], comp[rows], drawn[rows], tok.pad_token_id,
                                  source, my_slice(src_idx))
         loss, logs = ddp(conl_step, _conl_to(batch, device), c, g)
-        _optimizer_step(ddp, model, loss, optimizer, scheduler)
+        _optimizer_step(model, loss, optimizer, scheduler)
         step += 1
-        record = {k: all_mean(v) for k, v in logs.items()}
-        for k, v in record.items():
-            sums.setdefault(k, []).append(v)
-        _log_step(metrics_path, {"stage": "conl", "step": step, **record})
-    return {k: float(np.mean(v)) for k, v in sums.items()}, step
+        _record_step(sums, metrics_path, logs, stage="conl", step=step)
+    return _epoch_means(sums), step
 
 
 def _conl_to(batch, device):
@@ -396,13 +400,10 @@ def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, op
                          strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
                          mask=torch.ones(len(idx), dtype=torch.bool, device=device))
         loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
-        _optimizer_step(ddp, model, loss, optimizer, scheduler)
+        _optimizer_step(model, loss, optimizer, scheduler)
         step += 1
-        record = {k: all_mean(v) for k, v in {**logs, **aug_logs}.items()}
-        for k, v in record.items():
-            sums.setdefault(k, []).append(v)
-        _log_step(metrics_path, {"stage": "ssl", "iteration": epoch, "step": step, **record})
-    out = {k: float(np.mean(v)) for k, v in sums.items()}
+        _record_step(sums, metrics_path, {**logs, **aug_logs}, stage="ssl", iteration=epoch, step=step)
+    out = _epoch_means(sums)
     out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
                 "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target)})
     if getattr(target, "gold", None) is not None and len(selected):
