@@ -57,17 +57,22 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
     return corpus, out
 
 
-def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
+def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
+    """A Ray Train stage over the target languages of ``cfg``, skipped when done."""
     from conlst_ray.ray_jobs.train import fit_stage
 
-    out = run.root / "conl"
-    if not run.is_done("conl"):
+    out = run.root / name
+    if not run.is_done(name):
         t0 = time.time()
-        metrics = fit_stage("conl", cfg, out, model_dir, target_corpus=str(corpus), pseudo_labels=str(labels),
-                            langs=list(cfg.data.target_langs))
-        run.mark_done("conl", {"seconds": time.time() - t0, **metrics})
-        log(f"[conl] {time.time() - t0:.1f}s")
+        metrics = fit_stage(name, cfg, out, model_dir, target_corpus=str(corpus),
+                            langs=list(cfg.data.target_langs), **fit_kwargs)
+        run.mark_done(name, {"seconds": time.time() - t0, **metrics})
+        log(f"[{name}] {time.time() - t0:.1f}s")
     return str(out / "model")
+
+
+def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
+    return _target_stage("conl", cfg, run, model_dir, corpus, log, pseudo_labels=str(labels))
 
 
 def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
@@ -89,17 +94,8 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
 
 
 def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=print) -> str:
-    from conlst_ray.ray_jobs.train import fit_stage
-
-    out = run.root / "ssl"
-    if not run.is_done("ssl"):
-        t0 = time.time()
-        metrics = fit_stage("ssl", cfg, out, model_dir, target_corpus=str(corpus),
-                            translations=str(translations) if translations else None,
-                            langs=list(cfg.data.target_langs))
-        run.mark_done("ssl", {"seconds": time.time() - t0, **metrics})
-        log(f"[ssl] {time.time() - t0:.1f}s")
-    return str(out / "model")
+    return _target_stage("ssl", cfg, run, model_dir, corpus, log,
+                         translations=str(translations) if translations else None)
 
 
 def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
