@@ -52,6 +52,20 @@ def trials_table(results, cfg, keys) -> tuple[list, list]:
     return header, rows
 
 
+def expected_trials(cfg, dims) -> int:
+    """Trials a complete search holds: num_samples times the grid's size."""
+    grid = 1
+    for d in dims:
+        grid *= len(d.values) if d.kind == "grid" else 1
+    return cfg.tune.num_samples * grid
+
+
+def interrupted(results, cfg, dims) -> bool:
+    """True when Tune stopped before every trial ended (Ctrl+C, a killed driver)."""
+    ended = results.num_terminated + results.num_errors
+    return ended < len(results) or len(results) < expected_trials(cfg, dims)
+
+
 def write_trials(header, rows, folder: Path) -> str:
     import csv
     import io
@@ -105,6 +119,10 @@ def main(argv=None) -> int:
     out = storage / name
     keys = [d.key for d in dims]
     md = write_trials(*trials_table(results, cfg, keys), out)
+    if interrupted(results, cfg, dims):
+        print(f"\nTrials so far:\n\n{md}\nThe search was interrupted before every trial ended; continue it with "
+              f"the same arguments plus --resume (state: {out}).", file=sys.stderr)
+        return 130
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode)
     best_cfg = apply(cfg, {k: best.config[k] for k in keys})
     save_config(best_cfg, out / "best_config.yaml")

@@ -61,3 +61,21 @@ def test_demo_config_space_is_the_built_in_default():
     cfg = load_config(Path(__file__).resolve().parents[1] / "tune_configs" / "demo.yaml")
     assert cfg.tune.search_space == DEFAULT_SPACE
     assert len(parse_search_space(cfg.tune.search_space, cfg)) == 3
+
+
+def test_a_search_is_interrupted_until_every_expected_trial_has_ended():
+    from conlst_ray.tune import expected_trials, interrupted
+
+    cfg = apply(Config(), {"tune.num_samples": 2})
+    dims = parse_search_space({"conl.gamma": {"type": "grid", "values": [0.8, 0.9, 0.95]},
+                               "conl.num_negatives": {"type": "choice", "values": [4, 8]}}, cfg)
+    assert expected_trials(cfg, dims) == 6                          # 2 samples x 3 grid points
+
+    class Results(list):
+        def __init__(self, n, terminated, errors=0):
+            super().__init__(range(n))
+            self.num_terminated, self.num_errors = terminated, errors
+
+    assert not interrupted(Results(6, 5, 1), cfg, dims)             # all ended (one errored)
+    assert interrupted(Results(6, 5), cfg, dims)                    # one still running when stopped
+    assert interrupted(Results(4, 4), cfg, dims)                    # stopped before the last trials existed
