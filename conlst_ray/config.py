@@ -106,6 +106,7 @@ class SourceTrainConfig:
 @dataclass
 class CoNLConfig:
     """Stage 1: contrastive negative learning, Eq. 4-8."""
+    enabled: bool = param(True, help="False = no CoNL stage: self-training starts from the source model (the plain self-training baselines)")
     gamma: float = param(0.9, gt=0.0, le=1.0, help="confidence threshold of Eq. 4/5")
     lambda_clcs: float = param(0.001, ge=0.0, help="weight of the CLCS loss, Eq. 8 (paper: 0.001)")
     num_negatives: int = param(8, ge=1, help="K negatives per anchor, Eq. 5")
@@ -143,7 +144,7 @@ class SSLConfig:
 class TranslationConfig:
     """Back-translation (target -> pivot -> target) and translate-train
     (source -> target) with a Hugging Face seq2seq model, on Ray Data."""
-    model: Optional[str] = param(None, help="hub id or local directory of a seq2seq translation model, e.g. facebook/mbart-large-50-many-to-many-mmt; null = no back-translation (masking only)")
+    model: Optional[str] = param(None, help="hub id or local directory of a seq2seq translation model, e.g. facebook/mbart-large-50-many-to-many-mmt; 'synthetic' = the embedded benchmark's stand-in MT system; null = no back-translation (masking only)")
     family: str = param("auto", choices=("auto", "mbart50", "nllb", "m2m100"), help="language-code table; auto = from the model")
     pivot_lang: str = param("en", help="pivot language of back-translation")
     on_uncovered: str = param("error", choices=("error", "mask_only"), help="a language the model lacks: fail at start-up, or fall back to masking-only augmentation")

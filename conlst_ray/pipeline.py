@@ -87,9 +87,11 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
     out = run.root / "translations" / "back"
     if not run.is_done("backtranslation"):
         manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
+        t0 = time.time()
         report, fallback = translate(cfg.translation, manifests, corpus, out, "back",
-                                     cpus_per_task=cfg.resources.cpus_per_task, log=log)
-        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback})
+                                     cpus_per_task=cfg.resources.cpus_per_task, log=log,
+                                     benchmark_seed=cfg.data.synthetic.seed)
+        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0})
     return out
 
 
@@ -100,10 +102,12 @@ def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=
 
 def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
                   stop_after: str | None = None) -> dict[str, str]:
-    """CoNL then self-training for the target languages of ``cfg``."""
-    models = {"CoNL": stage_conl(cfg, run, source_model, corpus, labels, log)}
+    """CoNL then self-training for the target languages of ``cfg``; without
+    CoNL (conl.enabled=false) self-training starts from the source model."""
+    models = {"CoNL": stage_conl(cfg, run, source_model, corpus, labels, log)} if cfg.conl.enabled else {}
     if stop_after != "conl" and cfg.ssl.enabled:
-        models["CoNLST"] = stage_ssl(cfg, run, models["CoNL"], corpus, translations, log)
+        name = "CoNLST" if cfg.conl.enabled else "self-training"
+        models[name] = stage_ssl(cfg, run, models.get("CoNL", source_model), corpus, translations, log)
     return models
 
 

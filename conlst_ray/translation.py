@@ -21,6 +21,9 @@ NLLB_CODES = {
 # M2M100 writes its language tokens as __xx__ (ISO 639-1); covers all 15.
 M2M100_CODES = {lang: f"__{lang}__" for lang in NLLB_CODES}
 CODE_TABLES = {"mbart50": MBART50_CODES, "nllb": NLLB_CODES, "m2m100": M2M100_CODES}
+# translation.model = "synthetic": the embedded benchmark's own stand-in MT system.
+SYNTHETIC_MODEL = "synthetic"
+CODE_TABLES["synthetic"] = {lang: lang for lang in ("src", "near", "mid", "far", "distant")}
 
 
 class TranslationConfigError(ValueError):
@@ -124,3 +127,55 @@ def tiny_translation_model(path, family: str, words: Optional[Sequence[str]] = N
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+class SyntheticTranslator:
+    """A stand-in MT system for the embedded benchmark, so that back-translation
+    (and its ablation) means something there.
+
+    It translates word by word through the concept each surface form names,
+    so -- like a real MT model -- it knows every form of every language,
+    including those the classifier never saw. Like real MT output, the
+    result is a paraphrase, not a copy: the word order is drawn anew and
+    each function word is replaced by another with probability
+    ``swap_function``. Deterministic for a given sentence and direction."""
+
+    def __init__(self, benchmark_seed: int = 13, swap_function: float = 0.5):
+        from conlst_ray.data.synthetic import CONCEPTS, _lexicons
+
+        self.lexicons = _lexicons(benchmark_seed)
+        # within one language every form names one concept (false friends included)
+        self.concept_of = {lang: {form: c for c, form in enumerate(forms)} for lang, forms in self.lexicons.items()}
+        self.function = list(CONCEPTS["function"])
+        self.swap_function = swap_function
+
+    def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
+        import zlib
+
+        import numpy as np
+
+        out = []
+        for text in texts:
+            rng = np.random.default_rng(zlib.crc32(f"{src}>{tgt}:{text}".encode()))
+            concepts = [self.concept_of[src].get(word) for word in text.split()]
+            words = []
+            for c in concepts:
+                if c is None:
+                    continue  # an unknown word is dropped, as MT drops what it cannot read
+                if c in self.function and rng.random() < self.swap_function:
+                    c = int(rng.choice(self.function))
+                words.append(self.lexicons[tgt][c])
+            rng.shuffle(words)
+            out.append(" ".join(words) or text)
+        return out
+
+    def back_translate(self, texts: Sequence[str], lang: str, pivot: str) -> list[str]:
+        return self.translate(self.translate(texts, lang, pivot), pivot, lang)
+
+
+def make_translator(model: str, family: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
+                    batch_size: int = 32, use_gpu: bool = False, benchmark_seed: int = 13):
+    """A Hugging Face seq2seq translator, or the embedded benchmark's stand-in."""
+    if model == SYNTHETIC_MODEL:
+        return SyntheticTranslator(benchmark_seed)
+    return Translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu)

@@ -6,9 +6,10 @@ initial pseudo-labels are computed once, before the trials; each trial runs
 CoNL and self-training from them; ASHA stops weak trials after CoNL.
 
 Outputs under ``--storage-path/<run_name>``: best_config.yaml (runnable with
-``python -m conlst_ray.run --config``), trials.{md,csv}, best_accuracy.{md,csv}
-(per language, with the zero-shot row), and Ray Tune's own files
-(TensorBoard event files per trial).
+``python -m conlst_ray.run --config``), trials.{md,csv},
+best_accuracy_{dev,test}.{md,csv} (per language, with the zero-shot row),
+calibration.{md,csv} and calibration_hist.png for the best trial's CoNL
+model, and Ray Tune's own files (TensorBoard event files per trial).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
-from conlst_ray.config import ConfigError, atomic_write_text, save_config
+from conlst_ray.config import ConfigError, save_config
+from conlst_ray.reporting import write_table
 from conlst_ray.rundir import RunDir
 from conlst_ray.search_space import apply, parse_search_space
 
@@ -67,20 +69,7 @@ def interrupted(results, cfg, dims) -> bool:
 
 
 def write_trials(header, rows, folder: Path) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-    atomic_write_text(folder / "trials.csv", buf.getvalue())
-
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    md += "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in rows)
-    atomic_write_text(folder / "trials.md", md)
-    return md
+    return write_table(folder / "trials", header, rows, digits=None)
 
 
 def main(argv=None) -> int:
@@ -103,7 +92,7 @@ def main(argv=None) -> int:
     init_ray(args.address)
     from conlst_ray.pipeline import stage_backtranslation, stage_pseudo_labels, stage_source
     from conlst_ray.ray_jobs.tune import run_search
-    from conlst_ray.run import report
+    from conlst_ray.report import accuracy_tables, calibration_report
 
     # Shared work, once per search (and reused by --resume): RUN = storage/<name>-shared.
     shared_cfg = apply(cfg, {"run_name": f"{name}-shared", "output_dir": str(storage)})
@@ -127,16 +116,17 @@ def main(argv=None) -> int:
     best_cfg = apply(cfg, {k: best.config[k] for k in keys})
     save_config(best_cfg, out / "best_config.yaml")
     models = {"zero-shot": source_model, "best trial": best.metrics["model_dir"]}
-    table = report(best_cfg, RunDir(out), models, log=lambda *_: None)
-    for split in ("dev", "test"):
-        for ext in ("md", "csv"):
-            src = out / "results" / f"accuracy_{split}.{ext}"
-            if src.is_file():
-                src.replace(out / f"best_accuracy_{split}.{ext}")
+    table = accuracy_tables(best_cfg, out, models, log=lambda *_: None, prefix="best_")
+    # the best trial's CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)
+    best_trial = Path(best.metrics["model_dir"]).parent.parent
+    calibration = calibration_report(best_cfg, run, str(best_trial / "conl" / "model"), out, log=print,
+                                     after_dir=out / "analysis" / best_trial.name)
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
           f"{out / 'best_config.yaml'}\n")
     print(table)
+    if calibration:
+        print(f"Best trial, {calibration}\nHistograms: {out / 'calibration_hist.png'}")
     return 0
 
 

@@ -97,3 +97,66 @@ def test_existing_run_dir_without_resume_is_refused(finished_run):
 def test_bad_override_exits_with_a_message(capsys):
     assert run_mod.main(["conl.gamma=1.5"]) == 2
     assert "conl.gamma" in capsys.readouterr().err
+
+
+def test_without_conl_switch_self_trains_from_the_source_model(finished_run):
+    from conlst_ray.pipeline import run_pipeline
+    from conlst_ray.rundir import RunDir
+
+    run_dir, _, _ = finished_run
+    cfg = load_config(run_dir / "config.yaml", ["conl.enabled=false", "ssl.enabled=false"])
+    assert list(run_pipeline(cfg, RunDir(run_dir), log=lambda *_: None)) == ["zero-shot"]
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_writes_calibration_histograms_and_stage_costs(finished_run):
+    import matplotlib.image
+
+    results = finished_run[0] / "results"
+    rows = read_csv(results / "calibration.csv")
+    for lang in TARGETS:                                         # every target row of the corpus, in 3 bands
+        mine = {r["band"]: r for r in rows if r["lang"] == lang}
+        assert set(mine) == {"high", "mid", "low", "all"}
+        for when in ("before", "after"):
+            assert sum(int(mine[b][f"count_{when}"]) for b in ("high", "mid", "low")) == \
+                int(mine["all"][f"count_{when}"]) == 2000
+    assert "before -> after CoNL" in (results / "calibration.md").read_text()
+    image = matplotlib.image.imread(results / "calibration_hist.png")
+    assert image.ndim == 3 and image.shape[1] > 1000           # 4 languages side by side
+    costs = {r["stage"]: r for r in read_csv(results / "stage_costs.csv")}
+    assert list(costs) == ["source", "pseudo_labels", "conl", "ssl"]
+    assert int(costs["pseudo_labels"]["work"]) == 4 * 2000 and float(costs["pseudo_labels"]["per second"]) > 0
+
+
+def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run, tmp_path, capsys):
+    import shutil
+
+    from conlst_ray import report as report_mod
+
+    run_dir = finished_run[0]
+    before = read_table(run_dir)
+    kept = tmp_path / "kept"
+    shutil.copytree(run_dir / "results", kept)
+    shutil.rmtree(run_dir / "results")
+    assert report_mod.main([str(run_dir)]) == 0
+    assert read_table(run_dir) == before                       # same models, same numbers
+    for name in ("accuracy_dev.md", "accuracy_test.csv", "calibration.md", "calibration.csv",
+                 "calibration_hist.png", "stage_costs.md"):
+        assert (run_dir / "results" / name).is_file(), name
+    assert read_csv(run_dir / "results" / "calibration.csv") == read_csv(kept / "calibration.csv")  # cached labels
+
+    stem = tmp_path / "ablation"
+    assert report_mod.main(["--ablation", f"CoNLST={run_dir}", f"w/o self-training={run_dir}:CoNL",
+                            f"zero-shot={run_dir}:zero-shot", "--out", str(stem)]) == 0
+    table = {r["variant"]: r for r in read_csv(f"{stem}.csv")}
+    assert list(table) == ["CoNLST", "w/o self-training", "zero-shot"]
+    test = read_table(run_dir, "test")
+    for variant, row in (("CoNLST", "CoNLST"), ("w/o self-training", "CoNL"), ("zero-shot", "zero-shot")):
+        assert float(table[variant]["dev avg"]) == pytest.approx(before[row]["avg"])
+        assert float(table[variant]["test avg"]) == pytest.approx(test[row]["avg"])
+    assert report_mod.main(["--ablation", f"x={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Ray Train stages on the embedded benchmark (small sizes): in-process unit
 runs, 1 vs 2 workers at the same global batch, recovery from a killed worker."""
 
+import csv
 import json
 
 import numpy as np
@@ -148,10 +149,15 @@ def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_se
         assert len(conl_steps) == 96 // 32                    # anchors of this language only
         assert (tmp_path / "pl" / "targets" / lang / "ssl" / "DONE.json").is_file()
     assert not (tmp_path / "pl" / "conl").exists()            # no joint run
-    from conlst_ray.run import report
+    from conlst_ray.report import full_report
 
-    table = report(cfg, RunDir(tmp_path / "pl"), models, log=lambda *_: None)
+    table = full_report(cfg, RunDir(tmp_path / "pl"), log=lambda *_: None)  # models found on disk
     assert "| CoNLST |" in table and "nan" not in table
+    # calibration: each language's own CoNL model relabels that language's rows
+    with open(tmp_path / "pl" / "results" / "calibration.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["band"] == "all"]
+    assert [(r["lang"], int(r["count_before"]), int(r["count_after"])) for r in rows] == [("near", 96, 96),
+                                                                                     ("far", 96, 96)]
 
 
 def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shared_data, mbert_tokenizer,

@@ -100,3 +100,42 @@ def test_unknown_language_fails_at_start_up_before_any_work(corpus):
     assert not (root / "bt_err").exists()
     with pytest.raises(TranslationConfigError, match=r"\['xx'\] not covered"):
         translate(TranslationConfig(model=str(root / "nllb")), {"en": {}}, root, root / "e", "train", targets=["xx"])
+
+
+def test_synthetic_translator_paraphrases_through_the_concepts():
+    from collections import Counter
+
+    from conlst_ray.data.synthetic import CONCEPTS, SyntheticBenchmark
+    from conlst_ray.translation import SyntheticTranslator
+
+    bench = SyntheticBenchmark(seed=13, n_unlabelled=60)
+    mt = SyntheticTranslator(benchmark_seed=13)
+    function = set(CONCEPTS["function"])
+    texts = bench.table("far", "unlabelled").column("hypothesis").to_pylist()
+    back = mt.back_translate(texts, "far", "src")
+    assert back == mt.back_translate(texts, "far", "src")                 # deterministic
+    lex = bench.lexicons["far"]
+    concept = {form: c for c, form in enumerate(lex)}
+    changed = 0
+    for text, para in zip(texts, back):
+        before, after = [concept[w] for w in text.split()], [concept[w] for w in para.split()]
+        content = Counter(c for c in before if c not in function)
+        assert Counter(c for c in after if c not in function) == content   # cues and topics kept
+        assert len(after) == len(before)
+        changed += para != text
+    assert changed >= 0.8 * len(texts)                                    # a paraphrase, not a copy
+    # to the pivot: every word becomes the source form of its concept
+    pivot = mt.translate(texts[:5], "far", "src")
+    assert all(w in set(bench.lexicons["src"]) for s in pivot for w in s.split())
+
+
+def test_back_translation_job_with_the_synthetic_translator(tmp_path, ray_session):
+    cfg = load_config(None, ["data.synthetic.n_unlabelled=40", "data.shard_rows=20"])
+    corpus = tmp_path / "corpus"
+    manifests = ingest_corpora(cfg.data.target_train, ["near", "distant"], corpus, cfg.data)
+    tr = TranslationConfig(model="synthetic", pivot_lang="src")
+    report, fallback = translate(tr, manifests, corpus, tmp_path / "bt", "back", log=lambda *_: None)
+    assert report.rows == 80 and fallback == []
+    table = read_translations(tmp_path / "bt")
+    assert sorted(set(table.column("lang").to_pylist())) == ["distant", "near"]
+    assert table.column("id").to_pylist() == table.column("source_id").to_pylist()

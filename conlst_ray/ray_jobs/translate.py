@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
-from conlst_ray.translation import TranslationConfigError, Translator, check_coverage, detect_family
+from conlst_ray.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
+                                   make_translator)
 
 TEXT_COLUMNS = ["id", "lang", "pos", "premise", "hypothesis", "label"]
 
@@ -38,8 +39,9 @@ class TranslateActor:
     """Holds one translation model; translates the rows of a batch, grouped by language."""
 
     def __init__(self, model: str, family: str, mode: str, pivot: str, targets: Sequence[str],
-                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool):
-        self.translator = Translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu)
+                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool, benchmark_seed: int = 13):
+        self.translator = make_translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu,
+                                          benchmark_seed)
         self.mode, self.pivot, self.targets = mode, pivot, list(targets)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -75,6 +77,8 @@ def resolve_family(tr_cfg) -> str:
     if not tr_cfg.model:
         raise TranslationConfigError("translation.model is not set: name a seq2seq model "
                                      "(e.g. facebook/mbart-large-50-many-to-many-mmt or facebook/nllb-200-distilled-600M)")
+    if tr_cfg.model == SYNTHETIC_MODEL:
+        return "synthetic"
     if tr_cfg.family != "auto":
         return tr_cfg.family
     from transformers import AutoConfig, AutoTokenizer
@@ -89,7 +93,8 @@ def resolve_family(tr_cfg) -> str:
 
 def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,
               targets: Sequence[str] = (), cpus_per_task: float = 0.25, log=print,
-              on_progress: Optional[Callable[[JobReport], None]] = None) -> tuple[JobReport, list]:
+              on_progress: Optional[Callable[[JobReport], None]] = None,
+              benchmark_seed: int = 13) -> tuple[JobReport, list]:
     """Back-translate (mode 'back') the languages of ``manifests``, or
     translate them (mode 'train', source rows) into ``targets``. Languages
     the model does not cover are checked before any work starts. Returns
@@ -117,7 +122,8 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
                                   "model": tr_cfg.model, "family": family, "mode": mode,
                                   "pivot": tr_cfg.pivot_lang, "targets": targets,
                                   "max_new_tokens": tr_cfg.max_new_tokens, "num_beams": tr_cfg.num_beams,
-                                  "batch_size": tr_cfg.batch_size, "use_gpu": tr_cfg.gpus_per_actor > 0})
+                                  "batch_size": tr_cfg.batch_size, "use_gpu": tr_cfg.gpus_per_actor > 0,
+                                  "benchmark_seed": benchmark_seed})
 
     name = "back-translate" if mode == "back" else "translate-train"
     report = run_sharded_job(name, manifests, corpus_root, out_root, stages, cpus_per_task, log, on_progress,

@@ -1,0 +1,113 @@
+"""Calibration of pseudo-labels before and after CoNL (paper Sec. 4.3).
+
+Table 4 of the paper splits target samples into three confidence bands and
+reports, per language, the accuracy of the pseudo-labels in each band before
+and after contrastive negative learning, plus the accuracy over all bands
+weighted by their sample counts (which is the overall accuracy). Figures 3
+and 4 show how many clean (pseudo-label = gold) and noisy samples fall at
+each confidence. This module computes those numbers from predictions and
+gold labels; it needs no Ray and no model.
+
+Band edges: high = confidence > 0.9, low = confidence < 0.5, middle = the
+rest, so a confidence of exactly 0.9 or 0.5 counts as middle (the paper
+leaves the edges open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+HIGH_EDGE, LOW_EDGE = 0.9, 0.5
+BANDS = ("high", "mid", "low")
+
+
+@dataclass(frozen=True)
+class BandStats:
+    band: str
+    count: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+
+@dataclass
+class LabelledPredictions:
+    """One language's pseudo-labels next to the gold labels."""
+    confidence: np.ndarray   # max_c q, shape [n]
+    correct: np.ndarray      # bool, pseudo-label == gold
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+
+def band_index(confidence: np.ndarray) -> np.ndarray:
+    """0 = high (> 0.9), 1 = middle, 2 = low (< 0.5), per sample."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return np.where(confidence > HIGH_EDGE, 0, np.where(confidence < LOW_EDGE, 2, 1))
+
+
+def band_stats(pred: LabelledPredictions) -> list[BandStats]:
+    """Count and correct pseudo-labels per band, in BANDS order."""
+    idx = band_index(pred.confidence)
+    correct = np.asarray(pred.correct, dtype=bool)
+    return [BandStats(name, int((idx == b).sum()), int(correct[idx == b].sum())) for b, name in enumerate(BANDS)]
+
+
+def weighted_accuracy(stats: list[BandStats]) -> float:
+    """Band accuracies weighted by their counts (Table 4's 'Acc Avg.')."""
+    total = sum(s.count for s in stats)
+    return sum(s.accuracy * s.count for s in stats if s.count) / total if total else float("nan")
+
+
+def join_with_gold(predictions: pa.Table, corpus: pa.Table) -> dict[str, LabelledPredictions]:
+    """Per language: the predictions (id, lang, pseudo_label, confidence) whose
+    corpus row carries a gold label (rows labelled -1 are left out)."""
+    gold = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+    ids = predictions.column("id").to_pylist()
+    labels = np.asarray([gold.get(i, -1) for i in ids])
+    langs = np.asarray(predictions.column("lang").to_pylist())
+    pseudo = predictions.column("pseudo_label").to_numpy()
+    conf = predictions.column("confidence").to_numpy()
+    known = labels >= 0
+    return {lang: LabelledPredictions(conf[known & (langs == lang)], (pseudo == labels)[known & (langs == lang)])
+            for lang in dict.fromkeys(langs[known].tolist())}
+
+
+def calibration_rows(before: dict[str, LabelledPredictions],
+                     after: dict[str, LabelledPredictions], langs: list[str]) -> tuple[list, list]:
+    """Long-form rows (CSV): language, band (or 'all'), count and accuracy before and after."""
+    header = ["lang", "band", "count_before", "acc_before", "count_after", "acc_after"]
+    rows = []
+    for lang in langs:
+        if lang not in before or lang not in after:
+            continue
+        sb, sa = band_stats(before[lang]), band_stats(after[lang])
+        for b, a in zip(sb, sa):
+            rows.append([lang, b.band, b.count, b.accuracy, a.count, a.accuracy])
+        rows.append([lang, "all", len(before[lang]), weighted_accuracy(sb), len(after[lang]), weighted_accuracy(sa)])
+    return header, rows
+
+
+def calibration_markdown(header: list, rows: list, after_name: str = "CoNL") -> str:
+    """Table 4's layout: a row per language, 'before -> after' accuracy (%) and
+    sample counts per band, then the count-weighted accuracy."""
+    by_lang: dict[str, dict[str, list]] = {}
+    for row in rows:
+        by_lang.setdefault(row[0], {})[row[1]] = row
+
+    def pct(v):
+        return "-" if v != v else f"{100 * v:.1f}"
+
+    cols = ["High (>0.9)", "Mid (0.5-0.9)", "Low (<0.5)", "Acc Avg."]
+    lines = [f"Pseudo-label accuracy (%) [samples] per confidence band, before -> after {after_name}:", "",
+             "| lang | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for lang, bands in by_lang.items():
+        cells = [f"{pct(r[3])} -> {pct(r[5])} [{r[2]} -> {r[4]}]" for r in (bands[b] for b in BANDS)]
+        cells.append(f"{pct(bands['all'][3])} -> {pct(bands['all'][5])}")
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
