@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.analysis import BANDS, calibration_markdown  # noqa: E402
+from conlst_ray.analysis import calibration_markdown  # noqa: E402
 from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
 from conlst_ray.report import ablation_table, final_row, full_report, read_avg  # noqa: E402
 from conlst_ray.reporting import to_markdown  # noqa: E402
