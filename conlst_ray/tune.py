@@ -26,6 +26,8 @@ from conlst_ray.search_space import apply, parse_search_space
 DEFAULT_SPACE = {
     "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},
     "conl.num_negatives": {"type": "choice", "values": [4, 8]},
+    # how hard CoNL moves the model decides whether it calibrates at all (docs/RESULTS.md)
+    "conl.lr": {"type": "loguniform", "low": 5.0e-5, "high": 1.0e-3},
     "ssl.lr": {"type": "loguniform", "low": 1.0e-4, "high": 5.0e-4},
 }
 SMOKE = ["data.synthetic.n_source_train=600", "data.synthetic.n_unlabelled=200", "data.synthetic.n_dev=90",

@@ -12,11 +12,13 @@ from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
 from conlst_ray.translation import tiny_translation_model
 
 
-@pytest.mark.parametrize("module", ["run", "pseudo_label", "translate", "tune"])
-def test_every_entry_point_has_help(module):
+@pytest.mark.parametrize("module,expected", [("run", "conl.gamma=0.9"), ("pseudo_label", "conl.gamma=0.9"),
+                                             ("translate", "conl.gamma=0.9"), ("tune", "conl.gamma=0.9"),
+                                             ("report", "--ablation NAME=RUN_DIR")])
+def test_every_entry_point_has_help(module, expected):
     proc = subprocess.run([sys.executable, "-m", f"conlst_ray.{module}", "--help"], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0 and "conl.gamma=0.9" in proc.stdout
+    assert proc.returncode == 0 and expected in proc.stdout
 
 
 @pytest.mark.slow

@@ -39,6 +39,9 @@ def test_outputs_best_config_and_tables(search):
     assert "| zero-shot |" in (out / "best_accuracy_dev.md").read_text()
     assert yaml.safe_load((out / "best_config.yaml").read_text())["data"]["synthetic"]["n_unlabelled"] == 200
     assert len(list(out.glob("trial_*/events.out.tfevents*"))) == 3  # TensorBoard logs per trial
+    # the best trial's CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)
+    assert "before -> after CoNL" in (out / "calibration.md").read_text()
+    assert (out / "calibration_hist.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_of_a_finished_search_reruns_no_trial(search):
