@@ -60,7 +60,7 @@ def test_demo_config_space_is_the_built_in_default():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "tune_configs" / "demo.yaml")
     assert cfg.tune.search_space == DEFAULT_SPACE
-    assert len(parse_search_space(cfg.tune.search_space, cfg)) == 3
+    assert len(parse_search_space(cfg.tune.search_space, cfg)) == 4
 
 
 def test_a_search_is_interrupted_until_every_expected_trial_has_ended():
