@@ -210,6 +210,12 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
     figures = docs / "figures"
     figures.mkdir(exist_ok=True)
     shutil.copyfile(base[0] / "results" / "calibration_hist.png", figures / "fig3_calibration_conl.png")
+    strong, strong_figure = "CoNLST, CoNL lr 1e-3", ""
+    if strong in runs[seeds[0]]:
+        shutil.copyfile(runs[seeds[0]][strong] / "results" / "calibration_hist.png",
+                        figures / "fig3_calibration_conl_lr1e-3.png")
+        strong_figure = ("\nThe same with CoNL's learning rate at 1e-3 (see \"How hard CoNL pushes\" below):\n\n"
+                         "![Figure 3, CoNL lr 1e-3](figures/fig3_calibration_conl_lr1e-3.png)\n")
     nl = [runs[s][NL_ONLY] for s in seeds if NL_ONLY in runs[s]]
     if nl:
         shutil.copyfile(nl[0] / "results" / "calibration_hist.png", figures / "fig4_calibration_nl_only.png")
@@ -241,7 +247,8 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
         ablation=ablation_md, paper3="\n".join(f"| {k} | {v} |" for k, v in PAPER_TABLE3.items()),
         calibration=mean_calibration(base, "CoNL"),
         calibration_nl=mean_calibration(nl, "NL (cross-entropy only)") if nl else "(not run)\n",
-        findings="\n".join(findings), costs=costs, sensitivity=sensitivity, discussion=DISCUSSION, seeds_first=seeds[0],
+        findings="\n".join(findings), costs=costs, sensitivity=sensitivity, strong_figure=strong_figure,
+        discussion=DISCUSSION, seeds_first=seeds[0],
         n_unlabelled=cfg.data.synthetic.n_unlabelled)
     atomic_write_text(docs / "RESULTS.md", text)
     print(f"[study] wrote {docs / 'RESULTS.md'} ({minutes:.0f} min of runs under {out})")
@@ -292,7 +299,7 @@ Clean and noisy pseudo-labels by confidence before and after CoNL (the
 paper's Figure 3), seed {seeds_first}:
 
 ![Figure 3](figures/fig3_calibration_conl.png)
-
+{strong_figure}
 The same for negative learning with cross-entropy only (Figure 4):
 
 ![Figure 4](figures/fig4_calibration_nl_only.png)

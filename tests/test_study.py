@@ -24,5 +24,5 @@ def test_quick_study_writes_results_with_tables_and_figures(tmp_path):
     assert "before -> after CoNL" in text and "before -> after NL (cross-entropy only)" in text
     for link in re.findall(r"\]\((figures/[^)]+\.png)\)", text):          # every figure it shows exists
         assert (docs / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
-    assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", text)) == 2
+    assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", text)) == 2          # Fig. 3 and Fig. 4
     assert (docs / "ablation.csv").read_text().count("\n") == 5           # header + 4 variants
