@@ -368,7 +368,41 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for text in overrides:
         keys, value = parse_override(text)
         merged = _deep_merge(merged, _nest(keys, value))
-    return _build(cls, merged, origin=origin if not overrides else f"{origin or 'defaults'} + overrides")
+    cfg = _build(cls, merged, origin=origin if not overrides else f"{origin or 'defaults'} + overrides")
+    return absolute_paths(cfg) if isinstance(cfg, Config) else cfg
+
+
+FILE_FORMATS = ("xnli_tsv", "xnli_mt_tsv", "jsonl", "parquet")   # corpus specs whose location is a path
+NAMED_MODELS = ("tiny-bert", "synthetic")                          # names, not paths
+
+
+def _absolute_spec(spec: Optional[str]) -> Optional[str]:
+    fmt, sep, location = (spec or "").partition(":")
+    if not sep or fmt not in FILE_FORMATS or os.path.isabs(location):
+        return spec
+    return f"{fmt}:{os.path.abspath(location)}"
+
+
+def _absolute_local(name: Optional[str]) -> Optional[str]:
+    """A relative path that exists here becomes absolute; hub ids stay as they are."""
+    if not name or name in NAMED_MODELS or os.path.isabs(name) or not os.path.exists(name):
+        return name
+    return os.path.abspath(name)
+
+
+def absolute_paths(cfg: "Config") -> "Config":
+    """Relative paths are read from the current directory -- but Ray Train
+    workers and Tune trials run in directories of their own, so every path a
+    config names is made absolute here, once, in the process that loads it."""
+    from dataclasses import replace
+
+    data = replace(cfg.data, **{k: _absolute_spec(getattr(cfg.data, k)) for k in
+                                ("source_train", "source_dev", "target_train", "target_dev", "target_test")})
+    model = replace(cfg.model, **{k: _absolute_local(getattr(cfg.model, k)) for k in
+                                  ("name_or_path", "tokenizer", "source_checkpoint")})
+    translation = replace(cfg.translation, model=_absolute_local(cfg.translation.model))
+    output_dir = cfg.output_dir if "://" in cfg.output_dir else os.path.abspath(cfg.output_dir)
+    return replace(cfg, output_dir=output_dir, data=data, model=model, translation=translation)
 
 
 def config_from_dict(data: dict, cls=Config):

@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.config import atomic_write_text
 from conlst_ray.reporting import write_language_table, write_table
 from conlst_ray.rundir import RunDir
 
@@ -110,11 +112,24 @@ def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) 
 
     corpus = run.root / "corpus" / "target_train"
     per_model = conl.items() if isinstance(conl, dict) else [(None, conl)]
+    # the cache is only valid for the very model files it was made with
+    stamp = json.dumps({str(d): _weights_stamp(d) for _, d in per_model}, sort_keys=True)
+    stamp_file = out / "_models.json"
+    if out.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp_file, stamp)  # first: an interrupted job resumes, a new model starts afresh
     for lang, model_dir in per_model:
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
         pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log)
     return out
+
+
+def _weights_stamp(model_dir: str) -> list:
+    """Size and modification time of a model directory's weight files."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: Path | None = None) -> str | None:

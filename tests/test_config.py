@@ -116,3 +116,19 @@ def test_every_shipped_config_file_loads():
     assert len(files) >= 3
     for path in files:
         load_config(path)
+
+
+def test_relative_paths_become_absolute_because_ray_workers_run_elsewhere(tmp_path, monkeypatch):
+    """Ray Train workers start in a directory of their own (measured:
+    /tmp/ray/session_*/artifacts/<run>), so a relative path would miss there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    cfg = load_config(None, ["output_dir=out", "data.target_train=xnli_tsv:data/dev-{lang}.tsv",
+                             "data.source_dev=hf:facebook/xnli:en:validation", "model.tokenizer=vocab.txt",
+                             "model.name_or_path=xlm-roberta-large", "translation.model=synthetic"])
+    assert cfg.output_dir == str(tmp_path / "out")
+    assert cfg.data.target_train == f"xnli_tsv:{tmp_path}/data/dev-{{lang}}.tsv"
+    assert cfg.data.source_dev == "hf:facebook/xnli:en:validation"          # hub ids and names stay
+    assert cfg.data.source_train == "synthetic:train"
+    assert cfg.model.tokenizer == str(tmp_path / "vocab.txt")
+    assert cfg.model.name_or_path == "xlm-roberta-large" and cfg.translation.model == "synthetic"

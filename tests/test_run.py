@@ -149,6 +149,15 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
         assert (run_dir / "results" / name).is_file(), name
     assert read_csv(run_dir / "results" / "calibration.csv") == read_csv(kept / "calibration.csv")  # cached labels
 
+    # the cached "after CoNL" labels belong to the CoNL model's weights: new weights, new labels
+    shards = lambda: {p: p.stat().st_mtime_ns for p in (run_dir / "analysis").rglob("shard-*.parquet")}  # noqa: E731
+    cached = shards()
+    assert report_mod.main([str(run_dir)]) == 0 and shards() == cached
+    for weights in (run_dir / "conl" / "model").glob("*.safetensors"):
+        weights.touch()
+    assert report_mod.main([str(run_dir)]) == 0
+    assert set(shards()) == set(cached) and all(shards()[p] != cached[p] for p in cached)
+
     stem = tmp_path / "ablation"
     assert report_mod.main(["--ablation", f"CoNLST={run_dir}", f"w/o self-training={run_dir}:CoNL",
                             f"zero-shot={run_dir}:zero-shot", "--out", str(stem)]) == 0
