@@ -30,7 +30,8 @@ def load_or_report(args):
 
 def parse(parser: argparse.ArgumentParser, argv=None):
     """(args, resolved config); the config is None after a reported error."""
-    args = parser.parse_args(argv)
+    # intermixed: overrides may come before and after flags (a=1 --resume b=2)
+    args = parser.parse_intermixed_args(argv)
     return args, load_or_report(args)
 
 

@@ -49,3 +49,11 @@ def test_translate_cli_rejects_an_uncovered_language_before_any_work(tmp_path, s
     assert not (tmp_path / "t").exists()
     assert tr_cli.main(["translation.model=/nowhere/model"]) == 2
     assert "translation.model: cannot load" in capsys.readouterr().err
+
+
+def test_overrides_may_come_before_and_after_flags():
+    from conlst_ray.cli import parse
+    from conlst_ray.run import build_parser
+
+    args, cfg = parse(build_parser(), ["seed=3", "--resume", "conl.gamma=0.8"])
+    assert args.resume and cfg.seed == 3 and cfg.conl.gamma == 0.8
