@@ -364,7 +364,11 @@ DISCUSSION = """### Reading the study (written from the run recorded in this fil
 - At the default CoNL learning rate, chosen by analogy with the paper's
   small CoNL rates, CoNL hardly changes the tiny model: the calibration
   table is flat, where the paper's Table 4 shows the high band gaining 5-13
-  points. Even the strongest CoNL tried here gains 3 points, not 10.
+  points. Even the strongest CoNL tried here gains 3 points, not 10. Part
+  of the reason is visible in the step logs: with squared distances most
+  CoNL steps carry no contrastive gradient at all (the loss underflows to
+  zero). The plain distance removes the underflow but by itself does not
+  calibrate either; only a larger learning rate does.
 - The ablations do not reproduce Table 3. Removing CoNL, the CLCS loss,
   mixup or back-translation changes the final accuracy by less than about
   one standard deviation over seeds (about 1 point), often upwards; the
