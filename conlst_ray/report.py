@@ -126,6 +126,34 @@ def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) 
     return out
 
 
+# Up to this many target rows the CoNL model labels them in the driver: a Ray
+# Data job's start-up costs more (measured on 8,000 rows: about 10 s for the
+# job, under 1 s in the driver).
+DRIVER_INFERENCE_ROWS = 20_000
+
+
+def _labels_in_driver(cfg, corpus, conl: str | dict):
+    """id, lang, pseudo_label, confidence of every corpus row under the CoNL
+    model (per_language mode: each language under its own model)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from transformers import AutoTokenizer
+
+    from conlst_ray.model import ConlstEncoder
+    from conlst_ray.training import encode_table, predict_proba
+
+    per_model = conl.items() if isinstance(conl, dict) else [(None, conl)]
+    parts = []
+    for lang, model_dir in per_model:
+        rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
+                          tokenizer.pad_token_id, cfg.source.eval_batch_size)
+        parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
+                               "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))
+    return pa.concat_tables(parts)
+
+
 def _weights_stamp(model_dir: str) -> list:
     """Size and modification time of a model directory's weight files."""
     files = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
@@ -149,10 +177,13 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     if not any(label >= 0 for label in corpus.column("label").to_pylist()):
         log("[report] calibration skipped: the target corpus carries no gold labels")
         return None
-    after_dir = _predictions_after_conl(cfg, run, conl, after_dir or run.root / "analysis" / "pseudo_labels_conl",
-                                        log)
+    if corpus.num_rows <= DRIVER_INFERENCE_ROWS:
+        after_table = _labels_in_driver(cfg, corpus, conl)
+    else:
+        after_table = read_outputs(_predictions_after_conl(
+            cfg, run, conl, after_dir or run.root / "analysis" / "pseudo_labels_conl", log))
     langs = list(cfg.data.target_langs)
-    before, after = join_with_gold(read_outputs(before_dir), corpus), join_with_gold(read_outputs(after_dir), corpus)
+    before, after = join_with_gold(read_outputs(before_dir), corpus), join_with_gold(after_table, corpus)
     name = "CoNL" if cfg.conl.use_contrastive else "NL (cross-entropy only)"
     md = write_table(out / "calibration", *calibration_rows(before, after, langs),
                      markdown=lambda h, r: calibration_markdown(h, r, name))
