@@ -22,6 +22,7 @@ import pyarrow as pa
 
 HIGH_EDGE, LOW_EDGE = 0.9, 0.5
 BANDS = ("high", "mid", "low")
+CALIBRATION_HEADER = ["lang", "band", "count_before", "acc_before", "count_after", "acc_after"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,6 @@ def join_with_gold(predictions: pa.Table, corpus: pa.Table) -> dict[str, Labelle
 def calibration_rows(before: dict[str, LabelledPredictions],
                      after: dict[str, LabelledPredictions], langs: list[str]) -> tuple[list, list]:
     """Long-form rows (CSV): language, band (or 'all'), count and accuracy before and after."""
-    header = ["lang", "band", "count_before", "acc_before", "count_after", "acc_after"]
     rows = []
     for lang in langs:
         if lang not in before or lang not in after:
@@ -90,7 +90,7 @@ def calibration_rows(before: dict[str, LabelledPredictions],
         for b, a in zip(sb, sa):
             rows.append([lang, b.band, b.count, b.accuracy, a.count, a.accuracy])
         rows.append([lang, "all", len(before[lang]), weighted_accuracy(sb), len(after[lang]), weighted_accuracy(sa)])
-    return header, rows
+    return list(CALIBRATION_HEADER), rows
 
 
 def calibration_markdown(header: list, rows: list, after_name: str = "CoNL") -> str:

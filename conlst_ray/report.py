@@ -19,7 +19,6 @@ name (seeds) give mean and standard deviation.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.config import atomic_write_text
-from conlst_ray.reporting import write_language_table, write_table
+from conlst_ray.reporting import read_rows, write_language_table, write_table
 from conlst_ray.rundir import RunDir
 
 
@@ -111,7 +110,7 @@ def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) 
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label
 
     corpus = run.root / "corpus" / "target_train"
-    per_model = conl.items() if isinstance(conl, dict) else [(None, conl)]
+    per_model = _by_language(conl)
     # the cache is only valid for the very model files it was made with
     stamp = json.dumps({str(d): _weights_stamp(d) for _, d in per_model}, sort_keys=True)
     stamp_file = out / "_models.json"
@@ -142,9 +141,8 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
     from conlst_ray.model import ConlstEncoder
     from conlst_ray.training import encode_table, predict_proba
 
-    per_model = conl.items() if isinstance(conl, dict) else [(None, conl)]
     parts = []
-    for lang, model_dir in per_model:
+    for lang, model_dir in _by_language(conl):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
@@ -152,6 +150,11 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
         parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
                                "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))
     return pa.concat_tables(parts)
+
+
+def _by_language(conl: str | dict) -> list[tuple]:
+    """(language, model directory) pairs; language None = one model for all."""
+    return list(conl.items()) if isinstance(conl, dict) else [(None, conl)]
 
 
 def _weights_stamp(model_dir: str) -> list:
@@ -241,16 +244,14 @@ def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibra
 
 def final_row(run_dir: Path) -> str:
     """The last model of a run's table: its CoNLST (or self-training, or CoNL) row."""
-    with open(run_dir / "results" / "accuracy_dev.csv") as fh:
-        return [r["model"] for r in csv.DictReader(fh)][-1]
+    return read_rows(run_dir / "results" / "accuracy_dev.csv")[-1]["model"]
 
 
 def read_avg(run_dir: Path, split: str, row: str) -> float:
     path = run_dir / "results" / f"accuracy_{split}.csv"
-    with open(path) as fh:
-        for r in csv.DictReader(fh):
-            if r["model"] == row:
-                return float(r["avg"])
+    for r in read_rows(path):
+        if r["model"] == row:
+            return float(r["avg"])
     raise ValueError(f"{path}: no row named {row!r}")
 
 

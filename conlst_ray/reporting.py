@@ -34,6 +34,12 @@ def to_csv(header: list, rows: list) -> str:
     return buf.getvalue()
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV table this module wrote, as dicts of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def write_table(stem: str | Path, header: list, rows: list, digits: int | None = 1,
                 markdown: Callable[[list, list], str] | None = None) -> str:
     """Write ``stem.md`` and ``stem.csv`` (each atomically); return the markdown."""

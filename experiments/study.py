@@ -20,7 +20,6 @@ interrupted study continues where it stopped).
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import time
@@ -31,10 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.analysis import calibration_markdown  # noqa: E402
+from conlst_ray.analysis import CALIBRATION_HEADER, calibration_markdown  # noqa: E402
 from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
 from conlst_ray.report import ablation_table, final_row, full_report, read_avg  # noqa: E402
-from conlst_ray.reporting import to_markdown  # noqa: E402
+from conlst_ray.reporting import read_rows, to_markdown  # noqa: E402
 from conlst_ray.rundir import RunDir  # noqa: E402
 
 BASE = ["translation.model=synthetic", "translation.pivot_lang=src", "resources.num_workers=0"]
@@ -95,11 +94,6 @@ def run_variant(name: str, seed: int, out: Path, extra: list[str], source: str |
     return run_dir
 
 
-def rows_of(path: Path) -> list[dict]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
-
-
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -113,7 +107,7 @@ def language_table(rows: dict[str, list[tuple[Path, str]]], split: str, langs: l
     for name, runs in rows.items():
         per_run = []
         for run_dir, row in runs:
-            per_run += [r for r in rows_of(run_dir / "results" / f"accuracy_{split}.csv") if r["model"] == row]
+            per_run += [r for r in read_rows(run_dir / "results" / f"accuracy_{split}.csv") if r["model"] == row]
         out.append([name] + [mean_std([float(r[c]) for r in per_run]) for c in langs + ["avg"]])
     return to_markdown(header, out)
 
@@ -122,22 +116,21 @@ def mean_calibration(run_dirs: list[Path], after_name: str) -> str:
     """Table 4 averaged over seeds (counts and accuracies are means)."""
     acc: dict[tuple, list] = {}
     for run_dir in run_dirs:
-        for r in rows_of(run_dir / "results" / "calibration.csv"):
+        for r in read_rows(run_dir / "results" / "calibration.csv"):
             acc.setdefault((r["lang"], r["band"]), []).append(
                 [float(r[k] or "nan") for k in ("count_before", "acc_before", "count_after", "acc_after")])
     rows = []
     for (lang, band), vals in acc.items():
         m = np.nanmean(np.asarray(vals), axis=0)
         rows.append([lang, band, int(round(m[0])), m[1], int(round(m[2])), m[3]])
-    header = ["lang", "band", "count_before", "acc_before", "count_after", "acc_after"]
-    return calibration_markdown(header, rows, after_name)
+    return calibration_markdown(CALIBRATION_HEADER, rows, after_name)
 
 
 def band_change(run_dirs: list[Path], band: str) -> tuple[float, float]:
     """Mean over seeds and target languages of a band's accuracy before and after."""
     before, after = [], []
     for run_dir in run_dirs:
-        for r in rows_of(run_dir / "results" / "calibration.csv"):
+        for r in read_rows(run_dir / "results" / "calibration.csv"):
             if r["band"] == band and r["acc_before"] and r["acc_after"]:
                 before.append(float(r["acc_before"]))
                 after.append(float(r["acc_after"]))
@@ -165,7 +158,7 @@ def sensitivity_table(groups: dict[str, list[Path]]) -> str:
         if not run_dirs:
             continue
         hb, ha = band_change(run_dirs, "high")
-        counts = [float(r["count_after"]) for d in run_dirs for r in rows_of(d / "results" / "calibration.csv")
+        counts = [float(r["count_after"]) for d in run_dirs for r in read_rows(d / "results" / "calibration.csv")
                   if r["band"] == "high"]
         rows.append([name, mean_std([read_avg(d, "test", "CoNL") for d in run_dirs]),
                      mean_std([read_avg(d, "test", "CoNLST") for d in run_dirs]), f"{hb:.1f} -> {ha:.1f}",
@@ -232,8 +225,8 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
     if nl:
         shutil.copyfile(nl[0] / "results" / "calibration_hist.png", figures / "fig4_calibration_nl_only.png")
 
-    def avg(name_or_dir, row=None, split="test"):
-        vals = [read_avg(d, split, row or final_row(d)) for d in name_or_dir]
+    def avg(run_dirs, row=None, split="test"):
+        vals = [read_avg(d, split, row or final_row(d)) for d in run_dirs]
         return float(np.mean(vals))
 
     zs, conl, full = avg(base, "zero-shot"), avg(base, "CoNL"), avg(base, "CoNLST")
