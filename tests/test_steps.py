@@ -60,8 +60,11 @@ def conl_batch(setup, cfg, tok, with_source=True):
                            source if with_source else None, np.arange(8) if with_source else None)
 
 
+EQ6_LOGS = {"loss", "loss_cl", "negatives_missing", "bank_size", "sim_pos", "sim_neg", "saturated_share"}
+
+
 def test_conl_step_encodes_two_views_plus_unique_negatives_once(setup, synthetic_tokenizer):
-    cfg = CoNLConfig(gamma=0.7, num_negatives=8, use_clcs=False)
+    cfg = CoNLConfig(gamma=0.7, num_negatives=8, use_clcs=False, negative_bank="anchor", complementary="one")
     batch = conl_batch(setup, cfg, synthetic_tokenizer, with_source=False)
     n_unique = batch.negatives["input_ids"].shape[0]
     drawn = int((batch.negative_index >= 0).sum())
@@ -71,35 +74,51 @@ def test_conl_step_encodes_two_views_plus_unique_negatives_once(setup, synthetic
     assert calls == [16, 16, n_unique]  # anchor view, positive view, unique negatives
     loss.backward()
     assert model.contrastive_head.weight.grad.abs().sum() > 0
-    assert set(logs) == {"loss", "loss_cl", "negatives_missing"}
+    assert set(logs) == EQ6_LOGS
 
 
-def test_conl_step_with_clcs_adds_one_source_pass_and_eq8(setup, synthetic_tokenizer):
-    cfg = CoNLConfig(gamma=0.7, lambda_clcs=0.5)
-    batch = conl_batch(setup, cfg, synthetic_tokenizer)
+def test_conl_step_shares_one_bank_per_step(setup, synthetic_tokenizer):
+    """Default: encoder passes <= 2B + bank, the bank <= classes x bank_per_class
+    (one language here), against about B x K drawn slots."""
+    cfg = CoNLConfig(gamma=0.7, num_negatives=8, use_clcs=False)
+    assert cfg.negative_bank == "step"
+    batch = conl_batch(setup, cfg, synthetic_tokenizer, with_source=False)
     model, calls = model_with_counter(synthetic_tokenizer)
-    loss, logs = conl_step(model, batch, cfg, torch.Generator().manual_seed(0))
-    assert len(calls) == 4 and calls[-1] == 8
-    assert logs["loss"] == pytest.approx(logs["loss_cl"] + 0.5 * logs["loss_clcs"], rel=1e-5)
-    loss.backward()
-    assert model.classifier.weight.grad.abs().sum() > 0  # CLCS keeps the classifier in step
+    _, logs = conl_step(model, batch, cfg)
+    bank = batch.negatives["input_ids"].shape[0]
+    assert bank <= 3 * cfg.num_negatives
+    assert sum(calls) == 2 * 16 + bank and logs["bank_size"] == bank
+    assert int((batch.negative_index >= 0).sum()) > 3 * bank  # the bank really is shared
 
 
-def test_without_contrastive_uses_negative_learning_on_targets(setup, synthetic_tokenizer):
-    cfg = CoNLConfig(gamma=0.7, use_contrastive=False, use_clcs=False)
-    batch = conl_batch(setup, cfg, synthetic_tokenizer)
-    model, calls = model_with_counter(synthetic_tokenizer)
-    model.eval()  # deterministic, to recompute Eq. 1 by hand below
-    loss, logs = conl_step(model, batch, cfg)
-    assert set(logs) == {"loss", "loss_nl_target"} and calls == [16]
-    p = model(**batch.anchors).softmax(-1)
-    expected = -torch.log(1 - p.gather(1, batch.complementary[:, None])).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+def test_eq6_logs_saturation_on_the_unit_sphere_vs_raw_head(setup, synthetic_tokenizer):
+    """The scale of the raw head's output decides how saturated Eq. 6 is; on
+    the unit sphere it does not, and with tau 0.1 no anchor saturates (the
+    logged effect, DESIGN.md)."""
+    raw = CoNLConfig(gamma=0.7, use_clcs=False, normalize=False, tau=0.5)
+    sphere = CoNLConfig(gamma=0.7, use_clcs=False)
+    logs = {}
+    for scale in (1.0, 200.0):
+        model, _ = model_with_counter(synthetic_tokenizer)
+        model.eval()  # same two views: only the scale differs between the runs
+        with torch.no_grad():
+            model.contrastive_head.weight.mul_(scale)
+            model.contrastive_head.bias.mul_(scale)
+        for name, cfg in (("raw", raw), ("sphere", sphere)):
+            logs[name, scale] = conl_step(model, conl_batch(setup, cfg, synthetic_tokenizer, False), cfg)[1]
+    assert logs["raw", 200.0]["saturated_share"] > logs["raw", 1.0]["saturated_share"] + 0.3
+    assert logs["sphere", 200.0]["sim_neg"] == pytest.approx(logs["sphere", 1.0]["sim_neg"], rel=1e-4)
+    assert logs["sphere", 200.0]["saturated_share"] < 0.1
+    assert -4 / sphere.tau <= logs["sphere", 1.0]["sim_neg"] <= 0  # squared distance on the sphere is at most 4
 
 
-def test_make_conl_batch_draws_negatives_of_the_complementary_class(setup, synthetic_tokenizer):
+@pytest.mark.parametrize("bank", ["step", "anchor"])
+def test_make_conl_batch_draws_negatives_from_the_complementary_set(setup, synthetic_tokenizer, bank):
+    """Eq. 4 with set semantics: a confident anchor's negatives carry a
+    pseudo-label other than its own, and both other classes occur; an
+    unconfident anchor's negatives carry its argmin class."""
     target, _, q = setup
-    cfg = CoNLConfig(gamma=0.7, num_negatives=5)
+    cfg = CoNLConfig(gamma=0.7, num_negatives=6, negative_bank=bank)
     batch = conl_batch(setup, cfg, synthetic_tokenizer)
     pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), cfg.gamma, 3, target.langs, seed=0)
     # rebuild the drawn sample ids from the unique bank to check their pseudo-labels
@@ -109,31 +128,53 @@ def test_make_conl_batch_draws_negatives_of_the_complementary_class(setup, synth
     pseudo = q.argmax(-1)
     bank_ids = [target.input_ids.index(row) for row in
                 [ids[ids != 0].tolist() for ids in batch.negatives["input_ids"]]]
+    confident_seen = 0
     for i in range(16):
-        for j in batch.negative_index[i][batch.negative_index[i] >= 0].tolist():
-            assert pseudo[bank_ids[j]] == batch.complementary[i].item()
-            assert q.max(-1)[bank_ids[j]] >= cfg.gamma
+        labels = {int(pseudo[bank_ids[j]]) for j in batch.negative_index[i][batch.negative_index[i] >= 0].tolist()}
+        assert all(q.max(-1)[bank_ids[j]] >= cfg.gamma for j in batch.negative_index[i].tolist() if j >= 0)
+        if q[i].max() >= cfg.gamma:
+            confident_seen += 1
+            assert labels == set(range(3)) - {int(pseudo[i])}  # both other classes, never its own
+        else:
+            assert labels == {int(q[i].argmin())}
+    assert confident_seen >= 3
 
 
-def ssl_batch(setup, tok, mask):
+def test_complementary_one_draws_a_single_class(setup, synthetic_tokenizer):
+    target, _, q = setup
+    cfg = CoNLConfig(gamma=0.7, num_negatives=6, complementary="one")
+    batch = conl_batch(setup, cfg, synthetic_tokenizer)
+    pseudo = q.argmax(-1)
+    bank_ids = [target.input_ids.index(row) for row in
+                [ids[ids != 0].tolist() for ids in batch.negatives["input_ids"]]]
+    for i in range(16):
+        labels = {int(pseudo[bank_ids[j]]) for j in batch.negative_index[i].tolist() if j >= 0}
+        assert labels <= {batch.complementary[i].item()}
+
+
+def ssl_batch(setup, tok, mask, mixup_rows=None):
     target, source, q = setup
     idx = np.arange(len(mask))
     return SslBatch(source=batch_of(source, idx, tok.pad_token_id), source_labels=torch.as_tensor(source.labels[idx]),
                     strong=batch_of(target, idx, tok.pad_token_id),
-                    pseudo_labels=torch.as_tensor(q[idx].argmax(-1)), mask=torch.as_tensor(mask))
+                    pseudo_labels=torch.as_tensor(q[idx].argmax(-1)), mask=torch.as_tensor(mask),
+                    mixup_rows=None if mixup_rows is None else torch.as_tensor(mixup_rows))
 
 
-def test_ssl_step_eq12_and_mixup_switch(setup, synthetic_tokenizer):
+def test_ssl_step_eq12_and_mixup_rows(setup, synthetic_tokenizer):
     mask = np.array([True, False, True, True, False, True, True, False])
     model, _ = model_with_counter(synthetic_tokenizer)
-    loss, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, mask), SSLConfig(lambda_u=2.0),
-                          np.random.default_rng(0))
+    loss, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, mask, np.ones(8, bool)),
+                          SSLConfig(lambda_u=2.0), np.random.default_rng(0))
     assert "mixup_lambda" in logs and 0 < logs["mixup_lambda"] < 1
     assert logs["loss"] == pytest.approx(logs["loss_sup"] + 2.0 * logs["loss_u"], rel=1e-5)
     assert logs["selected_rate"] == pytest.approx(5 / 8)
-    _, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, mask), SSLConfig(use_mixup=False),
-                       np.random.default_rng(0))
-    assert "mixup_lambda" not in logs
+    _, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, mask), SSLConfig(), np.random.default_rng(0))
+    assert "mixup_lambda" not in logs  # no row was given mixup as its strong view
+    one = np.zeros(8, bool)
+    one[0] = True
+    _, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, mask, one), SSLConfig(), np.random.default_rng(0))
+    assert "mixup_lambda" not in logs  # a lone mixup row has no partner: it trains as it is
     _, logs = ssl_step(model, ssl_batch(setup, synthetic_tokenizer, np.zeros(8, bool)), SSLConfig(),
                        np.random.default_rng(0))
     assert logs["loss_u"] == 0.0 and logs["loss"] == pytest.approx(logs["loss_sup"])
@@ -144,22 +185,56 @@ def test_ssl_step_without_mixup_is_eq14_by_hand(setup, synthetic_tokenizer):
     batch = ssl_batch(setup, synthetic_tokenizer, mask)
     model, _ = model_with_counter(synthetic_tokenizer)
     model.eval()
-    _, logs = ssl_step(model, batch, SSLConfig(use_mixup=False), np.random.default_rng(0))
+    _, logs = ssl_step(model, batch, SSLConfig(), np.random.default_rng(0))
     logp = model(**batch.strong).log_softmax(-1)
     rows = [0, 2]
     expected = -sum(logp[r, batch.pseudo_labels[r]].item() for r in rows) / 4
     assert logs["loss_u"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_strong_view_switches():
-    weak = {"input_ids": torch.tensor([[2, 10, 11, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
-    bt = {"input_ids": torch.tensor([[2, 20, 21, 22, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
-    view, logs = strong_view(weak, bt, SSLConfig(use_masking=False), [2, 3], 4)
-    assert torch.equal(view["input_ids"], bt["input_ids"]) and logs["aug_backtranslation"] == 1.0
-    view, logs = strong_view(weak, bt, SSLConfig(use_backtranslation=False, use_masking=False), [2, 3], 4)
-    assert torch.equal(view["input_ids"], weak["input_ids"]) and logs["aug_backtranslation"] == 0.0
-    view, logs = strong_view(weak, None, SSLConfig(mask_rate=0.99), [2, 3], 4, torch.Generator().manual_seed(0))
-    assert view["input_ids"].tolist() == [[2, 4, 4, 3]] and logs["aug_masking"] == 1.0
+def _rows(ids):
+    from conlst_ray.training import Encoded
+
+    n = len(ids)
+    return Encoded([list(r) for r in ids], None, np.full(n, -1), [str(i) for i in range(n)], ["xx"] * n)
+
+
+ORIGINAL = _rows([[2, 10 + i, 11 + i, 12 + i, 3] for i in range(0, 600, 3)])
+BACKTRANSLATED = _rows([[2, 1000 + i, 1001 + i, 3] for i in range(200)])
+
+
+def test_strong_view_gives_each_row_exactly_one_augmentation():
+    idx = np.arange(200)
+    cfg = SSLConfig(mask_rate=0.9)
+    view, mixup_rows, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, cfg, [0, 2, 3], 4,
+                                         torch.Generator().manual_seed(0))
+    ids = view["input_ids"].tolist()
+    is_bt = np.array([row[1] >= 1000 for row in ids])
+    is_masked = np.array([4 in row for row in ids])
+    is_mix = mixup_rows.numpy()
+    assert not (is_bt & is_masked).any() and not (is_bt & is_mix).any() and not (is_masked & is_mix).any()
+    # a row neither back-translated, masked nor mixed would be a rare mask draw that hit no token
+    assert (is_bt | is_masked | is_mix).mean() > 0.95
+    for name, share in (("backtranslation", is_bt.mean()), ("mixup", is_mix.mean())):
+        assert logs[f"aug_{name}"] == pytest.approx(share) and 0.2 < share < 0.45
+    assert logs["aug_backtranslation"] + logs["aug_masking"] + logs["aug_mixup"] == pytest.approx(1.0)
+    for row, original, masked in zip(ids, ORIGINAL.input_ids, is_masked):
+        if masked:  # masking changes tokens in place, never the special ones
+            assert [t for t, o in zip(row, original) if t != o and t != 0] and row[0] == 2 and row[-1] == 3
+
+
+def test_strong_view_switches_and_stacking():
+    idx = np.arange(4)
+    g = torch.Generator().manual_seed(0)
+    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, SSLConfig(use_masking=False, use_mixup=False),
+                                  [0, 2, 3], 4, g)
+    assert view["input_ids"][:, 1].min() >= 1000 and logs["aug_backtranslation"] == 1.0 and not mix.any()
+    view, mix, logs = strong_view(ORIGINAL, None, idx, 0, SSLConfig(use_mixup=False, mask_rate=0.99), [0, 2, 3], 4, g)
+    assert view["input_ids"][0].tolist() == [2, 4, 4, 4, 3] and logs["aug_masking"] == 1.0
+    stack = SSLConfig(augmentation="stack", mask_rate=0.99)
+    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, stack, [0, 2, 3], 4, g)
+    assert view["input_ids"][0].tolist() == [2, 4, 4, 3] and mix.all()  # back-translated, masked and mixed
+    assert logs == {"aug_backtranslation": 1.0, "aug_masking": 1.0, "aug_mixup": 1.0}
 
 
 def test_source_step_is_cross_entropy(setup, synthetic_tokenizer):

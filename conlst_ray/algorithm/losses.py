@@ -61,6 +61,32 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, tau: float, squared: b
     return -dist / tau
 
 
+def contrast_space(z: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The space Eq. 6 measures distances in: the contrastive head's output,
+    L2-normalised onto the unit sphere by default (as SimCSE and SupCon do).
+
+    Unnormalised, the head's outputs have norms of about 6 at a trained source
+    model, so squared distances over a small tau put the positive tens of
+    nats above every negative: the softmax of Eq. 6 saturates and almost no
+    anchor carries a gradient. On the sphere the squared distance is
+    2 - 2 cos, bounded by 4, and tau alone sets the scale."""
+    return F.normalize(z.float(), dim=-1) if normalize else z
+
+
+def eq6_logits(anchor: torch.Tensor, positive: torch.Tensor, negative_bank: torch.Tensor,
+               negative_index: torch.Tensor, tau: float, squared: bool = True) -> torch.Tensor:
+    """The logits of Eq. 6's softmax, [B, 1 + K]: column 0 is s(h_i, h_i'),
+    the others s(h_i, h_j) for the K negatives (-inf where index is -1)."""
+    s_pos = pairwise_similarity(anchor, positive, tau, squared)                     # [B]
+    if negative_index.numel() == 0 or negative_bank.numel() == 0:
+        s_neg = anchor.new_full((anchor.shape[0], 0), float("-inf"))
+    else:
+        neg = negative_bank[negative_index.clamp_min(0)]                              # [B, K, D]
+        s_neg = pairwise_similarity(anchor.unsqueeze(1), neg, tau, squared)           # [B, K]
+        s_neg = s_neg.masked_fill(negative_index < 0, float("-inf"))
+    return torch.cat([s_pos.unsqueeze(1), s_neg], dim=1)
+
+
 def contrastive_negative_loss(anchor: torch.Tensor, positive: torch.Tensor, negative_bank: torch.Tensor,
                               negative_index: torch.Tensor, tau: float, squared: bool = True,
                               reduction: str = "mean") -> torch.Tensor:
@@ -70,8 +96,8 @@ def contrastive_negative_loss(anchor: torch.Tensor, positive: torch.Tensor, nega
 
     with h_i the anchor (one dropout pass), h_i' its positive (another dropout
     pass of the same sentence), h_j its K negatives (confident target samples
-    whose pseudo-label is the anchor's complementary label, Eq. 5), all taken
-    on the contrastive head's output, and s = ``pairwise_similarity``.
+    whose pseudo-label is one of the anchor's complementary labels, Eq. 5),
+    all taken in ``contrast_space``, and s = ``pairwise_similarity``.
 
     The negatives are given as a bank of unique embeddings ``negative_bank``
     [U, D] and, per anchor, ``negative_index`` [B, K] into it, so a sample
@@ -79,16 +105,34 @@ def contrastive_negative_loss(anchor: torch.Tensor, positive: torch.Tensor, nega
     negative (its class had too few members): it is left out of the sum. An
     anchor without any negative contributes 0 (log(e^s / e^s)).
     """
-    s_pos = pairwise_similarity(anchor, positive, tau, squared)                     # [B]
-    if negative_index.numel() == 0 or negative_bank.numel() == 0:
-        s_neg = anchor.new_full((anchor.shape[0], 0), float("-inf"))
-    else:
-        neg = negative_bank[negative_index.clamp_min(0)]                              # [B, K, D]
-        s_neg = pairwise_similarity(anchor.unsqueeze(1), neg, tau, squared)           # [B, K]
-        s_neg = s_neg.masked_fill(negative_index < 0, float("-inf"))
-    logits = torch.cat([s_pos.unsqueeze(1), s_neg], dim=1)                            # [B, 1 + K]
-    loss = torch.logsumexp(logits, dim=1) - s_pos
+    loss = eq6_loss(eq6_logits(anchor, positive, negative_bank, negative_index, tau, squared))
     return loss.mean() if reduction == "mean" else loss
+
+
+def eq6_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 per anchor from its logits (``eq6_logits``): -log softmax of the positive."""
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+
+# An anchor whose Eq. 6 loss is below this carries no gradient worth the name:
+# its positive is so much closer than every negative that the softmax is 1.
+SATURATED = 1e-6
+
+
+def eq6_effect(logits: torch.Tensor, negative_index: torch.Tensor) -> dict:
+    """What shows Eq. 6 acting (DESIGN.md, "Effects, not only formulas"): the
+    share of anchors with negatives whose loss is saturated (< 1e-6), and the
+    mean similarity to the positive and to the negatives."""
+    with torch.no_grad():
+        per_anchor = eq6_loss(logits)
+        has_neg = (negative_index >= 0).any(dim=1).to(per_anchor.device)
+        neg = logits[:, 1:]
+        finite = torch.isfinite(neg)
+        out = {"sim_pos": float(logits[:, 0].mean()),
+               "sim_neg": float(neg[finite].mean()) if finite.any() else float("nan"),
+               "saturated_share": float((per_anchor[has_neg] < SATURATED).float().mean()) if has_neg.any()
+               else float("nan")}
+    return out
 
 
 def conl_loss(l_cl: torch.Tensor, l_clcs: torch.Tensor, lam: float) -> torch.Tensor:

@@ -26,6 +26,22 @@ def complementary_labels(q: torch.Tensor, gamma: float,
     return torch.where(conf >= gamma, (top + shift) % q.shape[-1], q.argmin(-1))
 
 
+def complementary_sets(q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 4 as printed, with set semantics: [B, C] booleans marking each
+    sample's complementary labels. A confident sample (max q >= gamma) gets
+    every class except argmax q; an unconfident one gets {argmin q}."""
+    conf, top = q.max(-1)
+    confident = ~torch.nn.functional.one_hot(top, q.shape[-1]).bool()
+    least = torch.nn.functional.one_hot(q.argmin(-1), q.shape[-1]).bool()
+    return torch.where((conf >= gamma).unsqueeze(-1), confident, least)
+
+
+def split_slots(k: int, n: int) -> list[int]:
+    """K negative slots shared as evenly as possible by n complementary classes
+    (so with K >= n every class of the set occurs)."""
+    return [k // n + (j < k % n) for j in range(n)]
+
+
 class NegativePool:
     """Eq. 5: the confident target samples (max q >= gamma), indexed by
     pseudo-label, so that K negatives with a given pseudo-label are drawn in
@@ -67,29 +83,65 @@ class NegativePool:
 
     def draw(self, complementary: Sequence[int], k: int, langs: Optional[Sequence[str]] = None,
              scope: str = "language") -> np.ndarray:
-        """K negatives per anchor: sample indices whose pseudo-label equals the
-        anchor's complementary label, from the anchor's language (scope
-        'language') or from all languages ('pooled'). Returns [B, K], -1 = none."""
+        """K negatives per anchor whose pseudo-label equals the anchor's one
+        complementary label (see ``draw_sets``). Returns [B, K], -1 = none."""
         comp = np.asarray(complementary, dtype=np.int64)
-        out = np.full((len(comp), k), -1, dtype=np.int64)
-        for i, c in enumerate(comp):
+        sets = np.zeros((len(comp), self.num_classes), dtype=bool)
+        sets[np.arange(len(comp)), comp] = True
+        return self.draw_sets(sets, k, langs, scope)
+
+    def draw_sets(self, sets, k: int, langs: Optional[Sequence[str]] = None, scope: str = "language",
+                  bank_per_class: Optional[int] = None) -> np.ndarray:
+        """K negatives per anchor whose pseudo-labels lie in the anchor's set
+        of complementary labels (``sets`` [B, C], Eq. 4-5), the K slots split
+        evenly over the classes of the set that have members, from the
+        anchor's language (scope 'language') or all languages ('pooled').
+
+        ``bank_per_class``: draw once, for this call, a shared bank of that many
+        members per (language, class) needed, and take every anchor's
+        negatives from it -- one step then encodes the bank once instead of
+        K fresh samples per anchor. Without it each anchor draws from the
+        whole pool (with replacement, O(K)). Returns [B, K], -1 = none."""
+        sets = np.asarray(sets, dtype=bool)
+        out = np.full((len(sets), k), -1, dtype=np.int64)
+        bank: dict = {}
+        for i, row in enumerate(sets):
             lang = POOLED if scope == "pooled" or langs is None else langs[i]
-            members = self.members.get((lang, int(c)), np.empty(0, np.int64))
-            if len(members) < max(self.min_members, 1):
-                self._short(lang, int(c), len(members))
+            classes = [int(c) for c in np.flatnonzero(row)]
+            usable = []
+            for c in classes:
+                members = self.members.get((lang, c), np.empty(0, np.int64))
+                if len(members) < max(self.min_members, 1):
+                    self._short(lang, c, len(members))
+                    continue
+                if bank_per_class:
+                    if (lang, c) not in bank:
+                        bank[(lang, c)] = np.unique(members[self.rng.integers(0, len(members), bank_per_class)])
+                    members = bank[(lang, c)]
+                usable.append(members)
+            if not usable:
+                self.stats["anchors_without_negatives"] += 1
                 continue
-            if len(members) < k:
-                self.stats["short_class_draws"] += 1
-            out[i] = members[self.rng.integers(0, len(members), size=k)]
+            slots = []
+            for members, n in zip(usable, split_slots(k, len(usable))):
+                if n == 0:
+                    continue
+                if len(members) < n:
+                    self.stats["short_class_draws"] += 1
+                replace = len(members) < n or not bank_per_class
+                pick = (members[self.rng.integers(0, len(members), size=n)] if replace
+                        else self.rng.choice(members, size=n, replace=False))
+                slots.append(pick)
+            out[i] = np.concatenate(slots)
             self.stats["draws"] += 1
         return out
 
     def _short(self, lang: str, cls: int, n: int) -> None:
-        self.stats["anchors_without_negatives"] += 1
+        self.stats["short_class_skips"] += 1
         if (lang, cls) not in self._warned:
             self._warned.add((lang, cls))
             log.warning("negative pool: class %d of language %s has %d confident members; "
-                        "its anchors get no negatives", cls, lang, n)
+                        "no negatives are drawn from it", cls, lang, n)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "stats": dict(self.stats)}

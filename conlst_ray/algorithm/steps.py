@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from conlst_ray.algorithm.augment import random_token_mask
-from conlst_ray.algorithm.losses import (clcs_loss, conl_loss, contrastive_negative_loss, mixup,
+from conlst_ray.algorithm.losses import (clcs_loss, conl_loss, contrast_space, eq6_effect, eq6_logits, eq6_loss,
+                                         mixup,
                                          negative_learning_loss, ssl_loss, supervised_loss, unlabelled_loss)
-from conlst_ray.algorithm.negatives import NegativePool, complementary_labels, unique_negatives
-from conlst_ray.training import Encoded, batch_of
+from conlst_ray.algorithm.negatives import NegativePool, complementary_labels, complementary_sets, unique_negatives
+from conlst_ray.training import Encoded, batch_of, collate
 
 
 @dataclass
@@ -36,12 +37,21 @@ class ConlBatch:
 
 def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg,
                    generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, np.ndarray]:
-    """For anchors ``target[index]``: complementary labels (Eq. 4) and K
-    negative row indices each from the pool (Eq. 5), -1 = none. ``q`` holds
-    the pseudo-label distribution of every target row."""
-    comp = complementary_labels(torch.as_tensor(q[index]), cfg.gamma, generator)
+    """For anchors ``target[index]``: one complementary label each (Eq. 4,
+    used by the NL ablation) and K negative row indices each from the pool
+    (Eq. 5), -1 = none, drawn from the anchor's complementary set
+    (``conl.complementary``) through one shared bank per step
+    (``conl.negative_bank``). ``q`` holds the pseudo-label distribution of
+    every target row."""
+    q_batch = torch.as_tensor(q[index])
+    comp = complementary_labels(q_batch, cfg.gamma, generator)  # one class: the "w/o contrastive" ablation's Eq. 1
+    if cfg.complementary == "set":
+        sets = complementary_sets(q_batch, cfg.gamma).numpy()
+    else:
+        sets = torch.nn.functional.one_hot(comp, q_batch.shape[-1]).bool().numpy()
     langs = [target.langs[i] for i in index]
-    return comp, pool.draw(comp.numpy(), cfg.num_negatives, langs, scope=cfg.negative_scope)
+    bank = (cfg.bank_per_class or cfg.num_negatives) if cfg.negative_bank == "step" else None
+    return comp, pool.draw_sets(sets, cfg.num_negatives, langs, scope=cfg.negative_scope, bank_per_class=bank)
 
 
 def build_conl_batch(target: Encoded, index: np.ndarray, comp: torch.Tensor, drawn: np.ndarray, pad_id: int,
@@ -77,16 +87,18 @@ def conl_step(model, batch: ConlBatch, cfg, generator: Optional[torch.Generator]
     ``use_clcs=False`` drops L_CLCS."""
     logs: dict[str, float] = {}
     if cfg.use_contrastive:
-        z_anchor = model.contrast(model.embed(**batch.anchors))
-        z_positive = model.contrast(model.embed(**batch.anchors))
-        if batch.negatives is not None:
-            z_bank = model.contrast(model.embed(**batch.negatives))
-        else:
-            z_bank = z_anchor.new_zeros((0, z_anchor.shape[-1]))
-        loss = contrastive_negative_loss(z_anchor, z_positive, z_bank, batch.negative_index.to(z_anchor.device),
-                                         cfg.tau, cfg.squared_distance)
+        def space(inputs):
+            return contrast_space(model.contrast(model.embed(**inputs)), cfg.normalize)
+
+        z_anchor, z_positive = space(batch.anchors), space(batch.anchors)  # two dropout views
+        z_bank = space(batch.negatives) if batch.negatives is not None else z_anchor.new_zeros((0, z_anchor.shape[-1]))
+        index = batch.negative_index.to(z_anchor.device)
+        logits = eq6_logits(z_anchor, z_positive, z_bank, index, cfg.tau, cfg.squared_distance)
+        loss = eq6_loss(logits).mean()
         logs["loss_cl"] = loss.item()
         logs["negatives_missing"] = float((batch.negative_index < 0).float().mean())
+        logs["bank_size"] = float(z_bank.shape[0])
+        logs.update(eq6_effect(logits, index))
     else:
         logits = model(**batch.anchors)
         loss = negative_learning_loss(logits, batch.complementary.to(logits.device)).mean()
@@ -102,47 +114,83 @@ def conl_step(model, batch: ConlBatch, cfg, generator: Optional[torch.Generator]
 @dataclass
 class SslBatch:
     """Stage-2 inputs: labelled source rows, and target rows as their strong
-    view with the pseudo-label of their weak view and the selection mask."""
+    view with the pseudo-label of their weak view and the selection mask;
+    ``mixup_rows`` marks the rows whose strong view is a mixup (Eqs. 9-11)."""
     source: dict
     source_labels: torch.Tensor
     strong: dict
     pseudo_labels: torch.Tensor
     mask: torch.Tensor
+    mixup_rows: Optional[torch.Tensor] = None
 
 
-def strong_view(weak: dict, backtranslated: Optional[dict], cfg, special_ids: Iterable[int], mask_id: int,
-                generator: Optional[torch.Generator] = None) -> tuple[dict, dict]:
-    """The strong augmentation A(x) of Eq. 14: the back-translation when there
-    is one and ``use_backtranslation`` is on, else the original text; then
-    random token masking when ``use_masking`` is on. Returns (batch, logs)."""
-    use_bt = cfg.use_backtranslation and backtranslated is not None
-    view = dict(backtranslated if use_bt else weak)
-    if cfg.use_masking and cfg.mask_rate > 0:
-        view["input_ids"] = random_token_mask(view["input_ids"], view["attention_mask"], special_ids,
-                                              mask_id, cfg.mask_rate, generator)
-    return view, {"aug_backtranslation": float(use_bt), "aug_masking": float(cfg.use_masking)}
+BACKTRANSLATION, MASKING, MIXUP = "backtranslation", "masking", "mixup"
+
+
+def enabled_augmentations(cfg, have_backtranslation: bool) -> list[str]:
+    """The strong augmentations this config switches on (ablation switches)."""
+    on = {BACKTRANSLATION: cfg.use_backtranslation and have_backtranslation,
+          MASKING: cfg.use_masking and cfg.mask_rate > 0, MIXUP: cfg.use_mixup}
+    return [name for name, enabled in on.items() if enabled]
+
+
+def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, pad_id: int, cfg,
+                special_ids: Iterable[int], mask_id: int, generator: Optional[torch.Generator] = None):
+    """The strong views A(x) of Eq. 14 for rows ``target[index]``.
+
+    ``ssl.augmentation=one_per_row`` (default, the paper's set-up): each row
+    gets exactly one augmentation drawn uniformly among the enabled ones --
+    its back-translation, random token masking, or mixup of its sentence
+    embedding (applied in ``ssl_step``). ``stack``: every row gets the
+    back-translation when there is one, then masking, then mixup.
+    Returns (batch, mixup_rows [B] bool, logs with each augmentation's share)."""
+    names = enabled_augmentations(cfg, backtranslated is not None)
+    n = len(index)
+    if cfg.augmentation == "stack":
+        chosen = {name: np.ones(n, dtype=bool) for name in names}
+    else:
+        draw = torch.randint(0, max(len(names), 1), (n,), generator=generator).numpy()
+        chosen = {name: draw == j for j, name in enumerate(names)}
+    use_bt = chosen.get(BACKTRANSLATION, np.zeros(n, dtype=bool))
+    rows = [(backtranslated if bt else target, i) for bt, i in zip(use_bt, index)]
+    types = None if target.token_type_ids is None else [src.token_type_ids[i] for src, i in rows]
+    view = collate([src.input_ids[i] for src, i in rows], types, pad_id)
+    if MASKING in chosen:
+        maskable = view["attention_mask"] * torch.as_tensor(chosen[MASKING], dtype=torch.long)[:, None]
+        view["input_ids"] = random_token_mask(view["input_ids"], maskable, special_ids, mask_id, cfg.mask_rate,
+                                              generator)
+    mixup_rows = torch.as_tensor(chosen.get(MIXUP, np.zeros(n, dtype=bool)))
+    logs = {f"aug_{name}": float(chosen[name].mean()) if name in chosen else 0.0
+            for name in (BACKTRANSLATION, MASKING, MIXUP)}
+    return view, mixup_rows, logs
 
 
 def ssl_step(model, batch: SslBatch, cfg, rng: np.random.Generator):
     """Stage 2, Eq. 12: l_sup (Eq. 13) + lambda_u * l_u (Eq. 14).
 
-    With ``use_mixup`` the selected target rows' sentence embeddings are mixed
-    (Eqs. 9-11) before the classification head, with one-hot pseudo-labels
-    mixed alike, so the model never trains on an unmixed target sample. The
-    mean of l_u is over all target rows of the batch (see ``unlabelled_loss``)."""
+    Selected rows marked in ``mixup_rows`` (two or more) have their sentence
+    embeddings mixed among themselves (Eqs. 9-11) before the classification
+    head, with one-hot pseudo-labels mixed alike; the other selected rows
+    train on their strong view as it is. The mean of l_u is over all target
+    rows of the batch (see ``unlabelled_loss``)."""
     logs: dict[str, float] = {}
     l_sup = supervised_loss(model(**batch.source), batch.source_labels)
     h = model.embed(**batch.strong)
     mask = batch.mask.to(h.device)
+    labels = batch.pseudo_labels.to(h.device)
+    mix = mask & (batch.mixup_rows.to(h.device) if batch.mixup_rows is not None else torch.zeros_like(mask))
+    if int(mix.sum()) < 2:  # mixup needs a partner
+        mix = torch.zeros_like(mask)
+    plain = mask & ~mix
     n_rows, n_sel = mask.numel(), int(mask.sum())
-    if cfg.use_mixup and n_sel >= 2:
-        y = F.one_hot(batch.pseudo_labels.to(h.device)[mask], model.num_labels).float()
-        h_mix, y_mix, lam, _ = mixup(h[mask], y, cfg.mixup_alpha, rng)
-        selected = torch.ones(n_sel, dtype=torch.bool, device=h.device)
-        l_u = unlabelled_loss(model.classify(h_mix), y_mix, selected, num_rows=n_rows)
+    l_u = unlabelled_loss(model.classify(h[plain]), labels[plain], torch.ones_like(labels[plain], dtype=torch.bool),
+                          num_rows=n_rows)
+    if mix.any():
+        y = F.one_hot(labels[mix], model.num_labels).float()
+        h_mix, y_mix, lam, _ = mixup(h[mix], y, cfg.mixup_alpha, rng)
+        l_u = l_u + unlabelled_loss(model.classify(h_mix), y_mix, torch.ones(len(y), dtype=torch.bool,
+                                                                            device=h.device), num_rows=n_rows)
         logs["mixup_lambda"] = lam
-    else:
-        l_u = unlabelled_loss(model.classify(h), batch.pseudo_labels.to(h.device), mask)
     loss = ssl_loss(l_sup, l_u, cfg.lambda_u)
     logs.update({"loss": loss.item(), "loss_sup": l_sup.item(), "loss_u": l_u.item(),
                  "selected_rate": n_sel / max(n_rows, 1)})

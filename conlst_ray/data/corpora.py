@@ -22,12 +22,21 @@ def _log_reports(reports, log) -> None:
 
 
 def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Table]:
-    """Labelled source-language rows (split 'train' or 'dev')."""
+    """Labelled source-language rows (split 'train' or 'dev'). The training
+    split may span several languages (``data.source_train_langs``:
+    translate-train) and has its own cap (``data.max_source_rows``)."""
     spec = data_cfg.source_train if split == "train" else data_cfg.source_dev
     if spec is None:
         return None
-    table, report = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
-    _log_reports([report], log)
+    if split != "train":
+        table, report = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
+        _log_reports([report], log)
+        return table
+    kwargs = _kwargs(data_cfg)
+    if data_cfg.max_source_rows is not None:
+        kwargs["max_rows"] = data_cfg.max_source_rows
+    table, reports = read_languages(spec, data_cfg.source_train_langs or [data_cfg.source_lang], **kwargs)
+    _log_reports(reports, log)
     return table
 
 

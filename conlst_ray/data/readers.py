@@ -5,6 +5,8 @@ A corpus is named by a spec string ``format:location``:
 =====================================  ==========================================
 ``xnli_tsv:PATH``                      XTREME-layout XNLI: no header, premise, hypothesis, label
 ``xnli_mt_tsv:PATH``                   XNLI-MT / MultiNLI TSV: header ``premise hypo label``
+``tsv:PATH[?premise=C&hypothesis=C&label=C]``  delimited with a header, columns mapped (data/delimited.py);
+``csv:PATH[?...]``                     the same, comma-separated
 ``jsonl:PATH``                         one JSON object a line: premise, hypothesis, [label], [id], [lang]
 ``parquet:PATH``                       columns premise, hypothesis, [label], [id], [lang]
 ``hf:DATASET[:CONFIG]:SPLIT``          Hugging Face hub, e.g. ``hf:facebook/xnli:fr:validation``,
@@ -35,7 +37,7 @@ import pyarrow.parquet as pq
 from conlst_ray.data.schema import (LABEL_IDS, LABEL_NAMES, UNKNOWN_LABEL, CorpusError,
                                     empty_columns, rows_to_table)
 
-FORMATS = ("xnli_tsv", "xnli_mt_tsv", "jsonl", "parquet", "hf", "synthetic")
+FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet", "hf", "synthetic")
 
 
 @dataclass
@@ -309,6 +311,10 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT")
         return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows)
+    if fmt in ("tsv", "csv"):
+        from conlst_ray.data.delimited import read_delimited
+
+        return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows)
     reader: Callable = {"xnli_tsv": read_xnli_tsv, "xnli_mt_tsv": read_xnli_mt_tsv,
                         "jsonl": read_jsonl, "parquet": read_parquet}[fmt]
     return reader(location, lang, on_malformed=on_malformed, max_rows=max_rows)

@@ -72,7 +72,7 @@ class Predictor:
     to its own longest pair (length bucketing)."""
 
     def __init__(self, model_dir: str, micro_batch: int, use_gpu: bool = False,
-                 torch_threads: Optional[int] = None):
+                 torch_threads: Optional[int] = None, precision: str = "auto"):
         import torch
 
         from conlst_ray.model import ConlstEncoder
@@ -83,7 +83,7 @@ class Predictor:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = ConlstEncoder.load(model_dir).eval().to(self.device)
         self.pad_id = load_tokenizer(model_dir).pad_token_id or 0
-        self.micro_batch = micro_batch
+        self.micro_batch, self.precision = micro_batch, precision
 
     def __call__(self, table: pa.Table) -> pa.Table:
         torch = self.torch
@@ -92,8 +92,9 @@ class Predictor:
         order = np.argsort(lengths, kind="stable")
         has_types = "token_type_ids" in table.column_names
         q = np.zeros((table.num_rows, self.model.num_labels), dtype=np.float32)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                     enabled=self.device.type == "cuda"):
+        from conlst_ray.training import autocast
+
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, len(order), self.micro_batch):
                 rows = order[start:start + self.micro_batch]
                 ids = torch.from_numpy(pad_list_column(ids_col, rows, self.pad_id)).to(self.device)
@@ -128,7 +129,8 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
                               fn_constructor_kwargs={"model_dir": model_dir,
                                                      "micro_batch": res_cfg.inference_batch_size,
                                                      "use_gpu": res_cfg.gpus_per_actor > 0,
-                                                     "torch_threads": res_cfg.torch_threads})
+                                                     "torch_threads": res_cfg.torch_threads,
+                                                     "precision": res_cfg.precision})
 
     return run_sharded_job("pseudo-label", manifests, corpus_root, out_root, stages, res_cfg.cpus_per_task,
                            log, on_progress)

@@ -33,8 +33,8 @@ from conlst_ray.algorithm.steps import (SslBatch, build_conl_batch, conl_step, p
                                         ssl_step, strong_view)
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
-from conlst_ray.model import ConlstEncoder
-from conlst_ray.training import (accuracy_on, batch_of, encode_table, linear_warmup_schedule,
+from conlst_ray.model import ConlstEncoder, apply_freezing
+from conlst_ray.training import (accuracy_on, autocast, batch_of, encode_table, linear_warmup_schedule,
                                  make_optimizer, predict_proba, to_device)
 
 STATE_FILE = "train_state.pt"
@@ -97,14 +97,17 @@ def my_slice(batch: np.ndarray) -> np.ndarray:
 
 
 class StepModule(nn.Module):
-    """Runs one algorithm step in ``forward`` so DDP can wrap it."""
+    """Runs one algorithm step in ``forward`` so DDP can wrap it, under the
+    configured precision (``resources.precision``)."""
 
-    def __init__(self, model: ConlstEncoder):
+    def __init__(self, model: ConlstEncoder, precision: str = "auto"):
         super().__init__()
-        self.model = model
+        self.model, self.precision = model, precision
 
     def forward(self, step_fn, *args):
-        return step_fn(self.model, *args)
+        device = next(self.model.parameters()).device
+        with autocast(device, self.precision):
+            return step_fn(self.model, *args)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -189,10 +192,13 @@ def read_q(path: str, ids: list) -> np.ndarray:
     return np.asarray([lookup[i] for i in ids], dtype=np.float32)
 
 
-def evaluate(model, tokenizer, cfg, eval_tables) -> dict:
+def evaluate(model, tokenizer, cfg, eval_tables, device) -> dict:
+    """Dev accuracy per language, on the worker's own device (the model must
+    not leave it in the middle of a stage)."""
     accs = {}
     for table in eval_tables:
-        accs.update(accuracy_on(model, tokenizer, table, cfg.data.max_length, cfg.source.eval_batch_size))
+        accs.update(accuracy_on(model, tokenizer, table, cfg.data.max_length, cfg.source.eval_batch_size, device,
+                                cfg.resources.precision))
     model.train()
     targets = [accs[lang] for lang in cfg.data.target_langs if lang in accs]
     out = {f"acc_{lang}": acc for lang, acc in accs.items()}
@@ -218,8 +224,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     device = ray.train.torch.get_device()
     tokenizer = AutoTokenizer.from_pretrained(loop_cfg["model_in"])
     model = ConlstEncoder.load(loop_cfg["model_in"])
+    frozen = apply_freezing(model, cfg.model)  # before DDP and the optimizer see the parameters
     model.to(device).train()
-    ddp = ray.train.torch.prepare_model(StepModule(model),
+    ddp = ray.train.torch.prepare_model(StepModule(model, cfg.resources.precision),
                                         parallel_strategy_kwargs={"find_unused_parameters": True})
     source, target = read_stage_data(cfg, loop_cfg, tokenizer)
     if stage == "ssl" and loop_cfg.get("translations") and cfg.ssl.use_backtranslation:
@@ -229,32 +236,34 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     epochs = cfg.ssl.iterations if stage == "ssl" else stage_cfg.epochs
     steps_per_epoch = _steps_per_epoch(stage, cfg, source, target)
     optimizer = make_optimizer(model, stage_cfg.lr, getattr(stage_cfg, "weight_decay", 0.0))
-    scheduler = linear_warmup_schedule(optimizer, max(1, steps_per_epoch * epochs),
-                                       getattr(stage_cfg, "warmup_ratio", 0.0))
+    # self-training sizes its schedule per iteration, by the rows it selects
+    scheduler = (linear_warmup_schedule(optimizer, max(1, steps_per_epoch * epochs),
+                                        getattr(stage_cfg, "warmup_ratio", 0.0)) if stage != "ssl" else None)
     thresholds = make_thresholds(cfg.ssl, len(target), model.num_labels) if stage == "ssl" else None
     step, start_epoch = 0, 0
     state = load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         if thresholds is not None and state.get("thresholds"):
             thresholds.load_state_dict(state["thresholds"])
         set_rng_state(state["rng"])
         step, start_epoch = state["step"], state["epoch"] + 1
     q = read_q(loop_cfg["pseudo_labels"], target.ids) if stage == "conl" else None
-    eval_tables = _eval_tables(cfg)
+    eval_tables = _eval_tables(cfg) if cfg.data.eval_during_training else []
     metrics_path = Path(loop_cfg["metrics_file"]) if rank == 0 else None
     for epoch in range(start_epoch, epochs):
         run_epoch = {"source": _source_epoch, "conl": _conl_epoch, "ssl": _ssl_epoch}[stage]
         logs, step = run_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tokenizer,
                                optimizer, scheduler, epoch, step, device, metrics_path)
-        metrics = {"stage": stage, "epoch": epoch, "step": step, **logs}
-        if rank == 0:
-            metrics.update(evaluate(model, tokenizer, cfg, eval_tables))
+        metrics = {"stage": stage, "epoch": epoch, "step": step, **frozen, **logs}
+        if rank == 0 and cfg.data.eval_during_training:
+            metrics.update(evaluate(model, tokenizer, cfg, eval_tables, device))
             _append_jsonl(metrics_path, metrics)
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step, "epoch": epoch,
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(), "step": step, "epoch": epoch,
                          "thresholds": thresholds.state_dict() if thresholds is not None else None}, metrics)
     if rank == 0:
         model.save(loop_cfg["model_out"], tokenizer)
@@ -265,7 +274,7 @@ def _steps_per_epoch(stage, cfg, source, target) -> int:
         return len(source) // cfg.source.batch_size
     if stage == "conl":
         return len(target) // cfg.conl.batch_size
-    return max(1, len(target) // cfg.ssl.batch_size)
+    return 0  # self-training: sized per iteration (ssl_schedule)
 
 
 def _eval_tables(cfg) -> list:
@@ -362,7 +371,7 @@ def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
     part = Encoded([target.input_ids[i] for i in mine],
                    [target.token_type_ids[i] for i in mine] if target.token_type_ids is not None else None,
                    target.labels[mine], [target.ids[i] for i in mine], [target.langs[i] for i in mine])
-    q_mine = predict_proba(model, part, tok.pad_token_id, cfg.source.eval_batch_size, device)
+    q_mine = predict_proba(model, part, tok.pad_token_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
     model.train()
     idx, q = all_gather_rows(mine, q_mine)
     out = np.zeros((len(target), q.shape[1]), dtype=np.float32)
@@ -370,8 +379,20 @@ def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
     return out
 
 
+def ssl_schedule(optimizer, n_steps: int, warmup_ratio: float):
+    """One self-training iteration's learning rate: linear warm-up, then a
+    linear decay that reaches 0 at the iteration's last step -- sized by the
+    steps that really run (selected rows x epochs), not by the corpus."""
+    for group in optimizer.param_groups:  # every iteration starts from the configured rate
+        group["lr"] = group.get("initial_lr", group["lr"])
+    return linear_warmup_schedule(optimizer, max(1, n_steps), warmup_ratio)
+
+
 def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                epoch, step, device, metrics_path):
+    """One self-training iteration: pseudo-label every target row, select by
+    the thresholds, then ``ssl.epochs_per_iteration`` passes over the
+    selected rows, each row seen under one strong view per pass."""
     s = cfg.ssl
     t0 = time.perf_counter()
     q = pseudo_label_in_workers(model, target, tok, cfg, device)
@@ -382,36 +403,50 @@ def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, op
     selected = np.flatnonzero(mask.numpy())
     _write_thresholds(loop_cfg, epoch, thresholds)
     bt = loop_cfg.get("_backtranslations")
-    src_rng = np.random.default_rng([cfg.seed, epoch, 11])
     special = set(tok.all_special_ids)
     sums: dict[str, list] = {}
-    plan = global_plan(len(selected), s.batch_size, cfg.seed, epoch) if len(selected) >= s.batch_size else []
-    for local in plan:
-        maybe_fail(loop_cfg, step)
-        gbatch = selected[local]
-        src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
-        idx, sidx = my_slice(gbatch), my_slice(src_idx)
-        weak = batch_of(target, idx, tok.pad_token_id)
-        bt_batch = batch_of(bt, idx, tok.pad_token_id) if bt is not None else None
-        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        view, aug_logs = strong_view(weak, bt_batch, s, special, tok.mask_token_id, g)
-        batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
-                         source_labels=torch.as_tensor(source.labels[sidx], device=device),
-                         strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
-                         mask=torch.ones(len(idx), dtype=torch.bool, device=device))
-        loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
-        _optimizer_step(model, loss, optimizer, scheduler)
-        step += 1
-        _record_step(sums, metrics_path, {**logs, **aug_logs}, stage="ssl", iteration=epoch, step=step)
+    plans = [global_plan(len(selected), s.batch_size, cfg.seed, epoch * 1000 + e) if len(selected) >= s.batch_size
+             else [] for e in range(s.epochs_per_iteration)]
+    scheduler = ssl_schedule(optimizer, sum(map(len, plans)), s.warmup_ratio)
+    for e, plan in enumerate(plans):
+        src_rng = np.random.default_rng([cfg.seed, epoch, e, 11])
+        for local in plan:
+            maybe_fail(loop_cfg, step)
+            gbatch = selected[local]
+            src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
+            idx, sidx = my_slice(gbatch), my_slice(src_idx)
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+            view, mixup_rows, aug_logs = strong_view(target, bt, idx, tok.pad_token_id, s, special,
+                                                     tok.mask_token_id, g)
+            batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
+                             source_labels=torch.as_tensor(source.labels[sidx], device=device),
+                             strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
+                             mask=torch.ones(len(idx), dtype=torch.bool, device=device), mixup_rows=mixup_rows)
+            loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
+            _optimizer_step(model, loss, optimizer, scheduler)
+            step += 1
+            _record_step(sums, metrics_path, {**logs, **aug_logs, "lr": scheduler.get_last_lr()[0]},
+                         stage="ssl", iteration=epoch, step=step)
     out = _epoch_means(sums)
     out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
-                "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target)})
-    if getattr(target, "gold", None) is not None and len(selected):
-        gold = target.gold[selected]
-        known = gold >= 0
-        if known.any():
-            out["selected_pseudo_label_acc"] = float((pred[selected][known] == gold[known]).mean())
+                "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
+                "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
+    out.update(selection_quality(target, pred, selected))
     return out, step
+
+
+def selection_quality(target, pred: np.ndarray, selected: np.ndarray) -> dict:
+    """Pseudo-label accuracy of the selected rows and of all rows (gold
+    labels read for this analysis only, never trained on)."""
+    gold = getattr(target, "gold", None)
+    if gold is None or not (gold >= 0).any():
+        return {}
+    known = gold >= 0
+    out = {"all_pseudo_label_acc": float((pred[known] == gold[known]).mean())}
+    sel = selected[known[selected]]
+    if len(sel):
+        out["selected_pseudo_label_acc"] = float((pred[sel] == gold[sel]).mean())
+    return out
 
 
 def _write_thresholds(loop_cfg, epoch, thresholds) -> None:
