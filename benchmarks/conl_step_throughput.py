@@ -1,6 +1,9 @@
 """CoNL training throughput: the stage under Ray Train with one worker vs the
 same step in a plain PyTorch loop in one process, same model, same batches,
-same threads. Printed side by side with their ratio (target >= 0.9).
+same threads. Printed side by side with their ratio (target >= 0.9). Also
+side by side: the plain loop with K fresh negatives per anchor (the old
+``conl.negative_bank=anchor``) vs one bank per step shared by the anchors
+(``step``, the default), in anchors/s and encoder rows per step.
 
     python benchmarks/conl_step_throughput.py [--hidden 256 --layers 4]
 
@@ -33,14 +36,18 @@ from conlst_ray.ray_jobs.train import (_eval_tables, fit_stage, global_plan, rea
 from conlst_ray.training import linear_warmup_schedule, make_optimizer  # noqa: E402
 
 
-def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int) -> float:
-    """The CoNL epoch of ray_jobs/train.py without Ray: same plan, same step."""
+def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, device: str = "cpu",
+               stats: dict | None = None) -> float:
+    """The CoNL epoch of ray_jobs/train.py without Ray: same plan, same step,
+    same precision. ``stats`` receives the mean encoder rows per step."""
     from transformers import AutoTokenizer
+
+    from conlst_ray.training import autocast, to_device
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = ConlstEncoder.load(model_dir).train()
+    model = ConlstEncoder.load(model_dir).to(device).train()
     source, target = read_stage_data(cfg, {"target_corpus": str(corpus)}, tok)
     q = read_q(str(labels), target.ids)
     c = cfg.conl
@@ -49,19 +56,29 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int) ->
     scheduler = linear_warmup_schedule(optimizer, len(plan), 0.0)
     pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma, 3, target.langs, seed=cfg.seed)
     src_rng = np.random.default_rng([cfg.seed, 0, 7])
-    times = []
+    times, rows = [], []
     for step, gbatch in enumerate(plan):
         g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
         comp, drawn = plan_negatives(target, gbatch, q, pool, c, g)
         src = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
         batch = build_conl_batch(target, gbatch, comp, drawn, tok.pad_token_id, source, src)
-        loss, _ = conl_step(model, batch, c, g)
+        batch.anchors, batch.source = to_device(batch.anchors, device), to_device(batch.source, device)
+        batch.source_labels = batch.source_labels.to(device)
+        if batch.negatives is not None:
+            batch.negatives = to_device(batch.negatives, device)
+        rows.append(2 * len(gbatch) + (0 if batch.negatives is None else len(batch.negatives["input_ids"])))
+        with autocast(device, cfg.resources.precision):
+            loss, _ = conl_step(model, batch, c, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         times.append(time.time())
+    if stats is not None:
+        stats["rows_per_step"] = float(np.mean(rows))
     _eval_tables(cfg)  # same end-of-epoch work as the stage's loop is not timed in either figure
     return (len(times) - 1) * c.batch_size / (times[-1] - times[0])
 
@@ -100,9 +117,19 @@ def main() -> None:
         ray_steady = (len(steps) - 1) * cfg.conl.batch_size / (steps[-1]["time"] - steps[0]["time"])
         ray_e2e = len(steps) * cfg.conl.batch_size / wall
         ray.shutdown()
-        plain = plain_loop(cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads)
+        from dataclasses import replace
+
+        before_cfg = replace(cfg, conl=replace(cfg.conl, negative_bank="anchor", complementary="one"))
+        before_stats, after_stats = {}, {}
+        before = plain_loop(before_cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=before_stats)
+        plain = plain_loop(cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=after_stats)
     print(f"model: tiny BERT {args.layers} layers, hidden {args.hidden}; CoNL batch 32 anchors, K=8, "
           f"CLCS batch 32; {len(steps)} steps; torch threads {args.threads}")
+    print(f"plain loop, K fresh negatives per anchor (before): {before:8.1f} anchors/s, "
+          f"{before_stats['rows_per_step']:.0f} encoder rows/step")
+    print(f"plain loop, one shared bank per step (after)     : {plain:8.1f} anchors/s, "
+          f"{after_stats['rows_per_step']:.0f} encoder rows/step")
+    print(f"ratio after / before = {plain / before:.2f}")
     print(f"plain PyTorch loop, one process   : {plain:8.1f} anchors/s")
     print(f"Ray Train, 1 worker, steady state : {ray_steady:8.1f} anchors/s")
     print(f"Ray Train, 1 worker, incl. start-up ({wall:.0f}s): {ray_e2e:8.1f} anchors/s")

@@ -33,6 +33,13 @@ from conlst_ray.rundir import RunDir
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
+def driver_device() -> str:
+    """The report scores models in the driver: on its GPU when it has one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     """Accuracy per language of one model on a labelled split (in the driver)."""
     from transformers import AutoTokenizer
@@ -45,7 +52,7 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     if table is None:
         return {}
     return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(model_dir), table,
-                       cfg.data.max_length, cfg.source.eval_batch_size)
+                       cfg.data.max_length, cfg.source.eval_batch_size, driver_device(), cfg.resources.precision)
 
 
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
@@ -146,7 +153,8 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
-                          tokenizer.pad_token_id, cfg.source.eval_batch_size)
+                          tokenizer.pad_token_id, cfg.source.eval_batch_size, driver_device(),
+                          cfg.resources.precision)
         parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
                                "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))
     return pa.concat_tables(parts)

@@ -136,7 +136,26 @@ def test_beta_one_gives_tau_and_warmup_starts_at_zero():
     assert fm.thresholds().tolist() == [0.0, 0.0, 0.0]     # before any confident prediction
     fm.update([0, 1, 2, 3], [1, 1, 1, 0], [True] * 4)       # class 1 is the most learnt: beta = 1
     assert fm.thresholds()[1].item() == pytest.approx(0.95)
-    assert FlexMatchThresholds(4, 3, 0.95, warmup=False).thresholds().tolist() == [0.0, 0.0, 0.0]
+    # without warm-up, no confident prediction at all keeps every class at tau:
+    # a self-training iteration then selects only rows above tau, never all rows
+    cold = FlexMatchThresholds(4, 3, 0.95, warmup=False)
+    assert cold.thresholds().tolist() == pytest.approx([0.95] * 3)
+    mask, _ = cold.mask(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.96, 0.02, 0.02]]))
+    assert mask.tolist() == [False, False, True]
+
+
+def test_relative_gamma_and_tau_follow_the_models_confidences():
+    from conlst_ray.algorithm.negatives import relative_gamma
+    from conlst_ray.algorithm.thresholds import relative_tau
+
+    conf = np.concatenate([np.linspace(0.3, 0.7, 101), np.linspace(0.5, 0.9, 101)])
+    langs = ["fr"] * 101 + ["ur"] * 101
+    rows, by_lang = relative_gamma(conf, langs, 0.8)
+    assert by_lang == pytest.approx({"fr": 0.62, "ur": 0.82})
+    assert rows[0] == pytest.approx(0.62) and rows[-1] == pytest.approx(0.82)
+    pool = NegativePool(np.arange(202), np.zeros(202, int), conf, rows, 3, langs)
+    assert pool.size("fr") == 21 and pool.size("ur") == 21   # the top fifth of each language
+    assert relative_tau(conf, 0.5) == pytest.approx(np.median(conf))
 
 
 def test_latest_confident_prediction_wins_and_unconfident_keeps_it():

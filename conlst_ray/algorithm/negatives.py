@@ -36,6 +36,17 @@ def complementary_sets(q: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.where((conf >= gamma).unsqueeze(-1), confident, least)
 
 
+def relative_gamma(confidence, langs, quantile: float) -> tuple[np.ndarray, dict]:
+    """``conl.gamma_quantile``: gamma of Eq. 4-5 per language as a quantile of
+    that language's pseudo-label confidences, for a source model that never
+    reaches the paper's absolute 0.9 (its pool of negatives would be empty).
+    Returns (gamma of every row, language -> gamma)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    lang_arr = np.asarray(langs, dtype=object)
+    by_lang = {lang: float(np.quantile(conf[lang_arr == lang], quantile)) for lang in dict.fromkeys(langs)}
+    return np.asarray([by_lang[lang] for lang in langs], dtype=np.float64), by_lang
+
+
 def split_slots(k: int, n: int) -> list[int]:
     """K negative slots shared as evenly as possible by n complementary classes
     (so with K >= n every class of the set occurs)."""
@@ -60,11 +71,11 @@ class NegativePool:
     """
 
     def __init__(self, sample_index: Sequence[int], pseudo_labels: Sequence[int], confidence: Sequence[float],
-                 gamma: float, num_classes: int, langs: Optional[Sequence[str]] = None, seed: int = 0,
+                 gamma, num_classes: int, langs: Optional[Sequence[str]] = None, seed: int = 0,
                  min_members: int = 1):
         idx = np.asarray(sample_index, dtype=np.int64)
         labels = np.asarray(pseudo_labels, dtype=np.int64)
-        keep = np.asarray(confidence, dtype=np.float64) >= gamma
+        keep = np.asarray(confidence, dtype=np.float64) >= np.asarray(gamma)  # a scalar, or one per sample
         lang_arr = np.asarray(langs if langs is not None else [POOLED] * len(idx), dtype=object)
         self.num_classes, self.gamma, self.min_members = num_classes, gamma, min_members
         self.members: dict[tuple[str, int], np.ndarray] = {}

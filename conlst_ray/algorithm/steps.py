@@ -36,17 +36,20 @@ class ConlBatch:
 
 
 def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg,
-                   generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, np.ndarray]:
+                   generator: Optional[torch.Generator] = None,
+                   gamma: Optional[np.ndarray] = None) -> tuple[torch.Tensor, np.ndarray]:
     """For anchors ``target[index]``: one complementary label each (Eq. 4,
     used by the NL ablation) and K negative row indices each from the pool
     (Eq. 5), -1 = none, drawn from the anchor's complementary set
     (``conl.complementary``) through one shared bank per step
     (``conl.negative_bank``). ``q`` holds the pseudo-label distribution of
-    every target row."""
+    every target row; ``gamma`` optionally one threshold per target row
+    (``conl.gamma_quantile``), else ``cfg.gamma``."""
     q_batch = torch.as_tensor(q[index])
-    comp = complementary_labels(q_batch, cfg.gamma, generator)  # one class: the "w/o contrastive" ablation's Eq. 1
+    g = cfg.gamma if gamma is None else torch.as_tensor(gamma[index], dtype=q_batch.dtype)
+    comp = complementary_labels(q_batch, g, generator)  # one class: the "w/o contrastive" ablation's Eq. 1
     if cfg.complementary == "set":
-        sets = complementary_sets(q_batch, cfg.gamma).numpy()
+        sets = complementary_sets(q_batch, g).numpy()
     else:
         sets = torch.nn.functional.one_hot(comp, q_batch.shape[-1]).bool().numpy()
     langs = [target.langs[i] for i in index]

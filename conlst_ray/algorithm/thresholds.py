@@ -45,7 +45,10 @@ class FlexMatchThresholds:
 
     N_unused counts samples never predicted confidently. With warm-up, every
     threshold is 0 before any confident prediction: FlexMatch then learns from
-    all samples, and thresholds rise as the model becomes confident.
+    all samples, and thresholds rise as the model becomes confident. Without
+    warm-up (conlst_ray's default: self-training starts from a trained model)
+    the best-learned class keeps tau, and with no confident prediction at all
+    every class does.
 
     ``update`` takes (sample index, prediction, confident) for a batch. Feed it
     the union of all DDP workers' batches and every worker holds identical
@@ -71,7 +74,10 @@ class FlexMatchThresholds:
         norm = sigma.max()
         if self.warmup:
             norm = torch.maximum(norm, (self.predictions == UNUSED).sum().float())
-        return sigma / norm if norm > 0 else torch.zeros_like(sigma)
+            return sigma / norm if norm > 0 else torch.zeros_like(sigma)
+        # Without warm-up, no confident prediction at all is 0/0: every class
+        # keeps tau (select only what passes tau) rather than 0 (select all).
+        return sigma / norm if norm > 0 else torch.ones_like(sigma)
 
     def thresholds(self) -> torch.Tensor:
         beta = self.beta()
@@ -93,6 +99,15 @@ def mask_by_class(probs: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.
     threshold of its predicted class."""
     conf, pred = probs.max(-1)
     return conf >= thresholds.to(probs.device)[pred], pred
+
+
+def relative_tau(confidence, quantile: float) -> float:
+    """``ssl.threshold_quantile``: tau as a quantile of the model's own
+    confidences this iteration, for a source model whose confidences never
+    reach an absolute tau (see docs/REAL_XNLI.md)."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(confidence, dtype=np.float64), quantile))
 
 
 def make_thresholds(ssl_cfg, num_samples: int, num_classes: int):

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from conlst_ray.algorithm.negatives import NegativePool
+from conlst_ray.algorithm.negatives import NegativePool, relative_gamma
 from conlst_ray.algorithm.steps import (SslBatch, build_conl_batch, conl_step, plan_negatives, source_step,
                                         ssl_step, strong_view)
-from conlst_ray.algorithm.thresholds import make_thresholds
+from conlst_ray.algorithm.thresholds import make_thresholds, relative_tau
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
 from conlst_ray.training import (accuracy_on, autocast, batch_of, encode_table, linear_warmup_schedule,
@@ -259,8 +259,11 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         logs, step = run_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tokenizer,
                                optimizer, scheduler, epoch, step, device, metrics_path)
         metrics = {"stage": stage, "epoch": epoch, "step": step, **frozen, **logs}
-        if rank == 0 and cfg.data.eval_during_training:
-            metrics.update(evaluate(model, tokenizer, cfg, eval_tables, device))
+        if device.type == "cuda":
+            metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if rank == 0:
+            if cfg.data.eval_during_training:
+                metrics.update(evaluate(model, tokenizer, cfg, eval_tables, device))
             _append_jsonl(metrics_path, metrics)
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(), "step": step, "epoch": epoch,
@@ -330,8 +333,10 @@ def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok,
 def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                 epoch, step, device, metrics_path):
     c = cfg.conl
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma, model.num_labels,
-                        target.langs, seed=cfg.seed * 1000 + epoch)
+    gamma, by_lang = (relative_gamma(q.max(-1), target.langs, c.gamma_quantile) if c.gamma_quantile
+                      else (None, {}))
+    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma if gamma is None else gamma,
+                        model.num_labels, target.langs, seed=cfg.seed * 1000 + epoch)
     src_rng = np.random.default_rng([cfg.seed, epoch, 7])
     rank, size = world()
     sums: dict[str, list] = {}
@@ -340,7 +345,7 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
         # global draws (complementary labels, negatives, source rows) are made
         # identically on every worker; each then builds the batch of its rows
         g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
-        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g)
+        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g, gamma)
         src_idx = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
         rows = np.arange(len(gbatch))[rank::size]
         batch = build_conl_batch(target, gbatch[rows], comp[rows], drawn[rows], tok.pad_token_id,
@@ -349,7 +354,10 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
         _optimizer_step(model, loss, optimizer, scheduler)
         step += 1
         _record_step(sums, metrics_path, logs, stage="conl", step=step)
-    return _epoch_means(sums), step
+    out = _epoch_means(sums)
+    out.update({f"gamma_{lang}": g for lang, g in by_lang.items()})
+    out["pool_size"] = pool.size()  # confident target samples negatives are drawn from (Eq. 5)
+    return out, step
 
 
 def _conl_to(batch, device):
@@ -398,7 +406,9 @@ def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, op
     q = pseudo_label_in_workers(model, target, tok, cfg, device)
     label_seconds = time.perf_counter() - t0
     conf, pred = q.max(-1), q.argmax(-1)
-    thresholds.update(np.arange(len(target)), pred, conf > s.threshold)
+    if s.threshold_quantile:  # tau relative to this iteration's confidences
+        thresholds.tau = relative_tau(conf, s.threshold_quantile)
+    thresholds.update(np.arange(len(target)), pred, conf > thresholds.tau)
     mask, _ = thresholds.mask(torch.as_tensor(q))
     selected = np.flatnonzero(mask.numpy())
     _write_thresholds(loop_cfg, epoch, thresholds)
@@ -430,7 +440,7 @@ def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, op
     out = _epoch_means(sums)
     out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
                 "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
-                "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
+                "tau": float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
     out.update(selection_quality(target, pred, selected))
     return out, step
 

@@ -1,0 +1,141 @@
+"""Throughput on a GPU, side by side in one run: each Ray stage against a
+plain bf16 PyTorch loop of the same model and batches.
+
+    python benchmarks/gpu_throughput.py [--model multilingual-e5-small] [--langs fr de zh ur]
+
+- source stage: Ray Train (1 GPU worker, steady state from steps.jsonl) vs a
+  plain loop of the same ``source_step`` over the same global batches;
+- CoNL step: Ray Train vs ``benchmarks/conl_step_throughput.plain_loop``;
+- pseudo-labelling: the Ray Data job (tokenise tasks -> GPU actor) vs a bare
+  bf16 forward loop over the same rows (``training.predict_proba``);
+- peak GPU memory of each plain loop and of the Ray Train workers.
+
+Data: the English MultiNLI sample and XNLI dev text in ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from conl_step_throughput import plain_loop as conl_plain_loop  # noqa: E402
+
+from conlst_ray.algorithm.steps import source_step  # noqa: E402
+from conlst_ray.config import load_config  # noqa: E402
+from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
+from conlst_ray.ray_jobs.train import fit_stage, global_plan, read_stage_data  # noqa: E402
+from conlst_ray.training import autocast, batch_of, make_optimizer, predict_proba, to_device  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def steady(stage_dir: Path, batch: int) -> float:
+    steps = [json.loads(x) for x in (stage_dir / "steps.jsonl").read_text().splitlines()]
+    steps = steps[5:]  # warm-up steps (CUDA kernels, allocator) excluded, as in the plain loops
+    return (len(steps) - 1) * batch / (steps[-1]["time"] - steps[0]["time"])
+
+
+def worker_peak(stage_dir: Path) -> float:
+    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return max(r.get("gpu_peak_gib", float("nan")) for r in rows)
+
+
+def plain_source(cfg, model_dir: str, tok) -> tuple[float, float]:
+    torch.manual_seed(cfg.seed)
+    torch.cuda.reset_peak_memory_stats()
+    model = ConlstEncoder.load(model_dir).cuda().train()
+    source, _ = read_stage_data(cfg, {}, tok)
+    optimizer = make_optimizer(model, cfg.source.lr)
+    times = []
+    for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, 0):
+        batch = to_device(batch_of(source, gbatch, tok.pad_token_id), "cuda")
+        labels = torch.as_tensor(source.labels[gbatch], device="cuda")
+        with autocast("cuda", "bf16"):
+            loss, _ = source_step(model, batch, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        torch.cuda.synchronize()
+        times.append(time.time())
+    times = times[5:]
+    return (len(times) - 1) * cfg.source.batch_size / (times[-1] - times[0]), torch.cuda.max_memory_allocated() / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="multilingual-e5-small")
+    parser.add_argument("--langs", nargs="+", default=["fr", "de", "zh", "ur"])
+    parser.add_argument("--source-rows", type=int, default=8000)
+    args = parser.parse_args()
+    import ray
+
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+
+    xnli = f"xnli_tsv:{SHARED}/xnli/dev-{{lang}}.tsv"
+    cfg = load_config(None, [
+        f"model.name_or_path={args.model}", "model.tokenizer=null", "data.source_lang=en",
+        f"data.target_langs=[{','.join(args.langs)}]",
+        f"data.source_train=xnli_mt_tsv:{SHARED}/mnli/multinli.train.en.tsv", f"data.target_train={xnli}",
+        "data.source_dev=null", "data.target_dev=null", "data.target_test=null",
+        f"data.max_source_rows={args.source_rows}", "data.eval_during_training=false",
+        "source.epochs=1", "resources.use_gpu=true", "resources.num_workers=1", "resources.cpus_per_worker=4",
+        "resources.gpus_per_actor=1", "resources.cpus_per_actor=2", "resources.inference_batch_size=256",
+        "resources.tokenize_tasks=4", "resources.precision=bf16"])
+    ray.init(log_to_driver=False, include_dashboard=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tok = build_tokenizer(cfg.model, cfg.data)
+        model_dir = str(build_model(cfg.model, tok).save(tmp / "model", tok))
+        out = {}
+        fit_stage("source", cfg, tmp / "source", model_dir)
+        out["source_ray"], out["source_ray_peak"] = steady(tmp / "source", 32), worker_peak(tmp / "source")
+        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tok)
+        trained = str(tmp / "source" / "model")
+        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
+                                   log=lambda *_: None)
+        t0 = time.time()
+        report = pseudo_label(trained, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
+                              log=lambda *_: None)
+        out["pl_ray"], out["pl_rows"] = report.rows / (time.time() - t0), report.rows
+        _, target = read_stage_data(cfg, {"target_corpus": str(tmp / "corpus")}, tok)
+        model = ConlstEncoder.load(trained).cuda()
+        predict_proba(model, target, tok.pad_token_id, 256, "cuda", "bf16")  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.time()
+        predict_proba(model, target, tok.pad_token_id, 256, "cuda", "bf16")
+        torch.cuda.synchronize()
+        out["pl_plain"] = len(target) / (time.time() - t0)
+        del model
+        fit_stage("conl", cfg, tmp / "conl", trained, target_corpus=str(tmp / "corpus"), pseudo_labels=str(tmp / "pl"))
+        out["conl_ray"], out["conl_ray_peak"] = steady(tmp / "conl", 32), worker_peak(tmp / "conl")
+        ray.shutdown()
+        torch.cuda.reset_peak_memory_stats()
+        stats = {}
+        out["conl_plain"] = conl_plain_loop(cfg, trained, tmp / "corpus", tmp / "pl", 8, "cuda", stats)
+        out["conl_plain_peak"] = torch.cuda.max_memory_allocated() / 2**30
+    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; ray {ray.__version__}; "
+          f"model {args.model}, bf16 autocast; batch 32; targets {args.langs}")
+    for name, unit in (("source", "pairs/s"), ("conl", "anchors/s")):
+        print(f"{name:7s} plain bf16 loop {out[f'{name}_plain']:8.1f} {unit} (peak {out[f'{name}_plain_peak']:.2f} GiB) | "
+              f"Ray Train {out[f'{name}_ray']:8.1f} {unit} (peak {out[f'{name}_ray_peak']:.2f} GiB) | "
+              f"ratio {out[f'{name}_ray'] / out[f'{name}_plain']:.2f}")
+    print(f"pseudo-labels ({out['pl_rows']} rows): bare bf16 loop {out['pl_plain']:8.1f} rows/s | Ray Data job "
+          f"{out['pl_ray']:8.1f} rows/s incl. start-up | ratio {out['pl_ray'] / out['pl_plain']:.2f}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
