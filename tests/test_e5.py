@@ -4,7 +4,6 @@ scripts, cross-lingual embeddings, and atomic, trusted conversion."""
 
 import struct
 
-import numpy as np
 import pytest
 import torch
 

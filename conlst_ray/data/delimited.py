@@ -18,7 +18,6 @@ name the file and line.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qsl

@@ -17,144 +17,24 @@ group resumes from ``ray.train.get_checkpoint()``.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from conlst_ray.algorithm.negatives import NegativePool, relative_gamma
-from conlst_ray.algorithm.steps import (SslBatch, build_conl_batch, conl_step, plan_negatives, source_step,
-                                        ssl_step, strong_view)
-from conlst_ray.algorithm.thresholds import make_thresholds, relative_tau
+from conlst_ray.algorithm.steps import build_conl_batch, conl_step, plan_negatives, source_step
+from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
-from conlst_ray.training import (accuracy_on, autocast, batch_of, encode_table, linear_warmup_schedule,
-                                 make_optimizer, predict_proba, to_device)
+from conlst_ray.ray_jobs.ssl_loop import read_backtranslations, ssl_epoch
+from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, epoch_means, global_plan, load_checkpoint,
+                                        maybe_fail, my_slice, optimizer_step, record_step, rng_state,
+                                        save_checkpoint, set_rng_state, world)
+from conlst_ray.training import accuracy_on, batch_of, encode_table, linear_warmup_schedule, make_optimizer, to_device
 
-STATE_FILE = "train_state.pt"
-
-
-# -- distributed helpers ------------------------------------------------------------------
-
-def world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def all_mean(value: float) -> float:
-    rank, size = world()
-    if size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item() / size)
-
-
-def all_gather_rows(index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate (index, values) of every worker (gloo: equal-size tensors,
-    so each pads to the longest)."""
-    rank, size = world()
-    if size == 1:
-        return index, values
-    n = torch.tensor([len(index)])
-    sizes = [torch.zeros_like(n) for _ in range(size)]
-    torch.distributed.all_gather(sizes, n)
-    width = int(max(s.item() for s in sizes))
-    idx = torch.full((width,), -1, dtype=torch.long)
-    idx[: len(index)] = torch.as_tensor(index)
-    val = torch.zeros((width,) + values.shape[1:], dtype=torch.float32)
-    val[: len(index)] = torch.as_tensor(values)
-    idxs = [torch.zeros_like(idx) for _ in range(size)]
-    vals = [torch.zeros_like(val) for _ in range(size)]
-    torch.distributed.all_gather(idxs, idx)
-    torch.distributed.all_gather(vals, val)
-    out_i = torch.cat([i[: int(s.item())] for i, s in zip(idxs, sizes)]).numpy()
-    out_v = torch.cat([v[: int(s.item())] for v, s in zip(vals, sizes)]).numpy()
-    return out_i, out_v
-
-
-def global_plan(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Full global batches of a seeded permutation (the last partial batch is
-    dropped so every worker runs the same number of steps)."""
-    if n < batch_size:
-        raise ValueError(f"only {n} rows for a global batch of {batch_size}: lower the batch size")
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-
-
-def my_slice(batch: np.ndarray) -> np.ndarray:
-    rank, size = world()
-    if len(batch) % size:
-        raise ValueError(f"global batch {len(batch)} is not divisible by {size} workers")
-    return batch[rank::size]
-
-
-class StepModule(nn.Module):
-    """Runs one algorithm step in ``forward`` so DDP can wrap it, under the
-    configured precision (``resources.precision``)."""
-
-    def __init__(self, model: ConlstEncoder, precision: str = "auto"):
-        super().__init__()
-        self.model, self.precision = model, precision
-
-    def forward(self, step_fn, *args):
-        device = next(self.model.parameters()).device
-        with autocast(device, self.precision):
-            return step_fn(self.model, *args)
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-
-def save_checkpoint(state: dict, metrics: dict) -> None:
-    """Report metrics from every worker; rank 0 attaches the checkpoint."""
-    import ray.train
-
-    rank, _ = world()
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state, Path(tmp) / STATE_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def load_checkpoint() -> Optional[dict]:
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, weights_only=False)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-
-
-def maybe_fail(loop_cfg: dict, step: int) -> None:
-    """Fault injection for recovery tests: one worker dies once at a step."""
-    fail = loop_cfg.get("inject_failure")
-    if not fail or step != fail["step"]:
-        return
-    rank, size = world()
-    marker = Path(fail["marker"])
-    if rank == size - 1 and not marker.exists():
-        marker.write_text("failed once")
-        os._exit(1)
-
+__all__ = ["fit_stage", "global_plan", "read_stage_data", "read_q", "train_loop_per_worker"]
 
 # -- data ----------------------------------------------------------------------------------
 
@@ -255,7 +135,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     eval_tables = _eval_tables(cfg) if cfg.data.eval_during_training else []
     metrics_path = Path(loop_cfg["metrics_file"]) if rank == 0 else None
     for epoch in range(start_epoch, epochs):
-        run_epoch = {"source": _source_epoch, "conl": _conl_epoch, "ssl": _ssl_epoch}[stage]
+        run_epoch = {"source": _source_epoch, "conl": _conl_epoch, "ssl": ssl_epoch}[stage]
         logs, step = run_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tokenizer,
                                optimizer, scheduler, epoch, step, device, metrics_path)
         metrics = {"stage": stage, "epoch": epoch, "step": step, **frozen, **logs}
@@ -264,7 +144,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if rank == 0:
             if cfg.data.eval_during_training:
                 metrics.update(evaluate(model, tokenizer, cfg, eval_tables, device))
-            _append_jsonl(metrics_path, metrics)
+            append_jsonl(metrics_path, metrics)
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(), "step": step, "epoch": epoch,
                          "thresholds": thresholds.state_dict() if thresholds is not None else None}, metrics)
@@ -287,34 +167,6 @@ def _eval_tables(cfg) -> list:
     return [table] if table is not None else []
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=float) + "\n")
-
-
-def _optimizer_step(model, loss, optimizer, scheduler, max_norm: float = 1.0) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
-    scheduler.step()
-
-
-def _record_step(sums: dict, metrics_path, logs: dict, **tags) -> None:
-    """Average a step's log terms over the workers, keep them for the epoch
-    means, and (rank 0) append them to steps.jsonl with a timestamp."""
-    record = {k: all_mean(v) for k, v in logs.items()}
-    for k, v in record.items():
-        sums.setdefault(k, []).append(v)
-    if metrics_path is not None:
-        _append_jsonl(metrics_path.with_name("steps.jsonl"), {**tags, **record, "time": time.time()})
-
-
-def _epoch_means(sums: dict) -> dict:
-    return {k: float(np.mean(v)) for k, v in sums.items()}
-
-
 def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                   epoch, step, device, metrics_path):
     sums: dict[str, list] = {}
@@ -324,10 +176,10 @@ def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok,
         batch = to_device(batch_of(source, idx, tok.pad_token_id), device)
         labels = torch.as_tensor(source.labels[idx], device=device)
         loss, logs = ddp(source_step, batch, labels)
-        _optimizer_step(model, loss, optimizer, scheduler, cfg.source.max_grad_norm)
+        optimizer_step(model, loss, optimizer, scheduler, cfg.source.max_grad_norm)
         step += 1
-        _record_step(sums, metrics_path, logs, stage="source", step=step)
-    return _epoch_means(sums), step
+        record_step(sums, metrics_path, logs, stage="source", step=step)
+    return epoch_means(sums), step
 
 
 def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
@@ -351,10 +203,10 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
         batch = build_conl_batch(target, gbatch[rows], comp[rows], drawn[rows], tok.pad_token_id,
                                  source, my_slice(src_idx))
         loss, logs = ddp(conl_step, _conl_to(batch, device), c, g)
-        _optimizer_step(model, loss, optimizer, scheduler)
+        optimizer_step(model, loss, optimizer, scheduler)
         step += 1
-        _record_step(sums, metrics_path, logs, stage="conl", step=step)
-    out = _epoch_means(sums)
+        record_step(sums, metrics_path, logs, stage="conl", step=step)
+    out = epoch_means(sums)
     out.update({f"gamma_{lang}": g for lang, g in by_lang.items()})
     out["pool_size"] = pool.size()  # confident target samples negatives are drawn from (Eq. 5)
     return out, step
@@ -370,124 +222,7 @@ def _conl_to(batch, device):
     return batch
 
 
-def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
-    """q for every target row: each worker labels its rows, then all-gather."""
-    rank, size = world()
-    mine = np.arange(len(target))[rank::size]
-    from conlst_ray.training import Encoded
-
-    part = Encoded([target.input_ids[i] for i in mine],
-                   [target.token_type_ids[i] for i in mine] if target.token_type_ids is not None else None,
-                   target.labels[mine], [target.ids[i] for i in mine], [target.langs[i] for i in mine])
-    q_mine = predict_proba(model, part, tok.pad_token_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
-    model.train()
-    idx, q = all_gather_rows(mine, q_mine)
-    out = np.zeros((len(target), q.shape[1]), dtype=np.float32)
-    out[idx] = q
-    return out
-
-
-def ssl_schedule(optimizer, n_steps: int, warmup_ratio: float):
-    """One self-training iteration's learning rate: linear warm-up, then a
-    linear decay that reaches 0 at the iteration's last step -- sized by the
-    steps that really run (selected rows x epochs), not by the corpus."""
-    for group in optimizer.param_groups:  # every iteration starts from the configured rate
-        group["lr"] = group.get("initial_lr", group["lr"])
-    return linear_warmup_schedule(optimizer, max(1, n_steps), warmup_ratio)
-
-
-def _ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
-               epoch, step, device, metrics_path):
-    """One self-training iteration: pseudo-label every target row, select by
-    the thresholds, then ``ssl.epochs_per_iteration`` passes over the
-    selected rows, each row seen under one strong view per pass."""
-    s = cfg.ssl
-    t0 = time.perf_counter()
-    q = pseudo_label_in_workers(model, target, tok, cfg, device)
-    label_seconds = time.perf_counter() - t0
-    conf, pred = q.max(-1), q.argmax(-1)
-    if s.threshold_quantile:  # tau relative to this iteration's confidences
-        thresholds.tau = relative_tau(conf, s.threshold_quantile)
-    thresholds.update(np.arange(len(target)), pred, conf > thresholds.tau)
-    mask, _ = thresholds.mask(torch.as_tensor(q))
-    selected = np.flatnonzero(mask.numpy())
-    _write_thresholds(loop_cfg, epoch, thresholds)
-    bt = loop_cfg.get("_backtranslations")
-    special = set(tok.all_special_ids)
-    sums: dict[str, list] = {}
-    plans = [global_plan(len(selected), s.batch_size, cfg.seed, epoch * 1000 + e) if len(selected) >= s.batch_size
-             else [] for e in range(s.epochs_per_iteration)]
-    scheduler = ssl_schedule(optimizer, sum(map(len, plans)), s.warmup_ratio)
-    for e, plan in enumerate(plans):
-        src_rng = np.random.default_rng([cfg.seed, epoch, e, 11])
-        for local in plan:
-            maybe_fail(loop_cfg, step)
-            gbatch = selected[local]
-            src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
-            idx, sidx = my_slice(gbatch), my_slice(src_idx)
-            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-            view, mixup_rows, aug_logs = strong_view(target, bt, idx, tok.pad_token_id, s, special,
-                                                     tok.mask_token_id, g)
-            batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
-                             source_labels=torch.as_tensor(source.labels[sidx], device=device),
-                             strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
-                             mask=torch.ones(len(idx), dtype=torch.bool, device=device), mixup_rows=mixup_rows)
-            loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
-            _optimizer_step(model, loss, optimizer, scheduler)
-            step += 1
-            _record_step(sums, metrics_path, {**logs, **aug_logs, "lr": scheduler.get_last_lr()[0]},
-                         stage="ssl", iteration=epoch, step=step)
-    out = _epoch_means(sums)
-    out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
-                "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
-                "tau": float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
-    out.update(selection_quality(target, pred, selected))
-    return out, step
-
-
-def selection_quality(target, pred: np.ndarray, selected: np.ndarray) -> dict:
-    """Pseudo-label accuracy of the selected rows and of all rows (gold
-    labels read for this analysis only, never trained on)."""
-    gold = getattr(target, "gold", None)
-    if gold is None or not (gold >= 0).any():
-        return {}
-    known = gold >= 0
-    out = {"all_pseudo_label_acc": float((pred[known] == gold[known]).mean())}
-    sel = selected[known[selected]]
-    if len(sel):
-        out["selected_pseudo_label_acc"] = float((pred[sel] == gold[sel]).mean())
-    return out
-
-
-def _write_thresholds(loop_cfg, epoch, thresholds) -> None:
-    """Every worker writes the thresholds it applies (they must agree)."""
-    rank, _ = world()
-    folder = Path(loop_cfg["model_out"]).parent / "thresholds"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"iter{epoch}.rank{rank}.json").write_text(json.dumps(thresholds.thresholds().tolist()))
-
-
 # -- the driver ------------------------------------------------------------------------------
-
-def read_backtranslations(path: str, target, tokenizer, max_length: int):
-    """Back-translated text aligned with ``target`` rows; rows without a
-    translation (uncovered language) keep their original text."""
-    from conlst_ray.ray_jobs.sharded import read_outputs
-    from conlst_ray.training import Encoded
-
-    table = read_outputs(path)
-    by_id = {i: (p, h) for i, p, h in zip(table.column("id").to_pylist(), table.column("premise").to_pylist(),
-                                          table.column("hypothesis").to_pylist())}
-    have = [i in by_id for i in target.ids]
-    pairs = [by_id.get(i, (None, None)) for i in target.ids]
-    enc = tokenizer([p or "" for p, _ in pairs], [h or "" for _, h in pairs], truncation=True,
-                    max_length=max_length, padding=False)
-    ids = [e if ok else orig for e, ok, orig in zip(enc["input_ids"], have, target.input_ids)]
-    types = None
-    if target.token_type_ids is not None:
-        types = [e if ok else orig for e, ok, orig in zip(enc["token_type_ids"], have, target.token_type_ids)]
-    return Encoded(ids, types, target.labels, target.ids, target.langs)
-
 
 def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus: Optional[str] = None,
               pseudo_labels: Optional[str] = None, translations: Optional[str] = None,

@@ -1,0 +1,134 @@
+"""Self-training (Eq. 12-14) on a Ray Train worker: each iteration
+pseudo-labels every target row in the workers, selects by the thresholds,
+and trains on one strong view per selected row under its own schedule."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conlst_ray.algorithm.steps import SslBatch, ssl_step, strong_view
+from conlst_ray.algorithm.thresholds import relative_tau
+from conlst_ray.ray_jobs.worker import (all_gather_rows, epoch_means, global_plan, maybe_fail, my_slice,
+                                        optimizer_step, record_step, world)
+from conlst_ray.training import batch_of, linear_warmup_schedule, predict_proba, to_device
+
+def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
+    """q for every target row: each worker labels its rows, then all-gather."""
+    rank, size = world()
+    mine = np.arange(len(target))[rank::size]
+    from conlst_ray.training import Encoded
+
+    part = Encoded([target.input_ids[i] for i in mine],
+                   [target.token_type_ids[i] for i in mine] if target.token_type_ids is not None else None,
+                   target.labels[mine], [target.ids[i] for i in mine], [target.langs[i] for i in mine])
+    q_mine = predict_proba(model, part, tok.pad_token_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
+    model.train()
+    idx, q = all_gather_rows(mine, q_mine)
+    out = np.zeros((len(target), q.shape[1]), dtype=np.float32)
+    out[idx] = q
+    return out
+
+
+def ssl_schedule(optimizer, n_steps: int, warmup_ratio: float):
+    """One self-training iteration's learning rate: linear warm-up, then a
+    linear decay that reaches 0 at the iteration's last step -- sized by the
+    steps that really run (selected rows x epochs), not by the corpus."""
+    for group in optimizer.param_groups:  # every iteration starts from the configured rate
+        group["lr"] = group.get("initial_lr", group["lr"])
+    return linear_warmup_schedule(optimizer, max(1, n_steps), warmup_ratio)
+
+
+def ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
+               epoch, step, device, metrics_path):
+    """One self-training iteration: pseudo-label every target row, select by
+    the thresholds, then ``ssl.epochs_per_iteration`` passes over the
+    selected rows, each row seen under one strong view per pass."""
+    s = cfg.ssl
+    t0 = time.perf_counter()
+    q = pseudo_label_in_workers(model, target, tok, cfg, device)
+    label_seconds = time.perf_counter() - t0
+    conf, pred = q.max(-1), q.argmax(-1)
+    if s.threshold_quantile:  # tau relative to this iteration's confidences
+        thresholds.tau = relative_tau(conf, s.threshold_quantile)
+    thresholds.update(np.arange(len(target)), pred, conf > thresholds.tau)
+    mask, _ = thresholds.mask(torch.as_tensor(q))
+    selected = np.flatnonzero(mask.numpy())
+    write_thresholds(loop_cfg, epoch, thresholds)
+    bt = loop_cfg.get("_backtranslations")
+    special = set(tok.all_special_ids)
+    sums: dict[str, list] = {}
+    plans = [global_plan(len(selected), s.batch_size, cfg.seed, epoch * 1000 + e) if len(selected) >= s.batch_size
+             else [] for e in range(s.epochs_per_iteration)]
+    scheduler = ssl_schedule(optimizer, sum(map(len, plans)), s.warmup_ratio)
+    for e, plan in enumerate(plans):
+        src_rng = np.random.default_rng([cfg.seed, epoch, e, 11])
+        for local in plan:
+            maybe_fail(loop_cfg, step)
+            gbatch = selected[local]
+            src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
+            idx, sidx = my_slice(gbatch), my_slice(src_idx)
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+            view, mixup_rows, aug_logs = strong_view(target, bt, idx, tok.pad_token_id, s, special,
+                                                     tok.mask_token_id, g)
+            batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
+                             source_labels=torch.as_tensor(source.labels[sidx], device=device),
+                             strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
+                             mask=torch.ones(len(idx), dtype=torch.bool, device=device), mixup_rows=mixup_rows)
+            loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
+            optimizer_step(model, loss, optimizer, scheduler)
+            step += 1
+            record_step(sums, metrics_path, {**logs, **aug_logs, "lr": scheduler.get_last_lr()[0]},
+                         stage="ssl", iteration=epoch, step=step)
+    out = epoch_means(sums)
+    out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
+                "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
+                "tau": float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
+    out.update(selection_quality(target, pred, selected))
+    return out, step
+
+
+def selection_quality(target, pred: np.ndarray, selected: np.ndarray) -> dict:
+    """Pseudo-label accuracy of the selected rows and of all rows (gold
+    labels read for this analysis only, never trained on)."""
+    gold = getattr(target, "gold", None)
+    if gold is None or not (gold >= 0).any():
+        return {}
+    known = gold >= 0
+    out = {"all_pseudo_label_acc": float((pred[known] == gold[known]).mean())}
+    sel = selected[known[selected]]
+    if len(sel):
+        out["selected_pseudo_label_acc"] = float((pred[sel] == gold[sel]).mean())
+    return out
+
+
+def write_thresholds(loop_cfg, epoch, thresholds) -> None:
+    """Every worker writes the thresholds it applies (they must agree)."""
+    rank, _ = world()
+    folder = Path(loop_cfg["model_out"]).parent / "thresholds"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"iter{epoch}.rank{rank}.json").write_text(json.dumps(thresholds.thresholds().tolist()))
+
+
+def read_backtranslations(path: str, target, tokenizer, max_length: int):
+    """Back-translated text aligned with ``target`` rows; rows without a
+    translation (uncovered language) keep their original text."""
+    from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.training import Encoded
+
+    table = read_outputs(path)
+    by_id = {i: (p, h) for i, p, h in zip(table.column("id").to_pylist(), table.column("premise").to_pylist(),
+                                          table.column("hypothesis").to_pylist())}
+    have = [i in by_id for i in target.ids]
+    pairs = [by_id.get(i, (None, None)) for i in target.ids]
+    enc = tokenizer([p or "" for p, _ in pairs], [h or "" for _, h in pairs], truncation=True,
+                    max_length=max_length, padding=False)
+    ids = [e if ok else orig for e, ok, orig in zip(enc["input_ids"], have, target.input_ids)]
+    types = None
+    if target.token_type_ids is not None:
+        types = [e if ok else orig for e, ok, orig in zip(enc["token_type_ids"], have, target.token_type_ids)]
+    return Encoded(ids, types, target.labels, target.ids, target.langs)
