@@ -155,7 +155,7 @@ def test_hub_spec_fails_fast_and_clearly_offline(tmp_path):
 
 def test_spec_errors_and_empty_language(tmp_path):
     with pytest.raises(CorpusError, match="format:location"):
-        read_corpus("csv:/x.csv", "fr")
+        read_corpus("xml:/x.xml", "fr")
     with pytest.raises(CorpusError, match="no such file"):
         read_corpus(f"xnli_tsv:{tmp_path}/dev-{{lang}}.tsv", "fr")
     (tmp_path / "dev-xx.tsv").write_text("")

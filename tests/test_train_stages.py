@@ -79,7 +79,7 @@ def test_conl_stage_and_its_ablation_switches(source_run):
 def ssl(cfg, root, name, overrides=(), workers=0):
     from conlst_ray.config import load_config as lc
 
-    cfg2 = lc(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=2", "ssl.threshold=0.6"] + list(overrides))
+    cfg2 = lc(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=2", "ssl.threshold=0.34"] + list(overrides))
     metrics = fit_stage("ssl", cfg2, root / name, str(root / "source" / "model"),
                         target_corpus=str(root / "corpus"), num_workers=workers)
     return steps(root / name), metrics
@@ -96,7 +96,7 @@ def test_ssl_stage_iterations_thresholds_and_switches(source_run):
     assert all(abs(r["loss"] - (r["loss_sup"] + r["loss_u"])) < 1e-4 for r in log)   # Eq. 12, lambda_u = 1
     assert 0 < metrics["selected_share"] <= 1
     thresholds = json.loads((root / "ssl" / "thresholds" / "iter1.rank0.json").read_text())
-    assert len(thresholds) == 3 and all(0 <= t <= 0.6 + 1e-6 for t in thresholds)
+    assert len(thresholds) == 3 and all(0 <= t <= 0.34 + 1e-6 for t in thresholds)
     no_mix, _ = ssl(cfg, root, "ssl_no_mixup", ["ssl.use_mixup=false", "ssl.use_masking=false"])
     assert "mixup_lambda" not in no_mix[0] and no_mix[0]["aug_masking"] == 0.0
 
