@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.algorithm.negatives import NegativePool  # noqa: E402
+from conlst_ray.algorithm.negatives import NegativePool, relative_gamma  # noqa: E402
 from conlst_ray.algorithm.steps import build_conl_batch, conl_step, plan_negatives  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
@@ -54,12 +54,14 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
     plan = global_plan(len(target), c.batch_size, cfg.seed, 0)
     optimizer = make_optimizer(model, c.lr)
     scheduler = linear_warmup_schedule(optimizer, len(plan), 0.0)
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma, 3, target.langs, seed=cfg.seed)
+    gamma = relative_gamma(q.max(-1), target.langs, c.gamma_quantile)[0] if c.gamma_quantile else None
+    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma if gamma is None else gamma, 3,
+                        target.langs, seed=cfg.seed)
     src_rng = np.random.default_rng([cfg.seed, 0, 7])
     times, rows = [], []
     for step, gbatch in enumerate(plan):
         g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
-        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g)
+        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g, gamma)
         src = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
         batch = build_conl_batch(target, gbatch, comp, drawn, tok.pad_token_id, source, src)
         batch.anchors, batch.source = to_device(batch.anchors, device), to_device(batch.source, device)
@@ -98,13 +100,17 @@ def main() -> None:
                              f"model.tiny.num_heads={max(1, args.hidden // 64)}",
                              f"model.tiny.intermediate_size={4 * args.hidden}",
                              f"resources.cpus_per_worker={args.threads}", "data.synthetic.n_unlabelled=1000",
-                             "conl.batch_size=32", "conl.num_negatives=8"])
+                             "conl.batch_size=32", "conl.num_negatives=8", "source.epochs=2"])
     ray.init(num_cpus=args.threads, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tok = build_tokenizer(cfg.model, cfg.data)
         torch.manual_seed(0)
-        model_dir = str(build_model(cfg.model, tok).save(tmp / "model", tok))
+        init_dir = str(build_model(cfg.model, tok).save(tmp / "init", tok))
+        # a trained source model: an untrained one predicts one class everywhere,
+        # and its anchors' complementary classes would have no negatives at all
+        fit_stage("source", cfg, tmp / "source", init_dir, num_workers=0)
+        model_dir = str(tmp / "source" / "model")
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
                                    log=lambda *_: None)
         pseudo_label(model_dir, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
