@@ -17,6 +17,7 @@ from conlst_ray.ray_jobs.worker import (all_gather_rows, epoch_means, global_pla
                                         optimizer_step, record_step, world)
 from conlst_ray.training import batch_of, linear_warmup_schedule, predict_proba, to_device
 
+
 def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
     """q for every target row: each worker labels its rows, then all-gather."""
     rank, size = world()

@@ -36,6 +36,7 @@ from conlst_ray.training import accuracy_on, batch_of, encode_table, linear_warm
 
 __all__ = ["fit_stage", "global_plan", "read_stage_data", "read_q", "train_loop_per_worker"]
 
+
 # -- data ----------------------------------------------------------------------------------
 
 def read_stage_data(cfg, loop_cfg: dict, tokenizer):
