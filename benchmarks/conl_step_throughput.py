@@ -27,8 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.algorithm.negatives import NegativePool, relative_gamma  # noqa: E402
-from conlst_ray.algorithm.steps import build_conl_batch, conl_step, plan_negatives  # noqa: E402
+from conlst_ray.algorithm.steps import build_conl_batch, conl_pool, conl_step, plan_negatives  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
 from conlst_ray.ray_jobs.train import (_eval_tables, fit_stage, global_plan, read_q,  # noqa: E402
@@ -54,9 +53,7 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
     plan = global_plan(len(target), c.batch_size, cfg.seed, 0)
     optimizer = make_optimizer(model, c.lr)
     scheduler = linear_warmup_schedule(optimizer, len(plan), 0.0)
-    gamma = relative_gamma(q.max(-1), target.langs, c.gamma_quantile)[0] if c.gamma_quantile else None
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma if gamma is None else gamma, 3,
-                        target.langs, seed=cfg.seed)
+    pool, gamma, _ = conl_pool(target, q, c, 3, seed=cfg.seed)
     src_rng = np.random.default_rng([cfg.seed, 0, 7])
     times, rows = [], []
     for step, gbatch in enumerate(plan):

@@ -10,7 +10,7 @@ written as ``STEM.md`` and ``STEM.csv``.
 
     python -m conlst_ray.evaluate runs/x/source/model runs/x/ssl/model \\
         --corpus 'xnli_tsv:../shared/data/xnli/dev-{lang}.tsv' --langs en fr zh ur --out runs/x/xnli_dev
-    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'tsv:test.csv?text=sentence1,sentence2&label=gold&sep=,' \\
+    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'csv:test.csv?premise=sentence1&hypothesis=sentence2&label=gold' \\
         --langs de
 
 Row names are the directories' parents (``source``, ``ssl``, ...) unless
@@ -54,19 +54,12 @@ def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
     from transformers import AutoTokenizer
 
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import accuracy_on
+    from conlst_ray.training import accuracy_on, default_device
 
     if not model_dir.is_dir():
         raise CorpusError(f"{model_dir}: no such model directory")
-    device = "cuda" if _cuda() else "cpu"
     return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(str(model_dir)), table,
-                       max_length, batch_size, device)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+                       max_length, batch_size, default_device())
 
 
 def main(argv=None) -> int:

@@ -33,26 +33,19 @@ from conlst_ray.rundir import RunDir
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
-def driver_device() -> str:
-    """The report scores models in the driver: on its GPU when it has one."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     """Accuracy per language of one model on a labelled split (in the driver)."""
     from transformers import AutoTokenizer
 
     from conlst_ray.data.corpora import eval_corpus
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import accuracy_on
+    from conlst_ray.training import accuracy_on, default_device
 
     table = eval_corpus(cfg.data, split, log)
     if table is None:
         return {}
     return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(model_dir), table,
-                       cfg.data.max_length, cfg.source.eval_batch_size, driver_device(), cfg.resources.precision)
+                       cfg.data.max_length, cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
 
 
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
@@ -146,14 +139,14 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
     from transformers import AutoTokenizer
 
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import encode_table, predict_proba
+    from conlst_ray.training import default_device, encode_table, predict_proba
 
     parts = []
     for lang, model_dir in _by_language(conl):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
-                          tokenizer.pad_token_id, cfg.source.eval_batch_size, driver_device(),
+                          tokenizer.pad_token_id, cfg.source.eval_batch_size, default_device(),
                           cfg.resources.precision)
         parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
                                "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))

@@ -30,6 +30,12 @@ def autocast(device, precision: str = "auto"):
     return torch.autocast(device_type=kind, dtype=torch.bfloat16)
 
 
+def default_device() -> str:
+    """Where a driver-side helper (report, evaluate) runs a model: its GPU
+    when it has one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

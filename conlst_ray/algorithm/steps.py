@@ -19,7 +19,8 @@ from conlst_ray.algorithm.augment import random_token_mask
 from conlst_ray.algorithm.losses import (clcs_loss, conl_loss, contrast_space, eq6_effect, eq6_logits, eq6_loss,
                                          mixup,
                                          negative_learning_loss, ssl_loss, supervised_loss, unlabelled_loss)
-from conlst_ray.algorithm.negatives import NegativePool, complementary_labels, complementary_sets, unique_negatives
+from conlst_ray.algorithm.negatives import (NegativePool, complementary_labels, complementary_sets, relative_gamma,
+                                            unique_negatives)
 from conlst_ray.training import Encoded, batch_of, collate
 
 
@@ -33,6 +34,18 @@ class ConlBatch:
     negative_index: torch.Tensor
     source: Optional[dict] = None
     source_labels: Optional[torch.Tensor] = None
+
+
+def conl_pool(target: Encoded, q: np.ndarray, cfg, num_classes: int,
+              seed: int) -> tuple[NegativePool, Optional[np.ndarray], dict]:
+    """Eq. 5's pool of confident target rows for one CoNL epoch, with gamma
+    the absolute ``cfg.gamma`` or, under ``conl.gamma_quantile``, one per
+    language. Returns (pool, gamma per row or None, language -> gamma)."""
+    conf = q.max(-1)
+    gamma, by_lang = relative_gamma(conf, target.langs, cfg.gamma_quantile) if cfg.gamma_quantile else (None, {})
+    pool = NegativePool(np.arange(len(target)), q.argmax(-1), conf, cfg.gamma if gamma is None else gamma,
+                        num_classes, target.langs, seed=seed)
+    return pool, gamma, by_lang
 
 
 def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg,
@@ -186,8 +199,7 @@ def ssl_step(model, batch: SslBatch, cfg, rng: np.random.Generator):
         mix = torch.zeros_like(mask)
     plain = mask & ~mix
     n_rows, n_sel = mask.numel(), int(mask.sum())
-    l_u = unlabelled_loss(model.classify(h[plain]), labels[plain], torch.ones_like(labels[plain], dtype=torch.bool),
-                          num_rows=n_rows)
+    l_u = unlabelled_loss(model.classify(h), labels, plain)
     if mix.any():
         y = F.one_hot(labels[mix], model.num_labels).float()
         h_mix, y_mix, lam, _ = mixup(h[mix], y, cfg.mixup_alpha, rng)

@@ -23,8 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from conlst_ray.algorithm.negatives import NegativePool, relative_gamma
-from conlst_ray.algorithm.steps import build_conl_batch, conl_step, plan_negatives, source_step
+from conlst_ray.algorithm.steps import build_conl_batch, conl_pool, conl_step, plan_negatives, source_step
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
@@ -186,10 +185,7 @@ def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok,
 def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                 epoch, step, device, metrics_path):
     c = cfg.conl
-    gamma, by_lang = (relative_gamma(q.max(-1), target.langs, c.gamma_quantile) if c.gamma_quantile
-                      else (None, {}))
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), c.gamma if gamma is None else gamma,
-                        model.num_labels, target.langs, seed=cfg.seed * 1000 + epoch)
+    pool, gamma, by_lang = conl_pool(target, q, c, model.num_labels, seed=cfg.seed * 1000 + epoch)
     src_rng = np.random.default_rng([cfg.seed, epoch, 7])
     rank, size = world()
     sums: dict[str, list] = {}
