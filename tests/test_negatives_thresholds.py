@@ -9,7 +9,7 @@ import torch
 
 from conlst_ray.algorithm.augment import random_token_mask
 from conlst_ray.algorithm.negatives import NegativePool, complementary_labels, unique_negatives
-from conlst_ray.algorithm.thresholds import FixedThresholds, FlexMatchThresholds, make_thresholds
+from conlst_ray.algorithm.thresholds import ClassQuantileThresholds, FixedThresholds, FlexMatchThresholds, make_thresholds
 from conlst_ray.config import SSLConfig
 
 
@@ -195,6 +195,32 @@ def test_make_thresholds_picks_the_rule():
     assert isinstance(make_thresholds(SSLConfig(thresholding="fixed"), 5, 3), FixedThresholds)
     fm = make_thresholds(SSLConfig(threshold=0.8, flexmatch_warmup=False), 5, 3)
     assert isinstance(fm, FlexMatchThresholds) and fm.tau == 0.8 and not fm.warmup
+    cq = make_thresholds(SSLConfig(thresholding="class_quantile", threshold_quantile=0.7), 5, 3)
+    assert isinstance(cq, ClassQuantileThresholds) and cq.quantile == 0.7
+
+
+def test_class_quantile_keeps_the_top_share_of_every_class_where_flexmatch_takes_a_whole_class():
+    # an under-confident model: no row predicted class 1 passes tau = 0.6
+    g = torch.Generator().manual_seed(0)
+    pred = torch.arange(300) % 3
+    conf = torch.where(pred == 1, 0.35 + 0.2 * torch.rand(300, generator=g), 0.4 + 0.5 * torch.rand(300, generator=g))
+    probs = ((1 - conf) / 2).unsqueeze(1).repeat(1, 3)  # the rest split evenly: pred stays the argmax
+    probs[torch.arange(300), pred] = conf
+    assert torch.equal(probs.argmax(-1), pred)
+    fm = FlexMatchThresholds(300, 3, 0.6, warmup=False)
+    fm.update(torch.arange(300), pred, conf > 0.6)
+    fm_mask, _ = fm.mask(probs)
+    assert fm.thresholds()[1] == 0 and fm_mask[pred == 1].all()  # FlexMatch: the whole class passes
+    cq = ClassQuantileThresholds(300, 3, 0.7)
+    cq.update(torch.arange(300), pred, None, conf)
+    mask, _ = cq.mask(probs)
+    for c in range(3):
+        share = mask[pred == c].float().mean().item()
+        assert 0.25 <= share <= 0.35, (c, share)
+        assert conf[(pred == c) & mask].min() >= conf[(pred == c) & ~mask].max()  # the most confident ones
+    again = ClassQuantileThresholds(300, 3, 0.5)
+    again.load_state_dict(cq.state_dict())
+    assert torch.equal(again.thresholds(), cq.thresholds()) and again.quantile == 0.7
 
 
 # -- masking -------------------------------------------------------------------------------

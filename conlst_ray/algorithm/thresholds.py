@@ -1,8 +1,11 @@
 """Selection of clean pseudo-labels for self-training (Eq. 14's indicator).
 
-Two interchangeable rules with one interface (``update``, ``thresholds``,
+Three interchangeable rules with one interface (``update``, ``thresholds``,
 ``mask``, ``state_dict``), as USB swaps FixMatch for FlexMatch: a fixed
-threshold, and FlexMatch's class-wise dynamic thresholds (Zhang et al., 2021).
+threshold, FlexMatch's class-wise dynamic thresholds (Zhang et al., 2021),
+and class-wise quantiles of the confidences (conlst_ray's rule for a source
+model whose confidences do not match an absolute tau; see docs/REAL_XNLI.md:
+FlexMatch on such a model sets one class's threshold to 0).
 """
 
 from __future__ import annotations
@@ -94,6 +97,40 @@ class FlexMatchThresholds:
         self.tau, self.warmup = state["tau"], state["warmup"]
 
 
+class ClassQuantileThresholds:
+    """T_c = the q-quantile of the confidences of the rows predicted as class c
+    in this iteration's labelling. Every class keeps its most confident
+    (1 - q) share, so a class can neither take all of its rows (FlexMatch's
+    T_c = 0 when no row of c passes tau) nor none, and the selected share is
+    1 - q whatever the model's confidence scale. A class nothing is predicted
+    as gets threshold 1 (it has no rows to select)."""
+
+    def __init__(self, num_samples: int, num_classes: int, quantile: float):
+        self.num_classes, self.quantile = num_classes, quantile
+        self._thresholds = torch.ones(num_classes)
+
+    def update(self, sample_index, predictions, confident, confidence=None) -> None:
+        if confidence is None:
+            raise ValueError("ClassQuantileThresholds.update needs the confidences")
+        pred = torch.as_tensor(predictions, dtype=torch.long).cpu()
+        conf = torch.as_tensor(confidence, dtype=torch.float64).cpu()
+        for c in range(self.num_classes):
+            mine = conf[pred == c]
+            self._thresholds[c] = float(torch.quantile(mine, self.quantile)) if len(mine) else 1.0
+
+    def thresholds(self) -> torch.Tensor:
+        return self._thresholds.clone()
+
+    def mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_by_class(probs, self.thresholds())
+
+    def state_dict(self) -> dict:
+        return {"thresholds": self._thresholds.clone(), "quantile": self.quantile}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._thresholds, self.quantile = state["thresholds"].clone(), state["quantile"]
+
+
 def mask_by_class(probs: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, pseudo-labels): a sample is kept when its confidence reaches the
     threshold of its predicted class."""
@@ -114,4 +151,6 @@ def make_thresholds(ssl_cfg, num_samples: int, num_classes: int):
     """The rule named by ``ssl.thresholding``."""
     if ssl_cfg.thresholding == "fixed":
         return FixedThresholds(num_classes, ssl_cfg.threshold)
+    if ssl_cfg.thresholding == "class_quantile":
+        return ClassQuantileThresholds(num_samples, num_classes, ssl_cfg.threshold_quantile or 0.5)
     return FlexMatchThresholds(num_samples, num_classes, ssl_cfg.threshold, ssl_cfg.flexmatch_warmup)

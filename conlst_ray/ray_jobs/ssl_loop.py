@@ -54,9 +54,12 @@ def ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, opt
     q = pseudo_label_in_workers(model, target, tok, cfg, device)
     label_seconds = time.perf_counter() - t0
     conf, pred = q.max(-1), q.argmax(-1)
-    if s.threshold_quantile:  # tau relative to this iteration's confidences
-        thresholds.tau = relative_tau(conf, s.threshold_quantile)
-    thresholds.update(np.arange(len(target)), pred, conf > thresholds.tau)
+    if s.thresholding == "class_quantile":
+        thresholds.update(np.arange(len(target)), pred, None, conf)
+    else:
+        if s.threshold_quantile:  # tau relative to this iteration's confidences
+            thresholds.tau = relative_tau(conf, s.threshold_quantile)
+        thresholds.update(np.arange(len(target)), pred, conf > thresholds.tau)
     mask, _ = thresholds.mask(torch.as_tensor(q))
     selected = np.flatnonzero(mask.numpy())
     write_thresholds(loop_cfg, epoch, thresholds)
@@ -88,7 +91,7 @@ def ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, opt
     out = epoch_means(sums)
     out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
                 "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
-                "tau": float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
+                "tau": None if s.thresholding == "class_quantile" else float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
     out.update(selection_quality(target, pred, selected))
     return out, step
 
