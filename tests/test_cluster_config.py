@@ -41,6 +41,8 @@ def test_setup_installs_this_project_and_keeps_auth_on(name):
         starts = [c for c in raw[key] if "ray start" in c]
         assert starts and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in starts)
     assert "0.0.0.0" not in " ".join(raw["head_start_ray_commands"])  # dashboard not open to the internet
+    token = [remote for remote, local in raw["file_mounts"].items() if local.endswith("auth_token")]
+    assert len(token) == 1 and raw["setup_commands"][0] == f"chmod 600 {token[0]}"  # not world-readable
 
 
 def test_cloud_file_uses_the_pinned_ray_image():

@@ -114,16 +114,23 @@ def load_checkpoint() -> Optional[dict]:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, weights_only=False)
+        # weights_only: a checkpoint is data, never code, whoever wrote the run directory
+        return torch.load(Path(d) / STATE_FILE, weights_only=True)
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """RNG states as tensors and plain numbers, so that the checkpoint loads
+    with ``weights_only=True`` (numpy's state tuple holds an ndarray)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
 def maybe_fail(loop_cfg: dict, step: int) -> None:
