@@ -1,12 +1,86 @@
 """What every command line shares: config loading with overrides, the run
-directory, and starting or joining Ray."""
+directory, starting or joining Ray, and how a command ends: a user error
+(bad config, corpus, model path, stale run directory) is one line
+``error: ...`` and exit status 2, with the traceback kept in a log file (or
+printed with ``--debug``); Ctrl+C says where the run stopped and how to
+resume it (exit status 130)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
 
 from conlst_ray.config import ConfigError, config_help, load_config
+
+ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
+
+
+class UserError(ValueError):
+    """Something the user can fix (a path, a key); the message says what."""
+
+
+def user_error_types() -> tuple:
+    from conlst_ray.data.schema import CorpusError
+    from conlst_ray.e5 import E5Error
+    from conlst_ray.provenance import StaleError
+    from conlst_ray.translation import TranslationConfigError
+
+    return ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, UserError, FileExistsError
+
+
+def find_user_error(exc: BaseException) -> Optional[BaseException]:
+    """The user error behind ``exc``: itself, or a cause wrapped by Ray (a
+    task error, a failed Train worker) or re-raised along the way."""
+    types, seen, stack = user_error_types(), set(), [exc]
+    while stack:
+        e = stack.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        failures = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
+        if isinstance(failures, dict):
+            stack += list(failures.values())
+        elif isinstance(failures, (list, tuple)):
+            stack += [f for f in failures if isinstance(f, BaseException)]
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a (possibly Ray-wrapped) user error, first line only."""
+    text = str(exc)
+    marker = f"{type(exc).__name__}: "
+    if marker in text:  # Ray prefixes the remote traceback
+        text = text.rsplit(marker, 1)[1]
+    return " ".join(text.strip().splitlines()[:1]) if "\n" in text.strip() else text.strip()
+
+
+def guarded(main: Callable[[list], int], argv: Optional[list] = None,
+            on_interrupt: Optional[Callable[[], str]] = None) -> int:
+    """Run a CLI's ``main`` and turn how it fails into an exit status and one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        where = on_interrupt() if on_interrupt else ""
+        print(f"\ninterrupted{': ' + where if where else ''}", file=sys.stderr)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 -- classified below, re-raised when not ours
+        if isinstance(exc, SystemExit):
+            raise
+        cause = find_user_error(exc)
+        if cause is None or debug:
+            raise
+        ERROR_LOG.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        print(f"error: {one_line(cause)}", file=sys.stderr)
+        return 2
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -14,8 +88,20 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (key=default [range]):\n" + "\n".join(config_help()))
     parser.add_argument("--config", help="YAML config file (defaults < file < overrides)")
+    add_debug(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conl.gamma=0.8")
     return parser
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the full traceback of an error (always kept in {ERROR_LOG})")
+
+
+def add_recompute(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recompute", action="store_true",
+                        help="redo finished stages and cached outputs that other settings, inputs or models made "
+                             "(default: refuse, naming what differs)")
 
 
 def load_or_report(args):
@@ -24,7 +110,7 @@ def load_or_report(args):
     try:
         return load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tempfile
 import types
@@ -42,7 +43,7 @@ def param(default: Any = dataclasses.MISSING, *, factory: Any = None, ge=None, g
 @dataclass
 class SyntheticConfig:
     """The embedded cross-lingual NLI benchmark (see conlst_ray/data/synthetic.py)."""
-    seed: int = param(13, help="benchmark seed: same seed, same corpora")
+    seed: int = param(13, ge=0, le=2**32 - 1, help="benchmark seed: same seed, same corpora")
     n_source_train: int = param(6000, ge=30, help="labelled source pairs for training")
     n_unlabelled: int = param(2000, ge=30, help="unlabelled pairs per target language")
     n_dev: int = param(600, ge=30, help="labelled dev pairs per language")
@@ -201,7 +202,7 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    seed: int = param(0, help="training seed")
+    seed: int = param(0, ge=0, le=2**32 - 1, help="training seed (numpy's seeds are 0 .. 2**32 - 1)")
     output_dir: str = param("runs", help="run directories are created below this")
     run_name: Optional[str] = param(None, help="run directory name; default derived from time")
     data: DataConfig = param(factory=DataConfig)
@@ -246,13 +247,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif origin is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-6" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "2e-6" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # nan, .inf, 1e400: training would run on NaN losses
+                raise ConfigError(f"{key} = {value!r} is not a finite number")
+            return number
     elif origin is str:
         if isinstance(value, str):
             return value
@@ -358,14 +364,37 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
+class DuplicateKeyError(ValueError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML
+    keeps the last silently: a config would not say what it runs)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} appears twice, lines {seen[key] + 1} and "
+                                        f"{key_node.start_mark.line + 1}")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of config sections")
     return data

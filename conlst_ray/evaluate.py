@@ -23,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from conlst_ray.cli import add_debug, guarded
 from conlst_ray.data.schema import CorpusError
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--on-malformed", choices=("raise", "skip"), default="raise")
     parser.add_argument("--out", default=None, help="write STEM.md and STEM.csv")
+    add_debug(parser)
     return parser
 
 
@@ -90,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

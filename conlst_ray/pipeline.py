@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from conlst_ray.provenance import digest, read_json, spec_files, stage_fingerprint, weights_stamp
 from conlst_ray.rundir import RunDir
 
 
@@ -26,7 +27,8 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
         log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
         return cfg.model.source_checkpoint
     out = run.root / "source"
-    if run.is_done("source"):
+    langs = cfg.data.source_train_langs or [cfg.data.source_lang]
+    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
         log(f"[source] done already: {out / 'model'}")
         return str(out / "model")
     from conlst_ray.model import build_model, build_tokenizer
@@ -44,25 +46,41 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
 
 
 def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
-    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.corpus_cache import corpus_digest, ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label
 
     corpus = run.root / "corpus" / "target_train"
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task, log)
     out = run.root / "pseudo_labels" / "source"
-    if not run.is_done("pseudo_labels"):
-        report = pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log)
+    inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
+    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
+        report = pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log,
+                              recompute=run.recompute)
         run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds})
     return corpus, out
 
 
+def _output_stamp(folder) -> str | None:
+    """The provenance digest of a sharded job's output folder (pseudo-labels, translations)."""
+    from conlst_ray.ray_jobs.sharded import PROVENANCE
+
+    return digest(read_json(Path(folder) / PROVENANCE)) if folder else None
+
+
 def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
-    """A Ray Train stage over the target languages of ``cfg``, skipped when done."""
+    """A Ray Train stage over the target languages of ``cfg``, skipped when
+    done with the same settings, input model and upstream outputs."""
     from conlst_ray.ray_jobs.train import fit_stage
 
     out = run.root / name
-    if not run.is_done(name):
+    inputs = {"model weights": weights_stamp(model_dir),
+              "pseudo-labels": _output_stamp(fit_kwargs.get("pseudo_labels")),
+              "translations": _output_stamp(fit_kwargs.get("translations"))}
+    if name == "ssl":  # self-training also reads the labelled source corpus
+        inputs["source files"] = spec_files(cfg.data.source_train,
+                                            cfg.data.source_train_langs or [cfg.data.source_lang])
+    if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
         t0 = time.time()
         metrics = fit_stage(name, cfg, out, model_dir, target_corpus=str(corpus),
                             langs=list(cfg.data.target_langs), **fit_kwargs)
@@ -81,16 +99,17 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
     if not cfg.translation.model:
         log("[translate] translation.model is not set: the strong view is random masking only")
         return None
-    from conlst_ray.ray_jobs.corpus_cache import read_manifest
+    from conlst_ray.ray_jobs.corpus_cache import corpus_digest, read_manifest
     from conlst_ray.ray_jobs.translate import translate
 
     out = run.root / "translations" / "back"
-    if not run.is_done("backtranslation"):
-        manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
+    manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
+    if not run.begin("backtranslation", stage_fingerprint("backtranslation", cfg,
+                                                          {"corpus": corpus_digest(manifests)})):
         t0 = time.time()
         report, fallback = translate(cfg.translation, manifests, corpus, out, "back",
                                      cpus_per_task=cfg.resources.cpus_per_task, log=log,
-                                     benchmark_seed=cfg.data.synthetic.seed)
+                                     benchmark_seed=cfg.data.synthetic.seed, recompute=run.recompute)
         run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0})
     return out
 
@@ -112,11 +131,11 @@ def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Pat
 
 
 def _one_language(cfg, root: str, lang: str, source_model: str, corpus: str, labels: str, translations,
-                  stop_after: str | None) -> dict[str, str]:
+                  stop_after: str | None, recompute: bool = False) -> dict[str, str]:
     """One target language's independent run under RUN/targets/<lang>/."""
     from dataclasses import replace
 
-    sub = RunDir(Path(root) / "targets" / lang)
+    sub = RunDir(Path(root) / "targets" / lang, recompute=recompute)
     sub.root.mkdir(parents=True, exist_ok=True)
     cfg_l = replace(cfg, data=replace(cfg.data, target_langs=[lang]))
     return target_stages(cfg_l, sub, source_model, Path(corpus), Path(labels), translations,
@@ -134,7 +153,7 @@ def per_language(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path
 
     langs = list(cfg.data.target_langs)
     args = (str(run.root), source_model, str(corpus), str(labels),
-            str(translations) if translations else None, stop_after)
+            str(translations) if translations else None, stop_after, run.recompute)
     if cfg.resources.parallel_targets > 1:
         task = ray.remote(num_cpus=0.01)(_one_language)
         pending, results = list(langs), {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
+from conlst_ray.cli import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -16,9 +16,11 @@ def build_parser():
     parser = base_parser("python -m conlst_ray.pseudo_label",
                          "Pseudo-label the unlabelled target corpora of every target language with a model; "
                          "writes Parquet partitioned by language (id, lang, pseudo_label, confidence, q). "
-                         "Reruns skip finished shards.")
+                         "Reruns skip finished shards made by the same model, corpus and settings; output of "
+                         "another model is refused (or redone with --recompute).")
     parser.add_argument("--model-dir", help="model to label with (default: RUN/source/model)")
     parser.add_argument("--out", help="output folder (default: RUN/pseudo_labels/cli)")
+    add_recompute(parser)
     add_ray_address(parser)
     return parser
 
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
         print(f"error: no model at {model_dir}; pass --model-dir or run python -m conlst_ray.run first",
               file=sys.stderr)
         return 2
-    run = RunDir.create(cfg, resume=True)
+    run = RunDir.create(cfg, resume=True, recompute=args.recompute)
     init_ray(args.address)
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
@@ -53,11 +55,12 @@ def main(argv=None) -> int:
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task)
     out = Path(args.out) if args.out else run.root / "pseudo_labels" / "cli"
-    pseudo_label(str(model_dir), corpus, manifests, out, cfg.resources, cfg.data.max_length)
+    pseudo_label(str(model_dir), corpus, manifests, out, cfg.resources, cfg.data.max_length,
+                 recompute=args.recompute)
     print(f"\npseudo-labels under {out}\n")
     print(summary(read_pseudo_labels(out)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

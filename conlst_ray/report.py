@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.cli import add_debug, guarded
 from conlst_ray.config import atomic_write_text
 from conlst_ray.reporting import read_rows, write_language_table, write_table
 from conlst_ray.rundir import RunDir
@@ -303,6 +304,7 @@ def build_parser():
     parser.add_argument("--out", default="ablation", help="file stem of the ablation table (default: ./ablation)")
     parser.add_argument("--no-calibration", action="store_true", help="skip the calibration analysis")
     parser.add_argument("--address", default=None, help="Ray cluster to join for the analysis' pseudo-labelling")
+    add_debug(parser)
     return parser
 
 
@@ -335,4 +337,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

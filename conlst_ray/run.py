@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
+import shlex
+
+from conlst_ray.cli import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
 from conlst_ray.report import full_report
 from conlst_ray.rundir import RunDir
 
@@ -23,15 +25,37 @@ def build_parser():
                          "self-training -> per-language tables) on the embedded benchmark by default.")
     parser.add_argument("--resume", action="store_true", help="continue the run directory, skipping finished stages")
     parser.add_argument("--stop-after", choices=("source", "conl"), help="stop after this stage (resume later with --resume)")
+    add_recompute(parser)
     add_ray_address(parser)
     return parser
 
 
+def where_it_stopped(run: RunDir, argv: list) -> str:
+    """The stage an interrupted run stopped in, and the command that continues it."""
+    stage = next((s for s in STAGES if (run.root / s).is_dir() and not run.is_done(s)), None)
+    again = ["python", "-m", "conlst_ray.run", *argv] + ([] if "--resume" in argv else ["--resume"])
+    if not any(a.startswith("run_name=") for a in argv):  # a time-stamped name: say which
+        again.append(f"run_name={run.root.name}")
+    return (f"run {run.root} stopped" + (f" in stage {stage}" if stage else "")
+            + f"; continue with: {shlex.join(again)}")
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    state: dict = {}
+    return guarded(lambda a: _main(a, state), argv,
+                   on_interrupt=lambda: where_it_stopped(state["run"], argv) if "run" in state else "")
+
+
+def _main(argv, state: dict) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    run = RunDir.create(cfg, resume=args.resume)
+    from conlst_ray.preflight import preflight
+
+    preflight(cfg)  # every input checked in seconds, before any work
+    run = RunDir.create(cfg, resume=args.resume, recompute=args.recompute)
+    state["run"] = run
     print(f"[run] {run.root}")
     init_ray(args.address)
     from conlst_ray.pipeline import run_pipeline

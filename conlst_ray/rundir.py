@@ -1,20 +1,29 @@
-"""One run directory per run: every stage writes below it, and marks itself
-complete only after its outputs are in place, so ``--resume`` can skip it."""
+"""One run directory per run: every stage writes below it, records what made
+it (``FINGERPRINT.json``, written when the stage starts) and marks itself
+complete (``DONE.json``) only after its outputs are in place, so ``--resume``
+skips it -- but only while its fingerprint still matches. A stage made by
+other settings is refused with the differing keys named, or, with
+``recompute``, removed together with the stages that read it. ``config.yaml``
+is written only after that check, so it always describes the results."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from conlst_ray.config import atomic_write_text, save_config
+from conlst_ray.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 
 DONE_FILE = "DONE.json"
+FINGERPRINT_FILE = "FINGERPRINT.json"
 
 
 class RunDir:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, recompute: bool = False):
         self.root = Path(root)
+        self.recompute = recompute
 
     @classmethod
     def of(cls, cfg) -> "RunDir":
@@ -22,14 +31,54 @@ class RunDir:
         return cls(Path(cfg.output_dir) / (cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")))
 
     @classmethod
-    def create(cls, cfg, resume: bool = False) -> "RunDir":
+    def create(cls, cfg, resume: bool = False, recompute: bool = False) -> "RunDir":
         run = cls.of(cfg)
+        run.recompute = recompute
         if run.root.exists() and any(run.root.iterdir()) and not resume:
             raise FileExistsError(f"run directory {run.root} exists; pass --resume to continue it "
                                   f"or choose another run_name")
+        run.check_settings(cfg)
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.root / "config.yaml")
         return run
+
+    def check_settings(self, cfg) -> None:
+        """Before anything is written: every stage already on disk (finished
+        or started) must have been made with the config values it depends on."""
+        stale: dict[Path, list[str]] = {}
+        for fp_file in sorted(self.root.rglob(FINGERPRINT_FILE)) if self.root.is_dir() else []:
+            old = read_json(fp_file)
+            new = config_values(self._stage_cfg(cfg, fp_file.parent), (old or {}).get("keys", []))
+            changed = differences({"config": old["config"]}, {"config": new}) if old else ["unreadable fingerprint"]
+            if changed:
+                stale[fp_file.parent] = changed
+        if not stale:
+            return
+        if not self.recompute:
+            first = next(iter(stale.values()))
+            where = ", ".join(str(p.relative_to(self.root)) for p in stale)
+            raise StaleError(f"{self.root}: finished stages ({where}) were made with other settings: "
+                             f"{'; '.join(first)}. Resume with the old values, choose another run_name, "
+                             f"or add --recompute to redo them")
+        for stage_dir in stale:
+            self._remove(stage_dir)
+
+    def _stage_cfg(self, cfg, stage_dir: Path):
+        """A per-language sub-run (RUN/targets/<lang>/<stage>) ran with that language alone."""
+        from dataclasses import replace
+
+        parts = stage_dir.relative_to(self.root).parts
+        if len(parts) == 3 and parts[0] == "targets":
+            return replace(cfg, data=replace(cfg.data, target_langs=[parts[1]]))
+        return cfg
+
+    def _remove(self, stage_dir: Path) -> None:
+        """A stale stage and every stage that read it (in this run and in
+        per-language sub-runs)."""
+        names = [stage_dir.name] + DOWNSTREAM.get(stage_dir.name, [])
+        for name in names:
+            for path in [stage_dir.parent / name, *self.root.glob(f"targets/*/{name}")]:
+                shutil.rmtree(path, ignore_errors=True)
 
     def stage(self, name: str) -> Path:
         path = self.root / name
@@ -38,6 +87,23 @@ class RunDir:
 
     def is_done(self, name: str) -> bool:
         return (self.root / name / DONE_FILE).is_file()
+
+    def begin(self, name: str, fingerprint: dict) -> bool:
+        """True when stage ``name`` is done and was made by ``fingerprint``;
+        False when it must run (its fingerprint is then recorded). A stage
+        made otherwise raises StaleError, or is removed under ``recompute``."""
+        path = self.root / name
+        old = read_json(path / FINGERPRINT_FILE)
+        if (old is not None or self.is_done(name)) and differences(old, fingerprint):
+            changed = differences(old, fingerprint)
+            if not self.recompute:
+                raise StaleError(f"{path}: made with other settings or inputs: {'; '.join(changed)}. "
+                                 f"Choose another run_name or add --recompute to redo it")
+            self._remove(path)
+        elif self.is_done(name):
+            return True
+        atomic_write_text(self.stage(name) / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, default=str))
+        return False
 
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))

@@ -80,6 +80,9 @@ def parse_search_space(space: dict, base: Config) -> list[Dimension]:
             dim = Dimension(key, kind, values=tuple(values))
             candidates = list(values)
         else:
+            if kind in ("uniform", "loguniform") and _is_int_key(base, key):
+                raise ConfigError(f"{where}: '{kind}' draws real numbers but {key} is an integer; "
+                                  f"use randint or choice")
             low, high = _number(where, "low", spec["low"]), _number(where, "high", spec["high"])
             if not low < high:
                 raise ConfigError(f"{where}: low ({low}) must be below high ({high})")
@@ -96,6 +99,20 @@ def parse_search_space(space: dict, base: Config) -> list[Dimension]:
                 raise ConfigError(f"{where}: value {value!r} is invalid: {exc}") from None
         dims.append(dim)
     return dims
+
+
+def _is_int_key(base: Config, key: str) -> bool:
+    """Whether the config key holds an integer (Optional[int] included)."""
+    import typing
+
+    from conlst_ray.config import _field_types
+
+    node: Any = base
+    *path, last = key.split(".")
+    for part in path:
+        node = getattr(node, part)
+    tp = _field_types(type(node))[last]
+    return tp is int or int in typing.get_args(tp)
 
 
 def _number(where: str, name: str, value) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
+from conlst_ray.cli import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -18,6 +18,7 @@ def build_parser():
     parser.add_argument("--mode", choices=("back", "train"), default="back",
                         help="back: target -> pivot -> target; train: source -> each target")
     parser.add_argument("--out", help="output folder (default: RUN/translations/<mode>)")
+    add_recompute(parser)
     add_ray_address(parser)
     return parser
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     except TranslationConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = RunDir.create(cfg, resume=True)
+    run = RunDir.create(cfg, resume=True, recompute=args.recompute)
     init_ray(args.address)
     if args.mode == "back":
         corpus = run.root / "corpus" / "target_train"
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
                                    cfg.resources.cpus_per_task)
     out = Path(args.out) if args.out else run.root / "translations" / args.mode
     report, fallback = translate(cfg.translation, manifests, corpus, out, args.mode,
-                                 targets=cfg.data.target_langs, cpus_per_task=cfg.resources.cpus_per_task)
+                                 targets=cfg.data.target_langs, cpus_per_task=cfg.resources.cpus_per_task,
+                                 recompute=args.recompute)
     print(f"\ntranslations under {out}: {report.rows} rows translated now, {len(report.skipped)} shard(s) reused")
     if fallback:
         print(f"masking-only augmentation for: {', '.join(fallback)}")
@@ -57,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

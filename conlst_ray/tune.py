@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_ray_address, base_parser, init_ray, parse
+from conlst_ray.cli import add_ray_address, base_parser, guarded, init_ray, parse
 from conlst_ray.config import ConfigError, save_config
 from conlst_ray.reporting import write_table
 from conlst_ray.rundir import RunDir
@@ -80,14 +80,14 @@ def main(argv=None) -> int:
         return 2
     from conlst_ray.config import load_config
 
-    extra = (SMOKE if args.smoke_test else []) + ([f"tune.num_samples={args.num_samples}"] if args.num_samples else [])
-    if extra:
-        cfg = load_config(args.config, list(args.overrides) + extra)
-    space = cfg.tune.search_space or DEFAULT_SPACE
+    extra = (SMOKE if args.smoke_test else []) + ([f"tune.num_samples={args.num_samples}"] if args.num_samples is not None else [])
     try:
+        if extra:  # --num-samples is checked like the key it sets (>= 1)
+            cfg = load_config(args.config, list(args.overrides) + extra)
+        space = cfg.tune.search_space or DEFAULT_SPACE
         dims = parse_search_space(space, cfg)  # fails here, before Ray starts or any trial runs
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     storage = Path(args.storage_path or Path(cfg.output_dir) / "tune").resolve()
     name = cfg.run_name or "search"
@@ -133,4 +133,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

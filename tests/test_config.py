@@ -81,6 +81,29 @@ def test_choices_types_and_malformed_overrides():
         load_config(None, ["conl=3"])
 
 
+@pytest.mark.parametrize("override, key", [
+    ("conl.gamma=nan", "conl.gamma"), ("source.lr=.inf", "source.lr"), ("conl.tau=1e400", "conl.tau"),
+    ("ssl.lr=-.inf", "ssl.lr"),
+])
+def test_non_finite_floats_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"{key} = .* is not a finite number"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["seed=-5", f"seed={2**32}", "data.synthetic.seed=-1"])
+def test_seeds_outside_numpys_range_are_rejected_naming_the_key(override):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]} = .* out of range"):
+        load_config(None, [override])
+
+
+def test_a_key_given_twice_in_a_yaml_file_names_both_lines(tmp_path):
+    p = write(tmp_path, "conl:\n  gamma: 0.8\n  tau: 0.5\n  gamma: 0.6\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'gamma' appears twice, lines 2 and 4"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="'conl' appears twice, lines 1 and 3"):
+        load_config(write(tmp_path, "conl:\n  gamma: 0.8\nconl:\n  tau: 0.5\n"))
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -28,6 +28,9 @@ def test_every_distribution_parses():
     ({"conl.gamma": {"type": "uniform", "low": 0.5, "high": 1.5}}, r"conl.gamma: value 1.5 is invalid"),
     ({"conl.num_negatives": {"type": "choice", "values": []}}, "non-empty list"),
     ({"conl.num_negatives": {"type": "randint", "low": 0, "high": 4}}, "value 0.0 is invalid"),
+    # a real-valued draw on an integer key would only fail when a trial applies it
+    ({"conl.num_negatives": {"type": "uniform", "low": 2, "high": 8}}, "'uniform' draws real numbers but conl.num_negatives is an integer"),
+    ({"data.max_rows": {"type": "loguniform", "low": 10, "high": 100}}, "data.max_rows is an integer"),
 ])
 def test_malformed_entries_fail_naming_the_key(space, message):
     with pytest.raises(ConfigError, match=message):
@@ -50,6 +53,17 @@ def test_tune_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
                           "tune.search_space={conl.gamma: {type: uniform, low: 0.9, high: 0.1}}"])
     assert code == 2 and "tune.search_space.conl.gamma" in capsys.readouterr().err
     assert ray.is_initialized() == was_running and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_num_samples_on_the_command_line_is_checked_like_the_key(tmp_path, capsys, n):
+    import ray
+
+    from conlst_ray import tune as tune_cli
+
+    was_running = ray.is_initialized()
+    assert tune_cli.main([f"output_dir={tmp_path}", "--num-samples", n]) == 2
+    assert "tune.num_samples" in capsys.readouterr().err and ray.is_initialized() == was_running
 
 
 def test_demo_config_space_is_the_built_in_default():

@@ -37,7 +37,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict) -> dict:
+def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict,
+                    fingerprint: dict | None = None) -> dict:
     """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
     table, report = read_corpus(spec, lang, **read_kwargs)
     if table.num_rows == 0:
@@ -54,7 +55,7 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
         write_parquet_atomic(part, out / name)
         shards.append({"file": name, "rows": part.num_rows})
     manifest = {"spec": spec, "lang": lang, "rows": table.num_rows, "shards": shards,
-                "skipped_malformed": report.skipped}
+                "skipped_malformed": report.skipped, "fingerprint": fingerprint}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
@@ -64,30 +65,55 @@ def read_manifest(root: Path, lang: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
+    """What a language's cached shards are made of: the spec, the reading
+    options and the input files' sizes and mtimes."""
+    import dataclasses
+
+    from conlst_ray.provenance import fingerprint, spec_files
+
+    options = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in read_kwargs.items()}
+    return fingerprint({"spec": spec, "lang": lang, **options}, spec_files(spec, [lang]))
+
+
+def corpus_digest(manifests: dict[str, dict]) -> str:
+    """One stamp for the cached corpora a job reads."""
+    from conlst_ray.provenance import digest
+
+    return digest({lang: m.get("fingerprint") for lang, m in sorted(manifests.items())})
+
+
 def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
                    log=print) -> dict[str, dict]:
-    """Shard every language's corpus under ``root`` (cached: a language with a
-    manifest from the same spec is not read again). Returns lang -> manifest."""
+    """Shard every language's corpus under ``root``. Cached: a language whose
+    manifest records the same spec, reading options and input files is not
+    read again; one made otherwise (another ``data.max_rows``, an edited
+    file) is rebuilt, and the jobs that read it see a new corpus stamp.
+    Returns lang -> manifest."""
+    from conlst_ray.provenance import differences
+
     root = Path(root)
     langs = list(dict.fromkeys(langs))
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
+    read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
+                   "synthetic_cfg": data_cfg.synthetic}
     manifests, pending = {}, []
     for lang in langs:
         manifest = read_manifest(root, lang)
-        if manifest is not None and manifest["spec"] != spec:
-            raise CorpusError(f"{lang_dir(root, lang)} was built from {manifest['spec']!r}, not {spec!r}; "
-                              f"remove it or use another run directory")
-        if manifest is None:
-            pending.append(lang)
-        else:
-            manifests[lang] = manifest
+        expected = corpus_fingerprint(spec, lang, read_kwargs)
+        if manifest is not None:
+            changed = differences(manifest.get("fingerprint"), expected)
+            if not changed:
+                manifests[lang] = manifest
+                continue
+            log(f"[ingest] {lang}: cached corpus made otherwise ({'; '.join(changed)}): rebuilding")
+        pending.append(lang)
     if pending:
-        read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
-                       "synthetic_cfg": data_cfg.synthetic}
         task = ray.remote(ingest_language).options(num_cpus=cpus_per_task, max_retries=1,
                                                    retry_exceptions=[OSError])
-        refs = {lang: task.remote(spec, lang, str(root), data_cfg.shard_rows, read_kwargs) for lang in pending}
+        refs = {lang: task.remote(spec, lang, str(root), data_cfg.shard_rows, read_kwargs,
+                                  corpus_fingerprint(spec, lang, read_kwargs)) for lang in pending}
         for lang, ref in refs.items():
             manifests[lang] = ray.get(ref)  # a CorpusError surfaces here with its message
         log(f"[ingest] {len(pending)} language(s) sharded under {root}")

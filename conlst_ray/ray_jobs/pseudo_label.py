@@ -115,8 +115,15 @@ class Predictor:
 
 def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, dict], out_root: str | Path,
                  res_cfg, max_length: int, log=print,
-                 on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
-    """Pseudo-label every cached shard of ``manifests`` whose output is missing."""
+                 on_progress: Optional[Callable[[JobReport], None]] = None, recompute: bool = False) -> JobReport:
+    """Pseudo-label every cached shard of ``manifests`` whose output is
+    missing. The output folder is tied to the model's weights, the corpus and
+    the settings: labels of another model are never reused."""
+    from conlst_ray.provenance import fingerprint, weights_stamp
+    from conlst_ray.ray_jobs.corpus_cache import corpus_digest
+
+    provenance = fingerprint({"max_length": max_length, "precision": res_cfg.precision},
+                             {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)})
 
     def stages(ds):
         ds = ds.map_batches(read_and_tokenize, batch_format="pyarrow", batch_size=None,
@@ -133,7 +140,7 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
                                                      "precision": res_cfg.precision})
 
     return run_sharded_job("pseudo-label", manifests, corpus_root, out_root, stages, res_cfg.cpus_per_task,
-                           log, on_progress)
+                           log, on_progress, provenance=provenance, recompute=recompute)
 
 
 def read_pseudo_labels(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:

@@ -94,7 +94,7 @@ def resolve_family(tr_cfg) -> str:
 def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,
               targets: Sequence[str] = (), cpus_per_task: float = 0.25, log=print,
               on_progress: Optional[Callable[[JobReport], None]] = None,
-              benchmark_seed: int = 13) -> tuple[JobReport, list]:
+              benchmark_seed: int = 13, recompute: bool = False) -> tuple[JobReport, list]:
     """Back-translate (mode 'back') the languages of ``manifests``, or
     translate them (mode 'train', source rows) into ``targets``. Languages
     the model does not cover are checked before any work starts. Returns
@@ -127,8 +127,24 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
 
     name = "back-translate" if mode == "back" else "translate-train"
     report = run_sharded_job(name, manifests, corpus_root, out_root, stages, cpus_per_task, log, on_progress,
-                             rows_per_input=1 if mode == "back" else len(targets))
+                             rows_per_input=1 if mode == "back" else len(targets),
+                             provenance=_provenance(tr_cfg, manifests, mode, targets, benchmark_seed),
+                             recompute=recompute)
     return report, fallback
+
+
+def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark_seed: int) -> dict:
+    """Translations are tied to the MT settings and the corpus they translate."""
+    import dataclasses
+
+    from conlst_ray.provenance import fingerprint, weights_stamp
+    from conlst_ray.ray_jobs.corpus_cache import corpus_digest
+
+    inputs = {"corpus": corpus_digest(manifests)}
+    if tr_cfg.model and Path(tr_cfg.model).is_dir():
+        inputs["MT model weights"] = weights_stamp(tr_cfg.model)
+    return fingerprint({**{f"translation.{k}": v for k, v in dataclasses.asdict(tr_cfg).items()},
+                        "mode": mode, "targets": list(targets), "benchmark_seed": benchmark_seed}, inputs)
 
 
 def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Table:

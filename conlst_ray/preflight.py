@@ -1,0 +1,130 @@
+"""Checks before any work starts: every corpus spec of a run resolved and its
+first rows read, every model path and checkpoint looked at, the translation
+model's language coverage, the output folder writable. Seconds, on the
+driver, no Ray; all problems are reported together, each naming its key.
+
+Without this, a bad target corpus or an empty ``model.source_checkpoint``
+surfaces only after source training and pseudo-labelling (minutes to hours
+on real data), as an error from deep inside a Ray job.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from conlst_ray.cli import UserError
+from conlst_ray.config import NAMED_MODELS
+
+PREVIEW_ROWS = 3
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else with a slash is a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def check_model(key: str, name: str | None, need_weights: bool = False) -> list[str]:
+    """A local folder must hold a model (config.json, and weights where
+    ``need_weights``); a hub id is checked for its form only (the network is
+    not asked here)."""
+    if not name or name in NAMED_MODELS:
+        return []
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        if not path.is_dir():
+            return [f"{key}: {name} is a file, not a model folder"]
+        if not (path / "config.json").is_file():
+            return [f"{key}: {name} holds no model (config.json missing)"]
+        weights = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin")]
+        if need_weights and not weights:
+            return [f"{key}: {name} holds no weights (*.safetensors or *.bin)"]
+        return []
+    if _looks_like_path(name):
+        return [f"{key}: {name} does not exist"]
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except Exception:  # noqa: BLE001 -- its own message is about repo ids, ours names the key
+        return [f"{key}: {name!r} is neither an existing folder nor a hub id (owner/name)"]
+    return []
+
+
+def check_corpora(cfg) -> list[str]:
+    """Read the first rows of every corpus the run reads, for every language
+    it reads it in (hub data sets and the embedded benchmark are checked for
+    their form only)."""
+    from conlst_ray.data.readers import parse_spec, read_corpus
+
+    d = cfg.data
+    source_langs = d.source_train_langs or [d.source_lang]
+    jobs = [("data.source_train", d.source_train, source_langs), ("data.source_dev", d.source_dev, [d.source_lang]),
+            ("data.target_train", d.target_train, d.target_langs),
+            ("data.target_dev", d.target_dev, d.target_langs), ("data.target_test", d.target_test, d.target_langs)]
+    problems = []
+    for key, spec, langs in jobs:
+        if not spec:
+            continue
+        try:
+            fmt, _ = parse_spec(spec)
+        except Exception as exc:  # noqa: BLE001 -- reported with the key
+            problems.append(f"{key}: {exc}")
+            continue
+        if fmt in ("hf", "synthetic"):  # generated (checked with its config) or remote
+            continue
+        for lang in langs:
+            try:
+                table, _ = read_corpus(spec, lang, on_malformed=d.on_malformed, max_rows=PREVIEW_ROWS,
+                                       synthetic_cfg=d.synthetic)
+                if table.num_rows == 0:
+                    problems.append(f"{key}: {spec.replace('{lang}', lang)} has no rows for language {lang!r}")
+            except Exception as exc:  # noqa: BLE001 -- a corpus error already names file and line
+                problems.append(f"{key} ({lang}): {exc}")
+                break  # one language's error says what is wrong with the spec
+    return problems
+
+
+def check_translation(cfg) -> list[str]:
+    if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation and cfg.translation.model):
+        return []
+    from conlst_ray.translation import TranslationConfigError, check_coverage
+
+    try:
+        from conlst_ray.ray_jobs.translate import resolve_family
+
+        check_coverage(resolve_family(cfg.translation), cfg.data.target_langs, cfg.translation.on_uncovered,
+                       log=lambda *_: None)
+    except TranslationConfigError as exc:
+        return [f"translation.model: {exc}"]
+    return []
+
+
+def check_output(cfg) -> list[str]:
+    if "://" in cfg.output_dir:
+        return []
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".preflight-"):
+            pass
+    except OSError as exc:
+        return [f"output_dir: {out} is not writable ({exc.strerror or exc})"]
+    return []
+
+
+def preflight(cfg) -> None:
+    """Raise one UserError listing every problem found, or return."""
+    problems = check_output(cfg)
+    problems += check_model("model.name_or_path", cfg.model.name_or_path)
+    if cfg.model.tokenizer and not cfg.model.tokenizer.endswith(".txt"):
+        problems += check_model("model.tokenizer", cfg.model.tokenizer)
+    elif cfg.model.tokenizer and not Path(cfg.model.tokenizer).is_file():
+        problems.append(f"model.tokenizer: vocabulary file {cfg.model.tokenizer} not found")
+    problems += check_model("model.source_checkpoint", cfg.model.source_checkpoint, need_weights=True)
+    problems += check_corpora(cfg)
+    problems += check_translation(cfg)
+    if problems:
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)

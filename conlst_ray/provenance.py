@@ -1,0 +1,145 @@
+"""Provenance: every cached or finished artefact records what made it, so a
+rerun never returns results of other settings, inputs or models.
+
+A fingerprint is a JSON-able dict:
+
+    {"config": {dotted key: value, ...},   the keys that affect the artefact
+     "inputs": {name: stamp, ...},         input files (size, mtime), model weights (sha256),
+                                           upstream artefacts (their digest)
+     "conlst_ray": version}
+
+Two fingerprints agree when these parts are equal; ``differences`` names what
+changed in one line each. ``STAGE_KEYS`` says which config keys each pipeline
+stage depends on (a key prefix covers its whole section).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from conlst_ray import __version__
+
+_MODEL_KEYS = ["model"]
+_SOURCE_DATA = ["data.source_train", "data.source_lang", "data.max_source_rows", "data.source_train_langs",
+                "data.max_rows", "data.on_malformed", "data.max_line_bytes", "data.synthetic", "data.max_length"]
+_TARGET_DATA = ["data.target_train", "data.target_langs", "data.max_rows", "data.on_malformed",
+                "data.max_line_bytes", "data.synthetic", "data.max_length"]
+STAGE_KEYS = {
+    "source": ["seed", "source", "resources.precision"] + _MODEL_KEYS + _SOURCE_DATA,
+    "pseudo_labels": ["model.source_checkpoint", "resources.precision"] + _TARGET_DATA,
+    "conl": ["seed", "conl", "data.target_mode", "resources.precision"] + _MODEL_KEYS + _TARGET_DATA,
+    "backtranslation": ["translation", "ssl.use_backtranslation"] + _TARGET_DATA,
+    "ssl": ["seed", "ssl", "data.target_mode", "resources.precision"] + _MODEL_KEYS + _SOURCE_DATA + _TARGET_DATA,
+}
+# a recomputed stage invalidates the stages that read its output
+DOWNSTREAM = {"source": ["pseudo_labels", "conl", "ssl"], "pseudo_labels": ["conl", "ssl"], "conl": ["ssl"],
+              "backtranslation": ["ssl"], "ssl": []}
+
+
+class StaleError(RuntimeError):
+    """An artefact on disk was made by other settings, inputs or models."""
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "search_space":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_values(cfg, keys: Iterable[str]) -> dict:
+    """The flattened config entries covered by ``keys`` (exact keys or section prefixes)."""
+    from conlst_ray.config import to_dict
+
+    flat = flatten(to_dict(cfg))
+    keys = list(keys)
+    return {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
+
+
+def file_stamp(path: str | os.PathLike) -> list:
+    """[size, mtime_ns] of a file, or of every file below a folder."""
+    p = Path(path)
+    if p.is_dir():
+        return [[str(f.relative_to(p)), *file_stamp(f)] for f in sorted(p.rglob("*")) if f.is_file()]
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def spec_files(spec: str | None, langs: Iterable[str]) -> dict:
+    """Stamps of the local files a corpus spec names (``{lang}`` expanded);
+    hub data sets and the embedded benchmark have none (their config keys
+    stand for them)."""
+    from conlst_ray.config import FILE_FORMATS
+
+    fmt, sep, location = (spec or "").partition(":")
+    if not sep or fmt not in FILE_FORMATS:
+        return {}
+    path = location.partition("?")[0]
+    out = {}
+    for lang in dict.fromkeys(langs):
+        p = path.replace("{lang}", lang)
+        if os.path.exists(p):
+            out[p] = file_stamp(p)
+    return out
+
+
+_WEIGHTS_CACHE: dict = {}
+
+
+def weights_stamp(model_dir: str | os.PathLike) -> str:
+    """sha256 over a model folder's weight files (cached per file size and mtime)."""
+    files = sorted(f for f in Path(model_dir).glob("*") if f.suffix in (".safetensors", ".bin", ".pt"))
+    h = hashlib.sha256()
+    for f in files:
+        key = (str(f), *file_stamp(f))
+        if key not in _WEIGHTS_CACHE:
+            fh = hashlib.sha256()
+            with open(f, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 22), b""):
+                    fh.update(block)
+            _WEIGHTS_CACHE[key] = fh.hexdigest()
+        h.update(f.name.encode() + _WEIGHTS_CACHE[key].encode())
+    return h.hexdigest()[:16] if files else "no-weights"
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(config: dict, inputs: dict | None = None, keys: list | None = None) -> dict:
+    """``keys``: the key prefixes ``config`` was taken with, so that a new
+    config can be compared before any work starts."""
+    return {"config": config, "inputs": inputs or {}, "conlst_ray": __version__, "keys": keys or sorted(config)}
+
+
+def stage_fingerprint(stage: str, cfg, inputs: dict | None = None) -> dict:
+    return fingerprint(config_values(cfg, STAGE_KEYS[stage]), inputs, STAGE_KEYS[stage])
+
+
+def differences(old: dict | None, new: dict) -> list[str]:
+    """What changed from ``old`` to ``new``, one short item each (empty: they agree)."""
+    if not old:
+        return ["made before conlst_ray recorded what makes a result"]
+    out = []
+    oc, nc = old.get("config", {}), new.get("config", {})
+    for key in sorted(set(oc) | set(nc)):
+        if oc.get(key) != nc.get(key):
+            out.append(f"{key} {oc.get(key)!r} -> {nc.get(key)!r}")
+    oi, ni = old.get("inputs", {}), new.get("inputs", {})
+    for key in sorted(set(oi) | set(ni)):
+        if oi.get(key) != ni.get(key):
+            out.append(f"{key} changed")
+    if old.get("conlst_ray") != new.get("conlst_ray"):
+        out.append(f"conlst_ray {old.get('conlst_ray')} -> {new.get('conlst_ray')}")
+    return out
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
