@@ -68,6 +68,7 @@ class DataConfig:
     source_train_langs: Optional[list] = param(None, help="languages of the labelled training corpus ({lang} in source_train); null = [source_lang]; e.g. [en, fr, zh] with machine-translated copies = translate-train")
     eval_during_training: bool = param(True, help="dev accuracy after every epoch inside the training stages (Tune's metric); false saves those passes on a small machine")
     on_malformed: str = param("raise", choices=("raise", "skip"), help="malformed corpus rows: fail, or skip and count")
+    max_line_bytes: int = param(1 << 20, ge=1024, help="a corpus line longer than this is a malformed row (skipped unread under on_malformed=skip)")
     shard_rows: int = param(10000, ge=1, help="rows per Parquet shard of a cached corpus (unit of resume)")
     synthetic: SyntheticConfig = param(factory=SyntheticConfig)
 

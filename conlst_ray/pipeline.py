@@ -35,6 +35,10 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.training import seed_everything
 
+    if cfg.data.on_malformed == "skip":  # the workers read it silently: count what is skipped here
+        from conlst_ray.data.corpora import source_corpus
+
+        source_corpus(cfg.data, "train", log)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     init = build_model(cfg.model, tokenizer).save(run.stage("init") / "model", tokenizer)

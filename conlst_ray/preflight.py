@@ -77,7 +77,7 @@ def check_corpora(cfg) -> list[str]:
         for lang in langs:
             try:
                 table, _ = read_corpus(spec, lang, on_malformed=d.on_malformed, max_rows=PREVIEW_ROWS,
-                                       synthetic_cfg=d.synthetic)
+                                       synthetic_cfg=d.synthetic, max_line_bytes=d.max_line_bytes)
                 if table.num_rows == 0:
                     problems.append(f"{key}: {spec.replace('{lang}', lang)} has no rows for language {lang!r}")
             except Exception as exc:  # noqa: BLE001 -- a corpus error already names file and line

@@ -80,7 +80,7 @@ def test_mnli_unknown_label_and_empty_text_name_the_line(shared_data, tmp_path):
     with pytest.raises(CorpusError, match=rf"{path}:3: unknown label 'maybe'"):
         read_xnli_mt_tsv(path)
     path = corrupt_copy(shared_data, tmp_path, {4: " \th\tneutral"}, "multinli.train.de.tsv", "mnli")
-    with pytest.raises(CorpusError, match=rf"{path}:4: empty or missing premise"):
+    with pytest.raises(CorpusError, match=rf"{path}:4: empty premise"):
         read_xnli_mt_tsv(path)
 
 
@@ -90,7 +90,69 @@ def test_skip_option_counts_malformed_rows(shared_data, tmp_path):
     assert table.num_rows == 2490 - 3
     assert report.skipped == 3
     assert sum(report.reasons.values()) == 3
-    assert "3 malformed rows skipped" in report.summary()
+    summary = report.summary()
+    assert "3 malformed rows skipped" in summary                 # how many
+    assert "unknown label 'maybe'" in summary and "empty premise x 1" in summary  # why, grouped
+    assert f"first: {path}:5:" in summary                       # where
+
+
+# -- encodings, BOM, over-long lines, wrong kinds of path (issue 16) ----------------------------
+
+def test_a_latin1_file_is_an_error_naming_file_line_and_byte(shared_data, tmp_path):
+    path = tmp_path / "dev-fr.tsv"
+    lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()
+    path.write_bytes(("\n".join(lines[:6]) + "\n").encode("latin-1", errors="replace"))
+    bad_line = next(i for i, line in enumerate(lines[:6], 1) if line != line.encode("ascii", "ignore").decode())
+    with pytest.raises(CorpusError, match=rf"{path}:{bad_line}: not UTF-8 text \(byte \d+ of the line is 0x[0-9a-f]{{2}}\)"):
+        read_xnli_tsv(path)
+    with pytest.raises(CorpusError, match="not UTF-8"):  # not a malformed row: skip does not hide it
+        read_xnli_tsv(path, on_malformed="skip")
+
+
+@pytest.mark.parametrize("fmt, name", [("xnli_mt_tsv", "multinli.train.de.tsv"), ("tsv", "multinli.train.de.tsv")])
+def test_a_utf8_byte_order_mark_is_dropped(shared_data, tmp_path, fmt, name):
+    src = shared_data / "mnli" / name
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    spec = f"{fmt}:{path}" + ("?hypothesis=hypo" if fmt == "tsv" else "")
+    with_bom, _ = read_corpus(spec, "de", max_rows=20)
+    plain, _ = read_corpus(spec.replace(str(path), str(src)), "de", max_rows=20)
+    assert with_bom.column("premise").to_pylist() == plain.column("premise").to_pylist()
+    assert not with_bom.column("premise")[0].as_py().startswith("\ufeff")
+
+
+@pytest.mark.parametrize("fmt", ["xnli_tsv", "tsv", "jsonl"])
+def test_an_over_long_line_is_a_malformed_row_read_in_pieces(tmp_path, fmt):
+    long = "x" * 300_000
+    rows = {"xnli_tsv": ["A cat.\tAn animal.\tentailment", f"{long}\th\tneutral", "Rain.\tWet.\tentailment"],
+            "tsv": ["premise\thypothesis\tlabel", "A cat.\tAn animal.\tentailment", f"{long}\th\tneutral",
+                    "Rain.\tWet.\tentailment"],
+            "jsonl": [json.dumps({"premise": p, "hypothesis": "h", "label": 0}) for p in ("A cat.", long, "Rain.")]}
+    path = tmp_path / f"dev-fr.{'jsonl' if fmt == 'jsonl' else 'tsv'}"
+    path.write_text("\n".join(rows[fmt]) + "\n", encoding="utf-8")
+    long_line = 3 if fmt == "tsv" else 2
+    with pytest.raises(CorpusError, match=rf"{path}:{long_line}: line longer than data.max_line_bytes \(100000\)"):
+        read_corpus(f"{fmt}:{path}", "fr", max_line_bytes=100_000)
+    table, report = read_corpus(f"{fmt}:{path}", "fr", max_line_bytes=100_000, on_malformed="skip")
+    assert table.column("premise").to_pylist() == ["A cat.", "Rain."] and report.skipped == 1
+    if fmt == "tsv":  # the csv reader's line numbers stay in step after the skipped line
+        bad = tmp_path / "dev-de.tsv"
+        bad.write_text("\n".join(rows[fmt] + ["only one column"]) + "\n", encoding="utf-8")
+        table, report = read_corpus(f"tsv:{bad}", "de", max_line_bytes=100_000, on_malformed="skip")
+        assert report.examples[1].startswith(f"{bad}:5: expected 3 columns")
+
+
+def test_a_directory_given_as_a_file_says_so(tmp_path):
+    for spec in (f"xnli_tsv:{tmp_path}", f"tsv:{tmp_path}", f"jsonl:{tmp_path}"):
+        with pytest.raises(CorpusError, match=rf"{tmp_path}: is a directory, not a file"):
+            read_corpus(spec, "fr")
+
+
+def test_a_non_text_premise_names_its_type(tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"premise": [7, 8], "hypothesis": ["h", "h"], "label": [0, 1]}), path)
+    with pytest.raises(CorpusError, match=rf"{path}:row 1: premise is a int \(7\), not text"):
+        read_parquet(path)
 
 
 def test_jsonl_reader(tmp_path):

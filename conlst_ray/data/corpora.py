@@ -12,7 +12,7 @@ from conlst_ray.data.schema import CorpusError
 
 def _kwargs(data_cfg) -> dict:
     return {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
-            "synthetic_cfg": data_cfg.synthetic}
+            "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes}
 
 
 def _log_reports(reports, log) -> None:

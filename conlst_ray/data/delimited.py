@@ -46,34 +46,48 @@ def parse_options(fmt: str, location: str) -> tuple[str, dict]:
 
 
 def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malformed: str = "raise",
-                   max_rows: Optional[int] = None):
+                   max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None):
     """Read a delimited file with a header through the column mapping of its spec."""
-    from conlst_ray.data.readers import _RowSink, _id_prefix, _lang_from_name
+    from conlst_ray.data.readers import MAX_LINE_BYTES, _open_lines, _RowSink, _id_prefix, _lang_from_name, check_file
 
     path_text, opt = parse_options(fmt, location)
     path = Path(path_text)
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such file")
+    check_file(path)
     sink = _RowSink(str(path), lang or _lang_from_name(path, None), _id_prefix(path), on_malformed)
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter=opt["sep"])
-        header = next(reader, None)
-        if header is None:
-            raise CorpusError(f"{path}: empty file (no header)")
-        col = _columns(path, header, opt)
-        for row in reader:
-            if max_rows is not None and sink.report.rows >= max_rows:
-                break
-            where = f"{path}:{reader.line_num}"
-            if not row:
-                continue
-            if len(row) != len(header):
-                sink.bad(where, f"expected {len(header)} columns, found {len(row)}")
-                continue
-            get = lambda key: row[col[key]] if key in col else None  # noqa: E731
-            sink.add(where, get("premise"), get("hypothesis"), get("label"),
-                     row_id=get("id") or reader.line_num - 1, lang=get("lang"))
+    limit = max_line_bytes or MAX_LINE_BYTES
+    # decoded line by line (file:line errors for bad bytes, BOM dropped, over-long lines skipped)
+    lines = (text for _, text in _open_lines(path, sink, limit, keep_ends=True))
+    csv.field_size_limit(max(csv.field_size_limit(), limit))  # a field may be as long as a line
+    reader = csv.reader(lines, delimiter=opt["sep"])
+    header = next(reader, None)
+    if header is None:
+        raise CorpusError(f"{path}: empty file (no header)")
+    col = _columns(path, header, opt)
+    for row in _rows(reader, path):
+        if max_rows is not None and sink.report.rows >= max_rows:
+            break
+        where = f"{path}:{reader.line_num}"
+        if not row:
+            continue
+        if len(row) != len(header):
+            sink.bad(where, f"expected {len(header)} columns, found {len(row)}")
+            continue
+        get = lambda key: row[col[key]] if key in col else None  # noqa: E731
+        sink.add(where, get("premise"), get("hypothesis"), get("label"),
+                 row_id=get("id") or reader.line_num - 1, lang=get("lang"))
     return sink.table(), sink.report
+
+
+def _rows(reader, path: Path):
+    """The csv reader's rows; its own errors (an unclosed quote running past
+    the field limit) name file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CorpusError(f"{path}:{reader.line_num}: {exc}") from None
 
 
 def _columns(path: Path, header: list, opt: dict) -> dict:

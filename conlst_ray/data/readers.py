@@ -56,9 +56,11 @@ class ReadReport:
             self.examples.append(f"{where}: {reason}")
 
     def summary(self) -> str:
+        """'FILE: N rows, K malformed rows skipped: reason x count, ...; first: FILE:LINE: reason, ...'"""
         text = f"{self.source}: {self.rows} rows"
         if self.skipped:
-            text += f", {self.skipped} malformed rows skipped ({dict(self.reasons)})"
+            reasons = ", ".join(f"{reason} x {n}" for reason, n in self.reasons.most_common())
+            text += f", {self.skipped} malformed rows skipped: {reasons}; first: {'; '.join(self.examples[:3])}"
         return text
 
 
@@ -81,8 +83,12 @@ class _RowSink:
     def add(self, where: str, premise: Any, hypothesis: Any, label: Any, row_id: Any = None,
             lang: Any = None) -> None:
         for name, text in (("premise", premise), ("hypothesis", hypothesis)):
-            if not isinstance(text, str) or not text.strip():
-                return self.bad(where, f"empty or missing {name}")
+            if text is None:
+                return self.bad(where, f"missing {name}")
+            if not isinstance(text, str):
+                return self.bad(where, f"{name} is a {type(text).__name__} ({text!r}), not text")
+            if not text.strip():
+                return self.bad(where, f"empty {name}")
         try:
             label_id = parse_label(label)
         except ValueError as exc:
@@ -135,20 +141,60 @@ def _id_prefix(path: Path) -> str:
     return path.name.rsplit(".", 1)[0]
 
 
-def _open_lines(path: Path) -> Iterable[tuple[int, str]]:
+MAX_LINE_BYTES = 1 << 20  # data.max_line_bytes: longer lines are malformed rows, never read whole
+
+
+def check_file(path: Path) -> None:
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory, not a file")
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    with path.open(encoding="utf-8", newline="") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            yield lineno, line.rstrip("\n").rstrip("\r")
+
+
+def _open_lines(path: Path, sink: Optional["_RowSink"] = None, max_line_bytes: Optional[int] = MAX_LINE_BYTES,
+                keep_ends: bool = False) -> Iterable[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, read as bytes so that a bad byte
+    is an error naming file, line and byte; a UTF-8 byte order mark is
+    dropped; a line over ``max_line_bytes`` is a malformed row (reported to
+    ``sink``) and is skipped without being held in memory."""
+    check_file(path)
+    limit = max_line_bytes or -1
+    with path.open("rb") as fh:
+        lineno = 0
+        while True:
+            raw = fh.readline(limit + 1 if limit > 0 else -1)
+            if not raw:
+                return
+            lineno += 1
+            if 0 < limit < len(raw) and not raw.endswith(b"\n"):
+                size = len(raw)
+                while raw and not raw.endswith(b"\n"):  # drain the rest of the line in chunks
+                    raw = fh.readline(1 << 20)
+                    size += len(raw)
+                if sink is None:
+                    raise CorpusError(f"{path}:{lineno}: line of {size} bytes is longer than "
+                                      f"data.max_line_bytes ({max_line_bytes})")
+                sink.bad(f"{path}:{lineno}", f"line longer than data.max_line_bytes ({max_line_bytes})")
+                if keep_ends:  # an empty line keeps a csv reader's line count in step
+                    yield lineno, "\n"
+                continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line is "
+                                  f"0x{raw[exc.start]:02x}); re-encode the file as UTF-8") from None
+            yield lineno, line if keep_ends else line.rstrip("\n").rstrip("\r")
 
 
 def read_xnli_tsv(path: str | os.PathLike, lang: Optional[str] = None,
-                  on_malformed: str = "raise", max_rows: Optional[int] = None):
+                  on_malformed: str = "raise", max_rows: Optional[int] = None,
+                  max_line_bytes: Optional[int] = MAX_LINE_BYTES):
     """XTREME-layout XNLI (``dev-fr.tsv``): no header; premise, hypothesis, label."""
     path = Path(path)
     sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed)
-    for lineno, line in _open_lines(path):
+    for lineno, line in _open_lines(path, sink, max_line_bytes):
         if max_rows is not None and sink.report.rows >= max_rows:
             break
         if not line:
@@ -163,12 +209,13 @@ def read_xnli_tsv(path: str | os.PathLike, lang: Optional[str] = None,
 
 
 def read_xnli_mt_tsv(path: str | os.PathLike, lang: Optional[str] = None,
-                     on_malformed: str = "raise", max_rows: Optional[int] = None):
+                     on_malformed: str = "raise", max_rows: Optional[int] = None,
+                     max_line_bytes: Optional[int] = MAX_LINE_BYTES):
     """XNLI-MT / MultiNLI TSV (``multinli.train.fr.tsv``): header ``premise hypo label``."""
     path = Path(path)
     sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed)
     header: list[str] | None = None
-    for lineno, line in _open_lines(path):
+    for lineno, line in _open_lines(path, sink, max_line_bytes):
         if header is None:
             header = line.split("\t")
             missing = {"premise", "hypo", "label"} - set(header)
@@ -211,14 +258,15 @@ def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_r
 
 
 def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
-               on_malformed: str = "raise", max_rows: Optional[int] = None):
+               on_malformed: str = "raise", max_rows: Optional[int] = None,
+               max_line_bytes: Optional[int] = MAX_LINE_BYTES):
     """JSON lines with premise, hypothesis and optional label, id (default:
     the line number) and lang."""
     path = Path(path)
     sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed)
 
     def records():
-        for lineno, line in _open_lines(path):
+        for lineno, line in _open_lines(path, sink, max_line_bytes):
             if not line.strip():
                 continue
             try:
@@ -231,7 +279,7 @@ def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
 
 
 def read_parquet(path: str | os.PathLike, lang: Optional[str] = None,
-                 on_malformed: str = "raise", max_rows: Optional[int] = None):
+                 on_malformed: str = "raise", max_rows: Optional[int] = None, max_line_bytes=None):
     """Parquet with premise, hypothesis and optional label, id, lang columns.
     Rows are numbered from 1 in error messages."""
     path = Path(path)
@@ -292,7 +340,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: Optional[int] = None,
-                synthetic_cfg=None):
+                synthetic_cfg=None, max_line_bytes: Optional[int] = MAX_LINE_BYTES):
     """Read one corpus spec for one language -> (table, report)."""
     spec = spec.replace("{lang}", lang)
     fmt, location = parse_spec(spec)
@@ -314,10 +362,11 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
     if fmt in ("tsv", "csv"):
         from conlst_ray.data.delimited import read_delimited
 
-        return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows)
+        return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows,
+                              max_line_bytes=max_line_bytes)
     reader: Callable = {"xnli_tsv": read_xnli_tsv, "xnli_mt_tsv": read_xnli_mt_tsv,
                         "jsonl": read_jsonl, "parquet": read_parquet}[fmt]
-    return reader(location, lang, on_malformed=on_malformed, max_rows=max_rows)
+    return reader(location, lang, on_malformed=on_malformed, max_rows=max_rows, max_line_bytes=max_line_bytes)
 
 
 def read_languages(spec: str, langs: Iterable[str], **kwargs) -> tuple[pa.Table, list[ReadReport]]:

@@ -55,7 +55,8 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
         write_parquet_atomic(part, out / name)
         shards.append({"file": name, "rows": part.num_rows})
     manifest = {"spec": spec, "lang": lang, "rows": table.num_rows, "shards": shards,
-                "skipped_malformed": report.skipped, "fingerprint": fingerprint}
+                "skipped_malformed": report.skipped, "skip_reasons": dict(report.reasons),
+                "skip_summary": report.summary() if report.skipped else None, "fingerprint": fingerprint}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
@@ -97,7 +98,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
     read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
-                   "synthetic_cfg": data_cfg.synthetic}
+                   "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes}
     manifests, pending = {}, []
     for lang in langs:
         manifest = read_manifest(root, lang)
@@ -116,5 +117,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
                                   corpus_fingerprint(spec, lang, read_kwargs)) for lang in pending}
         for lang, ref in refs.items():
             manifests[lang] = ray.get(ref)  # a CorpusError surfaces here with its message
+            if manifests[lang].get("skip_summary"):  # data.on_malformed=skip: say how many and why
+                log(f"[ingest] {manifests[lang]['skip_summary']}")
         log(f"[ingest] {len(pending)} language(s) sharded under {root}")
     return {lang: manifests[lang] for lang in langs}

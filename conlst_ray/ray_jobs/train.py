@@ -28,9 +28,9 @@ from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.ssl_loop import read_backtranslations, ssl_epoch
-from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, epoch_means, global_plan, load_checkpoint,
-                                        maybe_fail, my_slice, optimizer_step, record_step, rng_state,
-                                        save_checkpoint, set_rng_state, world)
+from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, drop_replayed_records, epoch_means, global_plan,
+                                        load_checkpoint, maybe_fail, my_slice, optimizer_step, record_step,
+                                        rng_state, save_checkpoint, set_rng_state, world)
 from conlst_ray.training import accuracy_on, batch_of, encode_table, linear_warmup_schedule, make_optimizer, to_device
 
 __all__ = ["fit_stage", "global_plan", "read_stage_data", "read_q", "train_loop_per_worker"]
@@ -134,6 +134,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     q = read_q(loop_cfg["pseudo_labels"], target.ids) if stage == "conl" else None
     eval_tables = _eval_tables(cfg) if cfg.data.eval_during_training else []
     metrics_path = Path(loop_cfg["metrics_file"]) if rank == 0 else None
+    if metrics_path is not None:
+        drop_replayed_records(metrics_path, step, start_epoch)
     for epoch in range(start_epoch, epochs):
         run_epoch = {"source": _source_epoch, "conl": _conl_epoch, "ssl": ssl_epoch}[stage]
         logs, step = run_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tokenizer,

@@ -169,5 +169,21 @@ def record_step(sums: dict, metrics_path, logs: dict, **tags) -> None:
         append_jsonl(metrics_path.with_name("steps.jsonl"), {**tags, **record, "time": time.time()})
 
 
+def drop_replayed_records(metrics_path, step: int, epoch: int) -> None:
+    """On (re)start, keep only the records the restored checkpoint covers:
+    steps up to ``step`` and epochs before ``epoch``. The steps after the
+    checkpoint run again and would otherwise be logged twice."""
+    from conlst_ray.config import atomic_write_text
+
+    for path, keep in ((metrics_path.with_name("steps.jsonl"), lambda r: r.get("step", 0) <= step),
+                       (metrics_path, lambda r: r.get("epoch", -1) < epoch)):
+        if not path.is_file():
+            continue
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if keep(json.loads(line))]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def epoch_means(sums: dict) -> dict:
     return {k: float(np.mean(v)) for k, v in sums.items()}
