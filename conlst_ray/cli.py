@@ -42,7 +42,8 @@ def find_user_error(exc: BaseException) -> Optional[BaseException]:
             continue
         seen.add(id(e))
         if isinstance(e, types):
-            return e
+            inner = getattr(e, "cause", None)  # Ray's RayTaskError(X) carries the X it wraps
+            return inner if isinstance(inner, types) else e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
         failures = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
         if isinstance(failures, dict):
@@ -81,6 +82,17 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         ERROR_LOG.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
         print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
+
+
+def entry_point(main: Callable[[list], int]) -> Callable:
+    """A CLI's ``main(argv)`` that ends as ``guarded`` says."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(argv: Optional[list] = None) -> int:
+        return guarded(main, argv)
+
+    return wrapper
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:

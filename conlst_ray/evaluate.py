@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_debug, guarded
+from conlst_ray.cli import add_debug, entry_point
 from conlst_ray.data.schema import CorpusError
 
 
@@ -64,6 +64,7 @@ def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
                        max_length, batch_size, default_device())
 
 
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from conlst_ray.data.readers import read_languages
@@ -92,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

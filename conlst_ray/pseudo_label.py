@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.cli import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
+from conlst_ray.cli import add_ray_address, add_recompute, base_parser, entry_point, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -37,6 +37,7 @@ def summary(table) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
@@ -63,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

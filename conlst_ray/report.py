@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.cli import add_debug, guarded
+from conlst_ray.cli import add_debug, entry_point
 from conlst_ray.config import atomic_write_text
 from conlst_ray.reporting import read_rows, write_language_table, write_table
 from conlst_ray.rundir import RunDir
@@ -308,6 +308,7 @@ def build_parser():
     return parser
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -337,4 +338,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
+from conlst_ray.cli import add_ray_address, add_recompute, base_parser, entry_point, init_ray, parse
 from conlst_ray.rundir import RunDir
 
 
@@ -23,6 +23,7 @@ def build_parser():
     return parser
 
 
+@entry_point
 def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
@@ -59,4 +60,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.cli import add_ray_address, base_parser, guarded, init_ray, parse
+from conlst_ray.cli import add_ray_address, base_parser, entry_point, init_ray, parse
 from conlst_ray.config import ConfigError, save_config
 from conlst_ray.reporting import write_table
 from conlst_ray.rundir import RunDir
@@ -74,6 +74,7 @@ def write_trials(header, rows, folder: Path) -> str:
     return write_table(folder / "trials", header, rows, digits=None)
 
 
+@entry_point
 def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from conlst_ray.preflight import preflight
+
+    preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
     storage = Path(args.storage_path or Path(cfg.output_dir) / "tune").resolve()
     name = cfg.run_name or "search"
     init_ray(args.address)
@@ -133,4 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

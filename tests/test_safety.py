@@ -53,3 +53,59 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         through_a_checkpoint({"model": {}, "rng": Payload()}, tmp_path, monkeypatch)
     assert ran == []
+
+
+# -- how a command ends -------------------------------------------------------------------------
+
+def test_a_user_error_inside_a_ray_task_is_one_line_with_the_traceback_kept(ray_session, capsys):
+    import ray
+
+    from conlst_ray.cli import ERROR_LOG, guarded
+    from conlst_ray.data.schema import CorpusError
+
+    @ray.remote(num_cpus=0.01)
+    def read():
+        raise CorpusError("corpus.tsv:17: unknown label 'maybe'")
+
+    def main(argv):
+        ray.get(read.remote())
+
+    assert guarded(main, []) == 2
+    assert capsys.readouterr().err == "error: corpus.tsv:17: unknown label 'maybe'\n"
+    assert "Traceback" in ERROR_LOG.read_text()
+    import pytest
+
+    with pytest.raises(CorpusError):  # --debug: the whole story
+        guarded(main, ["--debug"])
+
+
+def test_a_program_error_is_not_dressed_as_a_user_error():
+    import pytest
+
+    from conlst_ray.cli import guarded
+
+    def main(argv):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        guarded(main, [])
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
+    from conlst_ray import run as run_mod
+    from conlst_ray.rundir import RunDir
+
+    run = RunDir(tmp_path / "r")
+    for stage in ("source", "pseudo_labels"):
+        (run.root / stage).mkdir(parents=True)
+    (run.root / "source" / "DONE.json").write_text("{}")
+    argv = ["output_dir=/x", "conl.gamma=0.8"]
+    from conlst_ray.cli import guarded
+
+    def main(argv):
+        raise KeyboardInterrupt
+
+    assert guarded(main, argv, on_interrupt=lambda: run_mod.where_it_stopped(run, argv)) == 130
+    err = capsys.readouterr().err
+    assert f"run {run.root} stopped in stage pseudo_labels" in err
+    assert "continue with: python -m conlst_ray.run output_dir=/x conl.gamma=0.8 --resume run_name=r" in err

@@ -1,0 +1,111 @@
+"""Issue 16: a run directory always describes its own results. Stages,
+cached corpora and job outputs record what made them; a rerun that differs
+is refused with what differs named (or redone with --recompute); problems
+with inputs are found before any work; errors are one line."""
+
+import json
+
+import pytest
+
+from conlst_ray import pseudo_label as pl_cli
+from conlst_ray import run as run_mod
+from conlst_ray.config import load_config
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["data.synthetic.n_source_train=240", "data.synthetic.n_unlabelled=60", "data.synthetic.n_dev=30",
+         "data.synthetic.n_test=30", "data.target_langs=[near,far]", "source.epochs=1", "ssl.iterations=1",
+         "resources.num_workers=0", "data.eval_during_training=false", "run_name=r"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, ray_session):
+    """A run stopped after CoNL (source, pseudo-labels and CoNL finished)."""
+    out = tmp_path_factory.mktemp("prov")
+    args = SMALL + [f"output_dir={out}"]
+    assert run_mod.main(args + ["--stop-after", "conl"]) == 0
+    return out / "r", args
+
+
+def stamps(run_dir):
+    return {s: (run_dir / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl")}
+
+
+def test_resume_with_a_changed_hyperparameter_is_refused_and_config_yaml_kept(stopped_run, capsys):
+    run_dir, args = stopped_run
+    before = (run_dir / "config.yaml").read_bytes()
+    done = stamps(run_dir)
+    assert run_mod.main(args + ["--resume", "conl.gamma=0.5", "ssl.lr=0.1", "--stop-after", "conl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "conl.gamma 0.9 -> 0.5" in err and "--recompute" in err
+    assert (run_dir / "config.yaml").read_bytes() == before and stamps(run_dir) == done
+    # a key no finished stage depends on may change (ssl has not run yet)
+    assert run_mod.main(args + ["--resume", "ssl.lr=0.0003", "--stop-after", "conl"]) == 0
+    assert load_config(run_dir / "config.yaml").ssl.lr == 0.0003 and stamps(run_dir) == done
+
+
+def test_recompute_redoes_the_stale_stage_and_keeps_the_others(stopped_run):
+    run_dir, args = stopped_run
+    done = stamps(run_dir)
+    assert run_mod.main(args + ["--resume", "conl.gamma=0.5", "--recompute", "--stop-after", "conl"]) == 0
+    after = stamps(run_dir)
+    assert after["source"] == done["source"] and after["pseudo_labels"] == done["pseudo_labels"]
+    assert after["conl"] != done["conl"]
+    fingerprint = json.loads((run_dir / "conl" / "FINGERPRINT.json").read_text())
+    assert fingerprint["config"]["conl.gamma"] == 0.5 == load_config(run_dir / "config.yaml").conl.gamma
+    # and back: the old value is stale now
+    assert run_mod.main(args + ["--resume", "--stop-after", "conl"]) == 2
+
+
+def test_pseudo_labels_of_another_model_are_refused_not_returned(stopped_run, capsys):
+    run_dir, args = stopped_run
+    args = args + ["conl.gamma=0.5"]  # the run's current settings
+    assert pl_cli.main(args + ["--model-dir", str(run_dir / "source" / "model")]) == 0
+    capsys.readouterr()
+    code = pl_cli.main(args + ["--model-dir", str(run_dir / "conl" / "model")])
+    err = capsys.readouterr().err
+    assert code == 2 and "model weights changed" in err and "--recompute" in err
+    assert pl_cli.main(args + ["--model-dir", str(run_dir / "conl" / "model"), "--recompute"]) == 0
+    prov = json.loads((run_dir / "pseudo_labels" / "cli" / "_provenance.json").read_text())
+    from conlst_ray.provenance import weights_stamp
+
+    assert prov["inputs"]["model weights"] == weights_stamp(run_dir / "conl" / "model")
+
+
+def test_the_corpus_cache_follows_its_reading_options(tmp_path, ray_session):
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+
+    logs = []
+    few = load_config(None, SMALL + ["data.max_rows=5"])
+    assert ingest_corpora("synthetic:unlabelled", ["near"], tmp_path, few.data)["near"]["rows"] == 5
+    full = load_config(None, SMALL)
+    manifest = ingest_corpora("synthetic:unlabelled", ["near"], tmp_path, full.data, log=logs.append)["near"]
+    assert manifest["rows"] == 60
+    assert any("max_rows 5 -> None" in line and "rebuilding" in line for line in logs)
+
+
+def test_an_edited_input_file_makes_finished_stages_stale(shared_data, tmp_path, ray_session, capsys):
+    lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()
+    corpus = tmp_path / "dev-near.tsv"
+    corpus.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    args = SMALL + [f"output_dir={tmp_path}", "data.target_langs=[near]", f"data.target_train=xnli_tsv:{tmp_path}/dev-{{lang}}.tsv"]
+    assert run_mod.main(args + ["--stop-after", "conl"]) == 0
+    corpus.write_text("\n".join(lines[40:80]) + "\n", encoding="utf-8")   # same size class, other rows
+    capsys.readouterr()
+    assert run_mod.main(args + ["--resume", "--stop-after", "conl"]) == 2
+    err = capsys.readouterr().err
+    assert "pseudo_labels" in err and "corpus changed" in err
+
+
+def test_preflight_reports_every_bad_input_before_any_work(tmp_path, capsys):
+    empty = tmp_path / "empty_ckpt"
+    empty.mkdir()
+    args = [f"output_dir={tmp_path / 'out'}", "run_name=x", "model.name_or_path=/does/not/exist",
+            f"model.source_checkpoint={empty}", f"data.target_train=xnli_tsv:{tmp_path}/none-{{lang}}.tsv"]
+    assert run_mod.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: model.name_or_path: /does/not/exist does not exist")
+    assert f"model.source_checkpoint: {empty} holds no model" in err
+    assert f"data.target_train (near): {tmp_path}/none-near.tsv: no such file" in err
+    assert not (tmp_path / "out" / "x").exists()                     # nothing started, nothing written
