@@ -44,7 +44,7 @@ def find_user_error(exc: BaseException) -> Optional[BaseException]:
         if isinstance(e, types):
             inner = getattr(e, "cause", None)  # Ray's RayTaskError(X) carries the X it wraps
             return inner if isinstance(inner, types) else e
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)]
         failures = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
         if isinstance(failures, dict):
             stack += list(failures.values())

@@ -2,6 +2,7 @@
 checks that keep a run directory describing its own results."""
 
 import numpy as np
+import pytest
 import torch
 
 from conlst_ray.algorithm.thresholds import FlexMatchThresholds
@@ -109,3 +110,25 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"run {run.root} stopped in stage pseudo_labels" in err
     assert "continue with: python -m conlst_ray.run output_dir=/x conl.gamma=0.8 --resume run_name=r" in err
+
+
+@pytest.mark.slow
+def test_a_user_error_in_a_training_worker_is_shown_first(shared_data, tmp_path, ray_session, capsys):
+    """A corpus error raised inside a Ray Train worker (2 workers) reaches
+    the command line as its own one line, file and line named."""
+    from conlst_ray.cli import guarded
+    from conlst_ray.config import load_config
+    from conlst_ray.model import build_model, build_tokenizer
+    from conlst_ray.ray_jobs.train import fit_stage
+
+    lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()[:30]
+    lines[11] = "premise\thypothesis\tmaybe"
+    (tmp_path / "train-src.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(None, [f"data.source_train=xnli_tsv:{tmp_path}/train-{{lang}}.tsv", "source.epochs=1",
+                             "resources.cpus_per_worker=0.5", "data.eval_during_training=false",
+                             "resources.max_failures=0"])
+    tok = build_tokenizer(cfg.model, cfg.data)
+    init = str(build_model(cfg.model, tok).save(tmp_path / "init", tok))
+    assert guarded(lambda argv: fit_stage("source", cfg, tmp_path / "source", init, num_workers=2), []) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # (after transformers' progress bars)
+    assert last.startswith(f"error: {tmp_path}/train-src.tsv:12: unknown label 'maybe' (expected one of")
