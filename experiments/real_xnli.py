@@ -8,6 +8,10 @@ each resumable stage by stage (rerun this script to continue):
 3. ``mt``           a translate-train source model (CoNLST-MT's base): the same
                     4,000 training pairs, 1,000 English + 1,000 machine-translated
                     into each target language (the MultiNLI sample's real MT)
+4. ``conlst_cq``    self-training from run 1's CoNL model with class-quantile
+                    selection (``ssl.thresholding=class_quantile``): CoNLST with
+                    a selection that cannot set a class threshold to 0
+5. ``selftrain_cq`` the same from run 1's source model: self-training without CoNL
 
     .venv/bin/python experiments/real_xnli.py                 # ~1 h on 2 CPU cores
     .venv/bin/python experiments/real_xnli.py data.max_rows=100 data.max_source_rows=200   # a quick look
@@ -30,11 +34,18 @@ from conlst_ray.e5 import E5_LABEL  # noqa: E402
 from conlst_ray.reporting import read_rows, write_language_table  # noqa: E402
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small_cpu.yaml"
+CLASS_QUANTILE = ["ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"]
+# run -> (its row in the accuracy table, the name of that row in the run's own table)
+SELF_TRAINING_RUNS = {"selftrain": ("FlexMatch self-training (no CoNL)", "self-training"),
+                      "conlst_cq": ("CoNLST, class-quantile selection", "self-training"),
+                      "selftrain_cq": ("class-quantile self-training (no CoNL)", "self-training")}
 
 
 def run(out: Path, name: str, overrides: list, extra: list) -> int:
     from conlst_ray import run as run_mod
 
+    if (out / name / "results" / "stage_costs.csv").is_file():
+        return 0  # finished: its report is written
     args = ["--config", str(CONFIG), f"output_dir={out}", f"run_name={name}", *overrides, *extra]
     if (out / name).exists():
         args.append("--resume")
@@ -54,7 +65,11 @@ def main(argv=None) -> int:
     plan = [("conlst", []),
             ("selftrain", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}"]),
             ("mt", [f"data.source_train_langs=[{','.join([cfg.data.source_lang] + langs)}]",
-                    f"data.max_source_rows={per_lang}", "--stop-after", "source"])]
+                    f"data.max_source_rows={per_lang}", "--stop-after", "source"]),
+            ("conlst_cq", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'conl' / 'model'}",
+                           *CLASS_QUANTILE]),
+            ("selftrain_cq", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}",
+                              *CLASS_QUANTILE])]
     for name, overrides in plan:
         rc = run(out, name, overrides, args.overrides)
         if rc:
@@ -73,9 +88,11 @@ def accuracy_table(cfg, out: Path, docs: Path) -> str:
     results = {}
     for row in read_rows(out / "conlst" / "results" / "accuracy_dev.csv"):
         results[row["model"]] = _accs(row)
-    for row in read_rows(out / "selftrain" / "results" / "accuracy_dev.csv"):
-        if row["model"] == "self-training":
-            results["FlexMatch self-training (no CoNL)"] = _accs(row)
+    for run_name, (label, row_name) in SELF_TRAINING_RUNS.items():
+        path = out / run_name / "results" / "accuracy_dev.csv"
+        for row in read_rows(path) if path.is_file() else []:
+            if row["model"] == row_name:
+                results[label] = _accs(row)
     results["translate-train source (CoNLST-MT base)"] = evaluate(cfg, str(out / "mt" / "source" / "model"))
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     return write_language_table(results, langs, cfg.data.source_lang, docs / "real_xnli_accuracy")
@@ -87,7 +104,7 @@ def _accs(row: dict) -> dict:
 
 def stage_table(out: Path) -> str:
     lines = []
-    for name in ("conlst", "selftrain", "mt"):
+    for name in ("conlst", "selftrain", "mt", "conlst_cq", "selftrain_cq"):
         path = out / name / "results" / "stage_costs.md"
         if path.is_file():
             lines.append(f"Run `{name}`:\n\n{path.read_text()}")
@@ -108,7 +125,9 @@ def mechanism_lines(out: Path) -> str:
                      f"{last['sim_pos']:.2f}, to the negatives {first['sim_neg']:.2f} -> {last['sim_neg']:.2f} "
                      f"(squared distance on the unit sphere over tau); bank {first['bank_size']:.0f} "
                      f"samples per step; {len(rows)} steps.")
-    for name, label in (("conlst", "CoNLST"), ("selftrain", "self-training without CoNL")):
+    for name, label in (("conlst", "CoNLST"), ("selftrain", "self-training without CoNL"),
+                        ("conlst_cq", "CoNLST, class-quantile selection"),
+                        ("selftrain_cq", "class-quantile self-training without CoNL")):
         path = out / name / "ssl" / "metrics.jsonl"
         if not path.is_file():
             continue
@@ -125,7 +144,7 @@ def write_doc(cfg, out: Path, docs: Path, overrides: str, per_lang: int) -> None
     hist = out / "conlst" / "results" / "calibration_hist.png"
     if hist.is_file():
         (docs / "figures" / "real_xnli_calibration.png").write_bytes(hist.read_bytes())
-    costs = [out / name / "results" / "stage_costs.csv" for name in ("conlst", "selftrain")]
+    costs = [out / name / "results" / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq", "selftrain_cq")]
     seconds = sum(float(r["seconds"]) for path in costs if path.is_file() for r in read_rows(path))
     mt_done = out / "mt" / "source" / "DONE.json"
     mt_seconds = json.loads(mt_done.read_text())["seconds"] if mt_done.is_file() else 0.0
