@@ -109,3 +109,32 @@ def test_preflight_reports_every_bad_input_before_any_work(tmp_path, capsys):
     assert f"model.source_checkpoint: {empty} holds no model" in err
     assert f"data.target_train (near): {tmp_path}/none-near.tsv: no such file" in err
     assert not (tmp_path / "out" / "x").exists()                     # nothing started, nothing written
+
+
+def test_preflight_finds_a_language_the_translation_model_lacks(tmp_path, shared_data, capsys):
+    from conlst_ray.translation import tiny_translation_model
+
+    model = tiny_translation_model(tmp_path / "mbart", "mbart50")
+    args = [f"output_dir={tmp_path / 'out'}", "run_name=x", f"translation.model={model}",
+            "data.target_langs=[fr,bg]", f"data.target_train=xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv",
+            "data.target_dev=null", "data.target_test=null"]
+    assert run_mod.main(args) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # (after transformers' progress bar of the model save)
+    assert err.startswith("error: translation.model: ") and "['bg'] not covered by mbart50" in err
+    assert not (tmp_path / "out" / "x").exists()
+
+
+def test_skipped_rows_are_counted_per_file_when_a_corpus_is_cached(shared_data, tmp_path, ray_session):
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+
+    lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()[:50]
+    lines[9], lines[19] = "p\th\tmaybe", "only one column"
+    (tmp_path / "dev-fr.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(None, ["data.on_malformed=skip"])
+    logs = []
+    manifest = ingest_corpora(f"xnli_tsv:{tmp_path}/dev-{{lang}}.tsv", ["fr"], tmp_path / "cache", cfg.data,
+                              log=logs.append)["fr"]
+    assert manifest["rows"] == 48 and manifest["skipped_malformed"] == 2
+    said = next(line for line in logs if "malformed rows skipped" in line)
+    assert f"{tmp_path}/dev-fr.tsv: 48 rows, 2 malformed rows skipped" in said
+    assert f"first: {tmp_path}/dev-fr.tsv:10: unknown label 'maybe'" in said and ":20: expected 3" in said
