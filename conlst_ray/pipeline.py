@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conlst_ray.provenance import digest, read_json, spec_files, stage_fingerprint, weights_stamp
+from conlst_ray.provenance import spec_files, stage_fingerprint, weights_stamp
 from conlst_ray.rundir import RunDir
 
 
@@ -65,22 +65,16 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
     return corpus, out
 
 
-def _output_stamp(folder) -> str | None:
-    """The provenance digest of a sharded job's output folder (pseudo-labels, translations)."""
-    from conlst_ray.ray_jobs.sharded import PROVENANCE
-
-    return digest(read_json(Path(folder) / PROVENANCE)) if folder else None
-
-
 def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
     """A Ray Train stage over the target languages of ``cfg``, skipped when
     done with the same settings, input model and upstream outputs."""
+    from conlst_ray.ray_jobs.sharded import output_stamp
     from conlst_ray.ray_jobs.train import fit_stage
 
     out = run.root / name
     inputs = {"model weights": weights_stamp(model_dir),
-              "pseudo-labels": _output_stamp(fit_kwargs.get("pseudo_labels")),
-              "translations": _output_stamp(fit_kwargs.get("translations"))}
+              "pseudo-labels": output_stamp(fit_kwargs.get("pseudo_labels")),
+              "translations": output_stamp(fit_kwargs.get("translations"))}
     if name == "ssl":  # self-training also reads the labelled source corpus
         inputs["source files"] = spec_files(cfg.data.source_train,
                                             cfg.data.source_train_langs or [cfg.data.source_lang])

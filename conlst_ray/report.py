@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from conlst_ray.cli import add_debug, entry_point
-from conlst_ray.config import atomic_write_text
 from conlst_ray.reporting import read_rows, write_language_table, write_table
 from conlst_ray.rundir import RunDir
 
@@ -105,24 +103,17 @@ def finished_models(cfg, run: RunDir) -> dict:
 
 def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) -> Path:
     """The CoNL model's pseudo-labels for the target corpus, by the same Ray
-    Data job that made the source model's (cached in ``out``: reruns skip
-    finished shards, so ``out`` must be specific to the model)."""
+    Data job that made the source model's. Cached in ``out``, per language
+    tied to the model weights that made it: a new CoNL model relabels (an
+    analysis cache is recomputed, never refused)."""
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label
 
     corpus = run.root / "corpus" / "target_train"
-    per_model = _by_language(conl)
-    # the cache is only valid for the very model files it was made with
-    stamp = json.dumps({str(d): _weights_stamp(d) for _, d in per_model}, sort_keys=True)
-    stamp_file = out / "_models.json"
-    if out.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp_file, stamp)  # first: an interrupted job resumes, a new model starts afresh
-    for lang, model_dir in per_model:
+    for lang, model_dir in _by_language(conl):
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
-        pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log)
+        pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log, recompute=True)
     return out
 
 
@@ -157,12 +148,6 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
 def _by_language(conl: str | dict) -> list[tuple]:
     """(language, model directory) pairs; language None = one model for all."""
     return list(conl.items()) if isinstance(conl, dict) else [(None, conl)]
-
-
-def _weights_stamp(model_dir: str) -> list:
-    """Size and modification time of a model directory's weight files."""
-    files = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: Path | None = None) -> str | None:

@@ -122,8 +122,10 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     from conlst_ray.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
 
-    provenance = fingerprint({"max_length": max_length, "precision": res_cfg.precision},
-                             {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)})
+    weights = weights_stamp(model_dir)
+    provenance = {lang: fingerprint({"max_length": max_length, "precision": res_cfg.precision},
+                                    {"model weights": weights, "corpus": corpus_digest({lang: m})})
+                  for lang, m in manifests.items()}
 
     def stages(ds):
         ds = ds.map_batches(read_and_tokenize, batch_format="pyarrow", batch_size=None,

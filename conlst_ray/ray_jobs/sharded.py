@@ -81,13 +81,13 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
 def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path,
                     stages: Callable, cpus_per_task: float, log=print,
                     on_progress: Optional[Callable[[JobReport], None]] = None,
-                    rows_per_input: int = 1, provenance: Optional[dict] = None,
+                    rows_per_input: int = 1, provenance: Optional[dict[str, dict]] = None,
                     recompute: bool = False) -> JobReport:
     """Run ``stages`` (Dataset of {"path"} -> Dataset with id, pos, path
     columns) over every shard whose output is missing, and finalize shards.
     ``rows_per_input``: output rows per input row (e.g. one per target
-    language of translate-train). ``provenance``: what makes the output (see
-    ``check_provenance``)."""
+    language of translate-train). ``provenance``: language -> what makes that
+    language's output (see ``check_provenance``)."""
     corpus_root, out_root = Path(corpus_root), Path(out_root)
     if provenance is not None:
         check_provenance(name, out_root, provenance, recompute, log)
@@ -143,25 +143,37 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
 PROVENANCE = "_provenance.json"
 
 
-def check_provenance(name: str, out_root: Path, provenance: dict, recompute: bool, log=print) -> None:
-    """Finished shards are reused only when the output folder was made by the
-    same model, corpus and settings; otherwise refuse naming what differs, or
-    (``recompute``) start the folder afresh. Recorded before any shard is
-    written, so half-done shards are tied to it too."""
+def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], recompute: bool, log=print) -> None:
+    """A language's finished shards are reused only when its output folder
+    was made by the same model, corpus and settings; otherwise refuse naming
+    what differs, or (``recompute``) start that folder afresh. Recorded per
+    language (one folder may hold languages labelled by different models, as
+    in per-language mode) and before any shard is written, so half-done
+    shards are tied to it too."""
     from conlst_ray.config import atomic_write_text
     from conlst_ray.provenance import StaleError, differences, read_json
 
-    old = read_json(out_root / PROVENANCE)
-    has_output = out_root.is_dir() and any(out_root.glob("lang=*/shard-*.parquet"))
-    if old is not None or has_output:
-        changed = differences(old, provenance)
-        if changed and not recompute:
-            raise StaleError(f"{out_root} holds {name} output made otherwise: {'; '.join(changed)}. "
-                             f"Write elsewhere (--out) or add --recompute")
-        if changed:
-            log(f"[{name}] recomputing {out_root}: {'; '.join(changed)}")
-            shutil.rmtree(out_root)
-    atomic_write_text(out_root / PROVENANCE, json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    for lang, wanted in provenance.items():
+        folder = lang_dir(out_root, lang)
+        old = read_json(folder / PROVENANCE)
+        if old is not None or any(folder.glob("shard-*.parquet")):
+            changed = differences(old, wanted)
+            if changed and not recompute:
+                raise StaleError(f"{folder} holds {name} output made otherwise: {'; '.join(changed)}. "
+                                 f"Write elsewhere (--out) or add --recompute")
+            if changed:
+                log(f"[{name}] recomputing {folder}: {'; '.join(changed)}")
+                shutil.rmtree(folder)
+        atomic_write_text(folder / PROVENANCE, json.dumps(wanted, indent=2, sort_keys=True, default=str))
+
+
+def output_stamp(out_root: str | Path | None) -> Optional[str]:
+    """One digest of what made every language of a job's output folder."""
+    from conlst_ray.provenance import digest, read_json
+
+    if not out_root:
+        return None
+    return digest({d.name: read_json(d / PROVENANCE) for d in sorted(Path(out_root).glob("lang=*"))})
 
 
 def read_outputs(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:

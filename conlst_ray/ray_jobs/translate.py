@@ -134,17 +134,16 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
 
 
 def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark_seed: int) -> dict:
-    """Translations are tied to the MT settings and the corpus they translate."""
+    """Translations are tied to the MT settings and the corpus they translate (per language)."""
     import dataclasses
 
     from conlst_ray.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
 
-    inputs = {"corpus": corpus_digest(manifests)}
-    if tr_cfg.model and Path(tr_cfg.model).is_dir():
-        inputs["MT model weights"] = weights_stamp(tr_cfg.model)
-    return fingerprint({**{f"translation.{k}": v for k, v in dataclasses.asdict(tr_cfg).items()},
-                        "mode": mode, "targets": list(targets), "benchmark_seed": benchmark_seed}, inputs)
+    mt = {"MT model weights": weights_stamp(tr_cfg.model)} if tr_cfg.model and Path(tr_cfg.model).is_dir() else {}
+    settings = {**{f"translation.{k}": v for k, v in dataclasses.asdict(tr_cfg).items()},
+                "mode": mode, "targets": list(targets), "benchmark_seed": benchmark_seed}
+    return {lang: fingerprint(settings, {"corpus": corpus_digest({lang: m}), **mt}) for lang, m in manifests.items()}
 
 
 def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Table:
