@@ -111,3 +111,79 @@ def calibration_markdown(header: list, rows: list, after_name: str = "CoNL") -> 
         cells.append(f"{pct(bands['all'][3])} -> {pct(bands['all'][5])}")
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+TRANSITION_HEADER = ["lang", "high_before", "wrong_in_high", "wrong_left_high", "right_left_high",
+                     "entered_high", "entered_acc", "wrong_high_corrected"]
+
+
+def band_transitions(before: pa.Table, after: pa.Table, corpus: pa.Table, langs: list[str]) -> tuple[list, list]:
+    """Where the high band's rows go under CoNL, per language (rows matched
+    by id). The paper's mechanism needs the wrong high-confidence pseudo-labels
+    to leave the band (or be corrected) while the right ones stay:
+    wrong_left_high / right_left_high are the shares of the wrong and of the
+    right high-band rows whose confidence falls to <= 0.9; entered_high counts
+    rows that rise into the band and entered_acc their accuracy;
+    wrong_high_corrected is the share of wrong high-band rows whose
+    pseudo-label becomes the gold label."""
+    gold = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+    after_by_id = {i: (p, c) for i, p, c in zip(after.column("id").to_pylist(), after.column("pseudo_label").to_pylist(),
+                                                 after.column("confidence").to_pylist())}
+    rows = []
+    for lang in langs:
+        keep = [(i, p, c) for i, lg, p, c in zip(before.column("id").to_pylist(), before.column("lang").to_pylist(),
+                                                 before.column("pseudo_label").to_pylist(),
+                                                 before.column("confidence").to_pylist())
+                if lg == lang and gold.get(i, -1) >= 0 and i in after_by_id]
+        if not keep:
+            continue
+        y = np.asarray([gold[i] for i, _, _ in keep])
+        b_pred, b_conf = np.asarray([p for _, p, _ in keep]), np.asarray([c for _, _, c in keep])
+        a_pred = np.asarray([after_by_id[i][0] for i, _, _ in keep])
+        a_conf = np.asarray([after_by_id[i][1] for i, _, _ in keep])
+        high, wrong, high_after = b_conf > HIGH_EDGE, b_pred != y, a_conf > HIGH_EDGE
+        entered = ~high & high_after
+
+        def share(mask, of):
+            return float(mask[of].mean()) if of.any() else float("nan")
+        rows.append([lang, int(high.sum()), int((high & wrong).sum()), share(~high_after, high & wrong),
+                     share(~high_after, high & ~wrong), int(entered.sum()), share(a_pred == y, entered),
+                     share(a_pred == y, high & wrong)])
+    return list(TRANSITION_HEADER), rows
+
+
+def transitions_markdown(header: list, rows: list) -> str:
+    def pct(v):
+        return "-" if v != v else f"{100 * v:.1f}"
+
+    lines = ["| lang | high-band rows before | wrong among them | wrong that left the band | right that left "
+             "the band | rows that entered | accuracy of those entering | wrong ones corrected |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {pct(r[3])} % | {pct(r[4])} % | {r[5]} | {pct(r[6])} % | "
+                     f"{pct(r[7])} % |")
+    return "\n".join(lines) + "\n"
+
+
+def own_class_negatives(pseudo: np.ndarray, confidence: np.ndarray, gold: np.ndarray, gamma: float,
+                        num_classes: int) -> tuple[float, float]:
+    """Eq. 4-5 with set semantics, in expectation: a confident anchor
+    (confidence >= gamma) takes its negatives evenly from the confident rows
+    predicted as each class other than its pseudo-label. Returns the expected
+    share of those negatives whose gold label is the anchor's own gold label,
+    for anchors whose pseudo-label is wrong and for those where it is right.
+    A wrong anchor's complementary set contains its true class, so part of
+    its negatives push it away from the truth."""
+    pool = confidence >= gamma
+    precision = np.full((num_classes, num_classes), np.nan)  # [k, g]: share of pool rows predicted k with gold g
+    for k in range(num_classes):
+        members = gold[pool & (pseudo == k)]
+        if len(members):
+            precision[k] = np.bincount(members, minlength=num_classes)[:num_classes] / len(members)
+
+    def expected(anchors):
+        shares = [np.nanmean([precision[k, gold[i]] for k in range(num_classes) if k != pseudo[i]])
+                  for i in np.flatnonzero(anchors)]
+        return float(np.mean(shares)) if shares else float("nan")
+    known = gold >= 0
+    return expected(pool & known & (pseudo != gold)), expected(pool & known & (pseudo == gold))

@@ -155,7 +155,8 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
     model (a directory, or lang -> directory); None (and a log line) when
     there is no CoNL model or the target corpus has no gold labels."""
-    from conlst_ray.analysis import calibration_markdown, calibration_rows, join_with_gold
+    from conlst_ray.analysis import (band_transitions, calibration_markdown, calibration_rows, join_with_gold,
+                                     transitions_markdown)
     from conlst_ray.figures import confidence_histograms
     from conlst_ray.ray_jobs.sharded import read_outputs
 
@@ -173,7 +174,10 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
         after_table = read_outputs(_predictions_after_conl(
             cfg, run, conl, after_dir or run.root / "analysis" / "pseudo_labels_conl", log))
     langs = list(cfg.data.target_langs)
-    before, after = join_with_gold(read_outputs(before_dir), corpus), join_with_gold(after_table, corpus)
+    before_table = read_outputs(before_dir)
+    write_table(out / "calibration_transitions", *band_transitions(before_table, after_table, corpus, langs),
+                markdown=transitions_markdown)
+    before, after = join_with_gold(before_table, corpus), join_with_gold(after_table, corpus)
     name = "CoNL" if cfg.conl.use_contrastive else "NL (cross-entropy only)"
     md = write_table(out / "calibration", *calibration_rows(before, after, langs),
                      markdown=lambda h, r: calibration_markdown(h, r, name))

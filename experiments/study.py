@@ -154,6 +154,64 @@ def saturated_share(run_dirs: list[Path]) -> float:
     return float(np.mean([v == 0.0 for v in losses])) if losses else float("nan")
 
 
+def ensure_transitions(run_dir: Path) -> None:
+    """Runs reported before the band-transition analysis existed get it now
+    (the CoNL model relabels the target rows in the driver: seconds)."""
+    if (run_dir / "results" / "calibration_transitions.csv").is_file():
+        return
+    from conlst_ray.report import calibration_report
+
+    cfg = load_config(run_dir / "config.yaml")
+    calibration_report(cfg, RunDir(run_dir), str(run_dir / "conl" / "model"), run_dir / "results",
+                       log=lambda *_: None)
+
+
+def transitions_table(groups: dict[str, list[Path]]) -> str:
+    """Per CoNL variant and language (means over seeds): where the high
+    band's wrong and right rows go under CoNL, and who enters it."""
+    header = ["variant", "lang", "high-band rows before", "wrong among them", "wrong that left",
+              "right that left", "rows that entered", "accuracy of those entering"]
+    rows = []
+    for name, run_dirs in groups.items():
+        by_lang: dict[str, list] = {}
+        for d in run_dirs:
+            ensure_transitions(d)
+            for r in read_rows(d / "results" / "calibration_transitions.csv"):
+                by_lang.setdefault(r["lang"], []).append(
+                    [float(r[k]) if r[k] not in ("", "nan") else np.nan for k in
+                     ("high_before", "wrong_in_high", "wrong_left_high", "right_left_high", "entered_high",
+                      "entered_acc")])
+        for lang, vals in by_lang.items():
+            m = np.nanmean(np.asarray(vals), axis=0)
+            rows.append([name, lang, f"{m[0]:.0f}", f"{m[1]:.0f}", f"{100 * m[2]:.1f} %", f"{100 * m[3]:.1f} %",
+                         f"{m[4]:.0f}", f"{100 * m[5]:.1f} %"])
+    return to_markdown(header, rows)
+
+
+def own_class_table(run_dirs: list[Path]) -> str:
+    """Per language, mean over seeds: the expected share of a confident
+    anchor's negatives that share its gold class (conl.complementary=set, the
+    run's gamma), for anchors with wrong and with right pseudo-labels."""
+    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.ray_jobs.sharded import read_outputs
+
+    per_lang: dict[str, list] = {}
+    for d in run_dirs:
+        cfg = load_config(d / "config.yaml")
+        labels, corpus = read_outputs(d / "pseudo_labels" / "source"), read_outputs(d / "corpus" / "target_train")
+        gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+        gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
+        langs = np.asarray(labels.column("lang").to_pylist())
+        pseudo, conf = labels.column("pseudo_label").to_numpy(), labels.column("confidence").to_numpy()
+        for lang in cfg.data.target_langs:
+            m = langs == lang
+            per_lang.setdefault(lang, []).append(own_class_negatives(pseudo[m], conf[m], gold[m], cfg.conl.gamma,
+                                                                     cfg.model.num_labels))
+    rows = [[lang, f"{100 * np.nanmean([v[0] for v in vals]):.1f} %", f"{100 * np.nanmean([v[1] for v in vals]):.1f} %"]
+            for lang, vals in per_lang.items()]
+    return to_markdown(["lang", "anchors with a wrong pseudo-label", "anchors with a right pseudo-label"], rows)
+
+
 def selection_table(groups: dict[str, list[Path]]) -> str:
     """Per variant, the self-training selection at the first and the last
     iteration (means over seeds, and over languages for per-language runs):
@@ -283,6 +341,11 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
     costs = (base[0] / "results" / "stage_costs.md").read_text()
     sensitivity = sensitivity_table({"CoNLST (CoNL lr 5e-5, the default)": base,
                                      **{n: [runs[s][n] for s in seeds] for n in names if n in SENSITIVITY}})
+    calibrated = {"CoNLST": base, **{n: [runs[s][n] for s in seeds] for n in names
+                                     if n in SENSITIVITY or n == NL_ONLY}}
+    transitions = transitions_table(calibrated) + "\nShare of a confident anchor's negatives whose gold class is " \
+        "the anchor's own (Eq. 4 with set semantics at the run's gamma, in expectation over the draws):\n\n" + \
+        own_class_table(base)
     selection = selection_table({"CoNLST": base, **{n: [runs[s][n] for s in seeds] for n in names[1:]
                                                     if "conl.enabled=false" in VARIANTS[n] or n in (CQ, PER_LANG)}})
     text = RESULTS_TEMPLATE.format(
@@ -292,7 +355,8 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
         ablation=ablation_md, paper3="\n".join(f"| {k} | {v} |" for k, v in PAPER_TABLE3.items()),
         calibration=mean_calibration(base, "CoNL"),
         calibration_nl=mean_calibration(nl, "NL (cross-entropy only)") if nl else "(not run)\n",
-        findings="\n".join(findings), costs=costs, sensitivity=sensitivity, selection=selection, strong_figure=strong_figure,
+        findings="\n".join(findings), costs=costs, sensitivity=sensitivity, selection=selection,
+        transitions=transitions, strong_figure=strong_figure,
         discussion=DISCUSSION, seeds_first=seeds[0],
         n_unlabelled=cfg.data.synthetic.n_unlabelled)
     atomic_write_text(docs / "RESULTS.md", text)
@@ -349,6 +413,13 @@ The same for negative learning with cross-entropy only (Figure 4):
 
 ![Figure 4](figures/fig4_calibration_nl_only.png)
 
+## Where the high band's rows go under CoNL
+
+The paper's mechanism needs CoNL to push the *wrong* high-confidence
+pseudo-labels out of the high band (or correct them) while the right ones
+stay. Rows matched by id before and after CoNL, means over seeds:
+
+{transitions}
 ## What self-training selects
 
 Each iteration pseudo-labels every target row and trains on the selected

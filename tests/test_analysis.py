@@ -66,3 +66,35 @@ def test_histograms_have_labelled_axes_and_a_legend(tmp_path):
     image = matplotlib.image.imread(path)                      # a real PNG that opens
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
     assert not list(tmp_path.glob(".*"))                       # no temporary file left behind
+
+
+def test_band_transitions_follow_each_high_band_row_by_id():
+    from conlst_ray.analysis import band_transitions
+
+    corpus = pa.table({"id": ["a", "b", "c", "d", "e"], "lang": ["fr"] * 5, "label": [0, 1, 2, 0, 1]})
+    # before: a (right), b (wrong), c (wrong) in the high band; d, e below it
+    before = pa.table({"id": ["a", "b", "c", "d", "e"], "lang": ["fr"] * 5, "pseudo_label": [0, 0, 0, 0, 2],
+                       "confidence": [0.95, 0.97, 0.93, 0.6, 0.7]})
+    # after (another order): b leaves the band, c is corrected inside it, d (right) and e (wrong) enter it
+    after = pa.table({"id": ["e", "d", "c", "b", "a"], "lang": ["fr"] * 5, "pseudo_label": [2, 0, 2, 0, 0],
+                      "confidence": [0.95, 0.92, 0.91, 0.8, 0.96]})
+    header, rows = band_transitions(before, after, corpus, ["fr", "de"])
+    assert len(rows) == 1
+    r = dict(zip(header, rows[0]))
+    assert (r["high_before"], r["wrong_in_high"]) == (3, 2)
+    assert r["wrong_left_high"] == 0.5 and r["right_left_high"] == 0.0
+    assert r["entered_high"] == 2 and r["entered_acc"] == 0.5 and r["wrong_high_corrected"] == 0.5
+
+
+def test_a_wrong_anchors_negatives_include_its_true_class():
+    from conlst_ray.analysis import own_class_negatives
+
+    # three confident rows per class, all right, plus one wrong anchor (gold 1, predicted 0)
+    pseudo = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])
+    gold = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 1])
+    conf = np.full(10, 0.95)
+    wrong, right = own_class_negatives(pseudo, conf, gold, 0.9, 3)
+    # the wrong anchor's negatives: half from rows predicted 1 (all gold 1), half from rows predicted 2
+    assert wrong == pytest.approx(0.5)
+    # a right anchor of class 1 draws from classes 0 (one of four rows is gold 1) and 2
+    assert right == pytest.approx(np.mean([0.5 * (0.25 + 0.0)] * 3 + [0.0] * 6))
