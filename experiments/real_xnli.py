@@ -125,6 +125,7 @@ def mechanism_lines(out: Path) -> str:
                      f"{last['sim_pos']:.2f}, to the negatives {first['sim_neg']:.2f} -> {last['sim_neg']:.2f} "
                      f"(squared distance on the unit sphere over tau); bank {first['bank_size']:.0f} "
                      f"samples per step; {len(rows)} steps.")
+    lines += own_class_lines(out)
     for name, label in (("conlst", "CoNLST"), ("selftrain", "self-training without CoNL"),
                         ("conlst_cq", "CoNLST, class-quantile selection"),
                         ("selftrain_cq", "class-quantile self-training without CoNL")):
@@ -137,6 +138,34 @@ def mechanism_lines(out: Path) -> str:
                          f"{100 * r.get('selected_pseudo_label_acc', float('nan')):.1f} % pseudo-label accuracy "
                          f"(all rows: {100 * r.get('all_pseudo_label_acc', float('nan')):.1f} %).")
     return "\n".join(lines)
+
+
+def own_class_lines(out: Path) -> list[str]:
+    """Eq. 4's complementary set of a wrong confident anchor holds its true
+    class: the expected share of its negatives of its own gold class, at the
+    per-language gamma the CoNL stage used."""
+    import numpy as np
+
+    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.ray_jobs.sharded import read_outputs
+
+    run = out / "conlst"
+    metrics = run / "conl" / "metrics.jsonl"
+    if not metrics.is_file():
+        return []
+    gammas = {k[6:]: v for k, v in json.loads(metrics.read_text().splitlines()[-1]).items() if k.startswith("gamma_")}
+    labels, corpus = read_outputs(run / "pseudo_labels" / "source"), read_outputs(run / "corpus" / "target_train")
+    gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+    gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
+    langs = np.asarray(labels.column("lang").to_pylist())
+    pseudo, conf = labels.column("pseudo_label").to_numpy(), labels.column("confidence").to_numpy()
+    parts = []
+    for lang, gamma in gammas.items():
+        m = langs == lang
+        wrong, right = own_class_negatives(pseudo[m], conf[m], gold[m], gamma, 3)
+        parts.append(f"{lang} {100 * wrong:.0f} % (right anchors: {100 * right:.0f} %)")
+    return ["- Negatives of the anchor's own gold class (Eq. 4 with set semantics, expected over the draws), "
+            "for confident anchors with a wrong pseudo-label: " + "; ".join(parts) + "."]
 
 
 def write_doc(cfg, out: Path, docs: Path, overrides: str, per_lang: int) -> None:
