@@ -461,8 +461,8 @@ acts: no anchor is saturated at the first CoNL step.
 average; the paper: +5 to +13), and CoNLST does not beat self-training
 without CoNL (FlexMatch 77.2, +0.3 over CoNLST, within one seed std). The
 band-transition table shows why, measured: CoNL moves almost none of the
-wrong high-band rows out of the band (0-2 %), while lower-confidence rows
-with 44-73 % accuracy rise into it, so the band grows and gets dirtier. The
+wrong high-band rows out of the band (under 1 %), while lower-confidence rows
+with 51-79 % accuracy rise into it, so the band grows and gets dirtier. The
 own-class table says what drives it: with three classes, a confident anchor
 whose pseudo-label is wrong has its true class in its complementary set, and
 about 43-48 % of its negatives share its gold class (against 5-14 % for a
