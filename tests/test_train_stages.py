@@ -145,7 +145,7 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
     init = init_model(tmp_path, cfg)
     marker = tmp_path / "failed"
     metrics = fit_stage("source", cfg, tmp_path / "killed", init, num_workers=2,
-                        inject_failure={"step": 11, "marker": str(marker)})
+                        inject_failure={"step": 11, "marker": str(marker), "after_s": 5.0})
     assert marker.exists()                                   # the failure did happen
     log = steps(tmp_path / "killed")
     assert log[-1]["step"] == 16 and metrics["step"] == 16   # same count as uninterrupted
