@@ -35,15 +35,11 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.training import seed_everything
 
-    if cfg.data.on_malformed == "skip":  # the workers read it silently: count what is skipped here
-        from conlst_ray.data.corpora import source_corpus
-
-        source_corpus(cfg.data, "train", log)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     init = build_model(cfg.model, tokenizer).save(run.stage("init") / "model", tokenizer)
     t0 = time.time()
-    metrics = fit_stage("source", cfg, out, str(init))
+    metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.root / "corpus"), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
     log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}")
     return str(out / "model")
@@ -80,8 +76,8 @@ def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
     if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
         t0 = time.time()
-        metrics = fit_stage(name, cfg, out, model_dir, target_corpus=str(corpus),
-                            langs=list(cfg.data.target_langs), **fit_kwargs)
+        metrics = fit_stage(name, cfg, out, model_dir, target_corpus=str(corpus), corpus_dir=str(corpus.parent),
+                            langs=list(cfg.data.target_langs), log=log, **fit_kwargs)
         run.mark_done(name, {"seconds": time.time() - t0, **metrics})
         log(f"[{name}] {time.time() - t0:.1f}s")
     return str(out / "model")

@@ -126,28 +126,32 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
 
 
 def predict_proba(model, data: Encoded, pad_id: int, batch_size: int = 256, device="cpu",
-                  precision: str = "auto") -> np.ndarray:
-    """Class distribution q of every row (model in eval mode: no dropout),
-    computed over length-sorted batches and returned in row order. The model
-    is put on ``device`` outside inference mode: parameters moved inside it
-    would become inference tensors that a later training step cannot use."""
+                  precision: str = "auto", index: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class distribution q of every row (or of rows ``index``, in that
+    order; model in eval mode: no dropout), computed over length-sorted
+    batches. The model is put on ``device`` outside inference mode:
+    parameters moved inside it would become inference tensors that a later
+    training step cannot use."""
     model.to(device).eval()
-    out = np.zeros((len(data), model.num_labels), dtype=np.float32)
+    rows = np.arange(len(data)) if index is None else np.asarray(index)
+    out = np.zeros((len(rows), model.num_labels), dtype=np.float32)
     with torch.inference_mode():
-        for index in length_sorted_batches(data.lengths(), batch_size):
-            batch = to_device(batch_of(data, index, pad_id), device)
+        for local in length_sorted_batches(data.lengths()[rows], batch_size):
+            batch = to_device(batch_of(data, rows[local], pad_id), device)
             with autocast(device, precision):
                 logits = model(**batch)
-            out[index] = logits.float().softmax(-1).cpu().numpy()
+            out[local] = logits.float().softmax(-1).cpu().numpy()
     return out
 
 
 def accuracy_by_language(q: np.ndarray, data: Encoded) -> dict[str, float]:
     """Accuracy per language over rows with a known label."""
+    from conlst_ray.algorithm.negatives import unique_in_order
+
     pred = q.argmax(-1)
     langs = np.asarray(data.langs)
     out = {}
-    for lang in dict.fromkeys(data.langs):
+    for lang in unique_in_order(langs):
         sel = (langs == lang) & (data.labels >= 0)
         if sel.any():
             out[lang] = float((pred[sel] == data.labels[sel]).mean())

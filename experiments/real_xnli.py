@@ -46,6 +46,8 @@ def run(out: Path, name: str, overrides: list, extra: list) -> int:
 
     if (out / name / "results" / "stage_costs.csv").is_file():
         return 0  # finished: its report is written
+    if "--stop-after" in overrides and (out / name / "source" / "DONE.json").is_file():
+        return 0  # a source-only run whose source model is trained
     args = ["--config", str(CONFIG), f"output_dir={out}", f"run_name={name}", *overrides, *extra]
     if (out / name).exists():
         args.append("--resume")

@@ -238,3 +238,25 @@ def test_no_stage_moves_the_model_off_the_worker_device(source_run, monkeypatch)
     fit_stage("source", cfg, root / "device_source", init_model(root / "device", cfg), num_workers=0)
     ssl(cfg, root, "device_ssl")
     assert seen and set(seen) == {worker_device}
+
+
+def test_training_workers_never_tokenise_a_corpus(source_run, monkeypatch):
+    """Every stage reads the token files made once by the driver's Ray tasks:
+    a tokenizer called on rows inside the loop (here the loop runs in this
+    process) fails the stage. The dev sets of the per-epoch evaluation too."""
+    from transformers import PreTrainedTokenizerBase
+
+    cfg, root = source_run
+    assert cfg.data.eval_during_training
+    calls = []
+
+    def forbidden(self, *args, **kwargs):
+        calls.append(args[:1])
+        raise AssertionError("a training worker tokenised corpus rows")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", forbidden)
+    fit_stage("source", cfg, root / "no_tok_source", str(root / "source" / "model"), num_workers=0,
+              corpus_dir=str(root / "corpus"))
+    assert len(conl(cfg, root, "no_tok_conl")) == (2 * 96) // 32
+    log, _ = ssl(cfg, root, "no_tok_ssl")
+    assert log and calls == []

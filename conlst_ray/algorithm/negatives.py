@@ -42,9 +42,20 @@ def relative_gamma(confidence, langs, quantile: float) -> tuple[np.ndarray, dict
     reaches the paper's absolute 0.9 (its pool of negatives would be empty).
     Returns (gamma of every row, language -> gamma)."""
     conf = np.asarray(confidence, dtype=np.float64)
-    lang_arr = np.asarray(langs, dtype=object)
-    by_lang = {lang: float(np.quantile(conf[lang_arr == lang], quantile)) for lang in dict.fromkeys(langs)}
-    return np.asarray([by_lang[lang] for lang in langs], dtype=np.float64), by_lang
+    lang_arr = np.asarray(langs)  # vectorised: a million rows are not a million Python strings
+    gamma = np.zeros(len(conf), dtype=np.float64)
+    by_lang = {}
+    for lang in unique_in_order(lang_arr):
+        rows = lang_arr == lang
+        by_lang[lang] = float(np.quantile(conf[rows], quantile))
+        gamma[rows] = by_lang[lang]
+    return gamma, by_lang
+
+
+def unique_in_order(values: np.ndarray) -> list[str]:
+    """Distinct values in order of first occurrence, as Python strings."""
+    uniq, first = np.unique(values, return_index=True)
+    return [str(uniq[i]) for i in np.argsort(first)]
 
 
 def split_slots(k: int, n: int) -> list[int]:
@@ -76,13 +87,13 @@ class NegativePool:
         idx = np.asarray(sample_index, dtype=np.int64)
         labels = np.asarray(pseudo_labels, dtype=np.int64)
         keep = np.asarray(confidence, dtype=np.float64) >= np.asarray(gamma)  # a scalar, or one per sample
-        lang_arr = np.asarray(langs if langs is not None else [POOLED] * len(idx), dtype=object)
+        lang_arr = np.asarray(langs) if langs is not None else np.full(len(idx), POOLED)
         self.num_classes, self.gamma, self.min_members = num_classes, gamma, min_members
         self.members: dict[tuple[str, int], np.ndarray] = {}
         for c in range(num_classes):
             sel = keep & (labels == c)
             self.members[(POOLED, c)] = idx[sel]
-            for lang in set(lang_arr[sel].tolist()) - {POOLED}:
+            for lang in set(unique_in_order(lang_arr[sel])) - {POOLED}:
                 self.members[(lang, c)] = idx[sel & (lang_arr == lang)]
         self.rng = np.random.default_rng(seed)
         self.stats: Counter = Counter()

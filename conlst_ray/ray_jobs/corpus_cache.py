@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,19 +85,20 @@ def corpus_digest(manifests: dict[str, dict]) -> str:
 
 
 def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
-                   log=print) -> dict[str, dict]:
+                   log=print, max_rows: Optional[int] = None) -> dict[str, dict]:
     """Shard every language's corpus under ``root``. Cached: a language whose
     manifest records the same spec, reading options and input files is not
     read again; one made otherwise (another ``data.max_rows``, an edited
     file) is rebuilt, and the jobs that read it see a new corpus stamp.
-    Returns lang -> manifest."""
+    ``max_rows`` overrides ``data.max_rows`` (the source corpus has its own
+    cap). Returns lang -> manifest."""
     from conlst_ray.provenance import differences
 
     root = Path(root)
     langs = list(dict.fromkeys(langs))
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
-    read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
+    read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": max_rows if max_rows is not None else data_cfg.max_rows,
                    "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes}
     manifests, pending = {}, []
     for lang in langs:

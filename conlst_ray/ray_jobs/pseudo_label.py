@@ -1,7 +1,7 @@
 """Pseudo-labelling of target corpora on Ray Data.
 
     cached shards (all languages, one dataset)
-      -> read + tokenize          CPU tasks, one per shard
+      -> read token ids           CPU tasks, one per shard (tokenised once: ray_jobs/tokens.py)
       -> predict q                actor pool (GPUs per actor from the config)
       -> write, finalize          see ray_jobs/sharded.py (resumable per shard)
 
@@ -17,7 +17,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
@@ -31,27 +30,18 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def read_and_tokenize(paths: pa.Table, tokenizer_dir: str, max_length: int) -> pa.Table:
-    """Read cached shards (one per input row) and tokenise them: one CPU task
-    per shard, so blocks stay shard-sized and stream through the actor pool."""
+def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
+    """The token ids of cached shards (one per input row), tokenised once by
+    ``ray_jobs/tokens.py``: one CPU task per shard, so blocks stay
+    shard-sized and stream through the actor pool."""
     tables = []
     for path in paths.column("path").to_pylist():
-        table = pq.read_table(path, columns=["id", "lang", "pos", "premise", "hypothesis"])
-        tables.append(tokenize_batch(table.append_column("path", pa.array([path] * table.num_rows)),
-                                     tokenizer_dir, max_length))
+        p = Path(path)
+        table = pa.ipc.open_file(pa.memory_map(str(Path(tokens) / p.parent.name / f"{p.stem}.arrow"))).read_all()
+        table = table.select([c for c in ("id", "lang", "pos", "input_ids", "token_type_ids")
+                              if c in table.column_names])
+        tables.append(table.append_column("path", pa.array([path] * table.num_rows)))
     return pa.concat_tables(tables)
-
-
-def tokenize_batch(table: pa.Table, tokenizer_dir: str, max_length: int) -> pa.Table:
-    """premise/hypothesis -> unpadded token ids (list<int32>)."""
-    tok = load_tokenizer(tokenizer_dir)
-    enc = tok(table.column("premise").to_pylist(), table.column("hypothesis").to_pylist(),
-              truncation=True, max_length=max_length, padding=False)
-    out = table.select(["id", "lang", "pos", "path"])
-    out = out.append_column("input_ids", pa.array(enc["input_ids"], pa.list_(pa.int32())))
-    if "token_type_ids" in enc:
-        out = out.append_column("token_type_ids", pa.array(enc["token_type_ids"], pa.list_(pa.int8())))
-    return out
 
 
 def pad_list_column(column, order: np.ndarray, pad: int) -> np.ndarray:
@@ -117,21 +107,27 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
                  res_cfg, max_length: int, log=print,
                  on_progress: Optional[Callable[[JobReport], None]] = None, recompute: bool = False) -> JobReport:
     """Pseudo-label every cached shard of ``manifests`` whose output is
-    missing. The output folder is tied to the model's weights, the corpus and
-    the settings: labels of another model are never reused."""
+    missing, from the corpus tokenised once (by the model's tokenizer). The
+    output folder is tied to the model's weights and tokenizer, the corpus
+    and the settings: labels of another model are never reused."""
     from conlst_ray.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
+    from conlst_ray.ray_jobs.tokens import tokenize_corpus
 
     weights = weights_stamp(model_dir)
+    tokens = tokenize_corpus(corpus_root, list(manifests), model_dir, max_length,
+                             {lang: m.get("fingerprint") for lang, m in manifests.items()},
+                             res_cfg.cpus_per_task, log)
     provenance = {lang: fingerprint({"max_length": max_length, "precision": res_cfg.precision},
-                                    {"model weights": weights, "corpus": corpus_digest({lang: m})})
+                                    {"model weights": weights, "corpus": corpus_digest({lang: m}),
+                                     "tokenizer": tokens.name})
                   for lang, m in manifests.items()}
 
     def stages(ds):
-        ds = ds.map_batches(read_and_tokenize, batch_format="pyarrow", batch_size=None,
+        ds = ds.map_batches(read_tokens, batch_format="pyarrow", batch_size=None,
                             num_cpus=res_cfg.cpus_per_task,
                             compute=ray.data.TaskPoolStrategy(size=res_cfg.tokenize_tasks),
-                            fn_kwargs={"tokenizer_dir": model_dir, "max_length": max_length})
+                            fn_kwargs={"tokens": str(tokens)})
         return ds.map_batches(Predictor, batch_format="pyarrow", batch_size=res_cfg.actor_batch_rows,
                               compute=ray.data.ActorPoolStrategy(size=res_cfg.inference_actors),
                               num_cpus=res_cfg.cpus_per_actor, num_gpus=res_cfg.gpus_per_actor,

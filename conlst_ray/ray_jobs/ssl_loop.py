@@ -22,12 +22,8 @@ def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
     """q for every target row: each worker labels its rows, then all-gather."""
     rank, size = world()
     mine = np.arange(len(target))[rank::size]
-    from conlst_ray.training import Encoded
-
-    part = Encoded([target.input_ids[i] for i in mine],
-                   [target.token_type_ids[i] for i in mine] if target.token_type_ids is not None else None,
-                   target.labels[mine], [target.ids[i] for i in mine], [target.langs[i] for i in mine])
-    q_mine = predict_proba(model, part, tok.pad_token_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
+    q_mine = predict_proba(model, target, tok.pad_token_id, cfg.source.eval_batch_size, device,
+                           cfg.resources.precision, index=mine)
     model.train()
     idx, q = all_gather_rows(mine, q_mine)
     out = np.zeros((len(target), q.shape[1]), dtype=np.float32)
@@ -116,23 +112,3 @@ def write_thresholds(loop_cfg, epoch, thresholds) -> None:
     folder = Path(loop_cfg["model_out"]).parent / "thresholds"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"iter{epoch}.rank{rank}.json").write_text(json.dumps(thresholds.thresholds().tolist()))
-
-
-def read_backtranslations(path: str, target, tokenizer, max_length: int):
-    """Back-translated text aligned with ``target`` rows; rows without a
-    translation (uncovered language) keep their original text."""
-    from conlst_ray.ray_jobs.sharded import read_outputs
-    from conlst_ray.training import Encoded
-
-    table = read_outputs(path)
-    by_id = {i: (p, h) for i, p, h in zip(table.column("id").to_pylist(), table.column("premise").to_pylist(),
-                                          table.column("hypothesis").to_pylist())}
-    have = [i in by_id for i in target.ids]
-    pairs = [by_id.get(i, (None, None)) for i in target.ids]
-    enc = tokenizer([p or "" for p, _ in pairs], [h or "" for _, h in pairs], truncation=True,
-                    max_length=max_length, padding=False)
-    ids = [e if ok else orig for e, ok, orig in zip(enc["input_ids"], have, target.input_ids)]
-    types = None
-    if target.token_type_ids is not None:
-        types = [e if ok else orig for e, ok, orig in zip(enc["token_type_ids"], have, target.token_type_ids)]
-    return Encoded(ids, types, target.labels, target.ids, target.langs)

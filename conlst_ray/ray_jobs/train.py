@@ -27,58 +27,25 @@ from conlst_ray.algorithm.steps import build_conl_batch, conl_pool, conl_step, p
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
-from conlst_ray.ray_jobs.ssl_loop import read_backtranslations, ssl_epoch
+from conlst_ray.ray_jobs.ssl_loop import ssl_epoch
 from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, drop_replayed_records, epoch_means, global_plan,
                                         load_checkpoint, maybe_fail, my_slice, optimizer_step, record_step,
                                         rng_state, save_checkpoint, set_rng_state, world)
-from conlst_ray.training import accuracy_on, batch_of, encode_table, linear_warmup_schedule, make_optimizer, to_device
+from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
+from conlst_ray.token_rows import tokenizer_stamp
+from conlst_ray.training import (accuracy_by_language, batch_of, linear_warmup_schedule, make_optimizer,
+                                 predict_proba, to_device)
 
-__all__ = ["fit_stage", "global_plan", "read_stage_data", "read_q", "train_loop_per_worker"]
-
-
-# -- data ----------------------------------------------------------------------------------
-
-def read_stage_data(cfg, loop_cfg: dict, tokenizer):
-    """Source rows (labelled) and target rows with their pseudo-label q."""
-    import pyarrow.parquet as pq
-
-    from conlst_ray.data.corpora import source_corpus
-
-    source = encode_table(tokenizer, source_corpus(cfg.data, "train", log=lambda *_: None), cfg.data.max_length)
-    target = None
-    if loop_cfg.get("target_corpus"):
-        files = sorted(Path(loop_cfg["target_corpus"]).glob("lang=*/shard-*.parquet"))
-        import pyarrow as pa
-
-        table = pa.concat_tables([pq.read_table(f) for f in files])
-        if loop_cfg.get("langs"):
-            import pyarrow.compute as pc
-
-            table = table.filter(pc.is_in(table.column("lang"), pa.array(loop_cfg["langs"])))
-        target = encode_table(tokenizer, table, cfg.data.max_length)
-        target.gold = target.labels.copy()  # kept for analysis only, never trained on
-        target.labels[:] = -1
-    return source, target
+__all__ = ["fit_stage", "global_plan", "train_loop_per_worker"]
 
 
-def read_q(path: str, ids: list) -> np.ndarray:
-    from conlst_ray.ray_jobs.sharded import read_outputs
-
-    table = read_outputs(path)
-    lookup = dict(zip(table.column("id").to_pylist(), table.column("q").to_pylist()))
-    missing = [i for i in ids if i not in lookup]
-    if missing:
-        raise ValueError(f"{path}: no pseudo-label for {len(missing)} target rows (e.g. {missing[0]})")
-    return np.asarray([lookup[i] for i in ids], dtype=np.float32)
-
-
-def evaluate(model, tokenizer, cfg, eval_tables, device) -> dict:
+def evaluate(model, cfg, eval_rows, pad_id: int, device) -> dict:
     """Dev accuracy per language, on the worker's own device (the model must
     not leave it in the middle of a stage)."""
     accs = {}
-    for table in eval_tables:
-        accs.update(accuracy_on(model, tokenizer, table, cfg.data.max_length, cfg.source.eval_batch_size, device,
-                                cfg.resources.precision))
+    for rows in eval_rows:
+        q = predict_proba(model, rows, pad_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
+        accs.update(accuracy_by_language(q, rows))
     model.train()
     targets = [accs[lang] for lang in cfg.data.target_langs if lang in accs]
     out = {f"acc_{lang}": acc for lang, acc in accs.items()}
@@ -108,10 +75,11 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     model.to(device).train()
     ddp = ray.train.torch.prepare_model(StepModule(model, cfg.resources.precision),
                                         parallel_strategy_kwargs={"find_unused_parameters": True})
-    source, target = read_stage_data(cfg, loop_cfg, tokenizer)
-    if stage == "ssl" and loop_cfg.get("translations") and cfg.ssl.use_backtranslation:
-        loop_cfg = dict(loop_cfg, _backtranslations=read_backtranslations(
-            loop_cfg["translations"], target, tokenizer, cfg.data.max_length))
+    # the corpora, tokenised once by the driver's Ray tasks, memory-mapped here
+    stamp = tokenizer_stamp(loop_cfg["model_in"], cfg.data.max_length)
+    source, target = read_stage_data(loop_cfg, stamp)
+    if stage == "ssl" and cfg.ssl.use_backtranslation:
+        loop_cfg = dict(loop_cfg, _backtranslations=read_backtranslations(loop_cfg, target, stamp))
     stage_cfg = {"source": cfg.source, "conl": cfg.conl, "ssl": cfg.ssl}[stage]
     epochs = cfg.ssl.iterations if stage == "ssl" else stage_cfg.epochs
     steps_per_epoch = _steps_per_epoch(stage, cfg, source, target)
@@ -132,7 +100,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         set_rng_state(state["rng"])
         step, start_epoch = state["step"], state["epoch"] + 1
     q = read_q(loop_cfg["pseudo_labels"], target.ids) if stage == "conl" else None
-    eval_tables = _eval_tables(cfg) if cfg.data.eval_during_training else []
+    eval_rows = read_eval_rows(loop_cfg, stamp) if cfg.data.eval_during_training else []
     metrics_path = Path(loop_cfg["metrics_file"]) if rank == 0 else None
     if metrics_path is not None:
         drop_replayed_records(metrics_path, step, start_epoch)
@@ -145,7 +113,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if rank == 0:
             if cfg.data.eval_during_training:
-                metrics.update(evaluate(model, tokenizer, cfg, eval_tables, device))
+                metrics.update(evaluate(model, cfg, eval_rows, tokenizer.pad_token_id, device))
             append_jsonl(metrics_path, metrics)
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(), "step": step, "epoch": epoch,
@@ -160,13 +128,6 @@ def _steps_per_epoch(stage, cfg, source, target) -> int:
     if stage == "conl":
         return len(target) // cfg.conl.batch_size
     return 0  # self-training: sized per iteration (ssl_schedule)
-
-
-def _eval_tables(cfg) -> list:
-    from conlst_ray.data.corpora import eval_corpus
-
-    table = eval_corpus(cfg.data, "dev", log=lambda *_: None)
-    return [table] if table is not None else []
 
 
 def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
@@ -226,9 +187,11 @@ def _conl_to(batch, device):
 def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus: Optional[str] = None,
               pseudo_labels: Optional[str] = None, translations: Optional[str] = None,
               langs: Optional[list] = None, inject_failure: Optional[dict] = None,
-              num_workers: Optional[int] = None) -> dict:
+              num_workers: Optional[int] = None, corpus_dir: Optional[str] = None, log=print) -> dict:
     """Build and fit the TorchTrainer of one stage; the trained model lands in
-    ``stage_dir/model``. Returns the last reported metrics."""
+    ``stage_dir/model``. Every corpus the stage reads is tokenised first (Ray
+    tasks, cached under ``corpus_dir``, default ``stage_dir/../corpus``).
+    Returns the last reported metrics."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -238,7 +201,9 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
     stage_dir.mkdir(parents=True, exist_ok=True)
     res = cfg.resources
     workers = res.num_workers if num_workers is None else num_workers
-    loop_cfg = {"stage": stage, "config": to_dict(cfg), "model_in": str(model_in),
+    tokens = prepare_stage_tokens(stage, cfg, str(model_in), Path(corpus_dir or stage_dir.parent / "corpus"),
+                                  target_corpus, translations, langs, log)
+    loop_cfg = {"tokens": tokens, "stage": stage, "config": to_dict(cfg), "model_in": str(model_in),
                 "model_out": str(stage_dir / "model"), "metrics_file": str(stage_dir / "metrics.jsonl"),
                 "target_corpus": target_corpus, "pseudo_labels": pseudo_labels, "translations": translations,
                 "langs": langs, "inject_failure": inject_failure}

@@ -1,0 +1,154 @@
+"""Training-worker memory: 100k vs 1M target rows, token lists vs mapped
+token files, side by side in one run.
+
+    python benchmarks/worker_memory.py                 # 100k and 1M rows (~6 min on 2 cores)
+    python benchmarks/worker_memory.py --rows 20000 200000
+
+For each corpus size a fresh process does what a training worker does with
+its data for one epoch: it loads the target rows, computes their lengths,
+holds a pseudo-label distribution q per row, reads every row once (one
+epoch's batches touch each row) and collates 500 random batches of 32.
+
+  (a) before: ``encode_table`` -- the worker tokenises the corpus into Python
+      lists, as every worker of every stage did.
+  (b) now: ``open_token_rows`` -- the rows tokenised once (Arrow IPC, one file
+      per shard) and memory-mapped.
+
+Printed per size: peak RSS (VmHWM), the private part of the resident memory
+at the end (RssAnon: what the worker alone holds; the mapped token pages are
+file-backed, shared by every worker of the node and reclaimable), and the
+token files' size. Target: peak RSS 1M <= 1.3 x 100k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_corpus(root: Path, rows: int, shard_rows: int = 50_000) -> Path:
+    """Synthetic pairs (words from the embedded benchmark's vocabulary) as
+    corpus-cache shards: lang=xx/shard-NNNNN.parquet."""
+    import numpy as np
+    import pyarrow as pa
+
+    from conlst_ray.ray_jobs.corpus_cache import write_parquet_atomic
+
+    rng = np.random.default_rng(0)
+    words = np.asarray([f"w{i}" for i in range(500)])
+    for i, start in enumerate(range(0, rows, shard_rows)):
+        n = min(shard_rows, rows - start)
+        lens_p, lens_h = rng.integers(8, 30, n), rng.integers(4, 15, n)
+        draws = rng.integers(0, len(words), int(lens_p.sum() + lens_h.sum()))
+        text = words[draws]
+        cuts = np.cumsum(np.concatenate([[0], np.stack([lens_p, lens_h], 1).ravel()]))
+        parts = [" ".join(text[cuts[j]:cuts[j + 1]]) for j in range(2 * n)]
+        table = pa.table({"id": [f"x-{start + j}" for j in range(n)], "lang": ["xx"] * n,
+                          "premise": parts[0::2], "hypothesis": parts[1::2],
+                          "label": pa.array(rng.integers(0, 3, n)), "pos": pa.array(range(start, start + n))})
+        write_parquet_atomic(table, root / "lang=xx" / f"shard-{i:05d}.parquet")
+    return root
+
+
+def tokenizer_dir(root: Path) -> str:
+    from conlst_ray.model import wordpiece_tokenizer
+
+    tok = wordpiece_tokenizer([f"w{i}" for i in range(500)])
+    tok.save_pretrained(root)
+    return str(root)
+
+
+def tokenize_once(corpus: Path, tok_dir: str) -> Path:
+    """What ray_jobs/tokens.py does per shard, here without Ray."""
+    from transformers import AutoTokenizer
+
+    import pyarrow.parquet as pq
+
+    from conlst_ray.ray_jobs.tokens import tokens_root
+    from conlst_ray.token_rows import TOKENIZER_FILE, special_ids, tokenize_pairs, write_token_file
+
+    out = tokens_root(corpus, tok_dir, 128)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    for shard in sorted((corpus / "lang=xx").glob("shard-*.parquet")):
+        write_token_file(tokenize_pairs(tok, pq.read_table(shard), 128), out / "lang=xx" / f"{shard.stem}.arrow")
+    (out / TOKENIZER_FILE).write_text(json.dumps({"stamp": out.name[7:], **special_ids(tok)}))
+    return out
+
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, {repo!r})
+from conlst_ray.training import batch_of
+mode, corpus, tokens, tok_dir = {args!r}
+t0 = time.time()
+if mode == "lists":
+    import pyarrow as pa, pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+    from conlst_ray.training import encode_table
+    from pathlib import Path
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(Path(corpus, "lang=xx").glob("shard-*.parquet"))])
+    data = encode_table(AutoTokenizer.from_pretrained(tok_dir), table, 128)
+    del table
+else:
+    from conlst_ray.token_rows import open_token_rows
+    data = open_token_rows(tokens, ["xx"])
+lengths = data.lengths()
+q = np.random.default_rng(0).dirichlet([1, 1, 1], len(data)).astype(np.float32)
+total = 0
+for i in range(len(data)):          # one epoch reads every row
+    total += int(data.input_ids[i][0])
+rng = np.random.default_rng(1)
+for _ in range(500):
+    batch_of(data, rng.integers(0, len(data), 32), 0)
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+kib = lambda k: int(status[k].split()[0])
+print(json.dumps({{"peak_rss_mib": kib("VmHWM") / 1024, "rss_anon_mib": kib("RssAnon") / 1024,
+                  "rss_file_mib": kib("RssFile") / 1024, "seconds": time.time() - t0, "rows": len(data)}}))
+"""
+
+
+def measure(mode: str, corpus: Path, tokens: Path, tok_dir: str) -> dict:
+    code = WORKER.format(repo=str(REPO), args=(mode, str(corpus), str(tokens), tok_dir))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs=2, default=[100_000, 1_000_000], metavar=("SMALL", "LARGE"))
+    args = parser.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = tokenizer_dir(Path(tmp) / "tok")
+        for rows in args.rows:
+            corpus = write_corpus(Path(tmp) / f"c{rows}", rows)
+            t0 = time.time()
+            tokens = tokenize_once(corpus, tok_dir)
+            size = sum(f.stat().st_size for f in tokens.rglob("*.arrow")) / 2**20
+            print(f"{rows} rows: tokenised once in {time.time() - t0:.1f}s, token files {size:.0f} MiB", flush=True)
+            for mode in ("lists", "mapped"):
+                results[mode, rows] = measure(mode, corpus, tokens, tok_dir)
+                print(f"  {mode:6s} {results[mode, rows]}", flush=True)
+    small, large = args.rows
+    print(f"\n| worker data | peak RSS {small} (MiB) | peak RSS {large} (MiB) | ratio | RssAnon {large} (MiB) |")
+    print("|---|---|---|---|---|")
+    for mode, name in (("lists", "(a) token lists (before)"), ("mapped", "(b) mapped token files (now)")):
+        a, b = results[mode, small], results[mode, large]
+        print(f"| {name} | {a['peak_rss_mib']:.0f} | {b['peak_rss_mib']:.0f} | "
+              f"{b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x | {b['rss_anon_mib']:.0f} |")
+    ratio = results["mapped", large]["peak_rss_mib"] / results["mapped", small]["peak_rss_mib"]
+    print(f"\ntarget: mapped peak RSS {large} <= 1.3 x {small}: {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""What a training stage reads, tokenised once.
+
+Driver (``prepare_stage_tokens``, before the TorchTrainer starts): every
+corpus a stage reads -- labelled source rows, the unlabelled target rows,
+their back-translations, the dev sets of the per-epoch evaluation -- is
+sharded into the corpus cache and tokenised by Ray tasks into memory-mapped
+Arrow files (``ray_jobs/tokens.py``); all of it cached, so the stages of a
+run and the per-language sub-runs share one tokenisation.
+
+Worker (``read_stage_data``): maps those files (``token_rows.open_token_rows``)
+after checking they were made by the worker's tokenizer. No worker calls a
+tokenizer on corpus rows, and none holds the token lists as Python objects:
+8 workers on a node share one copy of the ids in the page cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from conlst_ray.token_rows import AlignedRows, TokenRows, open_token_rows
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+def _cached_tokens(spec: str, langs: list, root: Path, cfg, tokenizer_dir: str, log,
+                   max_rows: Optional[int] = None) -> list:
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.tokens import tokenize_corpus
+
+    manifests = ingest_corpora(spec, langs, root, cfg.data, cfg.resources.cpus_per_task, log, max_rows=max_rows)
+    tokens = tokenize_corpus(root, list(manifests), tokenizer_dir, cfg.data.max_length,
+                             {lang: m.get("fingerprint") for lang, m in manifests.items()},
+                             cfg.resources.cpus_per_task, log)
+    return [str(tokens), list(manifests)]
+
+
+def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, target_corpus: Optional[str],
+                         translations: Optional[str], langs: Optional[list], log=print) -> dict:
+    """Tokenise (or find tokenised) everything ``stage`` reads; returns the
+    ``tokens`` entry of the workers' loop config: name -> [folder, languages]."""
+    from conlst_ray.provenance import read_json
+    from conlst_ray.ray_jobs.corpus_cache import read_manifest
+    from conlst_ray.ray_jobs.sharded import PROVENANCE
+    from conlst_ray.ray_jobs.tokens import tokenize_corpus
+
+    d, corpus_dir = cfg.data, Path(corpus_dir)
+    out = {"source": _cached_tokens(d.source_train, list(d.source_train_langs or [d.source_lang]),
+                                    corpus_dir / "source_train", cfg, tokenizer_dir, log, d.max_source_rows)}
+    if target_corpus:
+        root = Path(target_corpus)
+        t_langs = sorted(langs or [p.name[5:] for p in root.glob("lang=*")])
+        made_from = {lang: (read_manifest(root, lang) or {}).get("fingerprint") for lang in t_langs}
+        out["target"] = [str(tokenize_corpus(root, t_langs, tokenizer_dir, d.max_length, made_from,
+                                             cfg.resources.cpus_per_task, log)), t_langs]
+    if stage == "ssl" and translations and cfg.ssl.use_backtranslation:
+        root = Path(translations)
+        bt_langs = sorted(p.name[5:] for p in root.glob("lang=*") if any(p.glob("shard-*.parquet")))
+        if bt_langs:
+            made_from = {lang: read_json(root / f"lang={lang}" / PROVENANCE) for lang in bt_langs}
+            out["translations"] = [str(tokenize_corpus(root, bt_langs, tokenizer_dir, d.max_length, made_from,
+                                                       cfg.resources.cpus_per_task, log)), bt_langs]
+    if d.eval_during_training:
+        out["eval"] = []
+        if d.source_dev:
+            out["eval"].append(_cached_tokens(d.source_dev, [d.source_lang], corpus_dir / "dev_source", cfg,
+                                              tokenizer_dir, log))
+        if d.target_dev:
+            out["eval"].append(_cached_tokens(d.target_dev, list(d.target_langs), corpus_dir / "dev_target", cfg,
+                                              tokenizer_dir, log))
+    return out
+
+
+# -- worker ----------------------------------------------------------------------------------
+
+def read_stage_data(loop_cfg: dict, stamp: str) -> tuple[TokenRows, Optional[TokenRows]]:
+    """Source rows (labelled) and target rows (labels hidden: ``gold`` keeps
+    them for analysis only, never trained on), memory-mapped."""
+    tokens = loop_cfg["tokens"]
+    source = open_token_rows(*tokens["source"], expect_stamp=stamp)
+    target = None
+    if "target" in tokens:
+        target = open_token_rows(*tokens["target"], expect_stamp=stamp)
+        target.gold = target.labels.copy()
+        target.labels[:] = -1
+    return source, target
+
+
+def read_eval_rows(loop_cfg: dict, stamp: str) -> list[TokenRows]:
+    return [open_token_rows(*entry, expect_stamp=stamp) for entry in loop_cfg["tokens"].get("eval", [])]
+
+
+def row_positions(ids: pa.ChunkedArray, of: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """For each id in ``ids``, its row in ``of`` (-1 where absent)."""
+    pos = pc.index_in(ids, value_set=of.combine_chunks() if isinstance(of, pa.ChunkedArray) else of)
+    return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def read_q(path: str, ids: pa.ChunkedArray) -> np.ndarray:
+    """The pseudo-label distribution q of each target row, in row order."""
+    from conlst_ray.ray_jobs.sharded import read_outputs
+
+    table = read_outputs(path)
+    pos = row_positions(ids, table.column("id"))
+    if (pos < 0).any():
+        first = ids.take(pa.array(np.flatnonzero(pos < 0)[:1]))[0].as_py()
+        raise ValueError(f"{path}: no pseudo-label for {int((pos < 0).sum())} target rows (e.g. {first})")
+    q = table.column("q").combine_chunks()
+    return q.flatten().to_numpy().reshape(len(q), -1).astype(np.float32)[pos]
+
+
+def read_backtranslations(loop_cfg: dict, target: TokenRows, stamp: str) -> Optional[AlignedRows]:
+    """Back-translated token ids aligned with ``target`` rows; rows without a
+    translation (an uncovered language) keep their own."""
+    entry = loop_cfg["tokens"].get("translations")
+    if entry is None:
+        return None
+    translated = open_token_rows(*entry, expect_stamp=stamp)
+    return AlignedRows(translated, target, row_positions(target.ids, translated.ids))

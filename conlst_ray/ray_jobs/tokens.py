@@ -1,0 +1,89 @@
+"""Tokenise a sharded corpus once, as Ray tasks (one per shard).
+
+    ROOT/lang=xx/shard-NNNNN.parquet            (corpus cache, translations)
+      -> ROOT/tokens-<stamp>/lang=xx/shard-NNNNN.arrow   + _tokenizer.json
+
+``stamp`` names the tokenizer (its files' content) and the truncation
+length, so token ids of another tokenizer live in another folder and are
+never read by mistake; ``open_token_rows`` checks the stamp again. Each
+language folder records what its rows were read from; when that changes
+(the corpus was rebuilt, the translations recomputed) it is tokenised
+again. A shard file appears only when complete (written and renamed), so an
+interrupted job resumes where it stopped.
+
+Pseudo-labelling and every training stage read these files; nothing else
+tokenises corpus rows. ``CONLST_RAY_TOKENIZE_LOG`` (a file path) makes every
+tokenisation append a line (pid, rows, shard), which the tokenise-once
+benchmark counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import pyarrow.parquet as pq
+import ray
+
+from conlst_ray.config import atomic_write_text
+from conlst_ray.token_rows import TOKENIZER_FILE, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
+
+SOURCE_FILE = "_source.json"
+LOG_ENV = "CONLST_RAY_TOKENIZE_LOG"
+
+
+def tokens_root(root: str | Path, tokenizer_dir: str, max_length: int) -> Path:
+    return Path(root) / f"tokens-{tokenizer_stamp(tokenizer_dir, max_length)}"
+
+
+def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> int:
+    """Read one Parquet shard, tokenise it, write the Arrow file (a Ray task)."""
+    from conlst_ray.ray_jobs.pseudo_label import load_tokenizer
+
+    table = pq.read_table(src)
+    out = tokenize_pairs(load_tokenizer(tokenizer_dir), table, max_length)
+    write_token_file(out, Path(dst))
+    log_path = os.environ.get(LOG_ENV)
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {out.num_rows} {src}\n")
+    return out.num_rows
+
+
+def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_length: int,
+                    sources: Optional[dict[str, object]] = None, cpus_per_task: float = 0.25,
+                    log=print) -> Path:
+    """Token files for every shard of ``langs`` under ``root`` (see the
+    module docstring); ``sources``: per language, what its rows were read
+    from (a manifest fingerprint, a job's provenance) -- a change re-tokenises
+    that language. Returns the tokens folder."""
+    from transformers import AutoTokenizer
+
+    out = tokens_root(root, tokenizer_dir, max_length)
+    stamp = out.name.split("-", 1)[1]
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    meta = {"stamp": stamp, "tokenizer": getattr(tok, "name_or_path", str(tokenizer_dir)),
+            "max_length": max_length, **special_ids(tok)}
+    pending = []
+    for lang in langs:
+        src_dir, dst_dir = Path(root) / f"lang={lang}", out / f"lang={lang}"
+        made_from = json.dumps((sources or {}).get(lang), sort_keys=True, default=str)
+        recorded = dst_dir / SOURCE_FILE
+        if recorded.is_file() and recorded.read_text(encoding="utf-8") != made_from:
+            log(f"[tokenize] {lang}: its rows changed since they were tokenised: again")
+            shutil.rmtree(dst_dir)
+        shards = sorted(src_dir.glob("shard-*.parquet"))
+        if not shards:
+            raise FileNotFoundError(f"{src_dir}: no shards to tokenise")
+        atomic_write_text(recorded, made_from)
+        pending += [(str(s), str(dst_dir / f"{s.stem}.arrow")) for s in shards
+                    if not (dst_dir / f"{s.stem}.arrow").is_file()]
+    if pending:
+        task = ray.remote(tokenize_shard).options(num_cpus=cpus_per_task, max_retries=1)
+        rows = sum(ray.get([task.remote(src, dst, str(tokenizer_dir), max_length) for src, dst in pending]))
+        log(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
+    atomic_write_text(out / TOKENIZER_FILE, json.dumps(meta, indent=2))
+    return out
