@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))
 from conlst_ray.algorithm.steps import build_conl_batch, conl_pool, conl_step, plan_negatives  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
-from conlst_ray.ray_jobs.train import (_eval_tables, fit_stage, global_plan, read_q,  # noqa: E402
-                                       read_stage_data)
+from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_q, read_stage_data  # noqa: E402
+from conlst_ray.ray_jobs.train import fit_stage, global_plan  # noqa: E402
+from conlst_ray.token_rows import tokenizer_stamp  # noqa: E402
 from conlst_ray.training import linear_warmup_schedule, make_optimizer  # noqa: E402
 
 
@@ -47,7 +48,9 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = ConlstEncoder.load(model_dir).to(device).train()
-    source, target = read_stage_data(cfg, {"target_corpus": str(corpus)}, tok)
+    # the token files the Ray stage made (all cached: no Ray needed here)
+    tokens = prepare_stage_tokens("conl", cfg, model_dir, corpus, str(corpus), None, None, log=lambda *_: None)
+    source, target = read_stage_data({"tokens": tokens}, tokenizer_stamp(model_dir, cfg.data.max_length))
     q = read_q(str(labels), target.ids)
     c = cfg.conl
     plan = global_plan(len(target), c.batch_size, cfg.seed, 0)
@@ -78,7 +81,6 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
         times.append(time.time())
     if stats is not None:
         stats["rows_per_step"] = float(np.mean(rows))
-    _eval_tables(cfg)  # same end-of-epoch work as the stage's loop is not timed in either figure
     return (len(times) - 1) * c.batch_size / (times[-1] - times[0])
 
 

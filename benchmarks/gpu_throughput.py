@@ -33,7 +33,9 @@ from conl_step_throughput import plain_loop as conl_plain_loop  # noqa: E402
 from conlst_ray.algorithm.steps import source_step  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
-from conlst_ray.ray_jobs.train import fit_stage, global_plan, read_stage_data  # noqa: E402
+from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data  # noqa: E402
+from conlst_ray.ray_jobs.train import fit_stage, global_plan  # noqa: E402
+from conlst_ray.token_rows import tokenizer_stamp  # noqa: E402
 from conlst_ray.training import autocast, batch_of, make_optimizer, predict_proba, to_device  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -50,11 +52,18 @@ def worker_peak(stage_dir: Path) -> float:
     return max(r.get("gpu_peak_gib", float("nan")) for r in rows)
 
 
-def plain_source(cfg, model_dir: str, tok) -> tuple[float, float]:
+def stage_rows(cfg, model_dir: str, corpus: Path, target_corpus=None):
+    """The token files the Ray stages made under ``corpus`` (cached)."""
+    tokens = prepare_stage_tokens("conl", cfg, model_dir, corpus, target_corpus and str(target_corpus), None, None,
+                                  log=lambda *_: None)
+    return read_stage_data({"tokens": tokens}, tokenizer_stamp(model_dir, cfg.data.max_length))
+
+
+def plain_source(cfg, model_dir: str, tok, corpus: Path) -> tuple[float, float]:
     torch.manual_seed(cfg.seed)
     torch.cuda.reset_peak_memory_stats()
     model = ConlstEncoder.load(model_dir).cuda().train()
-    source, _ = read_stage_data(cfg, {}, tok)
+    source, _ = stage_rows(cfg, model_dir, corpus)
     optimizer = make_optimizer(model, cfg.source.lr)
     times = []
     for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, 0):
@@ -101,7 +110,7 @@ def main() -> None:
         out = {}
         fit_stage("source", cfg, tmp / "source", model_dir)
         out["source_ray"], out["source_ray_peak"] = steady(tmp / "source", 32), worker_peak(tmp / "source")
-        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tok)
+        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tok, tmp / "corpus")
         trained = str(tmp / "source" / "model")
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
                                    log=lambda *_: None)
@@ -109,7 +118,7 @@ def main() -> None:
         report = pseudo_label(trained, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
                               log=lambda *_: None)
         out["pl_ray"], out["pl_rows"] = report.rows / (time.time() - t0), report.rows
-        _, target = read_stage_data(cfg, {"target_corpus": str(tmp / "corpus")}, tok)
+        _, target = stage_rows(cfg, trained, tmp / "corpus", tmp / "corpus")
         model = ConlstEncoder.load(trained).cuda()
         predict_proba(model, target, tok.pad_token_id, 256, "cuda", "bf16")  # warm-up
         torch.cuda.synchronize()

@@ -4,7 +4,8 @@ token files, side by side in one run.
     python benchmarks/worker_memory.py                 # 100k and 1M rows (~6 min on 2 cores)
     python benchmarks/worker_memory.py --rows 20000 200000
 
-For each corpus size a fresh process does what a training worker does with
+Rows: real XNLI dev pairs (15 languages) repeated, the real mBERT
+vocabulary, max_length 128. For each corpus size a fresh process does what a training worker does with
 its data for one epoch: it loads the target rows, computes their lengths,
 holds a pseudo-label distribution q per row, reads every row once (one
 epoch's batches touch each row) and collates 500 random batches of 32.
@@ -14,10 +15,12 @@ epoch's batches touch each row) and collates 500 random batches of 32.
   (b) now: ``open_token_rows`` -- the rows tokenised once (Arrow IPC, one file
       per shard) and memory-mapped.
 
-Printed per size: peak RSS (VmHWM), the private part of the resident memory
+Each is measured with and without what a training worker also holds: an
+mBERT-shaped model (178M parameters), its gradients and AdamW state after
+one step. Printed per size: peak RSS (VmHWM), the private part of the resident memory
 at the end (RssAnon: what the worker alone holds; the mapped token pages are
 file-backed, shared by every worker of the node and reclaimable), and the
-token files' size. Target: peak RSS 1M <= 1.3 x 100k.
+token files' size. Target: peak RSS of a training worker, 1M <= 1.3 x 100k.
 """
 
 from __future__ import annotations
@@ -34,35 +37,35 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+SHARED = REPO.parent / "shared" / "data"
+XNLI = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
+
+
 def write_corpus(root: Path, rows: int, shard_rows: int = 50_000) -> Path:
-    """Synthetic pairs (words from the embedded benchmark's vocabulary) as
-    corpus-cache shards: lang=xx/shard-NNNNN.parquet."""
+    """Real XNLI dev pairs of 15 languages (37,350), repeated under new ids
+    up to ``rows``, as corpus-cache shards: lang=xx/shard-NNNNN.parquet."""
     import numpy as np
     import pyarrow as pa
 
+    from conlst_ray.data.readers import read_languages
     from conlst_ray.ray_jobs.corpus_cache import write_parquet_atomic
 
-    rng = np.random.default_rng(0)
-    words = np.asarray([f"w{i}" for i in range(500)])
+    text, _ = read_languages(f"xnli_tsv:{SHARED}/xnli/dev-{{lang}}.tsv", XNLI)
     for i, start in enumerate(range(0, rows, shard_rows)):
         n = min(shard_rows, rows - start)
-        lens_p, lens_h = rng.integers(8, 30, n), rng.integers(4, 15, n)
-        draws = rng.integers(0, len(words), int(lens_p.sum() + lens_h.sum()))
-        text = words[draws]
-        cuts = np.cumsum(np.concatenate([[0], np.stack([lens_p, lens_h], 1).ravel()]))
-        parts = [" ".join(text[cuts[j]:cuts[j + 1]]) for j in range(2 * n)]
-        table = pa.table({"id": [f"x-{start + j}" for j in range(n)], "lang": ["xx"] * n,
-                          "premise": parts[0::2], "hypothesis": parts[1::2],
-                          "label": pa.array(rng.integers(0, 3, n)), "pos": pa.array(range(start, start + n))})
-        write_parquet_atomic(table, root / "lang=xx" / f"shard-{i:05d}.parquet")
+        take = pa.array(np.arange(start, start + n) % text.num_rows)
+        part = text.select(["premise", "hypothesis", "label"]).take(take)
+        part = part.append_column("id", pa.array([f"x-{start + j}" for j in range(n)]))
+        part = part.append_column("lang", pa.array(["xx"] * n)).append_column("pos", pa.array(range(start, start + n)))
+        write_parquet_atomic(part, root / "lang=xx" / f"shard-{i:05d}.parquet")
     return root
 
 
 def tokenizer_dir(root: Path) -> str:
+    """The real mBERT vocabulary (cased WordPiece)."""
     from conlst_ray.model import wordpiece_tokenizer
 
-    tok = wordpiece_tokenizer([f"w{i}" for i in range(500)])
-    tok.save_pretrained(root)
+    wordpiece_tokenizer(SHARED / "vocab" / "bert-base-multilingual-cased-vocab.txt").save_pretrained(root)
     return str(root)
 
 
@@ -88,8 +91,16 @@ import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
 from conlst_ray.training import batch_of
-mode, corpus, tokens, tok_dir = {args!r}
+mode, corpus, tokens, tok_dir, with_model = {args!r}
 t0 = time.time()
+if with_model:  # what a training worker holds besides its data: mBERT-shaped weights, gradients, AdamW state
+    import torch
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=119547))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model(input_ids=torch.randint(0, 1000, (8, 64))).last_hidden_state.mean().backward()
+    optimizer.step()
 if mode == "lists":
     import pyarrow as pa, pyarrow.parquet as pq
     from transformers import AutoTokenizer
@@ -116,10 +127,25 @@ print(json.dumps({{"peak_rss_mib": kib("VmHWM") / 1024, "rss_anon_mib": kib("Rss
 """
 
 
-def measure(mode: str, corpus: Path, tokens: Path, tok_dir: str) -> dict:
-    code = WORKER.format(repo=str(REPO), args=(mode, str(corpus), str(tokens), tok_dir))
+def measure(mode: str, corpus: Path, tokens: Path, tok_dir: str, with_model: bool) -> dict:
+    code = WORKER.format(repo=str(REPO), args=(mode, str(corpus), str(tokens), tok_dir, with_model))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+MODES = {"lists+model": "(a) token lists, training worker (before)",
+         "mapped+model": "(b) mapped token files, training worker (now)",
+         "lists": "(a) token lists, data only", "mapped": "(b) mapped token files, data only"}
+
+
+def affordable(small: dict | None, factor: float) -> float | None:
+    """None when a run ``factor`` times the measured one fits in half the
+    free memory, else the MiB it would need."""
+    if small is None:
+        return None
+    free = int(next(line for line in open("/proc/meminfo") if line.startswith("MemAvailable")).split()[1]) / 1024
+    need = small["peak_rss_mib"] * factor
+    return need if need > free / 2 else None
 
 
 def main(argv=None) -> int:
@@ -135,18 +161,31 @@ def main(argv=None) -> int:
             tokens = tokenize_once(corpus, tok_dir)
             size = sum(f.stat().st_size for f in tokens.rglob("*.arrow")) / 2**20
             print(f"{rows} rows: tokenised once in {time.time() - t0:.1f}s, token files {size:.0f} MiB", flush=True)
-            for mode in ("lists", "mapped"):
-                results[mode, rows] = measure(mode, corpus, tokens, tok_dir)
-                print(f"  {mode:6s} {results[mode, rows]}", flush=True)
+            for mode in MODES:
+                need = (affordable(results.get((mode, args.rows[0])), rows / args.rows[0])
+                        if mode.startswith("lists") else None)  # token lists grow with the rows
+                if need is not None:
+                    print(f"  {mode:13s} skipped: would need about {need / 1024:.1f} GiB "
+                          f"(linear in rows from the {args.rows[0]}-row measurement), over half of what is free")
+                    continue
+                results[mode, rows] = measure(mode.split("+")[0], corpus, tokens, tok_dir, "+model" in mode)
+                print(f"  {mode:13s} {results[mode, rows]}", flush=True)
     small, large = args.rows
     print(f"\n| worker data | peak RSS {small} (MiB) | peak RSS {large} (MiB) | ratio | RssAnon {large} (MiB) |")
     print("|---|---|---|---|---|")
-    for mode, name in (("lists", "(a) token lists (before)"), ("mapped", "(b) mapped token files (now)")):
-        a, b = results[mode, small], results[mode, large]
+    for mode, name in MODES.items():
+        a, b = results[mode, small], results.get((mode, large))
+        if b is None:
+            print(f"| {name} | {a['peak_rss_mib']:.0f} | not run (see above) | - | - |")
+            continue
         print(f"| {name} | {a['peak_rss_mib']:.0f} | {b['peak_rss_mib']:.0f} | "
               f"{b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x | {b['rss_anon_mib']:.0f} |")
-    ratio = results["mapped", large]["peak_rss_mib"] / results["mapped", small]["peak_rss_mib"]
-    print(f"\ntarget: mapped peak RSS {large} <= 1.3 x {small}: {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}x)")
+    for mode in ("mapped+model", "mapped"):
+        ratio = results[mode, large]["peak_rss_mib"] / results[mode, small]["peak_rss_mib"]
+        print(f"target ({MODES[mode]}): peak RSS {large} <= 1.3 x {small}: "
+              f"{'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}x)")
+    private = results["mapped", large]["rss_anon_mib"] / results["mapped", small]["rss_anon_mib"]
+    print(f"private memory (RssAnon) of (b), {large} vs {small}: {private:.2f}x")
     return 0
 
 

@@ -108,6 +108,7 @@ class SourceTrainConfig:
     weight_decay: float = param(0.01, ge=0.0)
     warmup_ratio: float = param(0.1, ge=0.0, le=1.0)
     max_grad_norm: float = param(1.0, gt=0.0)
+    grad_accum: int = param(1, ge=1, help="micro-batches per optimizer step (gradient accumulation): each worker's share of a batch is split in this many, so the paper's batch sizes fit a small GPU; the same gradient up to rounding")
     eval_batch_size: int = param(256, ge=1)
 
 
@@ -130,6 +131,7 @@ class CoNLConfig:
     epochs: int = param(1, ge=1)
     batch_size: int = param(32, ge=1)
     source_batch_size: int = param(32, ge=1, help="N source samples per step for CLCS, Eq. 7")
+    grad_accum: int = param(1, ge=1, help="micro-batches per optimizer step (gradient accumulation): each worker's share of a batch is split in this many, so the paper's batch sizes fit a small GPU; the same gradient up to rounding (each micro-batch encodes its own anchors' negatives)")
     use_contrastive: bool = param(True, help="False = 'w/o contrastive learning' ablation (NL with cross-entropy)")
     use_clcs: bool = param(True, help="False = 'w/o CLCS' ablation")
 
@@ -140,6 +142,7 @@ class SSLConfig:
     enabled: bool = param(True, help="False = 'w/o self-training' ablation")
     iterations: int = param(3, ge=1, help="T rounds of pseudo-label -> select -> train")
     epochs_per_iteration: int = param(1, ge=1, help="passes over the selected rows per iteration")
+    grad_accum: int = param(1, ge=1, help="micro-batches per optimizer step (gradient accumulation): each worker's share of a batch is split in this many, so the paper's batch sizes fit a small GPU; the same gradient up to rounding (mixup partners are drawn within a micro-batch)")
     lr: float = param(2e-4, gt=0.0)
     warmup_ratio: float = param(0.1, ge=0.0, le=1.0, help="linear warm-up share of each iteration's steps; the rate then decays to 0 at the iteration's last step")
     batch_size: int = param(32, ge=1)
@@ -176,6 +179,7 @@ class TranslationConfig:
 class ResourcesConfig:
     num_workers: int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
     use_gpu: bool = param(False)
+    prefetch_batches: int = param(2, ge=0, help="batches a training worker prepares ahead of the step in a background thread (padded, pinned, sent to the GPU); 0 = none")
     precision: str = param("auto", choices=("auto", "fp32", "bf16"), help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; in every training stage and in inference")
     cpus_per_worker: float = param(1.0, gt=0.0)
     max_failures: int = param(1, ge=0, help="worker failures a training run survives")

@@ -60,7 +60,13 @@ def config_values(cfg, keys: Iterable[str]) -> dict:
 
     flat = flatten(to_dict(cfg))
     keys = list(keys)
-    return {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
+    return {k: v for k, v in flat.items()
+            if any(k == p or k.startswith(p + ".") for p in keys) and k not in EXECUTION_KEYS}
+
+
+# How a stage runs, not what it computes (the same result up to float
+# rounding): changing them never makes a finished stage stale.
+EXECUTION_KEYS = {"source.grad_accum", "conl.grad_accum", "ssl.grad_accum"}
 
 
 def file_stamp(path: str | os.PathLike) -> list:

@@ -6,9 +6,11 @@ No Ray here: the Ray Train loops and Ray Data actors call these functions.
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
+import threading
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -92,7 +94,57 @@ def batch_of(data: Encoded, index: Sequence[int], pad_id: int) -> dict[str, torc
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Tensors of ``batch`` on ``device``; towards a GPU through pinned
+    memory, so the copy runs asynchronously (it is made ahead of the step,
+    see ``prefetch``)."""
+    pin = torch.device(device).type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """Yield ``items`` while a background thread prepares the next ``depth``
+    of them (batches padded, pinned and sent to the device while the current
+    step computes). Items are produced in order by one thread, so seeded
+    draws give the same batches as without it. ``depth`` 0: no thread."""
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as error:  # re-raised in the consumer, where it can be handled
+            ready.put(_Raised(error))
+
+    thread = threading.Thread(target=produce, daemon=True, name="conlst-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

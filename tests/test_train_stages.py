@@ -260,3 +260,27 @@ def test_training_workers_never_tokenise_a_corpus(source_run, monkeypatch):
     assert len(conl(cfg, root, "no_tok_conl")) == (2 * 96) // 32
     log, _ = ssl(cfg, root, "no_tok_ssl")
     assert log and calls == []
+
+
+def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
+    """grad_accum splits each worker's batch into micro-batches and steps
+    once: the same losses step by step as without it (source and CoNL:
+    per-row losses, no dropout), and self-training runs the same steps."""
+    from conlst_ray.config import load_config as lc
+
+    cfg, root = source_run
+    init = init_model(tmp_path, cfg)
+    for accum in (1, 4):
+        fit_stage("source", lc(None, SMALL + ["source.epochs=1", f"source.grad_accum={accum}"]),
+                  tmp_path / f"src{accum}", init, num_workers=0, corpus_dir=str(root / "corpus"))
+    whole, split = steps(tmp_path / "src1"), steps(tmp_path / "src4")
+    assert len(whole) == len(split) == 256 // 32
+    assert np.allclose([r["loss"] for r in whole], [r["loss"] for r in split], atol=1e-4)
+    whole, split = conl(cfg, root, "conl_accum1"), conl(cfg, root, "conl_accum2", ["conl.grad_accum=2"])
+    assert np.allclose([r["loss"] for r in whole], [r["loss"] for r in split], atol=1e-4)
+    log, _ = ssl(cfg, root, "ssl_accum2", ["ssl.grad_accum=2"])
+    plain, _ = ssl(cfg, root, "ssl_accum1")
+    assert [r["step"] for r in log] == [r["step"] for r in plain]
+    with pytest.raises(Exception, match="source.grad_accum=64"):
+        fit_stage("source", lc(None, SMALL + ["source.grad_accum=64"]), tmp_path / "too_many", init, num_workers=0,
+                  corpus_dir=str(root / "corpus"))

@@ -14,8 +14,8 @@ import torch
 from conlst_ray.algorithm.steps import SslBatch, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import relative_tau
 from conlst_ray.ray_jobs.worker import (all_gather_rows, epoch_means, global_plan, maybe_fail, my_slice,
-                                        optimizer_step, record_step, world)
-from conlst_ray.training import batch_of, linear_warmup_schedule, predict_proba, to_device
+                                        accumulated_step, micro_batches, record_step, world)
+from conlst_ray.training import batch_of, linear_warmup_schedule, predict_proba, prefetch, to_device
 
 
 def pseudo_label_in_workers(model, target, tok, cfg, device) -> np.ndarray:
@@ -65,31 +65,54 @@ def ssl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, opt
     plans = [global_plan(len(selected), s.batch_size, cfg.seed, epoch * 1000 + e) if len(selected) >= s.batch_size
              else [] for e in range(s.epochs_per_iteration)]
     scheduler = ssl_schedule(optimizer, sum(map(len, plans)), s.warmup_ratio)
-    for e, plan in enumerate(plans):
-        src_rng = np.random.default_rng([cfg.seed, epoch, e, 11])
-        for local in plan:
-            maybe_fail(loop_cfg, step)
-            gbatch = selected[local]
-            src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
-            idx, sidx = my_slice(gbatch), my_slice(src_idx)
-            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-            view, mixup_rows, aug_logs = strong_view(target, bt, idx, tok.pad_token_id, s, special,
-                                                     tok.mask_token_id, g)
-            batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
-                             source_labels=torch.as_tensor(source.labels[sidx], device=device),
-                             strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
-                             mask=torch.ones(len(idx), dtype=torch.bool, device=device), mixup_rows=mixup_rows)
-            loss, logs = ddp(ssl_step, batch, s, np.random.default_rng([cfg.seed, step]))
-            optimizer_step(model, loss, optimizer, scheduler)
-            step += 1
-            record_step(sums, metrics_path, {**logs, **aug_logs, "lr": scheduler.get_last_lr()[0]},
-                         stage="ssl", iteration=epoch, step=step)
+    def steps(first_step):  # built ahead of the step (prefetch), in order: the same draws
+        n = first_step
+        for e, plan in enumerate(plans):
+            src_rng = np.random.default_rng([cfg.seed, epoch, e, 11])
+            for local in plan:
+                gbatch = selected[local]
+                src_idx = src_rng.choice(len(source), size=s.batch_size, replace=False)
+                idx, sidx = my_slice(gbatch), my_slice(src_idx)
+                g = torch.Generator().manual_seed(cfg.seed * 7919 + n)
+                rng = np.random.default_rng([cfg.seed, n])
+                parts = []
+                for part, spart in zip(micro_batches(idx, s.grad_accum, "ssl.grad_accum"),
+                                       np.array_split(sidx, s.grad_accum)):
+                    batch, aug_logs = _ssl_batch(target, bt, source, part, spart, pred, tok, s, special, g, device)
+                    parts.append((_logged(ssl_step, aug_logs), (batch, s, rng), len(part) / len(idx)))
+                n += 1
+                yield parts
+
+    for parts in prefetch(steps(step), cfg.resources.prefetch_batches):
+        maybe_fail(loop_cfg, step)
+        logs = accumulated_step(ddp, model, parts, optimizer, scheduler)
+        step += 1
+        record_step(sums, metrics_path, {**logs, "lr": scheduler.get_last_lr()[0]},
+                    stage="ssl", iteration=epoch, step=step)
     out = epoch_means(sums)
     out.update({"selected": int(len(selected)), "selected_share": float(len(selected) / len(target)),
                 "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(target),
                 "tau": None if s.thresholding == "class_quantile" else float(thresholds.tau), "thresholds": [round(float(t), 4) for t in thresholds.thresholds()]})
     out.update(selection_quality(target, pred, selected))
     return out, step
+
+
+def _ssl_batch(target, bt, source, idx, sidx, pred, tok, s, special, g, device):
+    """Eq. 12's inputs for target rows ``idx`` (one strong view each) and source rows ``sidx``."""
+    view, mixup_rows, aug_logs = strong_view(target, bt, idx, tok.pad_token_id, s, special, tok.mask_token_id, g)
+    batch = SslBatch(source=to_device(batch_of(source, sidx, tok.pad_token_id), device),
+                     source_labels=torch.as_tensor(source.labels[sidx], device=device),
+                     strong=to_device(view, device), pseudo_labels=torch.as_tensor(pred[idx], device=device),
+                     mask=torch.ones(len(idx), dtype=torch.bool, device=device), mixup_rows=mixup_rows)
+    return batch, aug_logs
+
+
+def _logged(step_fn, extra: dict):
+    """``step_fn`` whose logs also carry ``extra`` (a micro-batch's augmentation shares)."""
+    def run(model, *args):
+        loss, logs = step_fn(model, *args)
+        return loss, {**logs, **extra}
+    return run
 
 
 def selection_quality(target, pred: np.ndarray, selected: np.ndarray) -> dict:

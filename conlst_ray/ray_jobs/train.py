@@ -29,12 +29,12 @@ from conlst_ray.config import config_from_dict
 from conlst_ray.model import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.ssl_loop import ssl_epoch
 from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, drop_replayed_records, epoch_means, global_plan,
-                                        load_checkpoint, maybe_fail, my_slice, optimizer_step, record_step,
+                                        load_checkpoint, maybe_fail, my_slice, accumulated_step, micro_batches, record_step,
                                         rng_state, save_checkpoint, set_rng_state, world)
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
 from conlst_ray.token_rows import tokenizer_stamp
 from conlst_ray.training import (accuracy_by_language, batch_of, linear_warmup_schedule, make_optimizer,
-                                 predict_proba, to_device)
+                                 predict_proba, prefetch, to_device)
 
 __all__ = ["fit_stage", "global_plan", "train_loop_per_worker"]
 
@@ -132,14 +132,17 @@ def _steps_per_epoch(stage, cfg, source, target) -> int:
 
 def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, optimizer, scheduler,
                   epoch, step, device, metrics_path):
+    def steps():  # built ahead of the step (prefetch): padded, on the device
+        for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, epoch):
+            idx = my_slice(gbatch)
+            yield [(source_step, (to_device(batch_of(source, part, tok.pad_token_id), device),
+                                  torch.as_tensor(source.labels[part]).to(device)), len(part) / len(idx))
+                   for part in micro_batches(idx, cfg.source.grad_accum, "source.grad_accum")]
+
     sums: dict[str, list] = {}
-    for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, epoch):
+    for parts in prefetch(steps(), cfg.resources.prefetch_batches):
         maybe_fail(loop_cfg, step)
-        idx = my_slice(gbatch)
-        batch = to_device(batch_of(source, idx, tok.pad_token_id), device)
-        labels = torch.as_tensor(source.labels[idx], device=device)
-        loss, logs = ddp(source_step, batch, labels)
-        optimizer_step(model, loss, optimizer, scheduler, cfg.source.max_grad_norm)
+        logs = accumulated_step(ddp, model, parts, optimizer, scheduler, cfg.source.max_grad_norm)
         step += 1
         record_step(sums, metrics_path, logs, stage="source", step=step)
     return epoch_means(sums), step
@@ -151,19 +154,25 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
     pool, gamma, by_lang = conl_pool(target, q, c, model.num_labels, seed=cfg.seed * 1000 + epoch)
     src_rng = np.random.default_rng([cfg.seed, epoch, 7])
     rank, size = world()
+
+    def steps(first_step):  # built ahead of the step (prefetch), in order: the same draws
+        for n, gbatch in enumerate(global_plan(len(target), c.batch_size, cfg.seed, epoch)):
+            # global draws (complementary labels, negatives, source rows) are made
+            # identically on every worker; each then builds the batch of its rows
+            g = torch.Generator().manual_seed(cfg.seed * 100003 + first_step + n)
+            comp, drawn = plan_negatives(target, gbatch, q, pool, c, g, gamma)
+            src_idx = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
+            rows = np.arange(len(gbatch))[rank::size]
+            anchor_parts = micro_batches(rows, c.grad_accum, "conl.grad_accum")
+            source_parts = np.array_split(my_slice(src_idx), len(anchor_parts))
+            yield [(conl_step, (_conl_to(build_conl_batch(target, gbatch[a], comp[a], drawn[a], tok.pad_token_id,
+                                                          source, s), device), c, g), len(a) / len(rows))
+                   for a, s in zip(anchor_parts, source_parts)]
+
     sums: dict[str, list] = {}
-    for gbatch in global_plan(len(target), c.batch_size, cfg.seed, epoch):
+    for parts in prefetch(steps(step), cfg.resources.prefetch_batches):
         maybe_fail(loop_cfg, step)
-        # global draws (complementary labels, negatives, source rows) are made
-        # identically on every worker; each then builds the batch of its rows
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
-        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g, gamma)
-        src_idx = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
-        rows = np.arange(len(gbatch))[rank::size]
-        batch = build_conl_batch(target, gbatch[rows], comp[rows], drawn[rows], tok.pad_token_id,
-                                 source, my_slice(src_idx))
-        loss, logs = ddp(conl_step, _conl_to(batch, device), c, g)
-        optimizer_step(model, loss, optimizer, scheduler)
+        logs = accumulated_step(ddp, model, parts, optimizer, scheduler)
         step += 1
         record_step(sums, metrics_path, logs, stage="conl", step=step)
     out = epoch_means(sums)

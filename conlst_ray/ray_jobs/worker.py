@@ -5,6 +5,7 @@ the recovery tests, and the per-step records of steps.jsonl."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -156,12 +157,34 @@ def append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record, default=float) + "\n")
 
 
-def optimizer_step(model, loss, optimizer, scheduler, max_norm: float = 1.0) -> None:
+def micro_batches(rows: np.ndarray, parts: int, key: str) -> list[np.ndarray]:
+    """A worker's rows of one step in ``parts`` micro-batches (gradient accumulation)."""
+    if parts > len(rows):
+        raise ValueError(f"{key}={parts} is more micro-batches than the {len(rows)} rows a worker has per step")
+    return np.array_split(rows, parts)
+
+
+def accumulated_step(ddp, model, parts: list, optimizer, scheduler, max_norm: float = 1.0) -> dict:
+    """One optimizer step over micro-batches ``parts`` = [(step_fn, args,
+    weight)], weight = the part's share of the worker's rows: the summed
+    gradient is the whole batch's (a part's loss is a mean over its rows).
+    DDP all-reduces on the last part only. Returns the logs, weighted alike
+    (a term some parts lack is averaged over the parts that have it)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for j, (step_fn, args, weight) in enumerate(parts):
+        last = j == len(parts) - 1
+        with contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync():
+            loss, logs = ddp(step_fn, *args)
+            (loss * weight).backward()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + weight * v
+            weights[k] = weights.get(k, 0.0) + weight
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     scheduler.step()
+    return {k: v / weights[k] for k, v in sums.items()}
 
 
 def record_step(sums: dict, metrics_path, logs: dict, **tags) -> None:
