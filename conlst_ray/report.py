@@ -19,6 +19,7 @@ name (seeds) give mean and standard deviation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,17 +35,39 @@ from conlst_ray.rundir import RunDir
 
 def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
     """Accuracy per language of one model on a labelled split (in the driver)."""
+    from conlst_ray.model import ConlstEncoder
+    from conlst_ray.training import accuracy_by_language, default_device, predict_proba
+
+    data, pad_id = _eval_rows(cfg, model_dir, split, log)
+    if data is None:
+        return {}
+    q = predict_proba(ConlstEncoder.load(model_dir), data, pad_id, cfg.source.eval_batch_size, default_device(),
+                      cfg.resources.precision)
+    return accuracy_by_language(q, data)
+
+
+_EVAL_ROWS: dict = {}
+
+
+def _eval_rows(cfg, model_dir: str, split: str, log):
+    """A labelled split, tokenised once per report for every model that
+    shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
     from transformers import AutoTokenizer
 
     from conlst_ray.data.corpora import eval_corpus
-    from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import accuracy_on, default_device
+    from conlst_ray.provenance import digest
+    from conlst_ray.token_rows import tokenizer_stamp
+    from conlst_ray.training import encode_table
 
-    table = eval_corpus(cfg.data, split, log)
-    if table is None:
-        return {}
-    return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(model_dir), table,
-                       cfg.data.max_length, cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
+    key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(dataclasses.asdict(cfg.data)))
+    if key not in _EVAL_ROWS:
+        table = eval_corpus(cfg.data, split, log)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if len(_EVAL_ROWS) >= 4:
+            _EVAL_ROWS.clear()
+        _EVAL_ROWS[key] = (None if table is None else encode_table(tokenizer, table, cfg.data.max_length),
+                           tokenizer.pad_token_id)
+    return _EVAL_ROWS[key]
 
 
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
