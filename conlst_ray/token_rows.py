@@ -35,10 +35,11 @@ def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
     truncation length. Two model folders holding the same tokenizer have the
     same stamp, so their stages share one tokenised corpus."""
     h = hashlib.sha256(f"max_length={max_length}".encode())
-    for name in TOKENIZER_FILES:
-        f = Path(tokenizer_dir) / name
-        if f.is_file():
-            h.update(name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    found = [Path(tokenizer_dir) / name for name in TOKENIZER_FILES if (Path(tokenizer_dir) / name).is_file()]
+    if not found:  # else every tokenizer would share one stamp
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...)")
+    for f in found:
+        h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 

@@ -61,6 +61,8 @@ def test_tokenizer_stamp_follows_the_tokenizer_files_and_the_length(tmp_path, mb
     spec["model"]["vocab"]["zzzextra"] = len(spec["model"]["vocab"])   # one more word piece
     (b / "tokenizer.json").write_text(json.dumps(spec))
     assert tokenizer_stamp(b, 128) != tokenizer_stamp(a, 128)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        tokenizer_stamp(tmp_path, 128)                          # a folder without a tokenizer
 
 
 @pytest.mark.slow
