@@ -113,6 +113,7 @@ def main() -> int:
         wall = time.time() - t0
         run_dir = tmp / "bench"
         rows = count_tokenisations(log, run_dir, driver_rows)
+        accuracy = (run_dir / "results" / "accuracy_test.md").read_text()
         cfg = load_config(run_dir / "config.yaml", [])
         steps = [json.loads(x) for x in (run_dir / "source" / "steps.jsonl").read_text().splitlines()][WARMUP:]
         ray_rate = (len(steps) - 1) / (steps[-1]["time"] - steps[0]["time"])
@@ -121,7 +122,7 @@ def main() -> int:
         ray.shutdown()
         threads = max(1, int(cfg.resources.cpus_per_worker))
         plain_rate = plain_source_loop(cfg, run_dir, threads)
-    print(f"pipeline run of the embedded default: {wall:.0f}s\n")
+    print(f"pipeline run of the embedded default (seed 0): {wall:.0f}s; test accuracy (%):\n\n{accuracy}")
     print("| corpus | rows | rows tokenised | times per row |\n|---|---|---|---|")
     for name, n, done in rows:
         print(f"| {name} | {n if n is not None else '-'} | {done} | "

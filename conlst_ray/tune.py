@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     name = cfg.run_name or "search"
     init_ray(args.address)
     from conlst_ray.pipeline import stage_backtranslation, stage_pseudo_labels, stage_source
+    from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
     from conlst_ray.ray_jobs.tune import run_search
     from conlst_ray.report import accuracy_tables, calibration_report
 
@@ -106,9 +107,13 @@ def main(argv=None) -> int:
     source_model = stage_source(shared_cfg, run)
     corpus, labels = stage_pseudo_labels(shared_cfg, run, source_model)
     translations = stage_backtranslation(shared_cfg, run, corpus)
+    # Every corpus a trial reads, tokenised here once: trials only map the files
+    # (their stages would otherwise tokenise the same rows, each trial again).
+    prepare_stage_tokens("ssl", shared_cfg, source_model, run.root / "corpus", str(corpus),
+                         str(translations) if translations else None, list(cfg.data.target_langs))
     shared = {"source_model": source_model, "corpus": str(corpus), "pseudo_labels": str(labels),
               "translations": str(translations) if translations else None,
-              "trials_dir": str(storage / f"{name}-trials")}
+              "corpus_dir": str(run.root / "corpus"), "trials_dir": str(storage / f"{name}-trials")}
     results = run_search(cfg, dims, shared, storage, name, resume=args.resume)
 
     out = storage / name

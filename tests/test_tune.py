@@ -28,6 +28,9 @@ def test_shared_work_is_computed_once_for_all_trials(search):
     for trial in trials:  # trials train CoNL (and SSL) only, from the shared source model and labels
         assert (trial / "conl" / "model").is_dir() and not (trial / "source").exists()
     assert len(list(storage.rglob("source/model/model.safetensors"))) == 1
+    # every corpus is tokenised once, by the shared work: trials only map the files
+    assert [p.parent.parent.name for p in storage.rglob("tokens-*")] != []
+    assert not list((storage / "s-trials").rglob("tokens-*"))
 
 
 def test_outputs_best_config_and_tables(search):

@@ -37,6 +37,17 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
+def corpus_task(fn, cpus: float, **options):
+    """``fn`` as a Ray task for the corpus cache. Scheduled outside any
+    placement group: called from a Tune trial (whose driver holds a 0.01-CPU
+    bundle), a child task would otherwise be captured by the trial's group
+    and fail for want of CPUs."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return ray.remote(fn).options(num_cpus=cpus, scheduling_strategy=PlacementGroupSchedulingStrategy(None),
+                                  **options)
+
+
 def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict,
                     fingerprint: dict | None = None) -> dict:
     """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
@@ -112,8 +123,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
             log(f"[ingest] {lang}: cached corpus made otherwise ({'; '.join(changed)}): rebuilding")
         pending.append(lang)
     if pending:
-        task = ray.remote(ingest_language).options(num_cpus=cpus_per_task, max_retries=1,
-                                                   retry_exceptions=[OSError])
+        task = corpus_task(ingest_language, cpus_per_task, max_retries=1, retry_exceptions=[OSError])
         refs = {lang: task.remote(spec, lang, str(root), data_cfg.shard_rows, read_kwargs,
                                   corpus_fingerprint(spec, lang, read_kwargs)) for lang in pending}
         for lang, ref in refs.items():

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config import atomic_write_text
+from conlst_ray.ray_jobs.corpus_cache import corpus_task
 from conlst_ray.token_rows import TOKENIZER_FILE, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
 
 SOURCE_FILE = "_source.json"
@@ -82,7 +83,7 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         pending += [(str(s), str(dst_dir / f"{s.stem}.arrow")) for s in shards
                     if not (dst_dir / f"{s.stem}.arrow").is_file()]
     if pending:
-        task = ray.remote(tokenize_shard).options(num_cpus=cpus_per_task, max_retries=1)
+        task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)
         rows = sum(ray.get([task.remote(src, dst, str(tokenizer_dir), max_length) for src, dst in pending]))
         log(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
     atomic_write_text(out / TOKENIZER_FILE, json.dumps(meta, indent=2))

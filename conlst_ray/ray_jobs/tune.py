@@ -51,12 +51,12 @@ def trial(params: dict, base: dict, shared: dict) -> None:
     trial_dir = Path(shared["trials_dir"]) / ray.tune.get_context().get_trial_id()
     metrics = fit_stage("conl", cfg, trial_dir / "conl", shared["source_model"],
                         target_corpus=shared["corpus"], pseudo_labels=shared["pseudo_labels"],
-                        langs=list(cfg.data.target_langs))
+                        langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
     ray.tune.report({**_numeric(metrics), "stage": 1, "model_dir": str(trial_dir / "conl" / "model")})
     if cfg.ssl.enabled:
         metrics = fit_stage("ssl", cfg, trial_dir / "ssl", str(trial_dir / "conl" / "model"),
                             target_corpus=shared["corpus"], translations=shared.get("translations"),
-                            langs=list(cfg.data.target_langs))
+                            langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
         ray.tune.report({**_numeric(metrics), "stage": 2, "model_dir": str(trial_dir / "ssl" / "model")})
 
 
