@@ -18,7 +18,10 @@ JOB = Path(__file__).with_name("two_node_job.py")
 
 def test_search_and_pseudo_labelling_use_both_nodes(tmp_path):
     # Clients that join a token-authenticated cluster by address need the mode set.
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           # Ray Data starts a pool's actors asynchronously: on a loaded machine 800
+           # rows can be labelled before the second actor is placed. Wait for both.
+           "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}
     proc = subprocess.run([sys.executable, str(JOB), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
