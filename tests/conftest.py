@@ -49,3 +49,29 @@ def ray_session():
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def two_node_search(tmp_path_factory):
+    """A 2-trial smoke search on a real two-node Ray cluster (tests/two_node_job.py,
+    in a subprocess so that its cluster does not meet ``ray_session``). Shared by
+    test_two_node (placement) and test_tune (outputs, resume): one search costs
+    about two minutes here. Returns (output_dir, the search's arguments, the
+    finished subprocess)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("two_node")
+    job = Path(__file__).with_name("two_node_job.py")
+    # Clients that join a token-authenticated cluster by address need the mode set.
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           # Ray Data starts a pool's actors asynchronously: on a loaded machine a
+           # small corpus can be labelled before the second actor is placed. Wait for both.
+           "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}
+    proc = subprocess.run([sys.executable, str(job), str(out)], env=env, capture_output=True, text=True, timeout=900)
+    sys.path.insert(0, str(job.parent))
+    try:
+        from two_node_job import ARGS
+    finally:
+        sys.path.remove(str(job.parent))
+    return out, ARGS + [f"output_dir={out}"], proc

@@ -28,6 +28,7 @@ def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session
     from conlst_ray.rundir import RunDir
 
     args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300",
+            "data.synthetic.n_source_train=600",
             "resources.num_workers=0"]
     assert pl_cli.main(args) == 2                       # no model yet: a clear error
     assert "run python -m conlst_ray.run first" in capsys.readouterr().err
