@@ -43,6 +43,18 @@ def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
     return h.hexdigest()[:16]
 
 
+def keep_tokenizer_files(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src``'s tokenizer files over those ``save_pretrained`` wrote to
+    ``dst``. A stage does not change the tokenizer, but a re-save does change
+    its files (transformers adds fields), and with them the stamp: every row
+    would be tokenised again for the next stage."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+
+
 def special_ids(tokenizer) -> dict:
     """The ids a training loop needs from the tokenizer (recorded next to the
     token files, so a worker never has to load the tokenizer)."""

@@ -260,6 +260,11 @@ def test_training_workers_never_tokenise_a_corpus(source_run, monkeypatch):
     assert len(conl(cfg, root, "no_tok_conl")) == (2 * 96) // 32
     log, _ = ssl(cfg, root, "no_tok_ssl")
     assert log and calls == []
+    # A stage's model keeps its input's tokenizer files verbatim, so the stages
+    # share one tokenisation: the source rows tokenised for the source stage
+    # (from the initial model) serve every later stage (from trained models).
+    for corpus in ("source_train", "dev_source", "dev_target"):
+        assert len(list((root / "corpus" / corpus).glob("tokens-*"))) == 1, corpus
 
 
 def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):

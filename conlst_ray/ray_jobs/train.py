@@ -32,7 +32,7 @@ from conlst_ray.ray_jobs.worker import (StepModule, append_jsonl, drop_replayed_
                                         load_checkpoint, maybe_fail, my_slice, accumulated_step, micro_batches, record_step,
                                         rng_state, save_checkpoint, set_rng_state, world)
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
-from conlst_ray.token_rows import tokenizer_stamp
+from conlst_ray.token_rows import keep_tokenizer_files, tokenizer_stamp
 from conlst_ray.training import (accuracy_by_language, batch_of, linear_warmup_schedule, make_optimizer,
                                  predict_proba, prefetch, to_device)
 
@@ -120,6 +120,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                          "thresholds": thresholds.state_dict() if thresholds is not None else None}, metrics)
     if rank == 0:
         model.save(loop_cfg["model_out"], tokenizer)
+        keep_tokenizer_files(loop_cfg["model_in"], loop_cfg["model_out"])  # same stamp: no re-tokenising
 
 
 def _steps_per_epoch(stage, cfg, source, target) -> int:
@@ -144,7 +145,7 @@ def _source_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok,
         maybe_fail(loop_cfg, step)
         logs = accumulated_step(ddp, model, parts, optimizer, scheduler, cfg.source.max_grad_norm)
         step += 1
-        record_step(sums, metrics_path, logs, stage="source", step=step)
+        record_step(sums, metrics_path, logs, stage="source", epoch=epoch, step=step)
     return epoch_means(sums), step
 
 
@@ -174,7 +175,7 @@ def _conl_epoch(ddp, model, cfg, loop_cfg, source, target, q, thresholds, tok, o
         maybe_fail(loop_cfg, step)
         logs = accumulated_step(ddp, model, parts, optimizer, scheduler)
         step += 1
-        record_step(sums, metrics_path, logs, stage="conl", step=step)
+        record_step(sums, metrics_path, logs, stage="conl", epoch=epoch, step=step)
     out = epoch_means(sums)
     out.update({f"gamma_{lang}": g for lang, g in by_lang.items()})
     out["pool_size"] = pool.size()  # confident target samples negatives are drawn from (Eq. 5)
