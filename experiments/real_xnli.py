@@ -1,10 +1,11 @@
 """multilingual-e5-small on real XNLI -> docs/REAL_XNLI.md.
 
-Three runs of ``python -m conlst_ray.run`` on tune_configs/xnli_e5_small_cpu.yaml,
+Five runs of ``python -m conlst_ray.run`` on tune_configs/xnli_e5_small_cpu.yaml,
 each resumable stage by stage (rerun this script to continue):
 
 1. ``conlst``       zero-shot source model -> pseudo-labels -> CoNL -> CoNLST
 2. ``selftrain``    FlexMatch self-training without CoNL, from run 1's source model
+                    (runs 1-2 pin FlexMatch selection; the config now selects by class quantile)
 3. ``mt``           a translate-train source model (CoNLST-MT's base): the same
                     4,000 training pairs, 1,000 English + 1,000 machine-translated
                     into each target language (the MultiNLI sample's real MT)
@@ -35,6 +36,8 @@ from conlst_ray.reporting import read_rows, write_language_table  # noqa: E402
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small_cpu.yaml"
 CLASS_QUANTILE = ["ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"]
+# runs 1-2 were made with FlexMatch before the config moved to class quantiles
+FLEXMATCH = ["ssl.thresholding=flexmatch", "ssl.threshold_quantile=0.7"]
 # run -> (its row in the accuracy table, the name of that row in the run's own table)
 SELF_TRAINING_RUNS = {"selftrain": ("FlexMatch self-training (no CoNL)", "self-training"),
                       "conlst_cq": ("CoNLST, class-quantile selection", "self-training"),
@@ -64,8 +67,9 @@ def main(argv=None) -> int:
     cfg = load_config(CONFIG, args.overrides)
     langs = list(cfg.data.target_langs)
     per_lang = max(1, (cfg.data.max_source_rows or 4000) // (len(langs) + 1))
-    plan = [("conlst", []),
-            ("selftrain", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}"]),
+    plan = [("conlst", FLEXMATCH),
+            ("selftrain", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}",
+                           *FLEXMATCH]),
             ("mt", [f"data.source_train_langs=[{','.join([cfg.data.source_lang] + langs)}]",
                     f"data.max_source_rows={per_lang}", "--stop-after", "source"]),
             ("conlst_cq", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'conl' / 'model'}",
