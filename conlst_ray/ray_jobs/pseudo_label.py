@@ -34,10 +34,11 @@ def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
     """The token ids of cached shards (one per input row), tokenised once by
     ``ray_jobs/tokens.py``: one CPU task per shard, so blocks stay
     shard-sized and stream through the actor pool."""
+    from conlst_ray.ray_jobs.tokens import token_file
+
     tables = []
     for path in paths.column("path").to_pylist():
-        p = Path(path)
-        table = pa.ipc.open_file(pa.memory_map(str(Path(tokens) / p.parent.name / f"{p.stem}.arrow"))).read_all()
+        table = pa.ipc.open_file(pa.memory_map(str(token_file(tokens, path)))).read_all()
         table = table.select([c for c in ("id", "lang", "pos", "input_ids", "token_type_ids")
                               if c in table.column_names])
         tables.append(table.append_column("path", pa.array([path] * table.num_rows)))
@@ -112,12 +113,10 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     and the settings: labels of another model are never reused."""
     from conlst_ray.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
-    from conlst_ray.ray_jobs.tokens import tokenize_corpus
+    from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 
     weights = weights_stamp(model_dir)
-    tokens = tokenize_corpus(corpus_root, list(manifests), model_dir, max_length,
-                             {lang: m.get("fingerprint") for lang, m in manifests.items()},
-                             res_cfg.cpus_per_task, log)
+    tokens = tokenize_cached_corpus(corpus_root, manifests, model_dir, max_length, res_cfg.cpus_per_task, log)
     provenance = {lang: fingerprint({"max_length": max_length, "precision": res_cfg.precision},
                                     {"model weights": weights, "corpus": corpus_digest({lang: m}),
                                      "tokenizer": tokens.name})

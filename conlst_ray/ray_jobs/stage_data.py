@@ -30,12 +30,11 @@ from conlst_ray.token_rows import AlignedRows, TokenRows, open_token_rows
 def _cached_tokens(spec: str, langs: list, root: Path, cfg, tokenizer_dir: str, log,
                    max_rows: Optional[int] = None) -> list:
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.tokens import tokenize_corpus
+    from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 
     manifests = ingest_corpora(spec, langs, root, cfg.data, cfg.resources.cpus_per_task, log, max_rows=max_rows)
-    tokens = tokenize_corpus(root, list(manifests), tokenizer_dir, cfg.data.max_length,
-                             {lang: m.get("fingerprint") for lang, m in manifests.items()},
-                             cfg.resources.cpus_per_task, log)
+    tokens = tokenize_cached_corpus(root, manifests, tokenizer_dir, cfg.data.max_length,
+                                    cfg.resources.cpus_per_task, log)
     return [str(tokens), list(manifests)]
 
 
@@ -46,7 +45,7 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
     from conlst_ray.provenance import read_json
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
     from conlst_ray.ray_jobs.sharded import PROVENANCE
-    from conlst_ray.ray_jobs.tokens import tokenize_corpus
+    from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus, tokenize_corpus
 
     d, corpus_dir = cfg.data, Path(corpus_dir)
     out = {"source": _cached_tokens(d.source_train, list(d.source_train_langs or [d.source_lang]),
@@ -54,9 +53,9 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
     if target_corpus:
         root = Path(target_corpus)
         t_langs = sorted(langs or [p.name[5:] for p in root.glob("lang=*")])
-        made_from = {lang: (read_manifest(root, lang) or {}).get("fingerprint") for lang in t_langs}
-        out["target"] = [str(tokenize_corpus(root, t_langs, tokenizer_dir, d.max_length, made_from,
-                                             cfg.resources.cpus_per_task, log)), t_langs]
+        manifests = {lang: read_manifest(root, lang) or {} for lang in t_langs}
+        out["target"] = [str(tokenize_cached_corpus(root, manifests, tokenizer_dir, d.max_length,
+                                                    cfg.resources.cpus_per_task, log)), t_langs]
     if stage == "ssl" and translations and cfg.ssl.use_backtranslation:
         root = Path(translations)
         bt_langs = sorted(p.name[5:] for p in root.glob("lang=*") if any(p.glob("shard-*.parquet")))

@@ -40,6 +40,12 @@ def tokens_root(root: str | Path, tokenizer_dir: str, max_length: int) -> Path:
     return Path(root) / f"tokens-{tokenizer_stamp(tokenizer_dir, max_length)}"
 
 
+def token_file(tokens: str | Path, shard: str | Path) -> Path:
+    """The token file of a cached shard ``ROOT/lang=xx/shard-N.parquet``."""
+    shard = Path(shard)
+    return Path(tokens) / shard.parent.name / f"{shard.stem}.arrow"
+
+
 def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> int:
     """Read one Parquet shard, tokenise it, write the Arrow file (a Ray task)."""
     from conlst_ray.ray_jobs.pseudo_label import load_tokenizer
@@ -61,13 +67,9 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
     module docstring); ``sources``: per language, what its rows were read
     from (a manifest fingerprint, a job's provenance) -- a change re-tokenises
     that language. Returns the tokens folder."""
-    from transformers import AutoTokenizer
+    from conlst_ray.ray_jobs.pseudo_label import load_tokenizer
 
     out = tokens_root(root, tokenizer_dir, max_length)
-    stamp = out.name.split("-", 1)[1]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    meta = {"stamp": stamp, "tokenizer": getattr(tok, "name_or_path", str(tokenizer_dir)),
-            "max_length": max_length, **special_ids(tok)}
     pending = []
     for lang in langs:
         src_dir, dst_dir = Path(root) / f"lang={lang}", out / f"lang={lang}"
@@ -80,11 +82,22 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         if not shards:
             raise FileNotFoundError(f"{src_dir}: no shards to tokenise")
         atomic_write_text(recorded, made_from)
-        pending += [(str(s), str(dst_dir / f"{s.stem}.arrow")) for s in shards
-                    if not (dst_dir / f"{s.stem}.arrow").is_file()]
+        pending += [(str(s), str(token_file(out, s))) for s in shards if not token_file(out, s).is_file()]
     if pending:
         task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)
         rows = sum(ray.get([task.remote(src, dst, str(tokenizer_dir), max_length) for src, dst in pending]))
         log(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
-    atomic_write_text(out / TOKENIZER_FILE, json.dumps(meta, indent=2))
+    if not (out / TOKENIZER_FILE).is_file():  # the stamp names the tokenizer: written once per folder
+        tok = load_tokenizer(str(tokenizer_dir))
+        meta = {"stamp": out.name.split("-", 1)[1], "tokenizer": getattr(tok, "name_or_path", str(tokenizer_dir)),
+                "max_length": max_length, **special_ids(tok)}
+        atomic_write_text(out / TOKENIZER_FILE, json.dumps(meta, indent=2))
     return out
+
+
+def tokenize_cached_corpus(root: str | Path, manifests: dict[str, dict], tokenizer_dir: str, max_length: int,
+                           cpus_per_task: float = 0.25, log=print) -> Path:
+    """``tokenize_corpus`` for the languages of a corpus cache, each re-tokenised
+    when its manifest's fingerprint (what its rows were read from) changes."""
+    return tokenize_corpus(root, list(manifests), tokenizer_dir, max_length,
+                           {lang: m.get("fingerprint") for lang, m in manifests.items()}, cpus_per_task, log)
