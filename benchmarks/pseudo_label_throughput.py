@@ -68,7 +68,7 @@ def padded_dataloader(model, tokenizer, table, batch_size) -> float:
     """(c): every pair padded to 128 tokens, a plain DataLoader, as run_xnli does."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    enc = tokenizer(table.column("premise").to_pylist(), table.column("hypothesis").to_pylist(),
+    enc = tokenizer(table.column("text").to_pylist(), table.column("text_pair").to_pylist(),
                     truncation=True, max_length=128, padding="max_length", return_tensors="pt")
     loader = DataLoader(TensorDataset(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]),
                         batch_size=batch_size, shuffle=False)

@@ -54,7 +54,7 @@ def write_corpus(root: Path, rows: int, shard_rows: int = 50_000) -> Path:
     for i, start in enumerate(range(0, rows, shard_rows)):
         n = min(shard_rows, rows - start)
         take = pa.array(np.arange(start, start + n) % text.num_rows)
-        part = text.select(["premise", "hypothesis", "label"]).take(take)
+        part = text.select(["text", "text_pair", "label"]).take(take)
         part = part.append_column("id", pa.array([f"x-{start + j}" for j in range(n)]))
         part = part.append_column("lang", pa.array(["xx"] * n)).append_column("pos", pa.array(range(start, start + n)))
         write_parquet_atomic(part, root / "lang=xx" / f"shard-{i:05d}.parquet")

@@ -51,6 +51,25 @@ class SyntheticConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What is classified (data/task.py): single texts or text pairs, and the
+    label names, whose order defines the ids. The default is the paper's NLI."""
+    kind: str = param("pair", choices=("pair", "single"), help="pair = text + text_pair (NLI, paraphrase); single = one text (sentiment, topic, intent)")
+    labels: list = param(factory=lambda: ["entailment", "neutral", "contradiction"], help="class names, any number >= 2; their order defines the ids (a file's label is a name, any case, or an id 0..C-1; numeric names, e.g. star ratings '1'..'5', are matched by name only)")
+    label_aliases: Optional[dict] = param(None, help="other spellings -> label name, e.g. {contradictory: contradiction}; null = XNLI-MT's 'contradictory' for the NLI labels, none otherwise")
+    columns: dict = param(factory=dict, help="schema field (text, text_pair, label, id, lang) -> source column, for every corpus whose spec maps no column of its own (?text=...); unmapped: text|premise, text_pair|hypothesis, label")
+
+    def __post_init__(self):
+        from conlst_ray.data.task import Task
+
+        self.labels = [str(name).strip() for name in self.labels]
+        try:
+            Task.of(self)
+        except ValueError as exc:
+            raise ConfigError(f"data.task: {exc}") from None
+
+
+@dataclass
 class DataConfig:
     """Where corpora come from. Corpus specs are ``format:location`` strings;
     ``{lang}`` in a spec is replaced by each language code (see data/readers.py)."""
@@ -62,7 +81,8 @@ class DataConfig:
     target_dev: Optional[str] = param("synthetic:dev", help="labelled target dev corpus ({lang}); null if none")
     target_test: Optional[str] = param("synthetic:test", help="labelled target test corpus ({lang}); null if none")
     target_mode: str = param("joint", choices=("joint", "per_language"), help="train CoNL/SSL on all target languages at once, or one independent run per language (the paper's setting)")
-    max_length: int = param(128, ge=8, help="maximum tokens of a premise-hypothesis pair")
+    task: TaskConfig = param(factory=TaskConfig)
+    max_length: int = param(128, ge=8, help="maximum tokens of a text (pair)")
     max_rows: Optional[int] = param(None, ge=1, help="cap on rows read per corpus and language (smoke runs)")
     max_source_rows: Optional[int] = param(None, ge=1, help="cap on labelled source training rows per language; overrides max_rows for that corpus")
     source_train_langs: Optional[list] = param(None, help="languages of the labelled training corpus ({lang} in source_train); null = [source_lang]; e.g. [en, fr, zh] with machine-translated copies = translate-train")
@@ -89,7 +109,6 @@ class ModelConfig:
     tokenizer: Optional[str] = param("synthetic", help="null = the model's own; 'synthetic' = embedded benchmark vocab; a .txt path = WordPiece vocab")
     lowercase: bool = param(False, help="lower-case text in a WordPiece tokenizer built from a vocab file")
     pooling: str = param("auto", choices=("auto", "cls", "mean", "pooler"), help="sentence embedding h; auto = mean for multilingual-e5-small (its own pooling), cls otherwise")
-    num_labels: int = param(3, ge=2)
     contrastive_dim: int = param(128, ge=1, help="output size of the contrastive head (theta_con, Eq. 6)")
     dropout: Optional[float] = param(None, ge=0.0, lt=1.0, help="override the encoder's dropout (the positive view of Eq. 6 relies on it)")
     source_checkpoint: Optional[str] = param(None, help="a fine-tuned model directory that replaces the source stage (CoNLST as post-training)")
@@ -292,8 +311,14 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         raise ConfigError(f"{key} = {value!r} is out of range; allowed: {low}, {high}")
 
 
+# keys that moved: the old name gets a pointer to the new one
+MOVED_KEYS = {"model.num_labels": "the number of classes is the length of data.task.labels"}
+
+
 def _unknown_key(prefix: str, key: str, valid: list[str], origin: str) -> ConfigError:
     full = f"{prefix}{key}"
+    if full in MOVED_KEYS:
+        return ConfigError(f"config key '{full}' is gone{f' (in {origin})' if origin else ''}: {MOVED_KEYS[full]}")
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
     where = f" (in {origin})" if origin else ""

@@ -52,6 +52,26 @@ def _named(spec: str) -> tuple[str, Path]:
     return (path.parent.name if path.name == "model" else path.name), path
 
 
+def task_of(model_dirs: list[Path]):
+    """The task the models were trained for (their ``conlst.json``; NLI when
+    none says): it decides how the corpus is read. Models of different tasks
+    cannot be scored on one corpus."""
+    import json
+
+    from conlst_ray.data.task import Task
+
+    tasks = {}
+    for path in model_dirs:
+        meta = path / "conlst.json"
+        saved = json.loads(meta.read_text(encoding="utf-8")).get("task") if meta.is_file() else None
+        tasks[str(path)] = Task(saved["kind"], tuple(saved["labels"])) if saved else Task()
+    first = next(iter(tasks.values()))
+    if any(task != first for task in tasks.values()):
+        raise CorpusError("the models classify different tasks: " + "; ".join(
+            f"{path}: {task.describe()}" for path, task in tasks.items()))
+    return first
+
+
 def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
     from transformers import AutoTokenizer
 
@@ -71,8 +91,9 @@ def main(argv=None) -> int:
     from conlst_ray.reporting import language_rows, to_markdown, write_table
 
     try:
+        named = [_named(spec) for spec in args.models]
         table, reports = read_languages(args.corpus, args.langs, on_malformed=args.on_malformed,
-                                        max_rows=args.max_rows)
+                                        max_rows=args.max_rows, task=task_of([path for _, path in named]))
         labelled = sum(1 for label in table.column("label").to_pylist() if label >= 0)
         if labelled == 0:
             raise CorpusError(f"{args.corpus}: no labelled rows to score")
@@ -80,8 +101,7 @@ def main(argv=None) -> int:
             if report.skipped:
                 print(f"[evaluate] {report.summary()}", file=sys.stderr)
         results = {}
-        for spec in args.models:
-            name, path = _named(spec)
+        for name, path in named:
             results[name] = score(path, table, args.max_length, args.batch_size)
     except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ Figures 3 and 4), written as PNG files with matplotlib's file-only backend."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -12,16 +13,41 @@ from conlst_ray.analysis import LabelledPredictions
 CLEAN, NOISY = "tab:blue", "tab:orange"   # the paper's colours
 
 
-def confidence_histograms(panels: list[tuple[str, dict[str, LabelledPredictions]]], langs: list[str],
-                          path: str | Path, num_labels: int = 3, bins: int = 14):
-    """One row per panel (e.g. 'before CoNL', 'after CoNL'), one column per
-    language; each plot shows clean and noisy sample counts over confidence.
-    Writes ``path`` (atomically) and returns the matplotlib Figure."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _panel(ax, confidence: np.ndarray, correct: np.ndarray, edges: np.ndarray, title: str) -> None:
+    ax.hist([confidence[correct], confidence[~correct]], bins=edges, color=[CLEAN, NOISY], label=["clean", "noisy"])
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: str | Path):
+    """Write ``path`` atomically and close the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    plt.close(fig)
+    return fig
+
+
+def confidence_histograms(panels: list[tuple[str, dict[str, LabelledPredictions]]], langs: list[str],
+                          path: str | Path, num_labels: int = 3, bins: int = 14):
+    """One row per panel (e.g. 'before CoNL', 'after CoNL'), one column per
+    language; each plot shows clean and noisy sample counts over confidence.
+    Writes ``path`` (atomically) and returns the matplotlib Figure."""
+    plt = _pyplot()
     langs = [lang for lang in langs if all(lang in preds for _, preds in panels)]
     if not langs:
         raise ValueError("no language has predictions in every panel")
@@ -31,18 +57,24 @@ def confidence_histograms(panels: list[tuple[str, dict[str, LabelledPredictions]
                              squeeze=False, sharex=True)
     for r, (title, preds) in enumerate(panels):
         for c, lang in enumerate(langs):
-            ax, p = axes[r][c], preds[lang]
-            ax.hist([p.confidence[p.correct], p.confidence[~p.correct]], bins=edges, color=[CLEAN, NOISY],
-                    label=["clean", "noisy"])
-            ax.set_title(f"{lang}: {title}", fontsize=10)
-            ax.set_xlabel("confidence")
-            ax.set_ylabel("samples")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    plt.close(fig)
-    return fig
+            _panel(axes[r][c], preds[lang].confidence, preds[lang].correct, edges, f"{lang}: {title}")
+    return _save(plt, fig, path)
+
+
+def class_histograms(panels: list[tuple[str, dict[str, LabelledPredictions]]], labels: Sequence[str],
+                     path: str | Path, bins: int = 14):
+    """The same counts by pseudo-label class, all target languages pooled:
+    one row per panel, one column per label of the task (named), so a class
+    whose confident rows are mostly noisy shows. Writes ``path``."""
+    plt = _pyplot()
+    edges = np.linspace(1.0 / len(labels), 1.0, bins + 1)
+    fig, axes = plt.subplots(len(panels), len(labels), figsize=(3.2 * len(labels), 2.8 * len(panels)),
+                             squeeze=False, sharex=True)
+    for r, (title, preds) in enumerate(panels):
+        conf = np.concatenate([p.confidence for p in preds.values()])
+        correct = np.concatenate([p.correct for p in preds.values()])
+        predicted = np.concatenate([p.predicted for p in preds.values()])
+        for k, name in enumerate(labels):
+            mine = predicted == k
+            _panel(axes[r][k], conf[mine], correct[mine], edges, f"{name}: {title}")
+    return _save(plt, fig, path)

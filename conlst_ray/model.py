@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from conlst_ray.data.task import NLI_LABELS
 from conlst_ray.e5 import is_e5_name
 from conlst_ray.e5 import resolve as resolve_e5
 
@@ -45,6 +46,9 @@ class ConlstEncoder(nn.Module):
         self.dropout = nn.Dropout(0.1 if p is None else p)
         self.classifier = nn.Linear(hidden, num_labels)
         self.contrastive_head = nn.Linear(hidden, contrastive_dim)
+        # the task (data.task: kind and label names), saved with the model so
+        # that a model directory says what it reads and what its outputs mean
+        self.task: Optional[dict] = None
 
     @property
     def num_labels(self) -> int:
@@ -90,6 +94,8 @@ class ConlstEncoder(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(path / HEADS_FILE))
         meta = {"pooling": self.pooling, "num_labels": self.num_labels,
                 "contrastive_dim": self.contrastive_head.out_features, "format": 1}
+        if self.task:
+            meta["task"] = self.task
         (path / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
@@ -112,6 +118,8 @@ class ConlstEncoder(nn.Module):
         model = cls(encoder, num_labels=num_labels or meta.get("num_labels", 3),
                     contrastive_dim=contrastive_dim or meta.get("contrastive_dim", 128),
                     pooling=pooling or meta.get("pooling", "cls"))
+        if meta.get("task") and len(meta["task"].get("labels", ())) == model.num_labels:
+            model.task = meta["task"]
         if not meta:
             _import_classification_head(model, local, pooling)
         if meta:
@@ -186,15 +194,22 @@ def resolve_pooling(model_cfg) -> str:
     return "mean" if is_e5_name(model_cfg.name_or_path) else "cls"
 
 
-def build_model(model_cfg, tokenizer) -> ConlstEncoder:
-    """The encoder named by ``model.name_or_path`` with the configured heads."""
+def build_model(model_cfg, tokenizer, labels=NLI_LABELS, kind: str = "pair") -> ConlstEncoder:
+    """The encoder named by ``model.name_or_path`` with the configured heads:
+    a classifier over ``labels`` (the task's class names, data.task.labels)."""
     pooling = resolve_pooling(model_cfg)
     if model_cfg.name_or_path == TINY_BERT:
         encoder = tiny_bert(len(tokenizer), model_cfg.tiny, model_cfg.dropout, tokenizer.pad_token_id)
-        return ConlstEncoder(encoder, model_cfg.num_labels, model_cfg.contrastive_dim, pooling)
-    path = resolve_e5(model_cfg.name_or_path, model_cfg.cache_dir)
-    return ConlstEncoder.load(path, pooling=pooling, dropout=model_cfg.dropout,
-                              num_labels=model_cfg.num_labels, contrastive_dim=model_cfg.contrastive_dim)
+        model = ConlstEncoder(encoder, len(labels), model_cfg.contrastive_dim, pooling)
+    else:
+        path = resolve_e5(model_cfg.name_or_path, model_cfg.cache_dir)
+        model = ConlstEncoder.load(path, pooling=pooling, dropout=model_cfg.dropout,
+                                   num_labels=len(labels), contrastive_dim=model_cfg.contrastive_dim)
+        if model.num_labels != len(labels):
+            raise ValueError(f"model.name_or_path {model_cfg.name_or_path}: its classifier has {model.num_labels} "
+                             f"classes, data.task.labels names {len(labels)}")
+    model.task = {"kind": kind, "labels": list(labels)}
+    return model
 
 
 def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
@@ -272,7 +287,8 @@ def build_tokenizer(model_cfg, data_cfg=None):
     if spec == "synthetic":
         from conlst_ray.data.synthetic import SyntheticBenchmark
 
-        return synthetic_tokenizer(SyntheticBenchmark.from_config(getattr(data_cfg, "synthetic", None)))
+        return synthetic_tokenizer(SyntheticBenchmark.from_config(getattr(data_cfg, "synthetic", None),
+                                                                  getattr(data_cfg, "task", None)))
     if spec is not None and spec.endswith(".txt"):
         return wordpiece_tokenizer(spec, model_cfg.lowercase)
     from transformers import AutoTokenizer

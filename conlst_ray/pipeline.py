@@ -37,7 +37,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
 
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
-    init = build_model(cfg.model, tokenizer).save(run.stage("init") / "model", tokenizer)
+    init = build_model(cfg.model, tokenizer, cfg.data.task.labels, cfg.data.task.kind).save(run.stage("init") / "model", tokenizer)
     t0 = time.time()
     metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.root / "corpus"), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
@@ -103,7 +103,8 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
         t0 = time.time()
         report, fallback = translate(cfg.translation, manifests, corpus, out, "back",
                                      cpus_per_task=cfg.resources.cpus_per_task, log=log,
-                                     benchmark_seed=cfg.data.synthetic.seed, recompute=run.recompute)
+                                     benchmark_seed=cfg.data.synthetic.seed, recompute=run.recompute,
+                                     benchmark_classes=len(cfg.data.task.labels))
         run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0})
     return out
 

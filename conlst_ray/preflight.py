@@ -52,10 +52,29 @@ def check_model(key: str, name: str | None, need_weights: bool = False) -> list[
     return []
 
 
+def check_checkpoint_labels(cfg) -> list[str]:
+    """A fine-tuned source checkpoint must classify the task's labels: a
+    3-class NLI model given to a 2-class task would fail only at load time
+    (or, worse, with matching sizes, train on the wrong meaning of each id)."""
+    import json
+
+    meta = Path(cfg.model.source_checkpoint or "") / "conlst.json"
+    if not cfg.model.source_checkpoint or not meta.is_file():
+        return []
+    saved = json.loads(meta.read_text(encoding="utf-8"))
+    labels = list(cfg.data.task.labels)
+    named = saved.get("task", {}).get("labels")
+    if saved.get("num_labels") != len(labels) or (named or labels) != labels:
+        return [f"model.source_checkpoint: {cfg.model.source_checkpoint} classifies "
+                f"{named or str(saved.get('num_labels')) + ' classes'} but data.task.labels is {labels}"]
+    return []
+
+
 def check_corpora(cfg) -> list[str]:
     """Read the first rows of every corpus the run reads, for every language
     it reads it in (hub data sets and the embedded benchmark are checked for
     their form only)."""
+    from conlst_ray.data.corpora import read_options
     from conlst_ray.data.readers import parse_spec, read_corpus
 
     d = cfg.data
@@ -76,8 +95,7 @@ def check_corpora(cfg) -> list[str]:
             continue
         for lang in langs:
             try:
-                table, _ = read_corpus(spec, lang, on_malformed=d.on_malformed, max_rows=PREVIEW_ROWS,
-                                       synthetic_cfg=d.synthetic, max_line_bytes=d.max_line_bytes)
+                table, _ = read_corpus(spec, lang, **read_options(d, PREVIEW_ROWS))
                 if table.num_rows == 0:
                     problems.append(f"{key}: {spec.replace('{lang}', lang)} has no rows for language {lang!r}")
             except Exception as exc:  # noqa: BLE001 -- a corpus error already names file and line
@@ -123,6 +141,7 @@ def preflight(cfg) -> None:
     elif cfg.model.tokenizer and not Path(cfg.model.tokenizer).is_file():
         problems.append(f"model.tokenizer: vocabulary file {cfg.model.tokenizer} not found")
     problems += check_model("model.source_checkpoint", cfg.model.source_checkpoint, need_weights=True)
+    problems += check_checkpoint_labels(cfg)
     problems += check_corpora(cfg)
     problems += check_translation(cfg)
     if problems:

@@ -25,9 +25,9 @@ from conlst_ray import __version__
 
 _MODEL_KEYS = ["model"]
 _SOURCE_DATA = ["data.source_train", "data.source_lang", "data.max_source_rows", "data.source_train_langs",
-                "data.max_rows", "data.on_malformed", "data.max_line_bytes", "data.synthetic", "data.max_length"]
+                "data.max_rows", "data.on_malformed", "data.max_line_bytes", "data.synthetic", "data.max_length", "data.task"]
 _TARGET_DATA = ["data.target_train", "data.target_langs", "data.max_rows", "data.on_malformed",
-                "data.max_line_bytes", "data.synthetic", "data.max_length"]
+                "data.max_line_bytes", "data.synthetic", "data.max_length", "data.task"]
 STAGE_KEYS = {
     "source": ["seed", "source", "resources.precision"] + _MODEL_KEYS + _SOURCE_DATA,
     "pseudo_labels": ["model.source_checkpoint", "resources.precision"] + _TARGET_DATA,

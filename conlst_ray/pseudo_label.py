@@ -25,14 +25,15 @@ def build_parser():
     return parser
 
 
-def summary(table) -> str:
-    lines = ["| lang | rows | mean confidence | entailment | neutral | contradiction |", "|---|---|---|---|---|---|"]
+def summary(table, labels=("entailment", "neutral", "contradiction")) -> str:
+    """Per language: rows, mean confidence and the share given each of the task's labels."""
+    lines = ["| lang | rows | mean confidence | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
     langs = np.asarray(table.column("lang").to_pylist())
-    labels = np.asarray(table.column("pseudo_label").to_pylist())
+    predicted = np.asarray(table.column("pseudo_label").to_pylist())
     conf = np.asarray(table.column("confidence").to_pylist())
     for lang in dict.fromkeys(langs.tolist()):
         sel = langs == lang
-        share = np.bincount(labels[sel], minlength=3) / sel.sum()
+        share = np.bincount(predicted[sel], minlength=len(labels)) / sel.sum()
         lines.append(f"| {lang} | {sel.sum()} | {conf[sel].mean():.3f} | " + " | ".join(f"{s:.1%}" for s in share) + " |")
     return "\n".join(lines)
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     pseudo_label(str(model_dir), corpus, manifests, out, cfg.resources, cfg.data.max_length,
                  recompute=args.recompute)
     print(f"\npseudo-labels under {out}\n")
-    print(summary(read_pseudo_labels(out)))
+    print(summary(read_pseudo_labels(out), cfg.data.task.labels))
     return 0
 
 

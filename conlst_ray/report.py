@@ -4,11 +4,15 @@ Written under ``RUN_DIR/results/`` (markdown + CSV each):
 
 - ``accuracy_{dev,test}``: per-language accuracy of the zero-shot, CoNL and
   CoNLST models, languages as columns plus the target average (Tables 1-2);
+- ``class_accuracy_{dev,test}``: accuracy per gold label (named by the task)
+  over the target languages, per model;
 - ``calibration`` + ``calibration_hist.png``: pseudo-label accuracy and counts
   per confidence band before -> after CoNL (Table 4) and clean/noisy
   histograms (Fig. 3; for a run with ``conl.use_contrastive=false`` the
   "after" row is negative learning with cross-entropy only, Fig. 4). Needs
   gold labels in the target corpus, used for analysis only;
+- ``calibration_by_class`` + ``calibration_hist_by_class.png``: the same per
+  pseudo-label class, named by the task's labels;
 - ``stage_costs``: seconds and throughput of every finished stage.
 
 ``python -m conlst_ray.report --ablation NAME=RUN_DIR[:ROW] ...`` writes the
@@ -33,8 +37,11 @@ from conlst_ray.rundir import RunDir
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
-def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
-    """Accuracy per language of one model on a labelled split (in the driver)."""
+def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict | None = None) -> dict:
+    """Accuracy per language of one model on a labelled split (in the driver);
+    ``by_class``, when given, receives the recall of each of the task's
+    labels over the target-language rows."""
+    from conlst_ray.analysis import recall_by_class
     from conlst_ray.model import ConlstEncoder
     from conlst_ray.training import accuracy_by_language, default_device, predict_proba
 
@@ -43,6 +50,10 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print) -> dict:
         return {}
     q = predict_proba(ConlstEncoder.load(model_dir), data, pad_id, cfg.source.eval_batch_size, default_device(),
                       cfg.resources.precision)
+    if by_class is not None:
+        target = np.isin(np.asarray(data.langs), list(cfg.data.target_langs))
+        by_class.update(zip(cfg.data.task.labels, recall_by_class(q.argmax(-1)[target], data.labels[target],
+                                                                  len(cfg.data.task.labels))))
     return accuracy_by_language(q, data)
 
 
@@ -93,12 +104,18 @@ def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "") -
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     text = []
     for split in ("dev", "test"):
+        by_class: dict = {}
         results = {name: evaluate_per_language(cfg, path, split, log) if isinstance(path, dict)
-                   else evaluate(cfg, path, split, log) for name, path in models.items()}
+                   else evaluate(cfg, path, split, log, by_class.setdefault(name, {})) for name, path in models.items()}
         results = {k: v for k, v in results.items() if v}
         if results:
             md = write_language_table(results, langs, cfg.data.source_lang, out / f"{prefix}accuracy_{split}")
             text.append(f"Per-language accuracy (%), {split}:\n\n{md}")
+            labels = list(cfg.data.task.labels)
+            rows = [[name] + [100 * recall[label] for label in labels] for name, recall in by_class.items() if recall]
+            if rows:
+                md = write_table(out / f"{prefix}class_accuracy_{split}", ["model"] + labels, rows)
+                text.append(f"Accuracy (%) per gold label, target languages, {split}:\n\n{md}")
     return "\n".join(text)
 
 
@@ -178,9 +195,9 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
     model (a directory, or lang -> directory); None (and a log line) when
     there is no CoNL model or the target corpus has no gold labels."""
-    from conlst_ray.analysis import (band_transitions, calibration_markdown, calibration_rows, join_with_gold,
-                                     transitions_markdown)
-    from conlst_ray.figures import confidence_histograms
+    from conlst_ray.analysis import (band_transitions, calibration_markdown, calibration_rows, class_markdown,
+                                     class_rows, join_with_gold, transitions_markdown)
+    from conlst_ray.figures import class_histograms, confidence_histograms
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     before_dir = run.root / "pseudo_labels" / "source"
@@ -204,9 +221,13 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     name = "CoNL" if cfg.conl.use_contrastive else "NL (cross-entropy only)"
     md = write_table(out / "calibration", *calibration_rows(before, after, langs),
                      markdown=lambda h, r: calibration_markdown(h, r, name))
-    confidence_histograms([("before " + name, before), ("after " + name, after)], langs,
-                          out / "calibration_hist.png", cfg.model.num_labels)
-    return md
+    labels = list(cfg.data.task.labels)
+    panels = [("before " + name, before), ("after " + name, after)]
+    confidence_histograms(panels, langs, out / "calibration_hist.png", len(labels))
+    by_class = write_table(out / "calibration_by_class", *class_rows(before, after, langs, labels),
+                           markdown=lambda h, r: class_markdown(h, r, name))
+    class_histograms(panels, labels, out / "calibration_hist_by_class.png")
+    return md + "\n" + by_class
 
 
 # -- cost per stage ------------------------------------------------------------------------

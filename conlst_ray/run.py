@@ -56,7 +56,9 @@ def _main(argv, state: dict) -> int:
     preflight(cfg)  # every input checked in seconds, before any work
     run = RunDir.create(cfg, resume=args.resume, recompute=args.recompute)
     state["run"] = run
-    print(f"[run] {run.root}")
+    from conlst_ray.data.task import Task
+
+    print(f"[run] {run.root} ({Task.of(cfg.data.task).describe()})")
     init_ray(args.address)
     from conlst_ray.pipeline import run_pipeline
 

@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from conlst_ray.data.schema import pair_texts
+
 TOKENIZER_FILE = "_tokenizer.json"
 # files that define what a tokenizer does (others, e.g. README, do not)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -63,10 +65,10 @@ def special_ids(tokenizer) -> dict:
 
 
 def tokenize_pairs(tokenizer, table: pa.Table, max_length: int) -> pa.Table:
-    """premise/hypothesis -> id, lang, pos, label, input_ids, token_type_ids:
-    the one place corpus rows are tokenised (truncated, unpadded)."""
-    enc = tokenizer(table.column("premise").to_pylist(), table.column("hypothesis").to_pylist(),
-                    truncation=True, max_length=max_length, padding=False)
+    """text (and text_pair) -> id, lang, pos, label, input_ids, token_type_ids:
+    the one place corpus rows are tokenised (truncated, unpadded); a
+    single-text corpus (no text_pair) is tokenised as single texts."""
+    enc = tokenizer(*pair_texts(table), truncation=True, max_length=max_length, padding=False)
     n = table.num_rows
     cols = {"id": table.column("id"), "lang": table.column("lang"),
             "pos": table.column("pos") if "pos" in table.column_names else pa.array(range(n), pa.int64()),
@@ -144,6 +146,15 @@ class TokenRows:
 
     def lengths(self) -> np.ndarray:
         return self.input_ids.lengths()
+
+    def labelled(self) -> "TokenRows":
+        """The rows with a known label (-1 = unknown): itself when every row
+        has one (no copy), else a filtered copy. Public corpora mark doubtful
+        rows so (PAWS-X); a training stage must not learn from them."""
+        known = self.labels >= 0
+        if known.all():
+            return self
+        return TokenRows([self.table.filter(pa.array(known))], self.meta)
 
     @property
     def ids(self) -> pa.ChunkedArray:

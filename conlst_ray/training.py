@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from conlst_ray.data.schema import pair_texts
+
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -61,10 +63,9 @@ class Encoded:
 
 
 def encode_table(tokenizer, table: pa.Table, max_length: int) -> Encoded:
-    """Tokenise premise-hypothesis pairs, truncated to ``max_length``, unpadded
+    """Tokenise texts or text pairs, truncated to ``max_length``, unpadded
     (padding happens per batch: see ``collate``)."""
-    enc = tokenizer(table.column("premise").to_pylist(), table.column("hypothesis").to_pylist(),
-                    truncation=True, max_length=max_length, padding=False)
+    enc = tokenizer(*pair_texts(table), truncation=True, max_length=max_length, padding=False)
     return Encoded(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"),
                    labels=np.asarray(table.column("label").to_pylist(), dtype=np.int64),
                    ids=table.column("id").to_pylist(), langs=table.column("lang").to_pylist())

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else run.root / "translations" / args.mode
     report, fallback = translate(cfg.translation, manifests, corpus, out, args.mode,
                                  targets=cfg.data.target_langs, cpus_per_task=cfg.resources.cpus_per_task,
-                                 recompute=args.recompute)
+                                 recompute=args.recompute, benchmark_seed=cfg.data.synthetic.seed,
+                                 benchmark_classes=len(cfg.data.task.labels))
     print(f"\ntranslations under {out}: {report.rows} rows translated now, {len(report.skipped)} shard(s) reused")
     if fallback:
         print(f"masking-only augmentation for: {', '.join(fallback)}")

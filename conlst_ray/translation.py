@@ -140,13 +140,14 @@ class SyntheticTranslator:
     each function word is replaced by another with probability
     ``swap_function``. Deterministic for a given sentence and direction."""
 
-    def __init__(self, benchmark_seed: int = 13, swap_function: float = 0.5):
-        from conlst_ray.data.synthetic import CONCEPTS, _lexicons
+    def __init__(self, benchmark_seed: int = 13, swap_function: float = 0.5, num_classes: int = 3):
+        from conlst_ray.data.synthetic import _concepts, _lexicons
 
-        self.lexicons = _lexicons(benchmark_seed)
+        concepts = _concepts(num_classes)
+        self.lexicons = _lexicons(benchmark_seed, concepts)
         # within one language every form names one concept (false friends included)
         self.concept_of = {lang: {form: c for c, form in enumerate(forms)} for lang, forms in self.lexicons.items()}
-        self.function = list(CONCEPTS["function"])
+        self.function = list(concepts["function"])
         self.swap_function = swap_function
 
     def translate(self, texts: Sequence[str], src: str, tgt: str) -> list[str]:
@@ -174,8 +175,10 @@ class SyntheticTranslator:
 
 
 def make_translator(model: str, family: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
-                    batch_size: int = 32, use_gpu: bool = False, benchmark_seed: int = 13):
-    """A Hugging Face seq2seq translator, or the embedded benchmark's stand-in."""
+                    batch_size: int = 32, use_gpu: bool = False, benchmark_seed: int = 13,
+                    benchmark_classes: int = 3):
+    """A Hugging Face seq2seq translator, or the embedded benchmark's stand-in
+    (its lexicons depend on the benchmark's seed and number of classes)."""
     if model == SYNTHETIC_MODEL:
-        return SyntheticTranslator(benchmark_seed)
+        return SyntheticTranslator(benchmark_seed, num_classes=benchmark_classes)
     return Translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu)

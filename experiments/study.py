@@ -206,7 +206,7 @@ def own_class_table(run_dirs: list[Path]) -> str:
         for lang in cfg.data.target_langs:
             m = langs == lang
             per_lang.setdefault(lang, []).append(own_class_negatives(pseudo[m], conf[m], gold[m], cfg.conl.gamma,
-                                                                     cfg.model.num_labels))
+                                                                     len(cfg.data.task.labels)))
     rows = [[lang, f"{100 * np.nanmean([v[0] for v in vals]):.1f} %", f"{100 * np.nanmean([v[1] for v in vals]):.1f} %"]
             for lang, vals in per_lang.items()]
     return to_markdown(["lang", "anchors with a wrong pseudo-label", "anchors with a right pseudo-label"], rows)

@@ -54,7 +54,7 @@ def test_column_mapped_reader_gives_the_xnli_readers_rows(shared_data, tmp_path)
     spec = write_mapped_csv(shared_data, tmp_path / "fr.csv")
     mapped, _ = read_corpus(spec, "fr")
     plain, _ = read_corpus(f"xnli_tsv:{shared_data}/xnli/dev-fr.tsv", "fr", max_rows=30)
-    for col in ("premise", "hypothesis", "label", "lang"):
+    for col in ("text", "text_pair", "label", "lang"):
         assert mapped.column(col).to_pylist() == plain.column(col).to_pylist()
     assert mapped.num_rows == 30
 
@@ -63,7 +63,7 @@ def test_column_mapped_reader_errors_name_file_and_line(shared_data, tmp_path):
     spec = write_mapped_csv(shared_data, tmp_path / "bad.csv", bad="maybe")
     with pytest.raises(CorpusError, match=r"bad\.csv:5: unknown label 'maybe'"):
         read_corpus(spec, "fr")
-    with pytest.raises(CorpusError, match=r"no column 'premise_text' for premise"):
+    with pytest.raises(CorpusError, match=r"no column 'premise_text' for text"):
         read_corpus(spec.replace("sentence1", "premise_text"), "fr")
     with pytest.raises(CorpusError, match="unknown option 'colour'"):
         read_corpus(spec + "&colour=red", "fr")

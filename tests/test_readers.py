@@ -32,7 +32,7 @@ def test_xnli_first_row_label_ids_follow_hf_order(shared_data):
     first = table.slice(0, 3).to_pylist()
     # dev-en.tsv starts: neutral, contradiction, entailment
     assert [r["label"] for r in first] == [1, 2, 0]
-    assert first[0]["premise"] == "And he said, Mama, I'm home."
+    assert first[0]["text"] == "And he said, Mama, I'm home."
 
 
 @pytest.mark.parametrize("lang", MNLI_LANGS)
@@ -80,7 +80,7 @@ def test_mnli_unknown_label_and_empty_text_name_the_line(shared_data, tmp_path):
     with pytest.raises(CorpusError, match=rf"{path}:3: unknown label 'maybe'"):
         read_xnli_mt_tsv(path)
     path = corrupt_copy(shared_data, tmp_path, {4: " \th\tneutral"}, "multinli.train.de.tsv", "mnli")
-    with pytest.raises(CorpusError, match=rf"{path}:4: empty premise"):
+    with pytest.raises(CorpusError, match=rf"{path}:4: empty text"):
         read_xnli_mt_tsv(path)
 
 
@@ -92,7 +92,7 @@ def test_skip_option_counts_malformed_rows(shared_data, tmp_path):
     assert sum(report.reasons.values()) == 3
     summary = report.summary()
     assert "3 malformed rows skipped" in summary                 # how many
-    assert "unknown label 'maybe'" in summary and "empty premise x 1" in summary  # why, grouped
+    assert "unknown label 'maybe'" in summary and "empty text x 1" in summary  # why, grouped
     assert f"first: {path}:5:" in summary                       # where
 
 
@@ -117,8 +117,8 @@ def test_a_utf8_byte_order_mark_is_dropped(shared_data, tmp_path, fmt, name):
     spec = f"{fmt}:{path}" + ("?hypothesis=hypo" if fmt == "tsv" else "")
     with_bom, _ = read_corpus(spec, "de", max_rows=20)
     plain, _ = read_corpus(spec.replace(str(path), str(src)), "de", max_rows=20)
-    assert with_bom.column("premise").to_pylist() == plain.column("premise").to_pylist()
-    assert not with_bom.column("premise")[0].as_py().startswith("\ufeff")
+    assert with_bom.column("text").to_pylist() == plain.column("text").to_pylist()
+    assert not with_bom.column("text")[0].as_py().startswith("\ufeff")
 
 
 @pytest.mark.parametrize("fmt", ["xnli_tsv", "tsv", "jsonl"])
@@ -134,7 +134,7 @@ def test_an_over_long_line_is_a_malformed_row_read_in_pieces(tmp_path, fmt):
     with pytest.raises(CorpusError, match=rf"{path}:{long_line}: line longer than data.max_line_bytes \(100000\)"):
         read_corpus(f"{fmt}:{path}", "fr", max_line_bytes=100_000)
     table, report = read_corpus(f"{fmt}:{path}", "fr", max_line_bytes=100_000, on_malformed="skip")
-    assert table.column("premise").to_pylist() == ["A cat.", "Rain."] and report.skipped == 1
+    assert table.column("text").to_pylist() == ["A cat.", "Rain."] and report.skipped == 1
     if fmt == "tsv":  # the csv reader's line numbers stay in step after the skipped line
         bad = tmp_path / "dev-de.tsv"
         bad.write_text("\n".join(rows[fmt] + ["only one column"]) + "\n", encoding="utf-8")
@@ -151,7 +151,7 @@ def test_a_directory_given_as_a_file_says_so(tmp_path):
 def test_a_non_text_premise_names_its_type(tmp_path):
     path = tmp_path / "c.parquet"
     pq.write_table(pa.table({"premise": [7, 8], "hypothesis": ["h", "h"], "label": [0, 1]}), path)
-    with pytest.raises(CorpusError, match=rf"{path}:row 1: premise is a int \(7\), not text"):
+    with pytest.raises(CorpusError, match=rf"{path}:row 1: text is a int \(7\), not text"):
         read_parquet(path)
 
 
@@ -162,11 +162,11 @@ def test_jsonl_reader(tmp_path):
             {"premise": "Es regnet.", "hypothesis": "Niemand ist da."}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     table, _ = read_jsonl(path, lang="en")
-    assert table.to_pylist()[1] == {"id": "fr-corpus-x7", "lang": "fr", "premise": "Il pleut.",
-                                    "hypothesis": "Il fait beau.", "label": 2}
+    assert table.to_pylist()[1] == {"id": "fr-corpus-x7", "lang": "fr", "text": "Il pleut.",
+                                    "text_pair": "Il fait beau.", "label": 2}
     assert table.column("label").to_pylist() == [0, 2, -1]
     path.write_text(path.read_text() + '{"premise": "p"}\n')
-    with pytest.raises(CorpusError, match=rf"{path}:5: missing column\(s\) \['hypothesis'\]"):
+    with pytest.raises(CorpusError, match=rf"{path}:5: no column 'text_pair' or 'hypothesis' for text_pair"):
         read_jsonl(path)
     path.write_text('{"premise": "p", "hypothesis": "h"}\n{not json\n')
     with pytest.raises(CorpusError, match=rf"{path}:2: invalid JSON"):
@@ -180,7 +180,7 @@ def test_parquet_reader_round_trips_and_checks_columns(tmp_path):
     assert table.column("label").to_pylist() == [1, -1]
     assert table.column("lang").to_pylist() == ["sw", "sw"]
     pq.write_table(pa.table({"premise": ["a"], "label": [0]}), tmp_path / "bad.parquet")
-    with pytest.raises(CorpusError, match=r"bad.parquet: missing column\(s\) \['hypothesis'\]"):
+    with pytest.raises(CorpusError, match=r"bad.parquet: no column 'text_pair' or 'hypothesis' for text_pair"):
         read_parquet(tmp_path / "bad.parquet")
     pq.write_table(pa.table({"premise": ["a"], "hypothesis": ["b"], "label": ["perhaps"]}), tmp_path / "lab.parquet")
     with pytest.raises(CorpusError, match=r"lab.parquet:row 1: unknown label 'perhaps'"):
@@ -233,4 +233,4 @@ def test_parse_label_and_without_labels(shared_data):
     table, _ = read_xnli_tsv(shared_data / "xnli" / "dev-sw.tsv", max_rows=10)
     hidden = without_labels(table)
     assert hidden.column("label").to_pylist() == [-1] * 10
-    assert hidden.column("premise") == table.column("premise")
+    assert hidden.column("text") == table.column("text")

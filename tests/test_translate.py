@@ -70,7 +70,7 @@ def test_back_translation_job_with_fallback_and_cache(corpus):
     assert len(ids) == len(set(ids)) == 2 * ROWS
     assert set(out.column("lang").to_pylist()) == {"fr", "sw"}
     assert out.column("source_id").to_pylist() == ids
-    assert all(out.column("premise").to_pylist()) and all(out.column("hypothesis").to_pylist())
+    assert all(out.column("text").to_pylist()) and all(out.column("text_pair").to_pylist())
     again, _ = translate(cfg, targets, root / "corpus", root / "bt", "back")
     assert again.computed == [] and len(again.skipped) == len(report.computed)  # reused from the cache
 
@@ -105,13 +105,13 @@ def test_unknown_language_fails_at_start_up_before_any_work(corpus):
 def test_synthetic_translator_paraphrases_through_the_concepts():
     from collections import Counter
 
-    from conlst_ray.data.synthetic import CONCEPTS, SyntheticBenchmark
+    from conlst_ray.data.synthetic import SyntheticBenchmark
     from conlst_ray.translation import SyntheticTranslator
 
     bench = SyntheticBenchmark(seed=13, n_unlabelled=60)
     mt = SyntheticTranslator(benchmark_seed=13)
-    function = set(CONCEPTS["function"])
-    texts = bench.table("far", "unlabelled").column("hypothesis").to_pylist()
+    function = set(bench.concepts["function"])
+    texts = bench.table("far", "unlabelled").column("text_pair").to_pylist()
     back = mt.back_translate(texts, "far", "src")
     assert back == mt.back_translate(texts, "far", "src")                 # deterministic
     lex = bench.lexicons["far"]

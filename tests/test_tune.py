@@ -45,6 +45,11 @@ def test_outputs_best_config_and_tables(search):
     assert len(list(out.glob("trial_*/events.out.tfevents*"))) == 2  # TensorBoard logs per trial
     # the best trial's CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)
     assert "before -> after CoNL" in (out / "calibration.md").read_text()
+    # the search ran a single-text 5-class task: its reports name the labels
+    labels = ["very_bad", "bad", "mixed", "good", "very_good"]
+    assert all(f"| {name} " in (out / "calibration_by_class.md").read_text() for name in labels)
+    assert (out / "best_class_accuracy_dev.csv").read_text().splitlines()[0] == ",".join(["model"] + labels)
+    assert (out / "calibration_hist_by_class.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "calibration_hist.png").read_bytes()[:4] == b"\x89PNG"
 
 

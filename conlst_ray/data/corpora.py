@@ -8,11 +8,18 @@ import pyarrow as pa
 
 from conlst_ray.data.readers import read_corpus, read_languages
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.data.task import Task
 
 
-def _kwargs(data_cfg) -> dict:
-    return {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows,
-            "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes}
+def read_options(data_cfg, max_rows: Optional[int] = None) -> dict:
+    """The keyword arguments of ``read_corpus`` that ``data_cfg`` sets (the
+    task included); ``max_rows`` overrides ``data.max_rows``."""
+    return {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows if max_rows is None else max_rows,
+            "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes,
+            "task": Task.of(data_cfg.task)}
+
+
+
 
 
 def _log_reports(reports, log) -> None:
@@ -29,10 +36,10 @@ def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Tabl
     if spec is None:
         return None
     if split != "train":
-        table, report = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
+        table, report = read_corpus(spec, data_cfg.source_lang, **read_options(data_cfg))
         _log_reports([report], log)
         return table
-    kwargs = _kwargs(data_cfg)
+    kwargs = read_options(data_cfg)
     if data_cfg.max_source_rows is not None:
         kwargs["max_rows"] = data_cfg.max_source_rows
     table, reports = read_languages(spec, data_cfg.source_train_langs or [data_cfg.source_lang], **kwargs)
@@ -45,7 +52,7 @@ def target_corpus(data_cfg, split: str, langs=None, log=print) -> Optional[pa.Ta
     spec = {"train": data_cfg.target_train, "dev": data_cfg.target_dev, "test": data_cfg.target_test}[split]
     if spec is None:
         return None
-    table, reports = read_languages(spec, langs or data_cfg.target_langs, **_kwargs(data_cfg))
+    table, reports = read_languages(spec, langs or data_cfg.target_langs, **read_options(data_cfg))
     _log_reports(reports, log)
     return table
 
@@ -57,7 +64,7 @@ def eval_corpus(data_cfg, split: str = "dev", log=print) -> Optional[pa.Table]:
     if split == "test" and data_cfg.target_test is not None:
         spec = data_cfg.target_test
         try:
-            table, _ = read_corpus(spec, data_cfg.source_lang, **_kwargs(data_cfg))
+            table, _ = read_corpus(spec, data_cfg.source_lang, **read_options(data_cfg))
             parts.insert(0, table)
         except CorpusError:  # many corpora have no source-language test file
             pass

@@ -1,18 +1,24 @@
-"""Column-mapped delimited files: ``tsv:PATH`` and ``csv:PATH`` with a header.
+"""Column-mapped delimited files: ``tsv:PATH`` and ``csv:PATH``.
 
-Real test sets come in many layouts, so which columns hold the premise, the
-hypothesis and the label is said in the spec, after ``?``:
+Real corpora come in many layouts, so which columns hold the text, the
+second text and the label is said in the spec, after ``?`` (or once for
+every corpus in ``data.task.columns``):
 
-    tsv:test.tsv                                   columns premise, hypothesis, label
-    csv:test.csv?premise=sentence1&hypothesis=sentence2&label=gold_label
-    tsv:dev-{lang}.tsv?label=gold&id=pairID&lang=language
+    tsv:test.tsv                                   columns text/premise, text_pair/hypothesis, label
+    csv:test.csv?text=sentence1&text_pair=sentence2&label=gold_label
+    csv:reviews_{lang}.csv?text=review_body&label=stars
+    tsv:dev-{lang}.tsv?header=none&text=0&text_pair=1&label=2
 
-Keys: ``premise``, ``hypothesis``, ``label`` (a column may be absent: unlabelled
-rows), ``id`` and ``lang`` (optional columns), ``sep`` (``tab``, ``comma``,
-``semicolon``, ``pipe`` or one character; default by format). Other columns
-are ignored. Labels are names (``entailment``, ``neutral``, ``contradiction``,
-any case) or ids. Fields may be quoted as the csv module reads them. Errors
-name the file and line.
+Keys: ``text``, ``text_pair`` (``premise``/``hypothesis`` also work),
+``label`` (a column may be absent: unlabelled rows), ``id`` and ``lang``
+(optional columns), ``sep`` (``tab``, ``comma``, ``semicolon``, ``pipe`` or
+one character; default by format), ``header`` (``none``: the file has no
+header and columns are named by position from 0; a row's id is then its line
+number) and ``quote`` (``double``: fields may be quoted as the csv module
+reads them, the default for csv; ``none``: a double quote is text, the
+default for tsv, whose corpora carry unbalanced quotes). Other columns are
+ignored. Labels are the task's names (any case) or ids. Errors name the file
+and line.
 """
 
 from __future__ import annotations
@@ -20,61 +26,80 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl
 
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.data.task import NLI, Task
 
 SEPARATORS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-KEYS = ("premise", "hypothesis", "label", "id", "lang", "sep")
+FORMAT_KEYS = ("sep", "header", "quote")
 
 
-def parse_options(fmt: str, location: str) -> tuple[str, dict]:
-    """``PATH?key=value&...`` -> (path, options), unknown keys are errors."""
-    path, _, query = location.partition("?")
-    options = {"premise": "premise", "hypothesis": "hypothesis", "label": "label",
-               "sep": "\t" if fmt == "tsv" else ","}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in KEYS:
-            raise CorpusError(f"{fmt}:{location}: unknown option {key!r}; options: {', '.join(KEYS)}")
-        if key == "sep":
-            value = SEPARATORS.get(value, value)
-            if len(value) != 1:
-                raise CorpusError(f"{fmt}:{location}: sep must be one character or one of {list(SEPARATORS)}")
-        options[key] = value
-        options.setdefault("_given", set()).add(key)
-    return path, options
+def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
+    """``PATH?key=value&...`` -> (path, column mapping, format options)."""
+    from conlst_ray.data.readers import split_options
+
+    path, options = split_options(f"{fmt}:{location}", location, FORMAT_KEYS)
+    # TSV corpora (XNLI, MultiNLI, PAWS-X) are not quoted and do contain stray
+    # double quotes: a csv-style quote there would swallow lines
+    layout = {"sep": "\t" if fmt == "tsv" else ",", "header": True, "quote": fmt == "csv"}
+    if "sep" in options:
+        sep = options.pop("sep")
+        sep = SEPARATORS.get(sep, sep)
+        if len(sep) != 1:
+            raise CorpusError(f"{fmt}:{location}: sep must be one character or one of {list(SEPARATORS)}")
+        layout["sep"] = sep
+    if "header" in options:
+        value = options.pop("header")
+        if value not in ("none", "first"):
+            raise CorpusError(f"{fmt}:{location}: header must be 'none' (no header line) or 'first'")
+        layout["header"] = value == "first"
+    if "quote" in options:
+        value = options.pop("quote")
+        if value not in ("none", "double"):
+            raise CorpusError(f"{fmt}:{location}: quote must be 'none' (fields are never quoted) or 'double'")
+        layout["quote"] = value == "double"
+    return path, options, layout
 
 
 def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malformed: str = "raise",
-                   max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None):
-    """Read a delimited file with a header through the column mapping of its spec."""
-    from conlst_ray.data.readers import MAX_LINE_BYTES, _open_lines, _RowSink, _id_prefix, _lang_from_name, check_file
+                   max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None, task: Task = NLI):
+    """Read a delimited file through the column mapping of its spec."""
+    from conlst_ray.data.readers import (MAX_LINE_BYTES, _id_prefix, _lang_from_name, _open_lines, _RowSink,
+                                         check_file, resolve_columns)
 
-    path_text, opt = parse_options(fmt, location)
+    path_text, given, layout = parse_options(fmt, location)
     path = Path(path_text)
     check_file(path)
-    sink = _RowSink(str(path), lang or _lang_from_name(path, None), _id_prefix(path), on_malformed)
+    sink = _RowSink(str(path), lang or _lang_from_name(path, None), _id_prefix(path), on_malformed, task)
     limit = max_line_bytes or MAX_LINE_BYTES
     # decoded line by line (file:line errors for bad bytes, BOM dropped, over-long lines skipped)
     lines = (text for _, text in _open_lines(path, sink, limit, keep_ends=True))
     csv.field_size_limit(max(csv.field_size_limit(), limit))  # a field may be as long as a line
-    reader = csv.reader(lines, delimiter=opt["sep"])
-    header = next(reader, None)
-    if header is None:
-        raise CorpusError(f"{path}: empty file (no header)")
-    col = _columns(path, header, opt)
-    for row in _rows(reader, path):
+    reader = csv.reader(lines, delimiter=layout["sep"],
+                        **({} if layout["quote"] else {"quoting": csv.QUOTE_NONE}))
+    rows = _rows(reader, path)
+    if layout["header"]:
+        header = next(rows, None)
+        if header is None:
+            raise CorpusError(f"{path}: empty file (no header)")
+        first_id = -1  # ids count data rows from 1
+        col = _indices(resolve_columns(f"{path}:1", header, task, given), header)
+    else:
+        header, first_id = None, 0
+        col = _positions(path, given, task)
+    for row in rows:
         if max_rows is not None and sink.report.rows >= max_rows:
             break
         where = f"{path}:{reader.line_num}"
         if not row:
             continue
-        if len(row) != len(header):
-            sink.bad(where, f"expected {len(header)} columns, found {len(row)}")
+        width = len(header) if header is not None else max(col.values()) + 1
+        if (header is not None and len(row) != width) or len(row) < width:
+            sink.bad(where, f"expected {width} columns, found {len(row)}")
             continue
         get = lambda key: row[col[key]] if key in col else None  # noqa: E731
-        sink.add(where, get("premise"), get("hypothesis"), get("label"),
-                 row_id=get("id") or reader.line_num - 1, lang=get("lang"))
+        sink.add(where, get("text"), get("text_pair"), get("label"),
+                 row_id=get("id") or reader.line_num + first_id, lang=get("lang"))
     return sink.table(), sink.report
 
 
@@ -90,16 +115,26 @@ def _rows(reader, path: Path):
             raise CorpusError(f"{path}:{reader.line_num}: {exc}") from None
 
 
-def _columns(path: Path, header: list, opt: dict) -> dict:
-    """Column index of each mapped key. Every column named must exist, except
-    the default ``label`` column: without it the rows are unlabelled."""
-    col = {}
-    for key in ("premise", "hypothesis", "label", "id", "lang"):
-        name = opt.get(key)
-        if name is None:
+def _indices(columns: dict, header: list) -> dict:
+    return {key: header.index(name) for key, name in columns.items() if name is not None}
+
+
+def _positions(path: Path, given: dict, task: Task) -> dict:
+    """header=none: every field is a column number, the text fields must be given."""
+    if not task.is_pair and given.get("text_pair"):
+        raise CorpusError(f"{path}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
+                          f"(data.task.kind: single)")
+    mapping = {key: given.get(key) or task.columns.get(key) for key in ("text", "text_pair", "label", "id", "lang")}
+    needed = ["text", "text_pair"] if task.is_pair else ["text"]
+    missing = [key for key in needed if not mapping[key]]
+    if missing:
+        raise CorpusError(f"{path}: header=none needs the column number of {', '.join(missing)} "
+                          f"(e.g. ?header=none&text=0{'&text_pair=1' if task.is_pair else ''}&label=2)")
+    out = {}
+    for key, value in mapping.items():
+        if not value or (key == "text_pair" and not task.is_pair):
             continue
-        if name in header:
-            col[key] = header.index(name)
-        elif key != "label" or "label" in opt.get("_given", ()):
-            raise CorpusError(f"{path}:1: no column {name!r} for {key} in the header {header}")
-    return col
+        if not str(value).isdigit():
+            raise CorpusError(f"{path}: header=none names columns by number from 0; {key}={value!r} is not one")
+        out[key] = int(value)
+    return out

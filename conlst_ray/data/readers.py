@@ -5,14 +5,23 @@ A corpus is named by a spec string ``format:location``:
 =====================================  ==========================================
 ``xnli_tsv:PATH``                      XTREME-layout XNLI: no header, premise, hypothesis, label
 ``xnli_mt_tsv:PATH``                   XNLI-MT / MultiNLI TSV: header ``premise hypo label``
-``tsv:PATH[?premise=C&hypothesis=C&label=C]``  delimited with a header, columns mapped (data/delimited.py);
+``tsv:PATH[?text=C&label=C...]``       delimited, columns mapped (data/delimited.py; ``header=none``: by position)
 ``csv:PATH[?...]``                     the same, comma-separated
-``jsonl:PATH``                         one JSON object a line: premise, hypothesis, [label], [id], [lang]
-``parquet:PATH``                       columns premise, hypothesis, [label], [id], [lang]
-``hf:DATASET[:CONFIG]:SPLIT``          Hugging Face hub, e.g. ``hf:facebook/xnli:fr:validation``,
-                                       ``hf:nyu-mll/multi_nli::train``
+``jsonl:PATH[?...]``                   one JSON object a line
+``parquet:PATH[?...]``                 a Parquet file
+``hf:DATASET[:CONFIG]:SPLIT[?...]``    Hugging Face hub, e.g. ``hf:facebook/xnli:fr:validation``,
+                                       ``hf:google-research-datasets/paws-x:{lang}:test?text=sentence1&text_pair=sentence2``
 ``synthetic:SPLIT``                    the embedded benchmark (train, dev, test, unlabelled)
 =====================================  ==========================================
+
+What a row is comes from the task (``data.task``, data/task.py): single texts
+or pairs, and the label names. The options after ``?`` map the source's
+columns to the schema: ``text``, ``text_pair`` (pair tasks), ``label``,
+``id``, ``lang`` (``premise`` and ``hypothesis`` are accepted for ``text`` and
+``text_pair``). Unmapped fields use ``data.task.columns``, then the defaults:
+``text`` or ``premise``; ``text_pair`` or ``hypothesis``; ``label``. Labels
+are the task's names (any case) or ids; unknown labels are errors naming the
+file and line.
 
 ``{lang}`` in a spec is replaced by the language code, so one spec serves all
 target languages (``xnli_tsv:../shared/data/xnli/dev-{lang}.tsv``).
@@ -30,14 +39,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
+from urllib.parse import parse_qsl
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conlst_ray.data.schema import (LABEL_IDS, LABEL_NAMES, UNKNOWN_LABEL, CorpusError,
-                                    empty_columns, rows_to_table)
+from conlst_ray.data.schema import CorpusError, empty_columns, rows_to_table
+from conlst_ray.data.task import NLI, Task
 
 FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet", "hf", "synthetic")
+# ?key=column options of a spec, for every format but the two XNLI layouts and
+# the benchmark; premise/hypothesis are the NLI names of text/text_pair
+MAPPING_KEYS = ("text", "text_pair", "label", "id", "lang")
+KEY_ALIASES = {"premise": "text", "hypothesis": "text_pair"}
 
 
 @dataclass
@@ -65,14 +79,14 @@ class ReadReport:
 
 
 class _RowSink:
-    """Collects validated rows; raises or counts on a malformed one."""
+    """Collects validated rows of one task; raises or counts on a malformed one."""
 
-    def __init__(self, source: str, lang: str, id_prefix: str, on_malformed: str):
+    def __init__(self, source: str, lang: str, id_prefix: str, on_malformed: str, task: Task = NLI):
         if on_malformed not in ("raise", "skip"):
             raise ValueError(f"on_malformed must be 'raise' or 'skip', got {on_malformed!r}")
         self.cols = empty_columns()
         self.report = ReadReport(source)
-        self.lang, self.id_prefix, self.on_malformed = lang, id_prefix, on_malformed
+        self.lang, self.id_prefix, self.on_malformed, self.task = lang, id_prefix, on_malformed, task
         self.seen_ids: set[str] = set()
 
     def bad(self, where: str, reason: str) -> None:
@@ -80,17 +94,18 @@ class _RowSink:
             raise CorpusError(f"{where}: {reason}")
         self.report.skip(where, reason)
 
-    def add(self, where: str, premise: Any, hypothesis: Any, label: Any, row_id: Any = None,
+    def add(self, where: str, text: Any, text_pair: Any, label: Any, row_id: Any = None,
             lang: Any = None) -> None:
-        for name, text in (("premise", premise), ("hypothesis", hypothesis)):
-            if text is None:
+        texts = (("text", text), ("text_pair", text_pair)) if self.task.is_pair else (("text", text),)
+        for name, value in texts:
+            if value is None:
                 return self.bad(where, f"missing {name}")
-            if not isinstance(text, str):
-                return self.bad(where, f"{name} is a {type(text).__name__} ({text!r}), not text")
-            if not text.strip():
+            if not isinstance(value, str):
+                return self.bad(where, f"{name} is a {type(value).__name__} ({value!r}), not text")
+            if not value.strip():
                 return self.bad(where, f"empty {name}")
         try:
-            label_id = parse_label(label)
+            label_id = self.task.label_id(label)
         except ValueError as exc:
             return self.bad(where, str(exc))
         lang = lang or self.lang
@@ -98,8 +113,8 @@ class _RowSink:
         if rid in self.seen_ids:
             return self.bad(where, f"duplicate id {row_id!r}")
         self.seen_ids.add(rid)
-        for key, value in (("id", rid), ("lang", lang), ("premise", premise.strip()),
-                           ("hypothesis", hypothesis.strip()), ("label", label_id)):
+        for key, value in (("id", rid), ("lang", lang), ("text", text.strip()),
+                           ("text_pair", text_pair.strip() if self.task.is_pair else None), ("label", label_id)):
             self.cols[key].append(value)
         self.report.rows += 1
 
@@ -107,23 +122,50 @@ class _RowSink:
         return rows_to_table(self.cols)
 
 
-def parse_label(label: Any) -> int:
-    """Label names (any case, incl. XNLI-MT's 'contradictory'), ids 0-2, or -1/None/'' for unknown."""
-    if label is None or label == "" or label == UNKNOWN_LABEL:
-        return UNKNOWN_LABEL
-    if isinstance(label, bool):
-        raise ValueError(f"unknown label {label!r}")
-    if isinstance(label, int):
-        if 0 <= label < len(LABEL_NAMES):
-            return label
-        raise ValueError(f"unknown label id {label!r} (expected 0-{len(LABEL_NAMES) - 1} or -1)")
-    if isinstance(label, str):
-        key = label.strip().lower()
-        if key in LABEL_IDS:
-            return LABEL_IDS[key]
-        if key.lstrip("-").isdigit():
-            return parse_label(int(key))
-    raise ValueError(f"unknown label {label!r} (expected one of {sorted(LABEL_IDS)})")
+def parse_label(label: Any, task: Task = NLI) -> int:
+    """A label as found in a file -> its id in ``task`` (default NLI); see data/task.py."""
+    return task.label_id(label)
+
+
+# --- column mapping ---------------------------------------------------------------
+
+def split_options(spec: str, location: str, extra: tuple = ()) -> tuple[str, dict]:
+    """``LOCATION?text=col&label=col`` -> (location, {field: column}); ``extra``
+    names format options (``sep``, ``header``) allowed besides the fields."""
+    location, _, query = location.partition("?")
+    options: dict = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        key = KEY_ALIASES.get(key, key)
+        if key not in MAPPING_KEYS + tuple(extra):
+            allowed = list(MAPPING_KEYS) + list(KEY_ALIASES) + list(extra)
+            raise CorpusError(f"corpus spec {spec!r}: unknown option {key!r}; options: {', '.join(allowed)}")
+        if key in options:
+            raise CorpusError(f"corpus spec {spec!r}: option {key!r} given twice")
+        options[key] = value
+    return location, options
+
+
+def resolve_columns(where: str, available: list, task: Task, given: dict) -> dict:
+    """Field -> column name among ``available`` (None: absent). The text
+    columns of the task must exist; a label, id or lang column named by the
+    spec or the task must exist; an unnamed one may be absent (unlabelled rows)."""
+    if not task.is_pair and given.get("text_pair"):
+        raise CorpusError(f"{where}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
+                          f"(data.task.kind: single)")
+    out = {}
+    for key, candidates in task.column_map(given).items():
+        found = next((c for c in candidates if c in available), None)
+        required = key in ("text", "text_pair") or task.explicit(key, given)
+        if found is None and required:
+            wanted = " or ".join(repr(c) for c in candidates) if candidates else "a column"
+            raise CorpusError(f"{where}: no column {wanted} for {key}; has {list(available)}")
+        out[key] = found
+    return out
+
+
+def _record_fields(rec: dict, cols: dict) -> tuple:
+    get = lambda key: rec.get(cols[key]) if cols.get(key) else None  # noqa: E731
+    return get("text"), get("text_pair"), get("label"), get("id"), get("lang")
 
 
 def _lang_from_name(path: Path, lang: Optional[str]) -> str:
@@ -188,12 +230,19 @@ def _open_lines(path: Path, sink: Optional["_RowSink"] = None, max_line_bytes: O
             yield lineno, line if keep_ends else line.rstrip("\n").rstrip("\r")
 
 
+def _pair_layout(path: Path, task: Task, fmt: str) -> None:
+    if not task.is_pair:
+        raise CorpusError(f"{path}: {fmt} holds text pairs but the task reads single texts (data.task.kind: single); "
+                          f"use tsv:PATH?header=none&text=0&label=2 to read one column")
+
+
 def read_xnli_tsv(path: str | os.PathLike, lang: Optional[str] = None,
                   on_malformed: str = "raise", max_rows: Optional[int] = None,
-                  max_line_bytes: Optional[int] = MAX_LINE_BYTES):
+                  max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Task = NLI):
     """XTREME-layout XNLI (``dev-fr.tsv``): no header; premise, hypothesis, label."""
     path = Path(path)
-    sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed)
+    _pair_layout(path, task, "xnli_tsv")
+    sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed, task)
     for lineno, line in _open_lines(path, sink, max_line_bytes):
         if max_rows is not None and sink.report.rows >= max_rows:
             break
@@ -210,10 +259,11 @@ def read_xnli_tsv(path: str | os.PathLike, lang: Optional[str] = None,
 
 def read_xnli_mt_tsv(path: str | os.PathLike, lang: Optional[str] = None,
                      on_malformed: str = "raise", max_rows: Optional[int] = None,
-                     max_line_bytes: Optional[int] = MAX_LINE_BYTES):
+                     max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Task = NLI):
     """XNLI-MT / MultiNLI TSV (``multinli.train.fr.tsv``): header ``premise hypo label``."""
     path = Path(path)
-    sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed)
+    _pair_layout(path, task, "xnli_mt_tsv")
+    sink = _RowSink(str(path), _lang_from_name(path, lang), _id_prefix(path), on_malformed, task)
     header: list[str] | None = None
     for lineno, line in _open_lines(path, sink, max_line_bytes):
         if header is None:
@@ -237,9 +287,11 @@ def read_xnli_mt_tsv(path: str | os.PathLike, lang: Optional[str] = None,
     return sink.table(), sink.report
 
 
-def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_rows: Optional[int]):
+def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_rows: Optional[int],
+                  given: dict, columns: Optional[dict] = None):
     """Feed (where, default id, record) triples; a record that is a string is
-    the reason it could not be parsed."""
+    the reason it could not be parsed. ``columns``: the mapping resolved once
+    for a table (Parquet, hub); None = resolved per JSON record."""
     for where, default_id, rec in records:
         if max_rows is not None and sink.report.rows >= max_rows:
             break
@@ -249,21 +301,24 @@ def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_r
         if not isinstance(rec, dict):
             sink.bad(where, "not a JSON object")
             continue
-        missing = [k for k in ("premise", "hypothesis") if k not in rec]
-        if missing:
-            sink.bad(where, f"missing column(s) {missing}")
+        try:
+            cols = columns or resolve_columns(where, list(rec), sink.task, given)
+        except CorpusError as exc:
+            sink.bad(where, str(exc)[len(where) + 2:])  # the sink names the place itself
             continue
-        sink.add(where, rec["premise"], rec["hypothesis"], rec.get("label"),
-                 row_id=rec.get("id", default_id), lang=rec.get("lang"))
+        text, text_pair, label, row_id, lang = _record_fields(rec, cols)
+        sink.add(where, text, text_pair, label, row_id=default_id if row_id is None else row_id, lang=lang)
 
 
-def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
+def read_jsonl(location: str | os.PathLike, lang: Optional[str] = None,
                on_malformed: str = "raise", max_rows: Optional[int] = None,
-               max_line_bytes: Optional[int] = MAX_LINE_BYTES):
-    """JSON lines with premise, hypothesis and optional label, id (default:
-    the line number) and lang."""
-    path = Path(path)
-    sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed)
+               max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Task = NLI):
+    """JSON lines: one object a line; text (and text_pair) columns as the
+    spec or the task maps them, optional label, id (default: the line number)
+    and lang."""
+    path_text, given = split_options(f"jsonl:{location}", str(location))
+    path = Path(path_text)
+    sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed, task)
 
     def records():
         for lineno, line in _open_lines(path, sink, max_line_bytes):
@@ -274,51 +329,79 @@ def read_jsonl(path: str | os.PathLike, lang: Optional[str] = None,
             except json.JSONDecodeError as exc:
                 yield f"{path}:{lineno}", lineno, f"invalid JSON ({exc.msg})"
 
-    _records_into(sink, records(), max_rows)
+    _records_into(sink, records(), max_rows, given)
     return sink.table(), sink.report
 
 
-def read_parquet(path: str | os.PathLike, lang: Optional[str] = None,
-                 on_malformed: str = "raise", max_rows: Optional[int] = None, max_line_bytes=None):
-    """Parquet with premise, hypothesis and optional label, id, lang columns.
-    Rows are numbered from 1 in error messages."""
-    path = Path(path)
+def read_parquet(location: str | os.PathLike, lang: Optional[str] = None,
+                 on_malformed: str = "raise", max_rows: Optional[int] = None, max_line_bytes=None,
+                 task: Task = NLI):
+    """Parquet with text (and text_pair) columns as the spec or the task maps
+    them, optional label, id, lang. Rows are numbered from 1 in error messages."""
+    path_text, given = split_options(f"parquet:{location}", str(location))
+    path = Path(path_text)
     if not path.exists():
         raise CorpusError(f"{path}: no such file")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise CorpusError(f"{path}: cannot read as Parquet: {exc}") from None
-    missing = [c for c in ("premise", "hypothesis") if c not in table.column_names]
-    if missing:
-        raise CorpusError(f"{path}: missing column(s) {missing}; has {table.column_names}")
+    columns = resolve_columns(str(path), table.column_names, task, given)
     if max_rows is not None:
         table = table.slice(0, max_rows)
-    sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed)
+    sink = _RowSink(str(path), lang or "und", _id_prefix(path), on_malformed, task)
     records = ((f"{path}:row {i + 1}", i + 1, rec) for i, rec in enumerate(table.to_pylist()))
-    _records_into(sink, records, max_rows)
+    _records_into(sink, records, max_rows, given, columns)
     return sink.table(), sink.report
 
 
 # --- Hugging Face hub ---------------------------------------------------------
 
+def _class_label_names(ds, column: Optional[str]) -> Optional[list]:
+    """The names of a ``ClassLabel`` label column (ids in the data set's own order)."""
+    feature = getattr(ds, "features", {}).get(column) if column else None
+    return list(feature.names) if feature is not None and hasattr(feature, "names") else None
+
+
 def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "raise",
-                         max_rows: Optional[int] = None):
-    """Map a ``datasets.Dataset`` with premise/hypothesis/label columns (the
-    layout of ``facebook/xnli`` and ``nyu-mll/multi_nli``) to ROW_SCHEMA.
-    Both use label ids 0 entailment, 1 neutral, 2 contradiction; -1 stays unknown."""
-    missing = [c for c in ("premise", "hypothesis") if c not in ds.column_names]
-    if missing:
-        raise CorpusError(f"{id_prefix}: dataset lacks column(s) {missing}; has {ds.column_names}")
-    sink = _RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed)
-    id_col = "pairID" if "pairID" in ds.column_names else None
-    records = ((f"{id_prefix}:row {i}", rec[id_col] if id_col else i, rec) for i, rec in enumerate(ds))
-    _records_into(sink, records, max_rows)
+                         max_rows: Optional[int] = None, task: Task = NLI, given: Optional[dict] = None):
+    """Map a ``datasets.Dataset`` to ROW_SCHEMA through the column mapping
+    (``facebook/xnli`` and ``nyu-mll/multi_nli`` need none: premise,
+    hypothesis, label). A ``ClassLabel`` column whose names are the task's
+    is read by name, so a data set that orders its classes otherwise still
+    lands on the task's ids; other label values go through the task as they are."""
+    given = given or {}
+    columns = resolve_columns(id_prefix, list(ds.column_names), task, given)
+    if columns["id"] is None and "pairID" in ds.column_names:
+        columns["id"] = "pairID"
+    names = _class_label_names(ds, columns["label"])
+    by_name = names if names and all(_known_name(task, n) for n in names) else None
+    sink = _RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed, task)
+
+    def records():
+        for i, rec in enumerate(ds):
+            if by_name is not None and isinstance(rec.get(columns["label"]), int) and rec[columns["label"]] >= 0:
+                rec = {**rec, columns["label"]: by_name[rec[columns["label"]]]}
+            yield f"{id_prefix}:row {i}", i, rec
+
+    _records_into(sink, records(), max_rows, given, columns)
     return sink.table(), sink.report
 
 
+def _known_name(task: Task, name: str) -> bool:
+    try:
+        return not _is_id_only(name) and task.label_id(name) >= 0
+    except ValueError:
+        return False
+
+
+def _is_id_only(name: str) -> bool:
+    return str(name).strip().lstrip("-").isdigit()
+
+
 def read_hf(dataset: str, config: Optional[str], split: str, lang: Optional[str] = None,
-            on_malformed: str = "raise", max_rows: Optional[int] = None):
+            on_malformed: str = "raise", max_rows: Optional[int] = None, task: Task = NLI,
+            given: Optional[dict] = None):
     """A hub data set (downloads unless cached; fails fast with HF_HUB_OFFLINE=1)."""
     import datasets  # imported lazily: slow to import, and only this reader needs it
 
@@ -327,7 +410,7 @@ def read_hf(dataset: str, config: Optional[str], split: str, lang: Optional[str]
     except Exception as exc:
         raise CorpusError(f"hf:{dataset}:{config or ''}:{split}: cannot load ({type(exc).__name__}: {exc})") from None
     lang = lang or config or "en"
-    return rows_from_hf_dataset(ds, lang, f"{dataset}:{config or ''}:{split}", on_malformed, max_rows)
+    return rows_from_hf_dataset(ds, lang, f"{dataset}:{config or ''}:{split}", on_malformed, max_rows, task, given)
 
 
 # --- dispatch -------------------------------------------------------------------
@@ -340,33 +423,36 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: Optional[int] = None,
-                synthetic_cfg=None, max_line_bytes: Optional[int] = MAX_LINE_BYTES):
-    """Read one corpus spec for one language -> (table, report)."""
+                synthetic_cfg=None, max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Optional[Task] = None):
+    """Read one corpus spec for one language -> (table, report); ``task``
+    (default NLI) says what the rows are: single texts or pairs, which labels."""
+    task = task or NLI
     spec = spec.replace("{lang}", lang)
     fmt, location = parse_spec(spec)
     if fmt == "synthetic":
         from conlst_ray.data.synthetic import SyntheticBenchmark
 
-        bench = SyntheticBenchmark.from_config(synthetic_cfg)
-        table = bench.table(lang, location)
+        table = SyntheticBenchmark.from_config(synthetic_cfg, task).table(lang, location)
         if max_rows is not None:
             table = table.slice(0, max_rows)
         return table, ReadReport(spec, rows=table.num_rows)
     if fmt == "hf":
+        location, given = split_options(spec, location)
         parts = location.split(":")
         if len(parts) == 2:
             parts = [parts[0], "", parts[1]]
         if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT")
-        return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows)
+            raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT[?text=COLUMN&...]")
+        return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows, task, given)
     if fmt in ("tsv", "csv"):
         from conlst_ray.data.delimited import read_delimited
 
         return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows,
-                              max_line_bytes=max_line_bytes)
+                              max_line_bytes=max_line_bytes, task=task)
     reader: Callable = {"xnli_tsv": read_xnli_tsv, "xnli_mt_tsv": read_xnli_mt_tsv,
                         "jsonl": read_jsonl, "parquet": read_parquet}[fmt]
-    return reader(location, lang, on_malformed=on_malformed, max_rows=max_rows, max_line_bytes=max_line_bytes)
+    return reader(location, lang, on_malformed=on_malformed, max_rows=max_rows, max_line_bytes=max_line_bytes,
+                  task=task)
 
 
 def read_languages(spec: str, langs: Iterable[str], **kwargs) -> tuple[pa.Table, list[ReadReport]]:

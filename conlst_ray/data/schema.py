@@ -1,34 +1,30 @@
-"""The one row schema every corpus is read into.
+"""The one row schema every corpus is read into, whatever the task.
 
 id          str   unique across languages (the reader prefixes the language)
 lang        str   language code
-premise     str
-hypothesis  str
-label       int   0 entailment, 1 neutral, 2 contradiction; -1 unknown
+text        str   the text (NLI: the premise)
+text_pair   str   the second text of a pair task (NLI: the hypothesis); null
+                  in a single-text task
+label       int   index into the task's label names (data/task.py); -1 unknown
 
-This is the Hugging Face ``xnli`` / ``multi_nli`` label order. XTREME's own
-code uses another order; never mix them.
+The NLI task keeps the Hugging Face ``xnli`` / ``multi_nli`` label order
+(0 entailment, 1 neutral, 2 contradiction). XTREME's own code uses another
+order; never mix them.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-LABEL_NAMES = ("entailment", "neutral", "contradiction")
-UNKNOWN_LABEL = -1
-# Spellings seen in the wild. XNLI-MT writes "contradictory".
-LABEL_IDS = {
-    "entailment": 0,
-    "neutral": 1,
-    "contradiction": 2,
-    "contradictory": 2,
-}
+from conlst_ray.data.task import NLI_LABELS, UNKNOWN_LABEL
+
+LABEL_NAMES = NLI_LABELS  # the default task's names
 
 ROW_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("lang", pa.string(), nullable=False),
-    pa.field("premise", pa.string(), nullable=False),
-    pa.field("hypothesis", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("text_pair", pa.string(), nullable=True),
     pa.field("label", pa.int64(), nullable=False),
 ])
 COLUMNS = tuple(ROW_SCHEMA.names)
@@ -39,12 +35,28 @@ class CorpusError(ValueError):
 
 
 def rows_to_table(rows: dict[str, list]) -> pa.Table:
-    """Columns (a dict of equal-length lists) -> a table in ROW_SCHEMA."""
-    return pa.table({name: rows[name] for name in COLUMNS}, schema=ROW_SCHEMA)
+    """Columns (a dict of equal-length lists) -> a table in ROW_SCHEMA; a
+    single-text corpus may leave out ``text_pair``."""
+    n = len(rows["id"])
+    return pa.table({name: rows[name] if name in rows else [None] * n for name in COLUMNS}, schema=ROW_SCHEMA)
 
 
 def empty_columns() -> dict[str, list]:
     return {name: [] for name in COLUMNS}
+
+
+def is_pair_table(table: pa.Table) -> bool:
+    """Do the rows carry a second text? (A single-text corpus has none at all;
+    the readers never mix the two.)"""
+    nulls = table.column("text_pair").null_count
+    if 0 < nulls < table.num_rows:
+        raise CorpusError(f"{nulls} of {table.num_rows} rows lack text_pair: a corpus is all pairs or all single texts")
+    return table.num_rows > 0 and nulls == 0
+
+
+def pair_texts(table: pa.Table) -> tuple[list, list | None]:
+    """(texts, second texts or None): the tokenizer's two arguments."""
+    return table.column("text").to_pylist(), (table.column("text_pair").to_pylist() if is_pair_table(table) else None)
 
 
 def without_labels(table: pa.Table) -> pa.Table:

@@ -1,4 +1,5 @@
-"""The embedded synthetic cross-lingual NLI benchmark.
+"""The embedded synthetic cross-lingual benchmark: NLI-like pairs by default,
+or single texts, with any number of classes (``data.task``).
 
 Generated on demand from a seed (never committed as data), so the whole method
 can be tried on a laptop without a download. It is built to be a fair test bed
@@ -33,6 +34,14 @@ whose only known cue is a distractor or a false friend are wrong *and
 confident* -- noisy labels in the high-confidence band (the paper's Fig. 3).
 Self-training can learn the unknown target forms from their co-occurrence
 with known ones, so there is something to gain, more for distant targets.
+
+**Other tasks.** The task (``data.task``) sets the number of classes C (each
+class owns 16 cues, the label is still the majority cue class) and the form:
+``pair`` as above, or ``single``: one text of topic words, the cues and
+filler, like a review whose rating words decide its class (MARC) or a
+ticket whose key words decide its queue. Languages, false friends and domain
+shift are graded the same way. With the NLI task (pairs, 3 classes) the
+corpora are exactly those of earlier versions.
 """
 
 from __future__ import annotations
@@ -46,9 +55,9 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from conlst_ray.data.schema import LABEL_NAMES, CorpusError, rows_to_table
+from conlst_ray.data.schema import CorpusError, rows_to_table
 
-NUM_CLASSES = len(LABEL_NAMES)
+NUM_CLASSES = 3   # the NLI task's; a benchmark of another task has its own
 SPLITS = ("train", "dev", "test", "unlabelled")
 
 
@@ -82,18 +91,17 @@ _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
 
-def _concepts() -> dict[str, list[int]]:
+def _concepts(num_classes: int = NUM_CLASSES) -> dict[str, list[int]]:
     """Concept ids by kind: cues of class c, topics of domain d, function words."""
     ids = itertools.count()
-    cues = {c: [next(ids) for _ in range(CUES_PER_CLASS)] for c in range(NUM_CLASSES)}
+    cues = {c: [next(ids) for _ in range(CUES_PER_CLASS)] for c in range(num_classes)}
     topics = {d: [next(ids) for _ in range(WORDS_PER_DOMAIN)] for d in range(NUM_DOMAINS)}
     function = [next(ids) for _ in range(NUM_FUNCTION_WORDS)]
     return {"cues": cues, "topics": topics, "function": function}
 
 
-CONCEPTS = _concepts()
-NUM_CONCEPTS = CUES_PER_CLASS * NUM_CLASSES + NUM_DOMAINS * WORDS_PER_DOMAIN + NUM_FUNCTION_WORDS
-CUE_CLASS = {cid: c for c, cids in CONCEPTS["cues"].items() for cid in cids}
+def _cue_class(concepts: dict) -> dict[int, int]:
+    return {cid: c for c, cids in concepts["cues"].items() for cid in cids}
 
 
 class _WordFactory:
@@ -113,14 +121,14 @@ class _WordFactory:
                 return word
 
 
-def _groups() -> list[list[int]]:
+def _groups(concepts: dict) -> list[list[int]]:
     """Concepts in groups that are shared in equal proportion: each class's
     cues, each domain's topic words, the function words."""
-    return (list(CONCEPTS["cues"].values()) + list(CONCEPTS["topics"].values())
-            + [CONCEPTS["function"]])
+    return (list(concepts["cues"].values()) + list(concepts["topics"].values())
+            + [concepts["function"]])
 
 
-def _lexicons(seed: int) -> dict[str, list[str]]:
+def _lexicons(seed: int, concepts: dict) -> dict[str, list[str]]:
     """Surface form of every concept in every language.
 
     Sharing is exact and nested: within each group, concepts are ranked once
@@ -130,28 +138,30 @@ def _lexicons(seed: int) -> dict[str, list[str]]:
     """
     rng = np.random.default_rng([seed, 0])
     words = _WordFactory(rng)
-    source = [words.new() for _ in range(NUM_CONCEPTS)]
-    ranking = [[int(c) for c in rng.permutation(group)] for group in _groups()]
+    cue_class = _cue_class(concepts)
+    num_concepts = sum(len(group) for group in _groups(concepts))
+    source = [words.new() for _ in range(num_concepts)]
+    ranking = [[int(c) for c in rng.permutation(group)] for group in _groups(concepts)]
     lexicons = {SOURCE_LANG: source}
     for li, prof in enumerate(PROFILES[1:], start=1):
         lrng = np.random.default_rng([seed, 1, li])
-        forms: list[Optional[str]] = [None] * NUM_CONCEPTS
+        forms: list[Optional[str]] = [None] * num_concepts
         unshared_cues: list[int] = []
         for group in ranking:
             k = int(round(prof.shared * len(group)))
             for c in group[:k]:
                 forms[c] = source[c]
-            unshared_cues += [c for c in group[k:] if c in CUE_CLASS]
+            unshared_cues += [c for c in group[k:] if c in cue_class]
         # False friends: an unshared target cue spelled like the source form of
         # an (also unshared) cue of another class, so each form keeps one
         # meaning within the target language.
-        n_ff = int(round(prof.false_friends * len(CUE_CLASS)))
+        n_ff = int(round(prof.false_friends * len(cue_class)))
         pool = [int(c) for c in lrng.permutation(unshared_cues)]
         for _ in range(n_ff):
             if not pool:
                 break
             cid = pool.pop()
-            donors = [o for o in pool if CUE_CLASS[o] != CUE_CLASS[cid]]
+            donors = [o for o in pool if cue_class[o] != cue_class[cid]]
             if not donors:
                 break
             donor = donors[0]
@@ -165,17 +175,26 @@ class SyntheticBenchmark:
     """Deterministic corpora of the embedded benchmark; see module docstring."""
 
     def __init__(self, seed: int = 13, n_source_train: int = 6000, n_unlabelled: int = 2000,
-                 n_dev: int = 600, n_test: int = 600):
-        self.seed = seed
+                 n_dev: int = 600, n_test: int = 600, num_classes: int = NUM_CLASSES, pair: bool = True):
+        if num_classes < 2:
+            raise CorpusError(f"synthetic: needs at least 2 classes, got {num_classes}")
+        self.seed, self.num_classes, self.pair = seed, num_classes, pair
         self.sizes = {"train": n_source_train, "unlabelled": n_unlabelled, "dev": n_dev, "test": n_test}
-        self.lexicons = _lexicons(seed)
+        self.concepts = _concepts(num_classes)
+        self.cue_class = _cue_class(self.concepts)
+        self.lexicons = _lexicons(seed, self.concepts)
         self.profiles = {p.code: p for p in PROFILES}
 
     @classmethod
-    def from_config(cls, cfg=None) -> "SyntheticBenchmark":
+    def from_config(cls, cfg=None, task=None) -> "SyntheticBenchmark":
+        """The benchmark of ``data.synthetic`` for ``data.task`` (None: NLI)."""
+        from conlst_ray.data.task import Task
+
+        task = Task.of(task)
         if cfg is None:
-            return _cached(13, 6000, 2000, 600, 600)
-        return _cached(cfg.seed, cfg.n_source_train, cfg.n_unlabelled, cfg.n_dev, cfg.n_test)
+            return _cached(13, 6000, 2000, 600, 600, task.num_classes, task.is_pair)
+        return _cached(cfg.seed, cfg.n_source_train, cfg.n_unlabelled, cfg.n_dev, cfg.n_test,
+                       task.num_classes, task.is_pair)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -200,34 +219,45 @@ class SyntheticBenchmark:
         return _generate(self, lang, split)
 
     # -- generation ----------------------------------------------------------------
-    def _pair(self, rng: np.random.Generator, prof: LanguageProfile, label: int) -> tuple[str, str]:
-        lex = self.lexicons[prof.code]
+    def _topic(self, rng: np.random.Generator, prof: LanguageProfile, low: int, high: int) -> list:
         half = NUM_DOMAINS // 2
         if rng.random() < prof.domain_shift:
             domain = int(rng.integers(half, NUM_DOMAINS))
         else:
             domain = int(rng.integers(0, half))
-        topic_words = list(rng.choice(CONCEPTS["topics"][domain], size=int(rng.integers(4, 7)), replace=False))
-        function = CONCEPTS["function"]
-        premise = topic_words + list(rng.choice(function, size=int(rng.integers(2, 4))))
-        rng.shuffle(premise)
+        return list(rng.choice(self.concepts["topics"][domain], size=int(rng.integers(low, high)), replace=False))
 
-        cues = list(rng.choice(CONCEPTS["cues"][label], size=int(rng.integers(1, 4)), replace=False))
+    def _cues(self, rng: np.random.Generator, label: int) -> list:
+        cues = list(rng.choice(self.concepts["cues"][label], size=int(rng.integers(1, 4)), replace=False))
         # A distractor only where it cannot tie: the majority of cues decides the label.
         if len(cues) >= 2 and rng.random() < DISTRACTOR_RATE:
-            other = int(rng.choice([c for c in range(NUM_CLASSES) if c != label]))
-            cues.append(int(rng.choice(CONCEPTS["cues"][other])))
+            other = int(rng.choice([c for c in range(self.num_classes) if c != label]))
+            cues.append(int(rng.choice(self.concepts["cues"][other])))
+        return cues
+
+    def _realise(self, rng: np.random.Generator, prof: LanguageProfile, concepts: list) -> str:
+        words = [self.lexicons[prof.code][int(c)] for c in concepts]
+        if rng.random() < prof.reorder:
+            words.reverse()
+        return " ".join(words)
+
+    def _pair(self, rng: np.random.Generator, prof: LanguageProfile, label: int) -> tuple[str, str]:
+        topic_words = self._topic(rng, prof, 4, 7)
+        function = self.concepts["function"]
+        premise = topic_words + list(rng.choice(function, size=int(rng.integers(2, 4))))
+        rng.shuffle(premise)
+        cues = self._cues(rng, label)
         echoed = list(rng.choice(topic_words, size=int(rng.integers(1, 3)), replace=False))
         hypothesis = cues + echoed + list(rng.choice(function, size=int(rng.integers(1, 3))))
         rng.shuffle(hypothesis)
+        return self._realise(rng, prof, premise), self._realise(rng, prof, hypothesis)
 
-        def realise(concepts: list) -> str:
-            words = [lex[int(c)] for c in concepts]
-            if rng.random() < prof.reorder:
-                words.reverse()
-            return " ".join(words)
-
-        return realise(premise), realise(hypothesis)
+    def _single(self, rng: np.random.Generator, prof: LanguageProfile, label: int) -> tuple[str, None]:
+        """One text: a few topic words, the cues of its class, filler."""
+        words = (self._topic(rng, prof, 3, 6) + self._cues(rng, label)
+                 + list(rng.choice(self.concepts["function"], size=int(rng.integers(2, 4)))))
+        rng.shuffle(words)
+        return self._realise(rng, prof, words), None
 
 
 _SPLIT_STREAM = {s: i for i, s in enumerate(SPLITS)}
@@ -238,27 +268,29 @@ def _generate(bench: SyntheticBenchmark, lang: str, split: str) -> pa.Table:
     n = bench.sizes[split]
     lang_idx = bench.languages.index(lang)
     rng = np.random.default_rng([bench.seed, 2, lang_idx, _SPLIT_STREAM[split]])
-    labels = np.arange(n) % NUM_CLASSES  # balanced, like XNLI
+    c = bench.num_classes
+    labels = np.arange(n) % c  # balanced, like XNLI
     rng.shuffle(labels)
-    cols = {"id": [], "lang": [], "premise": [], "hypothesis": [], "label": []}
+    make = bench._pair if bench.pair else bench._single
+    cols = {"id": [], "lang": [], "text": [], "text_pair": [], "label": []}
     for i, label in enumerate(labels):
-        # A disputed pair: its text speaks for another class than its gold
+        # A disputed row: its text speaks for another class than its gold
         # label. Drawn this way, the gold labels stay balanced.
         cue_class = int(label)
         if rng.random() < ANNOTATION_NOISE:
-            cue_class = (cue_class + int(rng.integers(1, NUM_CLASSES))) % NUM_CLASSES
-        premise, hypothesis = bench._pair(rng, prof, cue_class)
+            cue_class = (cue_class + int(rng.integers(1, c))) % c
+        text, text_pair = make(rng, prof, cue_class)
         cols["id"].append(f"{lang}-synthetic_{split}-{i}")
         cols["lang"].append(lang)
-        cols["premise"].append(premise)
-        cols["hypothesis"].append(hypothesis)
+        cols["text"].append(text)
+        cols["text_pair"].append(text_pair)
         cols["label"].append(int(label))
     return rows_to_table(cols)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(seed, n_train, n_unlab, n_dev, n_test) -> SyntheticBenchmark:
-    return SyntheticBenchmark(seed, n_train, n_unlab, n_dev, n_test)
+def _cached(seed, n_train, n_unlab, n_dev, n_test, num_classes=NUM_CLASSES, pair=True) -> SyntheticBenchmark:
+    return SyntheticBenchmark(seed, n_train, n_unlab, n_dev, n_test, num_classes, pair)
 
 
 def write_vocab(bench: SyntheticBenchmark, path: str | Path) -> Path:
@@ -274,10 +306,10 @@ def write_vocab(bench: SyntheticBenchmark, path: str | Path) -> Path:
 def cue_visibility(bench: SyntheticBenchmark, lang: str) -> dict[str, float]:
     """Diagnostics for the README: share of cue forms a source model has seen,
     and share of cues that are false friends."""
-    src = set(bench.lexicons[SOURCE_LANG][c] for c in CUE_CLASS)
+    src = set(bench.lexicons[SOURCE_LANG][c] for c in bench.cue_class)
     lex = bench.lexicons[lang]
-    seen = [lex[c] in src for c in CUE_CLASS]
-    false = [lex[c] in src and lex[c] != bench.lexicons[SOURCE_LANG][c] for c in CUE_CLASS]
+    seen = [lex[c] in src for c in bench.cue_class]
+    false = [lex[c] in src and lex[c] != bench.lexicons[SOURCE_LANG][c] for c in bench.cue_class]
     return {"cue_forms_known": float(np.mean(seen)), "false_friends": float(np.mean(false))}
 
 

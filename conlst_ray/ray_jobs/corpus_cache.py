@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config import atomic_write_text
+from conlst_ray.data.corpora import read_options
 from conlst_ray.data.readers import read_corpus
 from conlst_ray.data.schema import CorpusError
 
@@ -109,8 +110,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     langs = list(dict.fromkeys(langs))
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
-    read_kwargs = {"on_malformed": data_cfg.on_malformed, "max_rows": max_rows if max_rows is not None else data_cfg.max_rows,
-                   "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes}
+    read_kwargs = read_options(data_cfg, max_rows)
     manifests, pending = {}, []
     for lang in langs:
         manifest = read_manifest(root, lang)

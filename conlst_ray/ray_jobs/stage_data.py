@@ -80,7 +80,7 @@ def read_stage_data(loop_cfg: dict, stamp: str) -> tuple[TokenRows, Optional[Tok
     """Source rows (labelled) and target rows (labels hidden: ``gold`` keeps
     them for analysis only, never trained on), memory-mapped."""
     tokens = loop_cfg["tokens"]
-    source = open_token_rows(*tokens["source"], expect_stamp=stamp)
+    source = open_token_rows(*tokens["source"], expect_stamp=stamp).labelled()
     target = None
     if "target" in tokens:
         target = open_token_rows(*tokens["target"], expect_stamp=stamp)

@@ -1,13 +1,13 @@
 """Translation on Ray Data: an actor pool holding a seq2seq model.
 
-* back-translation: every target row, target -> pivot -> target, premise and
-  hypothesis (the strong view of the self-training stage);
+* back-translation: every target row, target -> pivot -> target, its text
+  and (pair tasks) its second text (the strong view of the self-training stage);
 * translate-train: every labelled source row into each target language
   (the paper's CoNLST-MT setting), labels kept.
 
 Input is the cached corpus shards; output is Parquet keyed by id, resumable
 per shard like pseudo-labelling (see sharded.py), so reruns reuse it.
-Columns: id, lang, pos, source_id, premise, hypothesis, label.
+Columns: id, lang, pos, source_id, text, text_pair (null for single texts), label.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
 from conlst_ray.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
                                    make_translator)
 
-TEXT_COLUMNS = ["id", "lang", "pos", "premise", "hypothesis", "label"]
+TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
 
 
 def read_shards(paths: pa.Table) -> pa.Table:
@@ -39,36 +39,48 @@ class TranslateActor:
     """Holds one translation model; translates the rows of a batch, grouped by language."""
 
     def __init__(self, model: str, family: str, mode: str, pivot: str, targets: Sequence[str],
-                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool, benchmark_seed: int = 13):
+                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool, benchmark_seed: int = 13,
+                 benchmark_classes: int = 3):
         self.translator = make_translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu,
-                                          benchmark_seed)
+                                          benchmark_seed, benchmark_classes)
         self.mode, self.pivot, self.targets = mode, pivot, list(targets)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
-        out = {k: [] for k in ("id", "lang", "pos", "path", "source_id", "premise", "hypothesis", "label")}
+        out = {k: [] for k in ("id", "lang", "pos", "path", "source_id", "text", "text_pair", "label")}
         for lang in dict.fromkeys(r["lang"] for r in rows):
             group = [r for r in rows if r["lang"] == lang]
-            for tgt, premises, hypotheses in self._translate(lang, group):
-                for r, p, h in zip(group, premises, hypotheses):
+            for tgt, texts, pairs in self._translate(lang, group):
+                for r, text, pair in zip(group, texts, pairs):
                     out["id"].append(r["id"] if self.mode == "back" else f"{tgt}-mt-{r['id']}")
                     out["lang"].append(tgt)
                     for key in ("pos", "path", "label"):
                         out[key].append(r[key])
                     out["source_id"].append(r["id"])
-                    out["premise"].append(p)
-                    out["hypothesis"].append(h)
-        return pa.table(out)
+                    out["text"].append(text)
+                    out["text_pair"].append(pair)
+        return _table(out)
 
     def _translate(self, lang: str, group: list):
-        premises = [r["premise"] for r in group]
-        hypotheses = [r["hypothesis"] for r in group]
+        """(target language, texts, second texts) per direction; a single-text
+        row has no second text to translate (None)."""
+        texts = [r["text"] for r in group]
+        pairs = [r["text_pair"] for r in group] if group and group[0]["text_pair"] is not None else None
         t = self.translator
+
+        def run(fn, *args):
+            return fn(texts, *args), (fn(pairs, *args) if pairs is not None else [None] * len(texts))
+
         if self.mode == "back":
-            yield lang, t.back_translate(premises, lang, self.pivot), t.back_translate(hypotheses, lang, self.pivot)
+            yield (lang, *run(t.back_translate, lang, self.pivot))
             return
         for tgt in self.targets:
-            yield tgt, t.translate(premises, lang, tgt), t.translate(hypotheses, lang, tgt)
+            yield (tgt, *run(t.translate, lang, tgt))
+
+
+def _table(out: dict) -> pa.Table:
+    """The translated rows; text_pair stays a string column when every row is a single text (all null)."""
+    return pa.table({k: pa.array(v, pa.string()) if k in ("text", "text_pair") else v for k, v in out.items()})
 
 
 def resolve_family(tr_cfg) -> str:
@@ -94,7 +106,8 @@ def resolve_family(tr_cfg) -> str:
 def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,
               targets: Sequence[str] = (), cpus_per_task: float = 0.25, log=print,
               on_progress: Optional[Callable[[JobReport], None]] = None,
-              benchmark_seed: int = 13, recompute: bool = False) -> tuple[JobReport, list]:
+              benchmark_seed: int = 13, recompute: bool = False,
+              benchmark_classes: int = 3) -> tuple[JobReport, list]:
     """Back-translate (mode 'back') the languages of ``manifests``, or
     translate them (mode 'train', source rows) into ``targets``. Languages
     the model does not cover are checked before any work starts. Returns
@@ -123,17 +136,18 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
                                   "pivot": tr_cfg.pivot_lang, "targets": targets,
                                   "max_new_tokens": tr_cfg.max_new_tokens, "num_beams": tr_cfg.num_beams,
                                   "batch_size": tr_cfg.batch_size, "use_gpu": tr_cfg.gpus_per_actor > 0,
-                                  "benchmark_seed": benchmark_seed})
+                                  "benchmark_seed": benchmark_seed, "benchmark_classes": benchmark_classes})
 
     name = "back-translate" if mode == "back" else "translate-train"
     report = run_sharded_job(name, manifests, corpus_root, out_root, stages, cpus_per_task, log, on_progress,
                              rows_per_input=1 if mode == "back" else len(targets),
-                             provenance=_provenance(tr_cfg, manifests, mode, targets, benchmark_seed),
+                             provenance=_provenance(tr_cfg, manifests, mode, targets,
+                                                    {"benchmark_seed": benchmark_seed, "benchmark_classes": benchmark_classes}),
                              recompute=recompute)
     return report, fallback
 
 
-def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark_seed: int) -> dict:
+def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) -> dict:
     """Translations are tied to the MT settings and the corpus they translate (per language)."""
     import dataclasses
 
@@ -142,7 +156,7 @@ def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark_seed: int
 
     mt = {"MT model weights": weights_stamp(tr_cfg.model)} if tr_cfg.model and Path(tr_cfg.model).is_dir() else {}
     settings = {**{f"translation.{k}": v for k, v in dataclasses.asdict(tr_cfg).items()},
-                "mode": mode, "targets": list(targets), "benchmark_seed": benchmark_seed}
+                "mode": mode, "targets": list(targets), **benchmark}
     return {lang: fingerprint(settings, {"corpus": corpus_digest({lang: m}), **mt}) for lang, m in manifests.items()}
 
 
