@@ -10,11 +10,13 @@ written as ``STEM.md`` and ``STEM.csv``.
 
     python -m conlst_ray.evaluate runs/x/source/model runs/x/ssl/model \\
         --corpus 'xnli_tsv:../shared/data/xnli/dev-{lang}.tsv' --langs en fr zh ur --out runs/x/xnli_dev
-    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'csv:test.csv?premise=sentence1&hypothesis=sentence2&label=gold' \\
+    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'csv:test.csv?text=sentence1&text_pair=sentence2&label=gold' \\
         --langs de
 
-Row names are the directories' parents (``source``, ``ssl``, ...) unless
-given as ``NAME=DIR``.
+The corpus is read as the task the models were trained for (``data.task``,
+recorded in their ``conlst.json``: single texts or pairs, the label names);
+a model without that record is taken to be an NLI model. Row names are the
+directories' parents (``source``, ``ssl``, ...) unless given as ``NAME=DIR``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ SMALL = ["data.synthetic.n_source_train=1500", "data.synthetic.n_unlabelled=300"
 FIVE = ["very_bad", "bad", "mixed", "good", "very_good"]
 TWO = ["different", "paraphrase"]
 TASKS = {
-    "single5": (FIVE, ["data.task.kind=single", f"data.task.labels=[{', '.join(FIVE)}]", "translation.model=synthetic"]),
+    "single5": (FIVE, ["data.task.kind=single", f"data.task.labels=[{', '.join(FIVE)}]", "translation.model=synthetic",
+                           "translation.pivot_lang=src"]),
     "pair2": (TWO, ["data.task.kind=pair", f"data.task.labels=[{', '.join(TWO)}]"]),
 }
 
@@ -79,3 +80,20 @@ def test_rows_keep_the_tasks_form_through_every_stage(task_run):
         assert all(back.column("text").to_pylist())
     steps = [json.loads(line) for line in open(run_dir / "conl" / "steps.jsonl")]
     assert steps and all(s["saturated_share"] < 0.5 for s in steps if "saturated_share" in s)
+
+
+def test_a_model_carries_its_task_to_evaluate_and_preflight(task_run, tmp_path, capsys):
+    from conlst_ray import evaluate
+    from conlst_ray.cli import UserError
+    from conlst_ray.config import load_config
+    from conlst_ray.preflight import preflight
+
+    name, labels, run_dir = task_run
+    # the evaluate command reads the corpus as the model's task (no task option needed)
+    assert evaluate.main([str(run_dir / "ssl" / "model"), "--corpus", "synthetic:test", "--langs", "src", "far",
+                          "--max-rows", "60"]) == 0
+    assert "| ssl |" in capsys.readouterr().out
+    # a checkpoint of this task given to an NLI run is refused before any work
+    cfg = load_config(None, [f"model.source_checkpoint={run_dir / 'source' / 'model'}", f"output_dir={tmp_path}"])
+    with pytest.raises(UserError, match=r"model.source_checkpoint: .* classifies \[.*\] but data.task.labels is"):
+        preflight(cfg)

@@ -1,0 +1,121 @@
+"""The embedded benchmark as three tasks -> docs/TASKS.md.
+
+The NLI default (pairs, 3 classes), the single-text 5-class variant and the
+2-class pair variant, each run once by ``python -m conlst_ray.run`` with the
+default settings otherwise (seed 0). It shows the pipeline on tasks other
+than NLI and measures what the number of classes does to Eq. 4/5: the share
+of a confident anchor's negatives that belong to its own gold class.
+
+    .venv/bin/python experiments/tasks.py          # about 12 minutes on 2 CPU cores
+
+Runs live under --out (default runs/tasks); finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
+from conlst_ray.reporting import read_rows, to_markdown  # noqa: E402
+
+TASKS = {
+    "NLI (pairs, 3 classes; the default)": [],
+    "single texts, 5 classes": ["--config", "tune_configs/synthetic_single5.yaml"],
+    "text pairs, 2 classes": ["--config", "tune_configs/synthetic_pair2.yaml"],
+}
+
+
+def run(name: str, args: list, out: Path) -> Path:
+    run_dir = out / name
+    if (run_dir / "results" / "accuracy_test.csv").is_file():
+        return run_dir
+    cmd = [sys.executable, "-m", "conlst_ray.run", *args, f"output_dir={out}", f"run_name={name}", "seed=0"]
+    cmd += ["--resume"] if run_dir.is_dir() else []
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    print(f"[tasks] {name}: {time.time() - t0:.0f} s")
+    return run_dir
+
+
+def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
+    """Mean over target languages: expected share of a confident anchor's
+    negatives whose gold class is the anchor's own (wrong / right
+    pseudo-labels), and the share of confident anchors that are wrong."""
+    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.ray_jobs.sharded import read_outputs
+
+    cfg = load_config(run_dir / "config.yaml")
+    labels, corpus = read_outputs(run_dir / "pseudo_labels" / "source"), read_outputs(run_dir / "corpus" / "target_train")
+    gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+    gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
+    langs = np.asarray(labels.column("lang").to_pylist())
+    pseudo, conf = labels.column("pseudo_label").to_numpy(), labels.column("confidence").to_numpy()
+    wrong, right, wrong_share = [], [], []
+    for lang in cfg.data.target_langs:
+        m = langs == lang
+        w, r = own_class_negatives(pseudo[m], conf[m], gold[m], cfg.conl.gamma, len(cfg.data.task.labels))
+        wrong.append(w)
+        right.append(r)
+        confident = conf[m] >= cfg.conl.gamma
+        wrong_share.append(float((pseudo[m] != gold[m])[confident].mean()))
+    return float(np.nanmean(wrong)), float(np.nanmean(right)), float(np.mean(wrong_share))
+
+
+def section(title: str, run_dir: Path) -> str:
+    results = run_dir / "results"
+    rows = {r["model"]: r for r in read_rows(results / "accuracy_test.csv")}
+    parts = [f"## {title}", "", f"Run: `{run_dir}`.", "", "Accuracy (%), test:", "",
+             (results / "accuracy_test.md").read_text()]
+    if (results / "class_accuracy_test.md").is_file():
+        parts += ["Accuracy (%) per gold label, target languages, test:", "",
+                  (results / "class_accuracy_test.md").read_text()]
+    parts += [(results / "calibration_by_class.md").read_text(), ""]
+    gain = float(rows["CoNLST"]["avg"]) - float(rows["zero-shot"]["avg"])
+    parts.append(f"CoNLST - zero-shot (test, target average): {gain:+.1f} points.\n")
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/tasks")
+    parser.add_argument("--doc", default="docs/TASKS.md")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    dirs = {title: run(f"t{i}", extra, out) for i, (title, extra) in enumerate(TASKS.items())}
+    shares = []
+    for title, d in dirs.items():
+        classes = len(load_config(d / "config.yaml").data.task.labels)
+        w, r, wrong = own_class_shares(d)
+        shares.append([title, classes, f"{100 / (classes - 1):.0f} %", f"{100 * w:.1f} %", f"{100 * r:.1f} %",
+                       f"{100 * wrong:.1f} %"])
+    doc = ["# The embedded benchmark as three tasks", "",
+           "Produced by `.venv/bin/python experiments/tasks.py` (seed 0, default settings otherwise: "
+           "6,000 source rows, 2,000 unlabelled rows and 600 dev/test rows per language, tiny BERT, "
+           "one Ray Train worker; 2 CPU cores).", "",
+           "## Eq. 4/5 and the number of classes", "",
+           "A confident anchor (confidence >= gamma) takes its negatives from the rows confidently predicted "
+           "as each class other than its pseudo-label. The table gives, averaged over the four target "
+           "languages, the expected share of those negatives whose gold class is the anchor's own, for "
+           "anchors whose pseudo-label is wrong and right; 'if the pool were exact' is 1 / (C - 1), the share "
+           "for a wrong anchor when every pool row's pseudo-label is right.", "",
+           to_markdown(["task", "classes C", "wrong anchor, if the pool were exact",
+                        "wrong anchor, measured", "right anchor, measured", "confident anchors that are wrong"],
+                       shares),
+           ""]
+    doc += [section(title, d) for title, d in dirs.items()]
+    atomic_write_text(REPO / args.doc, "\n".join(doc))
+    print(f"[tasks] wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
