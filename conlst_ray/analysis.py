@@ -237,3 +237,21 @@ def own_class_negatives(pseudo: np.ndarray, confidence: np.ndarray, gold: np.nda
         return float(np.mean(shares)) if shares else float("nan")
     known = gold >= 0
     return expected(pool & known & (pseudo != gold)), expected(pool & known & (pseudo == gold))
+
+
+def own_class_by_language(predictions: pa.Table, corpus: pa.Table, langs: Sequence[str], gamma: float,
+                          num_classes: int) -> dict[str, tuple[float, float, float]]:
+    """Per language, from a pseudo-label table (id, lang, pseudo_label,
+    confidence) and the corpus' gold labels: ``own_class_negatives`` for
+    wrong and right anchors, and the share of confident anchors that are wrong."""
+    gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
+    gold = np.asarray([gold_of.get(i, -1) for i in predictions.column("id").to_pylist()])
+    row_langs = np.asarray(predictions.column("lang").to_pylist())
+    pseudo, conf = predictions.column("pseudo_label").to_numpy(), predictions.column("confidence").to_numpy()
+    out = {}
+    for lang in langs:
+        m = (row_langs == lang) & (gold >= 0)
+        confident = conf[m] >= gamma
+        wrong_share = float((pseudo[m] != gold[m])[confident].mean()) if confident.any() else float("nan")
+        out[lang] = (*own_class_negatives(pseudo[m], conf[m], gold[m], gamma, num_classes), wrong_share)
+    return out

@@ -192,21 +192,17 @@ def own_class_table(run_dirs: list[Path]) -> str:
     """Per language, mean over seeds: the expected share of a confident
     anchor's negatives that share its gold class (conl.complementary=set, the
     run's gamma), for anchors with wrong and with right pseudo-labels."""
-    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     per_lang: dict[str, list] = {}
     for d in run_dirs:
         cfg = load_config(d / "config.yaml")
-        labels, corpus = read_outputs(d / "pseudo_labels" / "source"), read_outputs(d / "corpus" / "target_train")
-        gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
-        gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
-        langs = np.asarray(labels.column("lang").to_pylist())
-        pseudo, conf = labels.column("pseudo_label").to_numpy(), labels.column("confidence").to_numpy()
-        for lang in cfg.data.target_langs:
-            m = langs == lang
-            per_lang.setdefault(lang, []).append(own_class_negatives(pseudo[m], conf[m], gold[m], cfg.conl.gamma,
-                                                                     len(cfg.data.task.labels)))
+        shares = own_class_by_language(read_outputs(d / "pseudo_labels" / "source"),
+                                       read_outputs(d / "corpus" / "target_train"), cfg.data.target_langs,
+                                       cfg.conl.gamma, len(cfg.data.task.labels))
+        for lang, values in shares.items():
+            per_lang.setdefault(lang, []).append(values[:2])
     rows = [[lang, f"{100 * np.nanmean([v[0] for v in vals]):.1f} %", f"{100 * np.nanmean([v[1] for v in vals]):.1f} %"]
             for lang, vals in per_lang.items()]
     return to_markdown(["lang", "anchors with a wrong pseudo-label", "anchors with a right pseudo-label"], rows)

@@ -50,24 +50,14 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
     """Mean over target languages: expected share of a confident anchor's
     negatives whose gold class is the anchor's own (wrong / right
     pseudo-labels), and the share of confident anchors that are wrong."""
-    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     cfg = load_config(run_dir / "config.yaml")
-    labels, corpus = read_outputs(run_dir / "pseudo_labels" / "source"), read_outputs(run_dir / "corpus" / "target_train")
-    gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
-    gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
-    langs = np.asarray(labels.column("lang").to_pylist())
-    pseudo, conf = labels.column("pseudo_label").to_numpy(), labels.column("confidence").to_numpy()
-    wrong, right, wrong_share = [], [], []
-    for lang in cfg.data.target_langs:
-        m = langs == lang
-        w, r = own_class_negatives(pseudo[m], conf[m], gold[m], cfg.conl.gamma, len(cfg.data.task.labels))
-        wrong.append(w)
-        right.append(r)
-        confident = conf[m] >= cfg.conl.gamma
-        wrong_share.append(float((pseudo[m] != gold[m])[confident].mean()))
-    return float(np.nanmean(wrong)), float(np.nanmean(right)), float(np.mean(wrong_share))
+    shares = own_class_by_language(read_outputs(run_dir / "pseudo_labels" / "source"),
+                                   read_outputs(run_dir / "corpus" / "target_train"), cfg.data.target_langs,
+                                   cfg.conl.gamma, len(cfg.data.task.labels))
+    return tuple(float(np.nanmean([v[k] for v in shares.values()])) for k in range(3))
 
 
 def section(title: str, run_dir: Path) -> str:

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conlst_ray.data.hub import rows_from_hf_dataset
 from conlst_ray.data.readers import (parse_label, read_corpus, read_jsonl, read_languages, read_parquet,
-                                     read_xnli_mt_tsv, read_xnli_tsv, rows_from_hf_dataset)
+                                     read_xnli_mt_tsv, read_xnli_tsv)
 from conlst_ray.data.schema import ROW_SCHEMA, CorpusError, without_labels
 from tests.conftest import MNLI_LANGS, XNLI_LANGS
 

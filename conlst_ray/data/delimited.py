@@ -36,7 +36,7 @@ FORMAT_KEYS = ("sep", "header", "quote")
 
 def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
     """``PATH?key=value&...`` -> (path, column mapping, format options)."""
-    from conlst_ray.data.readers import split_options
+    from conlst_ray.data.columns import split_options
 
     path, options = split_options(f"{fmt}:{location}", location, FORMAT_KEYS)
     # TSV corpora (XNLI, MultiNLI, PAWS-X) are not quoted and do contain stray
@@ -64,8 +64,8 @@ def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
 def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malformed: str = "raise",
                    max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None, task: Task = NLI):
     """Read a delimited file through the column mapping of its spec."""
-    from conlst_ray.data.readers import (MAX_LINE_BYTES, _id_prefix, _lang_from_name, _open_lines, _RowSink,
-                                         check_file, resolve_columns)
+    from conlst_ray.data.columns import resolve_columns
+    from conlst_ray.data.readers import MAX_LINE_BYTES, _id_prefix, _lang_from_name, _open_lines, _RowSink, check_file
 
     path_text, given, layout = parse_options(fmt, location)
     path = Path(path_text)

@@ -39,19 +39,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
-from urllib.parse import parse_qsl
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from conlst_ray.data.columns import record_fields, resolve_columns, split_options
 from conlst_ray.data.schema import CorpusError, empty_columns, rows_to_table
 from conlst_ray.data.task import NLI, Task
 
 FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet", "hf", "synthetic")
-# ?key=column options of a spec, for every format but the two XNLI layouts and
-# the benchmark; premise/hypothesis are the NLI names of text/text_pair
-MAPPING_KEYS = ("text", "text_pair", "label", "id", "lang")
-KEY_ALIASES = {"premise": "text", "hypothesis": "text_pair"}
 
 
 @dataclass
@@ -125,47 +121,6 @@ class _RowSink:
 def parse_label(label: Any, task: Task = NLI) -> int:
     """A label as found in a file -> its id in ``task`` (default NLI); see data/task.py."""
     return task.label_id(label)
-
-
-# --- column mapping ---------------------------------------------------------------
-
-def split_options(spec: str, location: str, extra: tuple = ()) -> tuple[str, dict]:
-    """``LOCATION?text=col&label=col`` -> (location, {field: column}); ``extra``
-    names format options (``sep``, ``header``) allowed besides the fields."""
-    location, _, query = location.partition("?")
-    options: dict = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        key = KEY_ALIASES.get(key, key)
-        if key not in MAPPING_KEYS + tuple(extra):
-            allowed = list(MAPPING_KEYS) + list(KEY_ALIASES) + list(extra)
-            raise CorpusError(f"corpus spec {spec!r}: unknown option {key!r}; options: {', '.join(allowed)}")
-        if key in options:
-            raise CorpusError(f"corpus spec {spec!r}: option {key!r} given twice")
-        options[key] = value
-    return location, options
-
-
-def resolve_columns(where: str, available: list, task: Task, given: dict) -> dict:
-    """Field -> column name among ``available`` (None: absent). The text
-    columns of the task must exist; a label, id or lang column named by the
-    spec or the task must exist; an unnamed one may be absent (unlabelled rows)."""
-    if not task.is_pair and given.get("text_pair"):
-        raise CorpusError(f"{where}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
-                          f"(data.task.kind: single)")
-    out = {}
-    for key, candidates in task.column_map(given).items():
-        found = next((c for c in candidates if c in available), None)
-        required = key in ("text", "text_pair") or task.explicit(key, given)
-        if found is None and required:
-            wanted = " or ".join(repr(c) for c in candidates) if candidates else "a column"
-            raise CorpusError(f"{where}: no column {wanted} for {key}; has {list(available)}")
-        out[key] = found
-    return out
-
-
-def _record_fields(rec: dict, cols: dict) -> tuple:
-    get = lambda key: rec.get(cols[key]) if cols.get(key) else None  # noqa: E731
-    return get("text"), get("text_pair"), get("label"), get("id"), get("lang")
 
 
 def _lang_from_name(path: Path, lang: Optional[str]) -> str:
@@ -306,7 +261,7 @@ def _records_into(sink: _RowSink, records: Iterable[tuple[str, Any, Any]], max_r
         except CorpusError as exc:
             sink.bad(where, str(exc)[len(where) + 2:])  # the sink names the place itself
             continue
-        text, text_pair, label, row_id, lang = _record_fields(rec, cols)
+        text, text_pair, label, row_id, lang = record_fields(rec, cols)
         sink.add(where, text, text_pair, label, row_id=default_id if row_id is None else row_id, lang=lang)
 
 
@@ -355,64 +310,6 @@ def read_parquet(location: str | os.PathLike, lang: Optional[str] = None,
     return sink.table(), sink.report
 
 
-# --- Hugging Face hub ---------------------------------------------------------
-
-def _class_label_names(ds, column: Optional[str]) -> Optional[list]:
-    """The names of a ``ClassLabel`` label column (ids in the data set's own order)."""
-    feature = getattr(ds, "features", {}).get(column) if column else None
-    return list(feature.names) if feature is not None and hasattr(feature, "names") else None
-
-
-def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "raise",
-                         max_rows: Optional[int] = None, task: Task = NLI, given: Optional[dict] = None):
-    """Map a ``datasets.Dataset`` to ROW_SCHEMA through the column mapping
-    (``facebook/xnli`` and ``nyu-mll/multi_nli`` need none: premise,
-    hypothesis, label). A ``ClassLabel`` column whose names are the task's
-    is read by name, so a data set that orders its classes otherwise still
-    lands on the task's ids; other label values go through the task as they are."""
-    given = given or {}
-    columns = resolve_columns(id_prefix, list(ds.column_names), task, given)
-    if columns["id"] is None and "pairID" in ds.column_names:
-        columns["id"] = "pairID"
-    names = _class_label_names(ds, columns["label"])
-    by_name = names if names and all(_known_name(task, n) for n in names) else None
-    sink = _RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed, task)
-
-    def records():
-        for i, rec in enumerate(ds):
-            if by_name is not None and isinstance(rec.get(columns["label"]), int) and rec[columns["label"]] >= 0:
-                rec = {**rec, columns["label"]: by_name[rec[columns["label"]]]}
-            yield f"{id_prefix}:row {i}", i, rec
-
-    _records_into(sink, records(), max_rows, given, columns)
-    return sink.table(), sink.report
-
-
-def _known_name(task: Task, name: str) -> bool:
-    try:
-        return not _is_id_only(name) and task.label_id(name) >= 0
-    except ValueError:
-        return False
-
-
-def _is_id_only(name: str) -> bool:
-    return str(name).strip().lstrip("-").isdigit()
-
-
-def read_hf(dataset: str, config: Optional[str], split: str, lang: Optional[str] = None,
-            on_malformed: str = "raise", max_rows: Optional[int] = None, task: Task = NLI,
-            given: Optional[dict] = None):
-    """A hub data set (downloads unless cached; fails fast with HF_HUB_OFFLINE=1)."""
-    import datasets  # imported lazily: slow to import, and only this reader needs it
-
-    try:
-        ds = datasets.load_dataset(dataset, config or None, split=split)
-    except Exception as exc:
-        raise CorpusError(f"hf:{dataset}:{config or ''}:{split}: cannot load ({type(exc).__name__}: {exc})") from None
-    lang = lang or config or "en"
-    return rows_from_hf_dataset(ds, lang, f"{dataset}:{config or ''}:{split}", on_malformed, max_rows, task, given)
-
-
 # --- dispatch -------------------------------------------------------------------
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -443,6 +340,8 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
             parts = [parts[0], "", parts[1]]
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT[?text=COLUMN&...]")
+        from conlst_ray.data.hub import read_hf
+
         return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows, task, given)
     if fmt in ("tsv", "csv"):
         from conlst_ray.data.delimited import read_delimited
