@@ -77,8 +77,11 @@ def join_with_gold(predictions: pa.Table, corpus: pa.Table) -> dict[str, Labelle
     pseudo = predictions.column("pseudo_label").to_numpy()
     conf = predictions.column("confidence").to_numpy()
     known = labels >= 0
-    return {lang: LabelledPredictions(conf[sel], (pseudo == labels)[sel], pseudo[sel])
-            for lang in dict.fromkeys(langs[known].tolist()) for sel in [known & (langs == lang)]}
+    out = {}
+    for lang in dict.fromkeys(langs[known].tolist()):
+        sel = known & (langs == lang)
+        out[lang] = LabelledPredictions(conf[sel], (pseudo == labels)[sel], pseudo[sel])
+    return out
 
 
 def calibration_rows(before: dict[str, LabelledPredictions],

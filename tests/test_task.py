@@ -3,6 +3,7 @@
 single-text and C-class variants."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -144,3 +145,27 @@ def test_the_embedded_benchmark_takes_any_task(task):
     # the NLI benchmark is unchanged by the others: same seed, different corpora
     assert dev.column("text").to_pylist()[:5] != SyntheticBenchmark.from_config().table("far", "dev") \
         .column("text").to_pylist()[:5]
+
+
+def test_the_hub_configs_read_rows_shaped_like_their_data_sets():
+    """PAWS-X and MARC as the hub serves them (columns and label types from
+    their dataset cards), read through the shipped configs' task: the hub is
+    not reachable here, the mapping is."""
+    import datasets
+
+    root = Path(__file__).resolve().parents[1] / "tune_configs"
+    paws = Task.of(load_config(root / "pawsx_xlmr.yaml").data.task)
+    features = datasets.Features({"id": datasets.Value("int32"), "sentence1": datasets.Value("string"),
+                                  "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["0", "1"])})
+    ds = datasets.Dataset.from_dict({"id": [1, 2, 3], "sentence1": ["a b", "c d", "e f"],
+                                     "sentence2": ["b a", "d e", "f e"], "label": [1, 0, -1]}, features=features)
+    table, _ = rows_from_hf_dataset(ds, "de", "google-research-datasets/paws-x:de:test", task=paws)
+    assert table.column("label").to_pylist() == [1, 0, -1] and table.column("text_pair").to_pylist()[0] == "b a"
+    assert paws.labels[1] == "paraphrase"
+    marc = Task.of(load_config(root / "marc_xlmr.yaml").data.task)
+    ds = datasets.Dataset.from_dict({"id": ["de_0", "de_1"], "text": ["Schlecht.", "Super!"], "label": [0, 4],
+                                     "label_text": ["0", "4"]})
+    table, _ = rows_from_hf_dataset(ds, "de", "mteb/amazon_reviews_multi:de:test", task=marc)
+    assert [marc.labels[i] for i in table.column("label").to_pylist()] == ["1_star", "5_stars"]
+    assert table.column("text_pair").null_count == 2
