@@ -8,7 +8,8 @@ of a confident anchor's negatives that belong to its own gold class.
 
     .venv/bin/python experiments/tasks.py          # about 12 minutes on 2 CPU cores
 
-Runs live under --out (default runs/tasks); finished runs are reused.
+Runs live under --out (default runs/tasks); finished runs are reused. A
+"## Discussion" section written into the document by hand is kept.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
 def section(title: str, run_dir: Path) -> str:
     results = run_dir / "results"
     rows = {r["model"]: r for r in read_rows(results / "accuracy_test.csv")}
-    parts = [f"## {title}", "", f"Run: `{run_dir}`.", "", "Accuracy (%), test:", "",
+    shown = run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir
+    parts = [f"## {title}", "", f"Run: `{shown}`.", "", "Accuracy (%), test:", "",
              (results / "accuracy_test.md").read_text()]
     if (results / "class_accuracy_test.md").is_file():
         parts += ["Accuracy (%) per gold label, target languages, test:", "",
@@ -102,6 +104,10 @@ def main(argv=None) -> int:
                        shares),
            ""]
     doc += [section(title, d) for title, d in dirs.items()]
+    # the hand-written discussion of an earlier version is kept
+    old = (REPO / args.doc).read_text(encoding="utf-8") if (REPO / args.doc).is_file() else ""
+    if "\n## Discussion" in old:
+        doc.append(old[old.index("\n## Discussion") + 1:])
     atomic_write_text(REPO / args.doc, "\n".join(doc))
     print(f"[tasks] wrote {args.doc}")
     return 0
