@@ -169,3 +169,22 @@ def test_the_hub_configs_read_rows_shaped_like_their_data_sets():
     table, _ = rows_from_hf_dataset(ds, "de", "mteb/amazon_reviews_multi:de:test", task=marc)
     assert [marc.labels[i] for i in table.column("label").to_pylist()] == ["1_star", "5_stars"]
     assert table.column("text_pair").null_count == 2
+
+
+def test_a_hub_spec_carries_its_column_mapping(monkeypatch):
+    """hf:DATASET:CONFIG:SPLIT?MAP: the loader gets the data set, config and
+    split, the mapping reaches the rows (the hub itself is not reachable here)."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"review_body": ["Gut.", "Schlecht."], "stars": [5, 1]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    table, _ = read_corpus("hf:some/reviews:{lang}:test?text=review_body&label=stars", "de", task=STARS)
+    assert calls == [("some/reviews", "de", "test")]
+    assert table.column("text").to_pylist() == ["Gut.", "Schlecht."] and table.column("label").to_pylist() == [4, 0]
+    with pytest.raises(CorpusError, match="unknown option 'txt'"):
+        read_corpus("hf:some/reviews:de:test?txt=review_body", "de", task=STARS)

@@ -13,8 +13,9 @@ from conlst_ray import run as run_mod
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data.synthetic.n_source_train=1500", "data.synthetic.n_unlabelled=300", "data.synthetic.n_dev=100",
-         "data.synthetic.n_test=100", "source.epochs=3", "ssl.iterations=2", "resources.num_workers=0",
+UNLABELLED = 250
+SMALL = ["data.synthetic.n_source_train=1200", f"data.synthetic.n_unlabelled={UNLABELLED}", "data.synthetic.n_dev=100",
+         "data.synthetic.n_test=100", "source.epochs=3", "ssl.iterations=1", "resources.num_workers=0",
          "data.eval_during_training=false", "seed=0"]
 FIVE = ["very_bad", "bad", "mixed", "good", "very_good"]
 TWO = ["different", "paraphrase"]
@@ -60,7 +61,7 @@ def test_tables_calibration_and_histograms_name_the_labels(task_run):
     assert "| lang | " + " | ".join(labels) + " |" in by_class
     rows = list(csv.DictReader(open(results / "calibration_by_class.csv")))
     assert {r["label"] for r in rows} == set(labels) and len(rows) == 4 * len(labels)
-    assert sum(int(r["count_before"]) for r in rows) == 4 * 300           # every target row has one class
+    assert sum(int(r["count_before"]) for r in rows) == 4 * UNLABELLED    # every target row has one class
     for png in ("calibration_hist.png", "calibration_hist_by_class.png"):
         assert (results / png).read_bytes()[:4] == b"\x89PNG"
     calibration = list(csv.DictReader(open(results / "calibration.csv")))
