@@ -58,14 +58,12 @@ def task_of(model_dirs: list[Path]):
     """The task the models were trained for (their ``conlst.json``; NLI when
     none says): it decides how the corpus is read. Models of different tasks
     cannot be scored on one corpus."""
-    import json
-
     from conlst_ray.data.task import Task
+    from conlst_ray.model import read_meta
 
     tasks = {}
     for path in model_dirs:
-        meta = path / "conlst.json"
-        saved = json.loads(meta.read_text(encoding="utf-8")).get("task") if meta.is_file() else None
+        saved = read_meta(path).get("task")
         tasks[str(path)] = Task(saved["kind"], tuple(saved["labels"])) if saved else Task()
     first = next(iter(tasks.values()))
     if any(task != first for task in tasks.values()):

@@ -33,6 +33,13 @@ META_FILE = "conlst.json"
 TINY_BERT = "tiny-bert"
 
 
+def read_meta(path: str | Path) -> dict:
+    """A saved model's ``conlst.json`` (pooling, num_labels, contrastive_dim,
+    task); {} for a directory conlst_ray did not write (or a hub id)."""
+    meta = Path(path) / META_FILE
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+
+
 class ConlstEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int = 3, contrastive_dim: int = 128,
                  pooling: str = "cls"):
@@ -108,10 +115,8 @@ class ConlstEncoder(nn.Module):
         with freshly initialised heads when it has no ``conlst.json``."""
         from transformers import AutoConfig, AutoModel
 
-        meta = {}
         local = Path(path)
-        if (local / META_FILE).is_file():
-            meta = json.loads((local / META_FILE).read_text(encoding="utf-8"))
+        meta = read_meta(local)
         config = AutoConfig.from_pretrained(str(path))
         _set_dropout(config, dropout)
         encoder = AutoModel.from_pretrained(str(path), config=config)

@@ -56,12 +56,13 @@ def check_checkpoint_labels(cfg) -> list[str]:
     """A fine-tuned source checkpoint must classify the task's labels: a
     3-class NLI model given to a 2-class task would fail only at load time
     (or, worse, with matching sizes, train on the wrong meaning of each id)."""
-    import json
-
-    meta = Path(cfg.model.source_checkpoint or "") / "conlst.json"
-    if not cfg.model.source_checkpoint or not meta.is_file():
+    if not cfg.model.source_checkpoint or not Path(cfg.model.source_checkpoint).is_dir():
         return []
-    saved = json.loads(meta.read_text(encoding="utf-8"))
+    from conlst_ray.model import read_meta
+
+    saved = read_meta(cfg.model.source_checkpoint)
+    if not saved:
+        return []
     labels = list(cfg.data.task.labels)
     named = saved.get("task", {}).get("labels")
     if saved.get("num_labels") != len(labels) or (named or labels) != labels:

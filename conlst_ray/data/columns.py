@@ -34,13 +34,18 @@ def split_options(spec: str, location: str, extra: tuple = ()) -> tuple[str, dic
     return location, options
 
 
+def check_text_pair(where: str, task: Task, given: dict) -> None:
+    """A spec that maps a second text for a single-text task is a mistake in one of them."""
+    if not task.is_pair and given.get("text_pair"):
+        raise CorpusError(f"{where}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
+                          f"(data.task.kind: single)")
+
+
 def resolve_columns(where: str, available: list, task: Task, given: dict) -> dict:
     """Field -> column name among ``available`` (None: absent). The text
     columns of the task must exist; a label, id or lang column named by the
     spec or the task must exist; an unnamed one may be absent (unlabelled rows)."""
-    if not task.is_pair and given.get("text_pair"):
-        raise CorpusError(f"{where}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
-                          f"(data.task.kind: single)")
+    check_text_pair(where, task, given)
     out = {}
     for key, candidates in task.column_map(given).items():
         found = next((c for c in candidates if c in available), None)

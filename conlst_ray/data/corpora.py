@@ -19,9 +19,6 @@ def read_options(data_cfg, max_rows: Optional[int] = None) -> dict:
             "task": Task.of(data_cfg.task)}
 
 
-
-
-
 def _log_reports(reports, log) -> None:
     for report in reports:
         if report.skipped:

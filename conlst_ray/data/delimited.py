@@ -27,6 +27,7 @@ import csv
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.data.columns import check_text_pair, resolve_columns, split_options
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import NLI, Task
 
@@ -36,8 +37,6 @@ FORMAT_KEYS = ("sep", "header", "quote")
 
 def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
     """``PATH?key=value&...`` -> (path, column mapping, format options)."""
-    from conlst_ray.data.columns import split_options
-
     path, options = split_options(f"{fmt}:{location}", location, FORMAT_KEYS)
     # TSV corpora (XNLI, MultiNLI, PAWS-X) are not quoted and do contain stray
     # double quotes: a csv-style quote there would swallow lines
@@ -64,7 +63,6 @@ def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
 def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malformed: str = "raise",
                    max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None, task: Task = NLI):
     """Read a delimited file through the column mapping of its spec."""
-    from conlst_ray.data.columns import resolve_columns
     from conlst_ray.data.readers import MAX_LINE_BYTES, _id_prefix, _lang_from_name, _open_lines, _RowSink, check_file
 
     path_text, given, layout = parse_options(fmt, location)
@@ -87,13 +85,13 @@ def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malfo
     else:
         header, first_id = None, 0
         col = _positions(path, given, task)
+    width = len(header) if header is not None else max(col.values()) + 1
     for row in rows:
         if max_rows is not None and sink.report.rows >= max_rows:
             break
         where = f"{path}:{reader.line_num}"
         if not row:
             continue
-        width = len(header) if header is not None else max(col.values()) + 1
         if (header is not None and len(row) != width) or len(row) < width:
             sink.bad(where, f"expected {width} columns, found {len(row)}")
             continue
@@ -121,9 +119,7 @@ def _indices(columns: dict, header: list) -> dict:
 
 def _positions(path: Path, given: dict, task: Task) -> dict:
     """header=none: every field is a column number, the text fields must be given."""
-    if not task.is_pair and given.get("text_pair"):
-        raise CorpusError(f"{path}: text_pair={given['text_pair']!r} is mapped but the task reads single texts "
-                          f"(data.task.kind: single)")
+    check_text_pair(str(path), task, given)
     mapping = {key: given.get(key) or task.columns.get(key) for key in ("text", "text_pair", "label", "id", "lang")}
     needed = ["text", "text_pair"] if task.is_pair else ["text"]
     missing = [key for key in needed if not mapping[key]]

@@ -7,7 +7,7 @@ from typing import Optional
 from conlst_ray.data.columns import resolve_columns
 from conlst_ray.data.readers import _records_into, _RowSink
 from conlst_ray.data.schema import CorpusError
-from conlst_ray.data.task import NLI, Task
+from conlst_ray.data.task import NLI, Task, is_number
 
 
 def _class_label_names(ds, column: Optional[str]) -> Optional[list]:
@@ -43,13 +43,9 @@ def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "rai
 
 def _known_name(task: Task, name: str) -> bool:
     try:
-        return not _is_id_only(name) and task.label_id(name) >= 0
+        return not is_number(name) and task.label_id(name) >= 0
     except ValueError:
         return False
-
-
-def _is_id_only(name: str) -> bool:
-    return str(name).strip().lstrip("-").isdigit()
 
 
 def read_hf(dataset: str, config: Optional[str], split: str, lang: Optional[str] = None,

@@ -26,6 +26,7 @@ How a value in a file becomes a label id (``label_id``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Optional
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -39,8 +40,9 @@ DEFAULT_COLUMNS = {"text": ("text", "premise"), "text_pair": ("text_pair", "hypo
 FIELDS = tuple(DEFAULT_COLUMNS)
 
 
-def _is_number(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+def is_number(text) -> bool:
+    """A label written as an integer ("3", "-1")."""
+    return str(text).strip().lstrip("-").isdigit()
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,16 @@ class Task:
         return f"{'text pairs' if self.is_pair else 'single texts'}, {self.num_classes} classes: {', '.join(self.labels)}"
 
     # -- labels ------------------------------------------------------------------
+    # derived once per task, not per row: label_id runs for every row a reader reads
+    @cached_property
     def _by_name(self) -> dict:
         ids = {name.lower(): i for i, name in enumerate(self.labels)}
         ids.update({str(a).strip().lower(): ids[str(t).strip().lower()] for a, t in self.aliases.items()})
         return ids
+
+    @cached_property
+    def _numeric_names(self) -> bool:
+        return any(is_number(n) for n in self.labels)
 
     def label_id(self, value: Any) -> int:
         """A label as found in a file -> its id (see the module docstring);
@@ -103,14 +111,14 @@ class Task:
             raise ValueError(f"unknown label {value!r}")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        by_name = self._by_name()
+        by_name = self._by_name
         key = str(value).strip().lower()
         if key in by_name:
             return by_name[key]
         if key == str(UNKNOWN_LABEL):
             return UNKNOWN_LABEL
-        numeric_names = any(_is_number(n) for n in self.labels)
-        if _is_number(key) and not numeric_names:
+        numeric_names = self._numeric_names
+        if is_number(key) and not numeric_names:
             if 0 <= int(key) < self.num_classes:
                 return int(key)
             raise ValueError(f"unknown label id {value!r} (expected 0-{self.num_classes - 1} or -1)")
