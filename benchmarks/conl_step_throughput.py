@@ -27,61 +27,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.algorithm.steps import build_conl_batch, conl_pool, conl_step, plan_negatives  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
-from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_q, read_stage_data  # noqa: E402
-from conlst_ray.ray_jobs.train import fit_stage, global_plan  # noqa: E402
-from conlst_ray.token_rows import tokenizer_stamp  # noqa: E402
-from conlst_ray.training import linear_warmup_schedule, make_optimizer  # noqa: E402
+from conlst_ray.model import build_model, build_tokenizer  # noqa: E402
+from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
 
 
 def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, device: str = "cpu",
                stats: dict | None = None) -> float:
-    """The CoNL epoch of ray_jobs/train.py without Ray: same plan, same step,
-    same precision. ``stats`` receives the mean encoder rows per step."""
-    from transformers import AutoTokenizer
-
-    from conlst_ray.training import autocast, to_device
-
+    """The CoNL stage's algorithm object in the one step loop, without Ray
+    (``fit_plain``): same plan, same step, same precision. Anchors per
+    second; ``stats`` receives the mean encoder rows per step (two dropout
+    views of each anchor + the step's distinct negatives)."""
     torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = ConlstEncoder.load(model_dir).to(device).train()
-    # the token files the Ray stage made (all cached: no Ray needed here)
-    tokens = prepare_stage_tokens("conl", cfg, model_dir, corpus, str(corpus), None, None, log=lambda *_: None)
-    source, target = read_stage_data({"tokens": tokens}, tokenizer_stamp(model_dir, cfg.data.max_length))
-    q = read_q(str(labels), target.ids)
-    c = cfg.conl
-    plan = global_plan(len(target), c.batch_size, cfg.seed, 0)
-    optimizer = make_optimizer(model, c.lr)
-    scheduler = linear_warmup_schedule(optimizer, len(plan), 0.0)
-    pool, gamma, _ = conl_pool(target, q, c, 3, seed=cfg.seed)
-    src_rng = np.random.default_rng([cfg.seed, 0, 7])
-    times, rows = [], []
-    for step, gbatch in enumerate(plan):
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
-        comp, drawn = plan_negatives(target, gbatch, q, pool, c, g, gamma)
-        src = src_rng.choice(len(source), size=c.source_batch_size, replace=False)
-        batch = build_conl_batch(target, gbatch, comp, drawn, tok.pad_token_id, source, src)
-        batch.anchors, batch.source = to_device(batch.anchors, device), to_device(batch.source, device)
-        batch.source_labels = batch.source_labels.to(device)
-        if batch.negatives is not None:
-            batch.negatives = to_device(batch.negatives, device)
-        rows.append(2 * len(gbatch) + (0 if batch.negatives is None else len(batch.negatives["input_ids"])))
-        with autocast(device, cfg.resources.precision):
-            loss, _ = conl_step(model, batch, c, g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
-        times.append(time.time())
+    with tempfile.TemporaryDirectory() as tmp:
+        steps_file = Path(tmp) / "steps.jsonl"
+        fit_plain("conl", cfg, model_dir, corpus, target_corpus=str(corpus), pseudo_labels=str(labels),
+                  device=device, steps_file=steps_file)
+        records = [json.loads(x) for x in steps_file.read_text().splitlines()]
     if stats is not None:
-        stats["rows_per_step"] = float(np.mean(rows))
-    return (len(times) - 1) * c.batch_size / (times[-1] - times[0])
+        stats["rows_per_step"] = float(np.mean([2 * cfg.conl.batch_size + r["bank_size"] for r in records]))
+    return (len(records) - 1) * cfg.conl.batch_size / (records[-1]["time"] - records[0]["time"])
 
 
 def main() -> None:

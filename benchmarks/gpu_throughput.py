@@ -3,8 +3,8 @@ plain bf16 PyTorch loop of the same model and batches.
 
     python benchmarks/gpu_throughput.py [--model multilingual-e5-small] [--langs fr de zh ur]
 
-- source stage: Ray Train (1 GPU worker, steady state from steps.jsonl) vs a
-  plain loop of the same ``source_step`` over the same global batches;
+- source stage: Ray Train (1 GPU worker, steady state from steps.jsonl) vs
+  the same algorithm object in the same step loop without Ray (``fit_plain``);
 - CoNL step: Ray Train vs ``benchmarks/conl_step_throughput.plain_loop``;
 - pseudo-labelling: the Ray Data job (tokenise tasks -> GPU actor) vs a bare
   bf16 forward loop over the same rows (``training.predict_proba``);
@@ -30,13 +30,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conl_step_throughput import plain_loop as conl_plain_loop  # noqa: E402
 
-from conlst_ray.algorithm.steps import source_step  # noqa: E402
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data  # noqa: E402
-from conlst_ray.ray_jobs.train import fit_stage, global_plan  # noqa: E402
+from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
 from conlst_ray.token_rows import tokenizer_stamp  # noqa: E402
-from conlst_ray.training import autocast, batch_of, make_optimizer, predict_proba, to_device  # noqa: E402
+from conlst_ray.training.inference import predict_proba  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -59,26 +58,15 @@ def stage_rows(cfg, model_dir: str, corpus: Path, target_corpus=None):
     return read_stage_data({"tokens": tokens}, tokenizer_stamp(model_dir, cfg.data.max_length))
 
 
-def plain_source(cfg, model_dir: str, tok, corpus: Path) -> tuple[float, float]:
-    torch.manual_seed(cfg.seed)
+def plain_source(cfg, model_dir: str, corpus: Path) -> tuple[float, float]:
+    """The source stage's algorithm object in the one step loop without Ray
+    (``fit_plain``) on the GPU: pairs/s after 5 warm-up steps, peak GiB."""
     torch.cuda.reset_peak_memory_stats()
-    model = ConlstEncoder.load(model_dir).cuda().train()
-    source, _ = stage_rows(cfg, model_dir, corpus)
-    optimizer = make_optimizer(model, cfg.source.lr)
-    times = []
-    for gbatch in global_plan(len(source), cfg.source.batch_size, cfg.seed, 0):
-        batch = to_device(batch_of(source, gbatch, tok.pad_token_id), "cuda")
-        labels = torch.as_tensor(source.labels[gbatch], device="cuda")
-        with autocast("cuda", "bf16"):
-            loss, _ = source_step(model, batch, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        torch.cuda.synchronize()
-        times.append(time.time())
-    times = times[5:]
-    return (len(times) - 1) * cfg.source.batch_size / (times[-1] - times[0]), torch.cuda.max_memory_allocated() / 2**30
+    with tempfile.TemporaryDirectory() as tmp:
+        steps_file = Path(tmp) / "steps.jsonl"
+        fit_plain("source", cfg, model_dir, corpus, device="cuda", steps_file=steps_file)
+        rate = steady(Path(tmp), cfg.source.batch_size)
+    return rate, torch.cuda.max_memory_allocated() / 2**30
 
 
 def main() -> None:
@@ -110,7 +98,7 @@ def main() -> None:
         out = {}
         fit_stage("source", cfg, tmp / "source", model_dir)
         out["source_ray"], out["source_ray_peak"] = steady(tmp / "source", 32), worker_peak(tmp / "source")
-        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tok, tmp / "corpus")
+        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tmp / "corpus")
         trained = str(tmp / "source" / "model")
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
                                    log=lambda *_: None)

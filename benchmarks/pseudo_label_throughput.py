@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.data.readers import read_languages  # noqa: E402
 from conlst_ray.model import ConlstEncoder, wordpiece_tokenizer  # noqa: E402
-from conlst_ray.training import collate, encode_table, length_sorted_batches  # noqa: E402
+from conlst_ray.training.batches import collate, encode_table, length_sorted_batches  # noqa: E402
 
 XNLI = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
 

@@ -9,10 +9,10 @@ embedded default:
     tokenisation, used by the final report to score each model on dev and
     test -- is wrapped here and counted too. Target: each training row
     (source, target, dev of the per-epoch evaluation) tokenised once.
-(2) The source stage under Ray Train (one worker) vs a plain PyTorch loop
-    over the same model, the same token files, the same global batches, the
-    same step and prefetch functions, with as many torch threads as the worker has
-    CPUs: steady-state optimizer steps per second (the first 5 steps and
+(2) The source stage under Ray Train (one worker) vs the same algorithm
+    object in the same step loop without Ray (``fit_plain``: same model,
+    token files, batches and prefetch), with as many torch threads as the
+    worker has CPUs: steady-state optimizer steps per second (the first 5 steps and
     Ray Train's start-up excluded). Target >= 0.9x.
 """
 
@@ -52,38 +52,17 @@ def count_tokenisations(log: Path, run_dir: Path, driver_rows: Counter) -> list[
     return out
 
 
-def plain_source_loop(cfg, run_dir: Path, threads: int) -> float:
-    """ray_jobs/train.py's source epoch without Ray: steps per second."""
+def plain_source_loop(cfg, run_dir: Path, threads: int) -> list[float]:
+    """The source stage's algorithm object in the one step loop, without Ray
+    (``ray_jobs.train.fit_plain``): steps per second within each epoch."""
     import torch
 
-    from conlst_ray.algorithm.steps import source_step
-    from conlst_ray.model import ConlstEncoder
-    from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data
-    from conlst_ray.ray_jobs.worker import accumulated_step, global_plan
-    from conlst_ray.token_rows import tokenizer_stamp
-    from conlst_ray.training import batch_of, linear_warmup_schedule, make_optimizer, prefetch
+    from conlst_ray.ray_jobs.train import fit_plain
 
     torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    init = str(run_dir / "init" / "model")
-    tokens = prepare_stage_tokens("source", cfg, init, run_dir / "corpus", None, None, None, log=lambda *_: None)
-    source, _ = read_stage_data({"tokens": tokens}, tokenizer_stamp(init, cfg.data.max_length))
-    model = ConlstEncoder.load(init).train()
-    pad = source.meta["pad_token_id"]
-    plans = [global_plan(len(source), cfg.source.batch_size, cfg.seed, e) for e in range(cfg.source.epochs)]
-    optimizer = make_optimizer(model, cfg.source.lr, cfg.source.weight_decay)
-    scheduler = linear_warmup_schedule(optimizer, sum(map(len, plans)), cfg.source.warmup_ratio)
-    records = []
-
-    def steps(plan):  # as the worker builds them: padded batches, prepared ahead by the same thread
-        for gbatch in plan:
-            yield [(source_step, (batch_of(source, gbatch, pad), torch.as_tensor(source.labels[gbatch])), 1.0)]
-
-    for epoch, plan in enumerate(plans):
-        for parts in prefetch(steps(plan), cfg.resources.prefetch_batches):
-            accumulated_step(lambda fn, *args: fn(model, *args), model, parts, optimizer, scheduler,
-                             cfg.source.max_grad_norm)
-            records.append({"epoch": epoch, "time": time.time()})
+    steps_file = run_dir / "plain_source_steps.jsonl"
+    fit_plain("source", cfg, str(run_dir / "init" / "model"), run_dir / "corpus", steps_file=steps_file)
+    records = [json.loads(x) for x in steps_file.read_text().splitlines()]
     return epoch_rates(records[WARMUP:])
 
 
@@ -100,7 +79,7 @@ def epoch_rates(steps: list[dict]) -> list[float]:
 
 
 def main() -> int:
-    import conlst_ray.training as training
+    import conlst_ray.training.batches as training
     from conlst_ray import run as run_mod
     from conlst_ray.config import load_config
     from conlst_ray.ray_jobs.tokens import LOG_ENV

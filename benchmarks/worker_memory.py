@@ -90,7 +90,7 @@ WORKER = r"""
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
-from conlst_ray.training import batch_of
+from conlst_ray.training.batches import batch_of
 mode, corpus, tokens, tok_dir, with_model = {args!r}
 t0 = time.time()
 if with_model:  # what a training worker holds besides its data: mBERT-shaped weights, gradients, AdamW state
@@ -104,7 +104,7 @@ if with_model:  # what a training worker holds besides its data: mBERT-shaped we
 if mode == "lists":
     import pyarrow as pa, pyarrow.parquet as pq
     from transformers import AutoTokenizer
-    from conlst_ray.training import encode_table
+    from conlst_ray.training.batches import encode_table
     from pathlib import Path
     table = pa.concat_tables([pq.read_table(f) for f in sorted(Path(corpus, "lang=xx").glob("shard-*.parquet"))])
     data = encode_table(AutoTokenizer.from_pretrained(tok_dir), table, 128)

@@ -76,7 +76,7 @@ def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
     from transformers import AutoTokenizer
 
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import accuracy_on, default_device
+    from conlst_ray.training.inference import accuracy_on, default_device
 
     if not model_dir.is_dir():
         raise CorpusError(f"{model_dir}: no such model directory")

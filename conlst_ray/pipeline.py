@@ -33,7 +33,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
         return str(out / "model")
     from conlst_ray.model import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
-    from conlst_ray.training import seed_everything
+    from conlst_ray.training.optim import seed_everything
 
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)

@@ -43,7 +43,7 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict 
     labels over the target-language rows."""
     from conlst_ray.analysis import recall_by_class
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import accuracy_by_language, default_device, predict_proba
+    from conlst_ray.training.inference import accuracy_by_language, default_device, predict_proba
 
     data, pad_id = _eval_rows(cfg, model_dir, split, log)
     if data is None:
@@ -68,7 +68,7 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
     from conlst_ray.data.corpora import eval_corpus
     from conlst_ray.provenance import digest
     from conlst_ray.token_rows import tokenizer_stamp
-    from conlst_ray.training import encode_table
+    from conlst_ray.training.batches import encode_table
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(dataclasses.asdict(cfg.data)))
     if key not in _EVAL_ROWS:
@@ -171,7 +171,8 @@ def _labels_in_driver(cfg, corpus, conl: str | dict):
     from transformers import AutoTokenizer
 
     from conlst_ray.model import ConlstEncoder
-    from conlst_ray.training import default_device, encode_table, predict_proba
+    from conlst_ray.training.inference import default_device, predict_proba
+    from conlst_ray.training.batches import encode_table
 
     parts = []
     for lang, model_dir in _by_language(conl):

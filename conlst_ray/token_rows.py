@@ -16,6 +16,7 @@ algorithm layer runs on either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -43,6 +44,14 @@ def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
     for f in found:
         h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    """One tokenizer per worker process (Ray reuses task workers)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def keep_tokenizer_files(src: str | Path, dst: str | Path) -> None:

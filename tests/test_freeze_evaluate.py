@@ -23,7 +23,7 @@ def test_freeze_options_leave_frozen_parameters_unchanged_after_a_step(synthetic
     assert not any(n.startswith("encoder.encoder.layer.1.") for n in frozen)
     assert counts["params_frozen"] == sum(p.numel() for p in frozen.values())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    from conlst_ray.training import make_optimizer
+    from conlst_ray.training.optim import make_optimizer
 
     opt = make_optimizer(model, 1e-2)
     ids = torch.randint(5, len(synthetic_tokenizer), (4, 9))

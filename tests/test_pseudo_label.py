@@ -17,7 +17,8 @@ from conlst_ray.data.schema import CorpusError
 from conlst_ray.model import ConlstEncoder, tiny_bert
 from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
 from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
-from conlst_ray.training import encode_table, predict_proba
+from conlst_ray.training.batches import encode_table
+from conlst_ray.training.inference import predict_proba
 
 LANGS = ["fr", "de", "zh"]
 ROWS = 240

@@ -11,7 +11,8 @@ from conlst_ray import run as run_mod
 from conlst_ray.config import load_config
 from conlst_ray.data.corpora import target_corpus
 from conlst_ray.model import ConlstEncoder
-from conlst_ray.training import encode_table, predict_proba
+from conlst_ray.training.batches import encode_table
+from conlst_ray.training.inference import predict_proba
 
 pytestmark = pytest.mark.slow
 TARGETS = ["near", "mid", "far", "distant"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conlst_ray.algorithm.thresholds import FlexMatchThresholds
-from conlst_ray.ray_jobs.worker import rng_state, set_rng_state
-from conlst_ray.training import linear_warmup_schedule, make_optimizer
+from conlst_ray.training.loop import rng_state, set_rng_state
+from conlst_ray.training.optim import linear_warmup_schedule, make_optimizer
 
 
 def through_a_checkpoint(state, tmp_path, monkeypatch):

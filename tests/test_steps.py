@@ -13,7 +13,7 @@ from conlst_ray.algorithm.steps import SslBatch, conl_step, make_conl_batch, sou
 from conlst_ray.config import CoNLConfig, ModelConfig, SSLConfig
 from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.model import build_model
-from conlst_ray.training import batch_of, encode_table
+from conlst_ray.training.batches import batch_of, encode_table
 
 
 BENCH = SyntheticBenchmark(seed=5, n_source_train=64, n_unlabelled=40, n_dev=30, n_test=30)
@@ -193,7 +193,7 @@ def test_ssl_step_without_mixup_is_eq14_by_hand(setup, synthetic_tokenizer):
 
 
 def _rows(ids):
-    from conlst_ray.training import Encoded
+    from conlst_ray.training.batches import Encoded
 
     n = len(ids)
     return Encoded([list(r) for r in ids], None, np.full(n, -1), [str(i) for i in range(n)], ["xx"] * n)

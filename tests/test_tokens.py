@@ -74,7 +74,7 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     from conlst_ray.config import load_config
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.tokens import LOG_ENV, tokenize_corpus
-    from conlst_ray.training import encode_table
+    from conlst_ray.training.batches import encode_table
 
     log = tmp_path / "tokenised.log"
     monkeypatch.setenv(LOG_ENV, str(log))  # read by the Ray tasks through the spec's runtime env below

@@ -10,6 +10,7 @@ import pytest
 from conlst_ray.config import load_config
 from conlst_ray.model import build_model, build_tokenizer
 from conlst_ray.ray_jobs.train import fit_stage
+from faults import KillOnce
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +146,7 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
     init = init_model(tmp_path, cfg)
     marker = tmp_path / "failed"
     metrics = fit_stage("source", cfg, tmp_path / "killed", init, num_workers=2,
-                        inject_failure={"step": 11, "marker": str(marker), "after_s": 5.0})
+                        step_hook=KillOnce(step=11, marker=str(marker), after_s=5.0))
     assert marker.exists()                                   # the failure did happen
     log = steps(tmp_path / "killed")
     assert log[-1]["step"] == 16 and metrics["step"] == 16   # same count as uninterrupted

@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from conlst_ray.data.schema import unique_in_order
+
 log = logging.getLogger(__name__)
 
 POOLED = "*"  # language key of the pool shared by all target languages
@@ -50,12 +52,6 @@ def relative_gamma(confidence, langs, quantile: float) -> tuple[np.ndarray, dict
         by_lang[lang] = float(np.quantile(conf[rows], quantile))
         gamma[rows] = by_lang[lang]
     return gamma, by_lang
-
-
-def unique_in_order(values: np.ndarray) -> list[str]:
-    """Distinct values in order of first occurrence, as Python strings."""
-    uniq, first = np.unique(values, return_index=True)
-    return [str(uniq[i]) for i in np.argsort(first)]
 
 
 def split_slots(k: int, n: int) -> list[int]:

@@ -21,7 +21,7 @@ from conlst_ray.algorithm.losses import (clcs_loss, conl_loss, contrast_space, e
                                          negative_learning_loss, ssl_loss, supervised_loss, unlabelled_loss)
 from conlst_ray.algorithm.negatives import (NegativePool, complementary_labels, complementary_sets, relative_gamma,
                                             unique_negatives)
-from conlst_ray.training import Encoded, batch_of, collate
+from conlst_ray.training.batches import Encoded, batch_of, collate
 
 
 @dataclass

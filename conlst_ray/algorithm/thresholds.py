@@ -1,7 +1,9 @@
 """Selection of clean pseudo-labels for self-training (Eq. 14's indicator).
 
-Three interchangeable rules with one interface (``update``, ``thresholds``,
-``mask``, ``state_dict``), as USB swaps FixMatch for FlexMatch: a fixed
+Three interchangeable rules with one interface, as USB swaps FixMatch for
+FlexMatch: ``observe(q)`` takes an iteration's labelling of every target row
+(and applies the rule's own policy, e.g. a relative tau), ``thresholds``,
+``mask``, ``describe`` (what a report shows), ``state_dict``. The rules: a fixed
 threshold, FlexMatch's class-wise dynamic thresholds (Zhang et al., 2021),
 and class-wise quantiles of the confidences (conlst_ray's rule for a source
 model whose confidences do not match an absolute tau; see docs/REAL_XNLI.md:
@@ -10,6 +12,9 @@ FlexMatch on such a model sets one class's threshold to 0).
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 
 UNUSED = -1
@@ -18,11 +23,18 @@ UNUSED = -1
 class FixedThresholds:
     """Every class uses the fixed threshold tau (FixMatch)."""
 
-    def __init__(self, num_classes: int, tau: float):
-        self.num_classes, self.tau = num_classes, tau
+    def __init__(self, num_classes: int, tau: float, quantile: Optional[float] = None):
+        self.num_classes, self.tau, self.quantile = num_classes, tau, quantile
+
+    def observe(self, q: np.ndarray) -> None:
+        if self.quantile:  # ssl.threshold_quantile: tau relative to this iteration's confidences
+            self.tau = relative_tau(q.max(-1), self.quantile)
 
     def update(self, sample_index, predictions, confident) -> None:
         pass
+
+    def describe(self) -> dict:
+        return {"tau": float(self.tau), "thresholds": rounded(self.thresholds())}
 
     def thresholds(self) -> torch.Tensor:
         return torch.full((self.num_classes,), self.tau)
@@ -59,9 +71,21 @@ class FlexMatchThresholds:
     order and grouping of the updates do not matter.
     """
 
-    def __init__(self, num_samples: int, num_classes: int, tau: float, warmup: bool = True):
-        self.num_classes, self.tau, self.warmup = num_classes, tau, warmup
+    def __init__(self, num_samples: int, num_classes: int, tau: float, warmup: bool = True,
+                 quantile: Optional[float] = None):
+        self.num_classes, self.tau, self.warmup, self.quantile = num_classes, tau, warmup, quantile
         self.predictions = torch.full((num_samples,), UNUSED, dtype=torch.long)
+
+    def observe(self, q: np.ndarray) -> None:
+        """Every target row's latest prediction, confident when above tau
+        (with ``quantile``: tau = that quantile of this iteration's confidences)."""
+        conf, pred = q.max(-1), q.argmax(-1)
+        if self.quantile:
+            self.tau = relative_tau(conf, self.quantile)
+        self.update(np.arange(len(q)), pred, conf > self.tau)
+
+    def describe(self) -> dict:
+        return {"tau": float(self.tau), "thresholds": rounded(self.thresholds())}
 
     def update(self, sample_index, predictions, confident) -> None:
         idx = torch.as_tensor(sample_index, dtype=torch.long).cpu()
@@ -109,6 +133,12 @@ class ClassQuantileThresholds:
         self.num_classes, self.quantile = num_classes, quantile
         self._thresholds = torch.ones(num_classes)
 
+    def observe(self, q: np.ndarray) -> None:
+        self.update(np.arange(len(q)), q.argmax(-1), None, q.max(-1))
+
+    def describe(self) -> dict:
+        return {"tau": None, "thresholds": rounded(self.thresholds())}
+
     def update(self, sample_index, predictions, confident, confidence=None) -> None:
         if confidence is None:
             raise ValueError("ClassQuantileThresholds.update needs the confidences")
@@ -142,15 +172,18 @@ def relative_tau(confidence, quantile: float) -> float:
     """``ssl.threshold_quantile``: tau as a quantile of the model's own
     confidences this iteration, for a source model whose confidences never
     reach an absolute tau (see docs/REAL_XNLI.md)."""
-    import numpy as np
-
     return float(np.quantile(np.asarray(confidence, dtype=np.float64), quantile))
+
+
+def rounded(thresholds: torch.Tensor) -> list[float]:
+    return [round(float(t), 4) for t in thresholds]
 
 
 def make_thresholds(ssl_cfg, num_samples: int, num_classes: int):
     """The rule named by ``ssl.thresholding``."""
     if ssl_cfg.thresholding == "fixed":
-        return FixedThresholds(num_classes, ssl_cfg.threshold)
+        return FixedThresholds(num_classes, ssl_cfg.threshold, ssl_cfg.threshold_quantile)
     if ssl_cfg.thresholding == "class_quantile":
         return ClassQuantileThresholds(num_samples, num_classes, ssl_cfg.threshold_quantile or 0.5)
-    return FlexMatchThresholds(num_samples, num_classes, ssl_cfg.threshold, ssl_cfg.flexmatch_warmup)
+    return FlexMatchThresholds(num_samples, num_classes, ssl_cfg.threshold, ssl_cfg.flexmatch_warmup,
+                               ssl_cfg.threshold_quantile)

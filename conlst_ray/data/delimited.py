@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from conlst_ray.data.columns import check_text_pair, resolve_columns, split_options
+from conlst_ray.data.rows import MAX_LINE_BYTES, RowSink, check_file, id_prefix, lang_from_name, open_lines
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import NLI, Task
 
@@ -63,15 +64,13 @@ def parse_options(fmt: str, location: str) -> tuple[str, dict, dict]:
 def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malformed: str = "raise",
                    max_rows: Optional[int] = None, max_line_bytes: Optional[int] = None, task: Task = NLI):
     """Read a delimited file through the column mapping of its spec."""
-    from conlst_ray.data.readers import MAX_LINE_BYTES, _id_prefix, _lang_from_name, _open_lines, _RowSink, check_file
-
     path_text, given, layout = parse_options(fmt, location)
     path = Path(path_text)
     check_file(path)
-    sink = _RowSink(str(path), lang or _lang_from_name(path, None), _id_prefix(path), on_malformed, task)
+    sink = RowSink(str(path), lang or lang_from_name(path, None), id_prefix(path), on_malformed, task)
     limit = max_line_bytes or MAX_LINE_BYTES
     # decoded line by line (file:line errors for bad bytes, BOM dropped, over-long lines skipped)
-    lines = (text for _, text in _open_lines(path, sink, limit, keep_ends=True))
+    lines = (text for _, text in open_lines(path, sink, limit, keep_ends=True))
     csv.field_size_limit(max(csv.field_size_limit(), limit))  # a field may be as long as a line
     reader = csv.reader(lines, delimiter=layout["sep"],
                         **({} if layout["quote"] else {"quoting": csv.QUOTE_NONE}))

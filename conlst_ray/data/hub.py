@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from conlst_ray.data.columns import resolve_columns
-from conlst_ray.data.readers import _records_into, _RowSink
+from conlst_ray.data.rows import RowSink, records_into
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import NLI, Task, is_number
 
@@ -29,7 +29,7 @@ def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "rai
         columns["id"] = "pairID"
     names = _class_label_names(ds, columns["label"])
     by_name = names if names and all(_known_name(task, n) for n in names) else None
-    sink = _RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed, task)
+    sink = RowSink(id_prefix, lang, id_prefix.replace("/", "_"), on_malformed, task)
 
     def records():
         for i, rec in enumerate(ds):
@@ -37,7 +37,7 @@ def rows_from_hf_dataset(ds, lang: str, id_prefix: str, on_malformed: str = "rai
                 rec = {**rec, columns["label"]: by_name[rec[columns["label"]]]}
             yield f"{id_prefix}:row {i}", i, rec
 
-    _records_into(sink, records(), max_rows, given, columns)
+    records_into(sink, records(), max_rows, given, columns)
     return sink.table(), sink.report
 
 

@@ -14,11 +14,10 @@ order; never mix them.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
-from conlst_ray.data.task import NLI_LABELS, UNKNOWN_LABEL
-
-LABEL_NAMES = NLI_LABELS  # the default task's names
+from conlst_ray.data.task import UNKNOWN_LABEL
 
 ROW_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -65,3 +64,9 @@ def without_labels(table: pa.Table) -> pa.Table:
     idx = table.schema.get_field_index("label")
     return table.set_column(idx, ROW_SCHEMA.field("label"),
                             pa.array([UNKNOWN_LABEL] * table.num_rows, pa.int64()))
+
+
+def unique_in_order(values: np.ndarray) -> list[str]:
+    """Distinct values in order of first occurrence, as Python strings."""
+    uniq, first = np.unique(values, return_index=True)
+    return [str(uniq[i]) for i in np.argsort(first)]

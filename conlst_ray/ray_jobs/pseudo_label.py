@@ -11,7 +11,6 @@ distribution), under out_root/lang=xx/shard-NNNNN.parquet.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,14 +19,7 @@ import pyarrow as pa
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str):
-    """One tokenizer per worker process (Ray reuses task workers)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+from conlst_ray.token_rows import load_tokenizer
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
@@ -83,7 +75,7 @@ class Predictor:
         order = np.argsort(lengths, kind="stable")
         has_types = "token_type_ids" in table.column_names
         q = np.zeros((table.num_rows, self.model.num_labels), dtype=np.float32)
-        from conlst_ray.training import autocast
+        from conlst_ray.training.inference import autocast
 
         with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, len(order), self.micro_batch):

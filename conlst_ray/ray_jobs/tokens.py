@@ -30,7 +30,7 @@ import ray
 
 from conlst_ray.config import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import corpus_task
-from conlst_ray.token_rows import TOKENIZER_FILE, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
+from conlst_ray.token_rows import TOKENIZER_FILE, load_tokenizer, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
 
 SOURCE_FILE = "_source.json"
 LOG_ENV = "CONLST_RAY_TOKENIZE_LOG"
@@ -48,7 +48,6 @@ def token_file(tokens: str | Path, shard: str | Path) -> Path:
 
 def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> int:
     """Read one Parquet shard, tokenise it, write the Arrow file (a Ray task)."""
-    from conlst_ray.ray_jobs.pseudo_label import load_tokenizer
 
     table = pq.read_table(src)
     out = tokenize_pairs(load_tokenizer(tokenizer_dir), table, max_length)
@@ -67,7 +66,6 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
     module docstring); ``sources``: per language, what its rows were read
     from (a manifest fingerprint, a job's provenance) -- a change re-tokenises
     that language. Returns the tokens folder."""
-    from conlst_ray.ray_jobs.pseudo_label import load_tokenizer
 
     out = tokens_root(root, tokenizer_dir, max_length)
     pending = []

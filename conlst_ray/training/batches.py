@@ -1,13 +1,8 @@
-"""Plain-PyTorch training and inference helpers shared by every stage.
-
-No Ray here: the Ray Train loops and Ray Data actors call these functions.
-"""
+"""Tokenised rows -> padded batches on a device, prepared ahead of the step."""
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import random
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
@@ -17,33 +12,6 @@ import pyarrow as pa
 import torch
 
 from conlst_ray.data.schema import pair_texts
-
-FEATURES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def autocast(device, precision: str = "auto"):
-    """The numeric context of a forward pass: bf16 autocast on CUDA under
-    ``auto`` or ``bf16`` (with TF32 for what stays fp32), nothing on CPU under
-    ``auto``/``fp32``. The losses cast logits to fp32 themselves."""
-    kind = torch.device(device).type
-    if precision == "fp32" or (precision == "auto" and kind != "cuda"):
-        return contextlib.nullcontext()
-    if kind == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return torch.autocast(device_type=kind, dtype=torch.bfloat16)
-
-
-def default_device() -> str:
-    """Where a driver-side helper (report, evaluate) runs a model: its GPU
-    when it has one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -154,66 +122,3 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.n
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
-
-
-def linear_warmup_schedule(optimizer, total_steps: int, warmup_ratio: float):
-    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0):
-    """AdamW without decay on biases and LayerNorm weights (BERT practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def predict_proba(model, data: Encoded, pad_id: int, batch_size: int = 256, device="cpu",
-                  precision: str = "auto", index: Optional[np.ndarray] = None) -> np.ndarray:
-    """Class distribution q of every row (or of rows ``index``, in that
-    order; model in eval mode: no dropout), computed over length-sorted
-    batches. The model is put on ``device`` outside inference mode:
-    parameters moved inside it would become inference tensors that a later
-    training step cannot use."""
-    model.to(device).eval()
-    rows = np.arange(len(data)) if index is None else np.asarray(index)
-    out = np.zeros((len(rows), model.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for local in length_sorted_batches(data.lengths()[rows], batch_size):
-            batch = to_device(batch_of(data, rows[local], pad_id), device)
-            with autocast(device, precision):
-                logits = model(**batch)
-            out[local] = logits.float().softmax(-1).cpu().numpy()
-    return out
-
-
-def accuracy_by_language(q: np.ndarray, data: Encoded) -> dict[str, float]:
-    """Accuracy per language over rows with a known label."""
-    from conlst_ray.algorithm.negatives import unique_in_order
-
-    pred = q.argmax(-1)
-    langs = np.asarray(data.langs)
-    out = {}
-    for lang in unique_in_order(langs):
-        sel = (langs == lang) & (data.labels >= 0)
-        if sel.any():
-            out[lang] = float((pred[sel] == data.labels[sel]).mean())
-    return out
-
-
-def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: int = 256, device="cpu",
-                precision: str = "auto") -> dict:
-    """Accuracy per language of ``model`` on the labelled rows of ``table``."""
-    data = encode_table(tokenizer, table, max_length)
-    return accuracy_by_language(predict_proba(model, data, tokenizer.pad_token_id, batch_size, device, precision),
-                                data)

@@ -1,0 +1,68 @@
+"""Stage 1, contrastive negative learning (Eq. 4-8), as an algorithm object:
+it owns the epoch's negative pool (Eq. 5) and gamma, and the draws that
+give every worker the same complementary labels and negatives."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.steps import ConlBatch, build_conl_batch, conl_pool, conl_step, plan_negatives
+from conlst_ray.training.batches import to_device
+from conlst_ray.training.distributed import global_plan, micro_batches, my_slice, world
+from conlst_ray.training.optim import linear_warmup_schedule
+
+
+class CoNL(StageAlgorithm):
+    """L_CL (Eq. 6) on target anchors + lambda * L_CLCS (Eq. 7) on source
+    rows; ``q`` is the source model's pseudo-label distribution of every
+    target row (fixed for the stage)."""
+
+    name = "conl"
+
+    def __init__(self, model, cfg, tokenizer, device, source, target, q: np.ndarray):
+        super().__init__(model, cfg, tokenizer, device, source, target)
+        c = cfg.conl
+        self.q = q
+        self.scheduler = linear_warmup_schedule(self.optimizer, max(1, (len(target) // c.batch_size) * c.epochs), 0.0)
+        self.pool = self.gamma = self.gamma_by_lang = self.source_rng = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Eq. 5's pool of confident target rows and its gamma (absolute, or
+        per language under ``conl.gamma_quantile``)."""
+        self.pool, self.gamma, self.gamma_by_lang = conl_pool(self.target, self.q, self.cfg.conl,
+                                                             self.model.num_labels, seed=self.cfg.seed * 1000 + epoch)
+        self.source_rng = np.random.default_rng([self.cfg.seed, epoch, 7])
+
+    def batches(self, epoch: int, first_step: int) -> Iterator[list]:
+        c, seed = self.cfg.conl, self.cfg.seed
+        rank, size = world()
+        for n, gbatch in enumerate(global_plan(len(self.target), c.batch_size, seed, epoch)):
+            # global draws (complementary labels, negatives, source rows) are made
+            # identically on every worker; each then builds the batch of its rows
+            g = torch.Generator().manual_seed(seed * 100003 + first_step + n)
+            comp, drawn = plan_negatives(self.target, gbatch, self.q, self.pool, c, g, self.gamma)
+            src_idx = self.source_rng.choice(len(self.source), size=c.source_batch_size, replace=False)
+            rows = np.arange(len(gbatch))[rank::size]
+            anchor_parts = micro_batches(rows, c.grad_accum, "conl.grad_accum")
+            source_parts = np.array_split(my_slice(src_idx), len(anchor_parts))
+            yield [(conl_step, (self._on_device(build_conl_batch(self.target, gbatch[a], comp[a], drawn[a], self.pad_id,
+                                                                 self.source, s)), c, g), len(a) / len(rows))
+                   for a, s in zip(anchor_parts, source_parts)]
+
+    def end_epoch(self, epoch: int) -> dict:
+        out = {f"gamma_{lang}": g for lang, g in self.gamma_by_lang.items()}
+        out["pool_size"] = self.pool.size()  # confident target samples negatives are drawn from (Eq. 5)
+        return out
+
+    def _on_device(self, batch: ConlBatch) -> ConlBatch:
+        batch.anchors = to_device(batch.anchors, self.device)
+        if batch.negatives is not None:
+            batch.negatives = to_device(batch.negatives, self.device)
+        if batch.source is not None:
+            batch.source = to_device(batch.source, self.device)
+            batch.source_labels = batch.source_labels.to(self.device)
+        return batch

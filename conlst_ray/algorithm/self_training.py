@@ -1,0 +1,147 @@
+"""Stage 2, self-training (Eq. 9-14), as an algorithm object: each
+iteration (an "epoch" of the loop) pseudo-labels every target row in the
+workers, selects rows by its threshold rule, and trains on one strong view
+per selected row under a schedule sized by what was selected."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.steps import SslBatch, ssl_step, strong_view
+from conlst_ray.algorithm.thresholds import make_thresholds
+from conlst_ray.training.batches import to_device
+from conlst_ray.training.distributed import all_gather_rows, global_plan, micro_batches, my_slice, world
+from conlst_ray.training.inference import predict_proba
+from conlst_ray.training.optim import linear_warmup_schedule
+
+
+class SelfTraining(StageAlgorithm):
+    """Eq. 12: l_sup on source rows + lambda_u * l_u on the selected target
+    rows' strong views; ``backtranslated`` aligns a back-translation with
+    each target row (or is None: masking and mixup only)."""
+
+    name = "ssl"
+    epoch_key = "iteration"
+
+    def __init__(self, model, cfg, tokenizer, device, source, target, backtranslated=None):
+        super().__init__(model, cfg, tokenizer, device, source, target)
+        self.backtranslated = backtranslated
+        self.thresholds = make_thresholds(cfg.ssl, len(target), model.num_labels)
+        self.special_ids = set(tokenizer.all_special_ids)
+        self.pred = self.selected = self.plans = None
+        self.selection: dict = {}
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.ssl.iterations
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Pseudo-label, select (Eq. 14's indicator), plan the iteration's passes."""
+        s = self.cfg.ssl
+        t0 = time.perf_counter()
+        q = pseudo_label_in_workers(self.model, self.target, self.pad_id, self.cfg, self.device)
+        label_seconds = time.perf_counter() - t0
+        self.thresholds.observe(q)
+        mask, _ = self.thresholds.mask(torch.as_tensor(q))
+        self.pred, self.selected = q.argmax(-1), np.flatnonzero(mask.numpy())
+        n = len(self.selected)
+        self.plans = [global_plan(n, s.batch_size, self.cfg.seed, epoch * 1000 + e) if n >= s.batch_size else []
+                      for e in range(s.epochs_per_iteration)]
+        self.scheduler = ssl_schedule(self.optimizer, sum(map(len, self.plans)), s.warmup_ratio)
+        self.selection = {"selected": int(n), "selected_share": float(n / len(self.target)),
+                          "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(self.target),
+                          **self.thresholds.describe(), **selection_quality(self.target, self.pred, self.selected)}
+
+    def batches(self, epoch: int, first_step: int) -> Iterator[list]:
+        s, seed = self.cfg.ssl, self.cfg.seed
+        n = first_step
+        for e, plan in enumerate(self.plans):
+            src_rng = np.random.default_rng([seed, epoch, e, 11])
+            for local in plan:
+                gbatch = self.selected[local]
+                src_idx = src_rng.choice(len(self.source), size=s.batch_size, replace=False)
+                idx, sidx = my_slice(gbatch), my_slice(src_idx)
+                g = torch.Generator().manual_seed(seed * 7919 + n)
+                rng = np.random.default_rng([seed, n])
+                parts = []
+                for part, spart in zip(micro_batches(idx, s.grad_accum, "ssl.grad_accum"),
+                                       np.array_split(sidx, s.grad_accum)):
+                    batch, aug_logs = self._batch(part, spart, g)
+                    parts.append((_logged(ssl_step, aug_logs), (batch, s, rng), len(part) / len(idx)))
+                n += 1
+                yield parts
+
+    def train_step(self, runner, parts: list) -> dict:
+        return {**super().train_step(runner, parts), "lr": self.scheduler.get_last_lr()[0]}
+
+    def end_epoch(self, epoch: int) -> dict:
+        return dict(self.selection)
+
+    def state_dict(self) -> dict:
+        # the schedule is rebuilt per iteration from what it selects
+        return {**super().state_dict(), "scheduler": None, "thresholds": self.thresholds.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("thresholds"):
+            self.thresholds.load_state_dict(state["thresholds"])
+
+    def _batch(self, idx: np.ndarray, sidx: np.ndarray, g: torch.Generator) -> tuple[SslBatch, dict]:
+        """Eq. 12's inputs for target rows ``idx`` (one strong view each) and source rows ``sidx``."""
+        s, tok = self.cfg.ssl, self.tokenizer
+        view, mixup_rows, aug_logs = strong_view(self.target, self.backtranslated, idx, self.pad_id, s,
+                                                 self.special_ids, tok.mask_token_id, g)
+        source, labels = self.labelled_batch(sidx)
+        batch = SslBatch(source=source, source_labels=labels, strong=to_device(view, self.device),
+                         pseudo_labels=torch.as_tensor(self.pred[idx], device=self.device),
+                         mask=torch.ones(len(idx), dtype=torch.bool, device=self.device), mixup_rows=mixup_rows)
+        return batch, aug_logs
+
+
+def pseudo_label_in_workers(model, target, pad_id: int, cfg, device) -> np.ndarray:
+    """q for every target row: each worker labels its rows, then all-gather."""
+    rank, size = world()
+    mine = np.arange(len(target))[rank::size]
+    q_mine = predict_proba(model, target, pad_id, cfg.source.eval_batch_size, device,
+                           cfg.resources.precision, index=mine)
+    model.train()
+    idx, q = all_gather_rows(mine, q_mine)
+    out = np.zeros((len(target), q.shape[1]), dtype=np.float32)
+    out[idx] = q
+    return out
+
+
+def ssl_schedule(optimizer, n_steps: int, warmup_ratio: float):
+    """One self-training iteration's learning rate: linear warm-up, then a
+    linear decay that reaches 0 at the iteration's last step -- sized by the
+    steps that really run (selected rows x epochs), not by the corpus."""
+    for group in optimizer.param_groups:  # every iteration starts from the configured rate
+        group["lr"] = group.get("initial_lr", group["lr"])
+    return linear_warmup_schedule(optimizer, max(1, n_steps), warmup_ratio)
+
+
+def selection_quality(target, pred: np.ndarray, selected: np.ndarray) -> dict:
+    """Pseudo-label accuracy of the selected rows and of all rows (gold
+    labels read for this analysis only, never trained on)."""
+    gold: Optional[np.ndarray] = getattr(target, "gold", None)
+    if gold is None or not (gold >= 0).any():
+        return {}
+    known = gold >= 0
+    out = {"all_pseudo_label_acc": float((pred[known] == gold[known]).mean())}
+    sel = selected[known[selected]]
+    if len(sel):
+        out["selected_pseudo_label_acc"] = float((pred[sel] == gold[sel]).mean())
+    return out
+
+
+def _logged(step_fn, extra: dict):
+    """``step_fn`` whose logs also carry ``extra`` (a micro-batch's augmentation shares)."""
+    def run(model, *args):
+        loss, logs = step_fn(model, *args)
+        return loss, {**logs, **extra}
+    return run
