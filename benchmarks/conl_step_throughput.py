@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.model import build_model, build_tokenizer  # noqa: E402
+from conlst_ray.models.encoder import build_model, build_tokenizer  # noqa: E402
 from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
 
 

@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from conl_step_throughput import plain_loop as conl_plain_loop  # noqa: E402
 
 from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
+from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data  # noqa: E402
 from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
-from conlst_ray.token_rows import tokenizer_stamp  # noqa: E402
+from conlst_ray.data.token_files import tokenizer_stamp  # noqa: E402
 from conlst_ray.training.inference import predict_proba  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.data.readers import read_languages  # noqa: E402
-from conlst_ray.model import ConlstEncoder, wordpiece_tokenizer  # noqa: E402
+from conlst_ray.models.encoder import ConlstEncoder, wordpiece_tokenizer  # noqa: E402
 from conlst_ray.training.batches import collate, encode_table, length_sorted_batches  # noqa: E402
 
 XNLI = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
@@ -135,7 +135,7 @@ def memory_run(rows_per_lang: int, tmp: Path) -> tuple[int, int]:
     """Peak RSS (bytes) of pseudo-labelling 4 x rows_per_lang synthetic pairs."""
     import ray
 
-    from conlst_ray.model import build_model as build_tiny, build_tokenizer
+    from conlst_ray.models.encoder import build_model as build_tiny, build_tokenizer
 
     cfg = load_config(None, [f"data.synthetic.n_unlabelled={rows_per_lang}", "data.shard_rows=10000",
                              "resources.torch_threads=2", "resources.cpus_per_actor=1"])

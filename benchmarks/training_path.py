@@ -80,7 +80,7 @@ def epoch_rates(steps: list[dict]) -> list[float]:
 
 def main() -> int:
     import conlst_ray.training.batches as training
-    from conlst_ray import run as run_mod
+    from conlst_ray.commands import run as run_mod
     from conlst_ray.config import load_config
     from conlst_ray.ray_jobs.tokens import LOG_ENV
 

@@ -63,7 +63,7 @@ def write_corpus(root: Path, rows: int, shard_rows: int = 50_000) -> Path:
 
 def tokenizer_dir(root: Path) -> str:
     """The real mBERT vocabulary (cased WordPiece)."""
-    from conlst_ray.model import wordpiece_tokenizer
+    from conlst_ray.models.encoder import wordpiece_tokenizer
 
     wordpiece_tokenizer(SHARED / "vocab" / "bert-base-multilingual-cased-vocab.txt").save_pretrained(root)
     return str(root)
@@ -76,7 +76,7 @@ def tokenize_once(corpus: Path, tok_dir: str) -> Path:
     import pyarrow.parquet as pq
 
     from conlst_ray.ray_jobs.tokens import tokens_root
-    from conlst_ray.token_rows import TOKENIZER_FILE, special_ids, tokenize_pairs, write_token_file
+    from conlst_ray.data.token_files import TOKENIZER_FILE, special_ids, tokenize_pairs, write_token_file
 
     out = tokens_root(corpus, tok_dir, 128)
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -110,7 +110,7 @@ if mode == "lists":
     data = encode_table(AutoTokenizer.from_pretrained(tok_dir), table, 128)
     del table
 else:
-    from conlst_ray.token_rows import open_token_rows
+    from conlst_ray.data.token_files import open_token_rows
     data = open_token_rows(tokens, ["xx"])
 lengths = data.lengths()
 q = np.random.default_rng(0).dirichlet([1, 1, 1], len(data)).astype(np.float32)

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs", help="output_dir of the run (default: runs)")
     parser.add_argument("--docs", default=str(REPO / "docs"))
     args = parser.parse_args(argv)
-    from conlst_ray import run as run_mod
+    from conlst_ray.commands import run as run_mod
 
     run_dir = Path(args.out) / "real-text"
     rc = run_mod.main(["--config", str(CONFIG), f"output_dir={args.out}", "run_name=real-text",

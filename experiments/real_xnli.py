@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
-from conlst_ray.e5 import E5_LABEL  # noqa: E402
-from conlst_ray.reporting import read_rows, write_language_table  # noqa: E402
+from conlst_ray.models.e5 import E5_LABEL  # noqa: E402
+from conlst_ray.reporting.tables import read_rows, write_language_table  # noqa: E402
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small_cpu.yaml"
 CLASS_QUANTILE = ["ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"]
@@ -45,7 +45,7 @@ SELF_TRAINING_RUNS = {"selftrain": ("FlexMatch self-training (no CoNL)", "self-t
 
 
 def run(out: Path, name: str, overrides: list, extra: list) -> int:
-    from conlst_ray import run as run_mod
+    from conlst_ray.commands import run as run_mod
 
     if (out / name / "results" / "stage_costs.csv").is_file():
         return 0  # finished: its report is written
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 def accuracy_table(cfg, out: Path, docs: Path) -> str:
     """One table: zero-shot, CoNL, CoNLST (run 1), self-training (run 2),
     translate-train (run 3), scored on the XNLI dev rows of every language."""
-    from conlst_ray.report import evaluate
+    from conlst_ray.reporting.report import evaluate
 
     results = {}
     for row in read_rows(out / "conlst" / "results" / "accuracy_dev.csv"):
@@ -152,7 +152,7 @@ def own_class_lines(out: Path) -> list[str]:
     per-language gamma the CoNL stage used."""
     import numpy as np
 
-    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.reporting.analysis import own_class_negatives
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     run = out / "conlst"

@@ -30,11 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.analysis import CALIBRATION_HEADER, calibration_markdown  # noqa: E402
+from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown  # noqa: E402
 from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
-from conlst_ray.report import ablation_table, final_row, full_report, read_avg  # noqa: E402
-from conlst_ray.reporting import read_rows, to_markdown  # noqa: E402
-from conlst_ray.rundir import RunDir  # noqa: E402
+from conlst_ray.reporting.report import full_report  # noqa: E402
+from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg  # noqa: E402
+from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
+from conlst_ray.pipeline.rundir import RunDir  # noqa: E402
 
 BASE = ["translation.model=synthetic", "translation.pivot_lang=src", "resources.num_workers=0"]
 QUICK = ["data.synthetic.n_source_train=1500", "data.synthetic.n_unlabelled=400", "data.synthetic.n_dev=150",
@@ -79,7 +80,7 @@ def slug(name: str) -> str:
 
 def run_variant(name: str, seed: int, out: Path, extra: list[str], source: str | None) -> Path:
     """One pipeline run (reused when its report exists); returns its directory."""
-    from conlst_ray.pipeline import run_pipeline
+    from conlst_ray.pipeline.stages import run_pipeline
 
     run_dir = out / f"seed{seed}" / slug(name)
     if (run_dir / "results" / "accuracy_test.csv").is_file():
@@ -159,7 +160,7 @@ def ensure_transitions(run_dir: Path) -> None:
     (the CoNL model relabels the target rows in the driver: seconds)."""
     if (run_dir / "results" / "calibration_transitions.csv").is_file():
         return
-    from conlst_ray.report import calibration_report
+    from conlst_ray.reporting.report import calibration_report
 
     cfg = load_config(run_dir / "config.yaml")
     calibration_report(cfg, RunDir(run_dir), str(run_dir / "conl" / "model"), run_dir / "results",
@@ -192,7 +193,7 @@ def own_class_table(run_dirs: list[Path]) -> str:
     """Per language, mean over seeds: the expected share of a confident
     anchor's negatives that share its gold class (conl.complementary=set, the
     run's gamma), for anchors with wrong and with right pseudo-labels."""
-    from conlst_ray.analysis import own_class_by_language
+    from conlst_ray.reporting.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     per_lang: dict[str, list] = {}

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
-from conlst_ray.reporting import read_rows, to_markdown  # noqa: E402
+from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
 
 TASKS = {
     "NLI (pairs, 3 classes; the default)": [],
@@ -51,7 +51,7 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
     """Mean over target languages: expected share of a confident anchor's
     negatives whose gold class is the anchor's own (wrong / right
     pseudo-labels), and the share of confident anchors that are wrong."""
-    from conlst_ray.analysis import own_class_by_language
+    from conlst_ray.reporting.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
 
     cfg = load_config(run_dir / "config.yaml")

@@ -21,7 +21,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def mbert_tokenizer(shared_data):
-    from conlst_ray.model import wordpiece_tokenizer
+    from conlst_ray.models.encoder import wordpiece_tokenizer
 
     return wordpiece_tokenizer(shared_data / "vocab" / "bert-base-multilingual-cased-vocab.txt")
 
@@ -35,7 +35,7 @@ def small_bench():
 
 @pytest.fixture(scope="session")
 def synthetic_tokenizer():
-    from conlst_ray.model import synthetic_tokenizer
+    from conlst_ray.models.encoder import synthetic_tokenizer
 
     return synthetic_tokenizer()
 

@@ -17,7 +17,7 @@ from conlst_ray.algorithm.self_training import SelfTraining
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.config import SSLConfig, load_config
 from conlst_ray.data.synthetic import SyntheticBenchmark
-from conlst_ray.model import build_model, synthetic_tokenizer
+from conlst_ray.models.encoder import build_model, synthetic_tokenizer
 from conlst_ray.training.batches import encode_table
 from conlst_ray.training.loop import StepModule, fit
 
@@ -34,7 +34,7 @@ PLAIN_RUN = textwrap.dedent("""
     from conlst_ray.algorithm.self_training import SelfTraining
     from conlst_ray.config import load_config
     from conlst_ray.data.synthetic import SyntheticBenchmark
-    from conlst_ray.model import build_model, synthetic_tokenizer
+    from conlst_ray.models.encoder import build_model, synthetic_tokenizer
     from conlst_ray.training.batches import encode_table
     from conlst_ray.training.inference import predict_proba
     from conlst_ray.training.loop import StepModule, fit

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conlst_ray.analysis import (LabelledPredictions, band_stats, calibration_markdown, calibration_rows,
+from conlst_ray.reporting.analysis import (LabelledPredictions, band_stats, calibration_markdown, calibration_rows,
                                  join_with_gold, weighted_accuracy)
 
 # confidence, correct -- worked out by hand below
@@ -52,7 +52,7 @@ def test_calibration_table_before_and_after():
 def test_histograms_have_labelled_axes_and_a_legend(tmp_path):
     import matplotlib.image
 
-    from conlst_ray.figures import confidence_histograms
+    from conlst_ray.reporting.figures import confidence_histograms
 
     rng = np.random.default_rng(0)
     preds = {lang: LabelledPredictions(rng.uniform(0.34, 1.0, 200), rng.random(200) < 0.7) for lang in ("fr", "de")}
@@ -69,7 +69,7 @@ def test_histograms_have_labelled_axes_and_a_legend(tmp_path):
 
 
 def test_band_transitions_follow_each_high_band_row_by_id():
-    from conlst_ray.analysis import band_transitions
+    from conlst_ray.reporting.analysis import band_transitions
 
     corpus = pa.table({"id": ["a", "b", "c", "d", "e"], "lang": ["fr"] * 5, "label": [0, 1, 2, 0, 1]})
     # before: a (right), b (wrong), c (wrong) in the high band; d, e below it
@@ -87,7 +87,7 @@ def test_band_transitions_follow_each_high_band_row_by_id():
 
 
 def test_a_wrong_anchors_negatives_include_its_true_class():
-    from conlst_ray.analysis import own_class_negatives
+    from conlst_ray.reporting.analysis import own_class_negatives
 
     # three confident rows per class, all right, plus one wrong anchor (gold 1, predicted 0)
     pseudo = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])

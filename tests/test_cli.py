@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from conlst_ray import pseudo_label as pl_cli
-from conlst_ray import translate as tr_cli
+from conlst_ray.commands import pseudo_label as pl_cli
+from conlst_ray.commands import translate as tr_cli
 from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
-from conlst_ray.translation import tiny_translation_model
+from conlst_ray.models.translation import tiny_translation_model
 
 
 @pytest.mark.parametrize("module,expected", [("run", "conl.gamma=0.9"), ("pseudo_label", "conl.gamma=0.9"),
@@ -24,8 +24,8 @@ def test_every_entry_point_has_help(module, expected):
 @pytest.mark.slow
 def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session, capsys):
     from conlst_ray.config import load_config
-    from conlst_ray.pipeline import stage_source
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.pipeline.stages import stage_source
+    from conlst_ray.pipeline.rundir import RunDir
 
     args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300",
             "data.synthetic.n_source_train=600",
@@ -53,8 +53,8 @@ def test_translate_cli_rejects_an_uncovered_language_before_any_work(tmp_path, s
 
 
 def test_overrides_may_come_before_and_after_flags():
-    from conlst_ray.cli import parse
-    from conlst_ray.run import build_parser
+    from conlst_ray.commands.common import parse
+    from conlst_ray.commands.run import build_parser
 
     args, cfg = parse(build_parser(), ["seed=3", "--resume", "conl.gamma=0.8"])
     assert args.resume and cfg.seed == 3 and cfg.conl.gamma == 0.8

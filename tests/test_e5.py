@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from conlst_ray import e5
+from conlst_ray.models import e5
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +114,7 @@ def test_without_the_package_the_error_says_what_to_install(monkeypatch):
 
 def test_model_config_names_it_with_mean_pooling(e5_dir):
     from conlst_ray.config import ModelConfig
-    from conlst_ray.model import build_model, build_tokenizer, resolve_pooling
+    from conlst_ray.models.encoder import build_model, build_tokenizer, resolve_pooling
 
     cfg = ModelConfig(name_or_path=e5.E5_NAME, tokenizer=None, cache_dir=str(e5_dir.parent))
     assert resolve_pooling(cfg) == "mean" and resolve_pooling(ModelConfig()) == "cls"

@@ -9,7 +9,7 @@ import torch
 from conlst_ray.config import ModelConfig, load_config
 from conlst_ray.data.readers import read_corpus
 from conlst_ray.data.schema import CorpusError
-from conlst_ray.model import apply_freezing, build_model
+from conlst_ray.models.encoder import apply_freezing, build_model
 
 
 def test_freeze_options_leave_frozen_parameters_unchanged_after_a_step(synthetic_tokenizer):
@@ -73,8 +73,8 @@ def test_column_mapped_reader_errors_name_file_and_line(shared_data, tmp_path):
 
 
 def test_evaluate_command_scores_saved_models_per_language(shared_data, tmp_path, mbert_tokenizer, capsys):
-    from conlst_ray.evaluate import main
-    from conlst_ray.model import ConlstEncoder, tiny_bert
+    from conlst_ray.commands.evaluate import main
+    from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
 
     cfg = load_config(None, [])
     torch.manual_seed(0)

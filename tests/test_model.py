@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conlst_ray.config import ModelConfig
-from conlst_ray.model import ConlstEncoder, build_model, build_tokenizer, read_vocab
+from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer, read_vocab
 
 
 @pytest.fixture()
@@ -98,8 +98,8 @@ def test_hf_sequence_classification_checkpoint_keeps_its_head(synthetic_tokenize
 
 def test_source_checkpoint_replaces_the_source_stage(tmp_path):
     from conlst_ray.config import load_config
-    from conlst_ray.pipeline import stage_source
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.pipeline.stages import stage_source
+    from conlst_ray.pipeline.rundir import RunDir
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", f"model.source_checkpoint={tmp_path}/ckpt"])
     assert stage_source(cfg, RunDir.create(cfg), log=lambda *_: None) == f"{tmp_path}/ckpt"

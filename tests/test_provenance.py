@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from conlst_ray import pseudo_label as pl_cli
-from conlst_ray import run as run_mod
+from conlst_ray.commands import pseudo_label as pl_cli
+from conlst_ray.commands import run as run_mod
 from conlst_ray.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_pseudo_labels_of_another_model_are_refused_not_returned(stopped_run, ca
     assert code == 2 and "model weights changed" in err and "--recompute" in err
     assert pl_cli.main(args + ["--model-dir", str(run_dir / "conl" / "model"), "--recompute"]) == 0
     prov = json.loads((run_dir / "pseudo_labels" / "cli" / "lang=far" / "_provenance.json").read_text())
-    from conlst_ray.provenance import weights_stamp
+    from conlst_ray.data.provenance import weights_stamp
 
     assert prov["inputs"]["model weights"] == weights_stamp(run_dir / "conl" / "model")
 
@@ -112,7 +112,7 @@ def test_preflight_reports_every_bad_input_before_any_work(tmp_path, capsys):
 
 
 def test_preflight_finds_a_language_the_translation_model_lacks(tmp_path, shared_data, capsys):
-    from conlst_ray.translation import tiny_translation_model
+    from conlst_ray.models.translation import tiny_translation_model
 
     model = tiny_translation_model(tmp_path / "mbart", "mbart50")
     args = [f"output_dir={tmp_path / 'out'}", "run_name=x", f"translation.model={model}",

@@ -14,7 +14,7 @@ import torch
 from conlst_ray.config import load_config
 from conlst_ray.data.readers import read_languages
 from conlst_ray.data.schema import CorpusError
-from conlst_ray.model import ConlstEncoder, tiny_bert
+from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
 from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
 from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
 from conlst_ray.training.batches import encode_table

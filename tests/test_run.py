@@ -7,10 +7,10 @@ import csv
 import numpy as np
 import pytest
 
-from conlst_ray import run as run_mod
+from conlst_ray.commands import run as run_mod
 from conlst_ray.config import load_config
 from conlst_ray.data.corpora import target_corpus
-from conlst_ray.model import ConlstEncoder
+from conlst_ray.models.encoder import ConlstEncoder
 from conlst_ray.training.batches import encode_table
 from conlst_ray.training.inference import predict_proba
 
@@ -80,8 +80,8 @@ def test_wrong_pseudo_labels_sit_in_the_high_confidence_band_too(finished_run):
 
 
 def test_without_self_training_switch_skips_the_stage(finished_run, tmp_path):
-    from conlst_ray.pipeline import run_pipeline
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
+    from conlst_ray.pipeline.rundir import RunDir
 
     run_dir, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["ssl.enabled=false"])
@@ -102,8 +102,8 @@ def test_bad_override_exits_with_a_message(capsys):
 
 
 def test_without_conl_switch_self_trains_from_the_source_model(finished_run):
-    from conlst_ray.pipeline import run_pipeline
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
+    from conlst_ray.pipeline.rundir import RunDir
 
     run_dir, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["conl.enabled=false", "ssl.enabled=false"])
@@ -140,7 +140,7 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
     import torch
     from safetensors.torch import load_file, save_file
 
-    from conlst_ray import report as report_mod
+    from conlst_ray.commands import report as report_mod
 
     run_dir = finished_run[0]
     before = read_table(run_dir)
@@ -168,7 +168,9 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
 
     # Large corpora are relabelled by a Ray Data job, cached under RUN/analysis and tied to the CoNL
     # model's weights: new weights, new labels. (This corpus is small enough for the driver: force the job.)
-    monkeypatch.setattr(report_mod, "DRIVER_INFERENCE_ROWS", 0)
+    from conlst_ray.reporting import report as report_lib
+
+    monkeypatch.setattr(report_lib, "DRIVER_INFERENCE_ROWS", 0)
     shards = lambda: {p: p.stat().st_mtime_ns for p in (run_dir / "analysis").rglob("shard-*.parquet")}  # noqa: E731
     assert report_mod.main([str(run_dir)]) == 0
     cached = shards()

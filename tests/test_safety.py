@@ -61,7 +61,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
 def test_a_user_error_inside_a_ray_task_is_one_line_with_the_traceback_kept(ray_session, capsys):
     import ray
 
-    from conlst_ray.cli import ERROR_LOG, guarded
+    from conlst_ray.commands.common import ERROR_LOG, guarded
     from conlst_ray.data.schema import CorpusError
 
     @ray.remote(num_cpus=0.01)
@@ -83,7 +83,7 @@ def test_a_user_error_inside_a_ray_task_is_one_line_with_the_traceback_kept(ray_
 def test_a_program_error_is_not_dressed_as_a_user_error():
     import pytest
 
-    from conlst_ray.cli import guarded
+    from conlst_ray.commands.common import guarded
 
     def main(argv):
         raise ZeroDivisionError("a bug")
@@ -93,15 +93,15 @@ def test_a_program_error_is_not_dressed_as_a_user_error():
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
-    from conlst_ray import run as run_mod
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.commands import run as run_mod
+    from conlst_ray.pipeline.rundir import RunDir
 
     run = RunDir(tmp_path / "r")
     for stage in ("source", "pseudo_labels"):
         (run.root / stage).mkdir(parents=True)
     (run.root / "source" / "DONE.json").write_text("{}")
     argv = ["output_dir=/x", "conl.gamma=0.8"]
-    from conlst_ray.cli import guarded
+    from conlst_ray.commands.common import guarded
 
     def main(argv):
         raise KeyboardInterrupt
@@ -116,9 +116,9 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
 def test_a_user_error_in_a_training_worker_is_shown_first(shared_data, tmp_path, ray_session, capsys):
     """A corpus error raised inside a Ray Train worker (2 workers) reaches
     the command line as its own one line, file and line named."""
-    from conlst_ray.cli import guarded
+    from conlst_ray.commands.common import guarded
     from conlst_ray.config import load_config
-    from conlst_ray.model import build_model, build_tokenizer
+    from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
 
     lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()[:30]

@@ -3,7 +3,7 @@
 import pytest
 
 from conlst_ray.config import Config, ConfigError
-from conlst_ray.search_space import apply, parse_search_space
+from conlst_ray.ray_jobs.search_space import apply, parse_search_space
 
 
 def test_every_distribution_parses():
@@ -46,7 +46,7 @@ def test_apply_sets_dotted_keys_and_keeps_types():
 def test_tune_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
     import ray
 
-    from conlst_ray import tune as tune_cli
+    from conlst_ray.commands import tune as tune_cli
 
     was_running = ray.is_initialized()
     code = tune_cli.main([f"output_dir={tmp_path}",
@@ -59,7 +59,7 @@ def test_tune_cli_rejects_a_bad_space_before_starting_ray(tmp_path, capsys):
 def test_num_samples_on_the_command_line_is_checked_like_the_key(tmp_path, capsys, n):
     import ray
 
-    from conlst_ray import tune as tune_cli
+    from conlst_ray.commands import tune as tune_cli
 
     was_running = ray.is_initialized()
     assert tune_cli.main([f"output_dir={tmp_path}", "--num-samples", n]) == 2
@@ -70,7 +70,7 @@ def test_demo_config_space_is_the_built_in_default():
     from pathlib import Path
 
     from conlst_ray.config import load_config
-    from conlst_ray.tune import DEFAULT_SPACE
+    from conlst_ray.commands.tune import DEFAULT_SPACE
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "tune_configs" / "demo.yaml")
     assert cfg.tune.search_space == DEFAULT_SPACE
@@ -78,7 +78,7 @@ def test_demo_config_space_is_the_built_in_default():
 
 
 def test_a_search_is_interrupted_until_every_expected_trial_has_ended():
-    from conlst_ray.tune import expected_trials, interrupted
+    from conlst_ray.commands.tune import expected_trials, interrupted
 
     cfg = apply(Config(), {"tune.num_samples": 2})
     dims = parse_search_space({"conl.gamma": {"type": "grid", "values": [0.8, 0.9, 0.95]},

@@ -12,7 +12,7 @@ from conlst_ray.algorithm.negatives import NegativePool
 from conlst_ray.algorithm.steps import SslBatch, conl_step, make_conl_batch, source_step, ssl_step, strong_view
 from conlst_ray.config import CoNLConfig, ModelConfig, SSLConfig
 from conlst_ray.data.synthetic import SyntheticBenchmark
-from conlst_ray.model import build_model
+from conlst_ray.models.encoder import build_model
 from conlst_ray.training.batches import batch_of, encode_table
 
 
@@ -22,7 +22,7 @@ BENCH = SyntheticBenchmark(seed=5, n_source_train=64, n_unlabelled=40, n_dev=30,
 @pytest.fixture(scope="module")
 def synthetic_tokenizer():
     # the tokenizer must come from the same benchmark seed, or words are [UNK]
-    from conlst_ray.model import synthetic_tokenizer as build
+    from conlst_ray.models.encoder import synthetic_tokenizer as build
 
     return build(BENCH)
 
@@ -250,7 +250,7 @@ def test_source_step_is_cross_entropy(setup, synthetic_tokenizer):
 def test_algorithm_layer_does_not_import_ray():
     code = ("import sys\n"
             "import conlst_ray.algorithm.losses, conlst_ray.algorithm.negatives, conlst_ray.algorithm.thresholds\n"
-            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.steps, conlst_ray.model, conlst_ray.training\n"
+            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.steps, conlst_ray.models.encoder, conlst_ray.training\n"
             "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules), 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conlst_ray import run as run_mod
+from conlst_ray.commands import run as run_mod
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +84,10 @@ def test_rows_keep_the_tasks_form_through_every_stage(task_run):
 
 
 def test_a_model_carries_its_task_to_evaluate_and_preflight(task_run, tmp_path, capsys):
-    from conlst_ray import evaluate
-    from conlst_ray.cli import UserError
+    from conlst_ray.commands import evaluate
+    from conlst_ray.commands.common import UserError
     from conlst_ray.config import load_config
-    from conlst_ray.preflight import preflight
+    from conlst_ray.pipeline.preflight import preflight
 
     name, labels, run_dir = task_run
     # the evaluate command reads the corpus as the model's task (no task option needed)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conlst_ray.config import load_config
-from conlst_ray.model import build_model, build_tokenizer
+from conlst_ray.models.encoder import build_model, build_tokenizer
 from conlst_ray.ray_jobs.train import fit_stage
 from faults import KillOnce
 
@@ -158,8 +158,8 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
 
 
 def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_session):
-    from conlst_ray.pipeline import run_pipeline
-    from conlst_ray.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
+    from conlst_ray.pipeline.rundir import RunDir
 
     cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "run_name=pl", "data.target_mode=per_language",
                                      "resources.num_workers=0", "source.epochs=1", "conl.source_batch_size=16",
@@ -171,7 +171,7 @@ def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_se
         assert len(conl_steps) == 96 // 32                    # anchors of this language only
         assert (tmp_path / "pl" / "targets" / lang / "ssl" / "DONE.json").is_file()
     assert not (tmp_path / "pl" / "conl").exists()            # no joint run
-    from conlst_ray.report import full_report
+    from conlst_ray.reporting.report import full_report
 
     table = full_report(cfg, RunDir(tmp_path / "pl"), log=lambda *_: None)  # models found on disk
     assert "| CoNLST |" in table and "nan" not in table
@@ -188,10 +188,10 @@ def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shar
     back-translations: the SSL stage trains on them, or not when switched off."""
     import torch
 
-    from conlst_ray.model import ConlstEncoder, tiny_bert
+    from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.translate import translate
-    from conlst_ray.translation import tiny_translation_model
+    from conlst_ray.models.translation import tiny_translation_model
 
     xnli = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
     base = [f"data.source_train={xnli.replace('{lang}', 'en')}", f"data.target_train={xnli}",
@@ -223,7 +223,7 @@ def test_no_stage_moves_the_model_off_the_worker_device(source_run, monkeypatch)
     import torch
     import ray.train.torch
 
-    from conlst_ray.model import ConlstEncoder
+    from conlst_ray.models.encoder import ConlstEncoder
 
     cfg, root = source_run
     worker_device = torch.device("cpu", 0)

@@ -7,7 +7,7 @@ import pytest
 from conlst_ray.config import TranslationConfig, load_config
 from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
 from conlst_ray.ray_jobs.translate import read_translations, translate
-from conlst_ray.translation import (CODE_TABLES, TranslationConfigError, Translator, check_coverage, detect_family,
+from conlst_ray.models.translation import (CODE_TABLES, TranslationConfigError, Translator, check_coverage, detect_family,
                                     tiny_translation_model)
 from tests.conftest import XNLI_LANGS
 
@@ -106,7 +106,7 @@ def test_synthetic_translator_paraphrases_through_the_concepts():
     from collections import Counter
 
     from conlst_ray.data.synthetic import SyntheticBenchmark
-    from conlst_ray.translation import SyntheticTranslator
+    from conlst_ray.models.translation import SyntheticTranslator
 
     bench = SyntheticBenchmark(seed=13, n_unlabelled=60)
     mt = SyntheticTranslator(benchmark_seed=13)

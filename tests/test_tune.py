@@ -4,7 +4,7 @@ search, outputs, resume of a finished search."""
 import pytest
 import yaml
 
-from conlst_ray import tune as tune_cli
+from conlst_ray.commands import tune as tune_cli
 from conlst_ray.config import load_config
 
 pytestmark = pytest.mark.slow

@@ -36,7 +36,7 @@ def main(out: Path) -> int:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from conlst_ray import tune as tune_cli
+    from conlst_ray.commands import tune as tune_cli
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": NODE_CPUS, "include_dashboard": True,

@@ -83,7 +83,7 @@ def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
     options and the input files' sizes and mtimes."""
     import dataclasses
 
-    from conlst_ray.provenance import fingerprint, spec_files
+    from conlst_ray.data.provenance import fingerprint, spec_files
 
     options = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in read_kwargs.items()}
     return fingerprint({"spec": spec, "lang": lang, **options}, spec_files(spec, [lang]))
@@ -91,7 +91,7 @@ def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
 
 def corpus_digest(manifests: dict[str, dict]) -> str:
     """One stamp for the cached corpora a job reads."""
-    from conlst_ray.provenance import digest
+    from conlst_ray.data.provenance import digest
 
     return digest({lang: m.get("fingerprint") for lang, m in sorted(manifests.items())})
 
@@ -104,7 +104,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     file) is rebuilt, and the jobs that read it see a new corpus stamp.
     ``max_rows`` overrides ``data.max_rows`` (the source corpus has its own
     cap). Returns lang -> manifest."""
-    from conlst_ray.provenance import differences
+    from conlst_ray.data.provenance import differences
 
     root = Path(root)
     langs = list(dict.fromkeys(langs))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
-from conlst_ray.token_rows import load_tokenizer
+from conlst_ray.data.token_files import load_tokenizer
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
@@ -58,7 +58,7 @@ class Predictor:
                  torch_threads: Optional[int] = None, precision: str = "auto"):
         import torch
 
-        from conlst_ray.model import ConlstEncoder
+        from conlst_ray.models.encoder import ConlstEncoder
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -103,7 +103,7 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     missing, from the corpus tokenised once (by the model's tokenizer). The
     output folder is tied to the model's weights and tokenizer, the corpus
     and the settings: labels of another model are never reused."""
-    from conlst_ray.provenance import fingerprint, weights_stamp
+    from conlst_ray.data.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 

@@ -21,10 +21,10 @@ from conlst_ray.algorithm.base import SourceTraining
 from conlst_ray.algorithm.conl import CoNL
 from conlst_ray.algorithm.self_training import SelfTraining
 from conlst_ray.config import config_from_dict
-from conlst_ray.model import ConlstEncoder, apply_freezing
+from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
 from conlst_ray.ray_jobs.worker import drop_replayed_records, load_checkpoint, save_checkpoint, write_thresholds
-from conlst_ray.token_rows import keep_tokenizer_files, tokenizer_stamp
+from conlst_ray.data.token_files import keep_tokenizer_files, tokenizer_stamp
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import StepModule, append_jsonl, fit

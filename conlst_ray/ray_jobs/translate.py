@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
-from conlst_ray.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
+from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
                                    make_translator)
 
 TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
@@ -151,7 +151,7 @@ def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) ->
     """Translations are tied to the MT settings and the corpus they translate (per language)."""
     import dataclasses
 
-    from conlst_ray.provenance import fingerprint, weights_stamp
+    from conlst_ray.data.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
 
     mt = {"MT model weights": weights_stamp(tr_cfg.model)} if tr_cfg.model and Path(tr_cfg.model).is_dir() else {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conlst_ray.config import config_from_dict, to_dict
-from conlst_ray.search_space import Dimension, apply
+from conlst_ray.ray_jobs.search_space import Dimension, apply
 
 DRIVER_RESOURCES = {"cpu": 0.01}
 

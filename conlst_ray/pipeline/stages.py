@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conlst_ray.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.rundir import RunDir
+from conlst_ray.data.provenance import spec_files, stage_fingerprint, weights_stamp
+from conlst_ray.pipeline.rundir import RunDir
 
 
 def stage_source(cfg, run: RunDir, log=print) -> str:
@@ -31,7 +31,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
         log(f"[source] done already: {out / 'model'}")
         return str(out / "model")
-    from conlst_ray.model import build_model, build_tokenizer
+    from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.training.optim import seed_everything
 

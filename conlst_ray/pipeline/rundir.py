@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from conlst_ray.config import atomic_write_text, save_config
-from conlst_ray.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
+from conlst_ray.data.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"

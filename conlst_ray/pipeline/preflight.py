@@ -14,10 +14,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from conlst_ray.cli import UserError
 from conlst_ray.config import NAMED_MODELS
 
 PREVIEW_ROWS = 3
+
+
+class UserError(ValueError):
+    """Something the user can fix (a path, a key); the message says what."""
 
 
 def _looks_like_path(name: str) -> bool:
@@ -58,7 +61,7 @@ def check_checkpoint_labels(cfg) -> list[str]:
     (or, worse, with matching sizes, train on the wrong meaning of each id)."""
     if not cfg.model.source_checkpoint or not Path(cfg.model.source_checkpoint).is_dir():
         return []
-    from conlst_ray.model import read_meta
+    from conlst_ray.models.encoder import read_meta
 
     saved = read_meta(cfg.model.source_checkpoint)
     if not saved:
@@ -108,7 +111,7 @@ def check_corpora(cfg) -> list[str]:
 def check_translation(cfg) -> list[str]:
     if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation and cfg.translation.model):
         return []
-    from conlst_ray.translation import TranslationConfigError, check_coverage
+    from conlst_ray.models.translation import TranslationConfigError, check_coverage
 
     try:
         from conlst_ray.ray_jobs.translate import resolve_family

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from conlst_ray.data.task import NLI_LABELS
-from conlst_ray.e5 import is_e5_name
-from conlst_ray.e5 import resolve as resolve_e5
+from conlst_ray.models.e5 import is_e5_name
+from conlst_ray.models.e5 import resolve as resolve_e5
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"

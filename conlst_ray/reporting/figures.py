@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from conlst_ray.analysis import LabelledPredictions
+from conlst_ray.reporting.analysis import LabelledPredictions
 
 CLEAN, NOISY = "tab:blue", "tab:orange"   # the paper's colours
 

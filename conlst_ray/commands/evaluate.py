@@ -1,0 +1,116 @@
+"""``python -m conlst_ray.evaluate MODEL_DIR [MODEL_DIR ...] --corpus SPEC --langs ...``:
+per-language accuracy of saved models on any labelled corpus.
+
+Any model directory conlst_ray saved (a stage's ``model/``), or any Hugging
+Face encoder directory, is scored on the labelled rows of ``SPEC`` read for
+each language (``{lang}`` in the spec), in the driver -- no Ray needed. The
+table (languages as columns, the paper's Tables 1-2 layout, ``avg`` over the
+languages other than ``--source-lang``) is printed and, with ``--out STEM``,
+written as ``STEM.md`` and ``STEM.csv``.
+
+    python -m conlst_ray.evaluate runs/x/source/model runs/x/ssl/model \\
+        --corpus 'xnli_tsv:../shared/data/xnli/dev-{lang}.tsv' --langs en fr zh ur --out runs/x/xnli_dev
+    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'csv:test.csv?text=sentence1&text_pair=sentence2&label=gold' \\
+        --langs de
+
+The corpus is read as the task the models were trained for (``data.task``,
+recorded in their ``conlst.json``: single texts or pairs, the label names);
+a model without that record is taken to be an NLI model. Row names are the
+directories' parents (``source``, ``ssl``, ...) unless given as ``NAME=DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from conlst_ray.commands.common import add_debug, entry_point
+from conlst_ray.data.schema import CorpusError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m conlst_ray.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", metavar="[NAME=]MODEL_DIR", help="saved model directories")
+    parser.add_argument("--corpus", required=True, help="labelled corpus spec, {lang} replaced per language "
+                        "(formats: see conlst_ray/data/readers.py)")
+    parser.add_argument("--langs", nargs="+", required=True, help="language codes to score")
+    parser.add_argument("--source-lang", default="en", help="left out of the 'avg' column (default en)")
+    parser.add_argument("--max-rows", type=int, default=None, help="first N rows per language")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text (pair)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--on-malformed", choices=("raise", "skip"), default="raise")
+    parser.add_argument("--out", default=None, help="write STEM.md and STEM.csv")
+    add_debug(parser)
+    return parser
+
+
+def _named(spec: str) -> tuple[str, Path]:
+    name, sep, path = spec.partition("=")
+    if sep and name and not Path(spec).exists():
+        return name, Path(path)
+    path = Path(spec)
+    return (path.parent.name if path.name == "model" else path.name), path
+
+
+def task_of(model_dirs: list[Path]):
+    """The task the models were trained for (their ``conlst.json``; NLI when
+    none says): it decides how the corpus is read. Models of different tasks
+    cannot be scored on one corpus."""
+    from conlst_ray.data.task import Task
+    from conlst_ray.models.encoder import read_meta
+
+    tasks = {}
+    for path in model_dirs:
+        saved = read_meta(path).get("task")
+        tasks[str(path)] = Task(saved["kind"], tuple(saved["labels"])) if saved else Task()
+    first = next(iter(tasks.values()))
+    if any(task != first for task in tasks.values()):
+        raise CorpusError("the models classify different tasks: " + "; ".join(
+            f"{path}: {task.describe()}" for path, task in tasks.items()))
+    return first
+
+
+def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.training.inference import accuracy_on, default_device
+
+    if not model_dir.is_dir():
+        raise CorpusError(f"{model_dir}: no such model directory")
+    return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(str(model_dir)), table,
+                       max_length, batch_size, default_device())
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from conlst_ray.data.readers import read_languages
+    from conlst_ray.reporting.tables import language_rows, to_markdown, write_table
+
+    try:
+        named = [_named(spec) for spec in args.models]
+        table, reports = read_languages(args.corpus, args.langs, on_malformed=args.on_malformed,
+                                        max_rows=args.max_rows, task=task_of([path for _, path in named]))
+        labelled = sum(1 for label in table.column("label").to_pylist() if label >= 0)
+        if labelled == 0:
+            raise CorpusError(f"{args.corpus}: no labelled rows to score")
+        for report in reports:
+            if report.skipped:
+                print(f"[evaluate] {report.summary()}", file=sys.stderr)
+        results = {}
+        for name, path in named:
+            results[name] = score(path, table, args.max_length, args.batch_size)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    header, rows = language_rows(results, list(args.langs), args.source_lang)
+    md = write_table(args.out, header, rows) if args.out else to_markdown(header, rows)
+    print(f"Accuracy (%) on {args.corpus} ({labelled} labelled rows):\n\n{md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""``python -m conlst_ray.report RUN_DIR``: the paper's analyses for one run.
+
+Written under ``RUN_DIR/results/`` (markdown + CSV each):
+
+- ``accuracy_{dev,test}``: per-language accuracy of the zero-shot, CoNL and
+  CoNLST models, languages as columns plus the target average (Tables 1-2);
+- ``class_accuracy_{dev,test}``: accuracy per gold label (named by the task)
+  over the target languages, per model;
+- ``calibration`` + ``calibration_hist.png``: pseudo-label accuracy and counts
+  per confidence band before -> after CoNL (Table 4) and clean/noisy
+  histograms (Fig. 3; for a run with ``conl.use_contrastive=false`` the
+  "after" row is negative learning with cross-entropy only, Fig. 4). Needs
+  gold labels in the target corpus, used for analysis only;
+- ``calibration_by_class`` + ``calibration_hist_by_class.png``: the same per
+  pseudo-label class, named by the task's labels;
+- ``stage_costs``: seconds and throughput of every finished stage.
+
+``python -m conlst_ray.report --ablation NAME=RUN_DIR[:ROW] ...`` writes the
+ablation table (Table 3 layout) over a set of runs; several runs under one
+name (seeds) give mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from conlst_ray.commands.common import add_debug, entry_point
+from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.ablation import ablation_table
+from conlst_ray.reporting.report import full_report
+
+
+# -- command line --------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m conlst_ray.report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Per-language tables (paper Tables 1-2), calibration bands before -> after CoNL (Table 4) "
+                    "with clean/noisy histograms (Fig. 3-4) and the cost per stage of a run, under "
+                    "RUN_DIR/results; or, with --ablation, the ablation table (Table 3) over several runs.",
+        epilog=__doc__)
+    parser.add_argument("run_dir", nargs="?", help="a run directory of python -m conlst_ray.run")
+    parser.add_argument("--ablation", nargs="+", metavar="NAME=RUN_DIR[:ROW]",
+                        help="runs of the ablation table; repeat a NAME for seeds; ROW picks a table row "
+                             "(default: the run's last model)")
+    parser.add_argument("--out", default="ablation", help="file stem of the ablation table (default: ./ablation)")
+    parser.add_argument("--no-calibration", action="store_true", help="skip the calibration analysis")
+    parser.add_argument("--address", default=None, help="Ray cluster to join for the analysis' pseudo-labelling")
+    add_debug(parser)
+    return parser
+
+
+@entry_point
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ablation:
+        try:
+            print(ablation_table(args.ablation, Path(args.out)))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.run_dir:
+        parser.error("give RUN_DIR or --ablation")
+    from conlst_ray.config import ConfigError, load_config
+
+    run = RunDir(args.run_dir)
+    try:
+        cfg = load_config(run.root / "config.yaml")
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {run.root} is not a run directory: {exc}", file=sys.stderr)
+        return 2
+    if not args.no_calibration:
+        from conlst_ray.commands.common import init_ray
+
+        init_ray(args.address)
+    print(full_report(cfg, run, calibration=not args.no_calibration))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
