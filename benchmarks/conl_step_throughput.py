@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.config import load_config  # noqa: E402
+from conlst_ray.config import load_config, with_values  # noqa: E402
 from conlst_ray.models.encoder import build_model, build_tokenizer  # noqa: E402
 from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
 
@@ -87,9 +87,7 @@ def main() -> None:
         ray_steady = (len(steps) - 1) * cfg.conl.batch_size / (steps[-1]["time"] - steps[0]["time"])
         ray_e2e = len(steps) * cfg.conl.batch_size / wall
         ray.shutdown()
-        from dataclasses import replace
-
-        before_cfg = replace(cfg, conl=replace(cfg.conl, negative_bank="anchor", complementary="one"))
+        before_cfg = with_values(cfg, {"conl.negative_bank": "anchor", "conl.complementary": "one"})
         before_stats, after_stats = {}, {}
         before = plain_loop(before_cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=before_stats)
         plain = plain_loop(cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=after_stats)

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.config import atomic_write_text  # noqa: E402
+from conlst_ray.data.files import atomic_write_text  # noqa: E402
 
 CONFIG = REPO / "tune_configs" / "xnli_real_text.yaml"
 

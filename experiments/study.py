@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown  # noqa: E402
-from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
+from conlst_ray.data.files import atomic_write_text  # noqa: E402
+from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.reporting.report import full_report  # noqa: E402
 from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg  # noqa: E402
 from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402

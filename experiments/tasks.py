@@ -25,7 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conlst_ray.config import atomic_write_text, load_config  # noqa: E402
+from conlst_ray.data.files import atomic_write_text  # noqa: E402
+from conlst_ray.config import load_config  # noqa: E402
 from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
 
 TASKS = {

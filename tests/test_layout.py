@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "conlst_ray"
 COMMANDS = ("run", "tune", "evaluate", "report", "pseudo_label", "translate")
-LAYERS = ["config", "data", "models", "training", "algorithm", "ray_jobs", "pipeline", "reporting", "commands"]
+LAYERS = ["data", "config", "models", "training", "algorithm", "ray_jobs", "pipeline", "reporting", "commands"]
 
 
 def modules() -> dict[str, Path]:

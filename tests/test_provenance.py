@@ -68,7 +68,7 @@ def test_pseudo_labels_of_another_model_are_refused_not_returned(stopped_run, ca
     assert code == 2 and "model weights changed" in err and "--recompute" in err
     assert pl_cli.main(args + ["--model-dir", str(run_dir / "conl" / "model"), "--recompute"]) == 0
     prov = json.loads((run_dir / "pseudo_labels" / "cli" / "lang=far" / "_provenance.json").read_text())
-    from conlst_ray.data.provenance import weights_stamp
+    from conlst_ray.config.provenance import weights_stamp
 
     assert prov["inputs"]["model weights"] == weights_stamp(run_dir / "conl" / "model")
 

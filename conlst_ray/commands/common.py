@@ -23,7 +23,7 @@ ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
 def user_error_types() -> tuple:
     from conlst_ray.data.schema import CorpusError
     from conlst_ray.models.e5 import E5Error
-    from conlst_ray.data.provenance import StaleError
+    from conlst_ray.config.provenance import StaleError
     from conlst_ray.models.translation import TranslationConfigError
 
     return ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, UserError, FileExistsError

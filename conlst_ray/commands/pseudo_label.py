@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    model_dir = Path(args.model_dir) if args.model_dir else RunDir.of(cfg).root / "source" / "model"
+    model_dir = Path(args.model_dir) if args.model_dir else RunDir.of(cfg).model("source")
     if not (model_dir / "config.json").is_file():
         print(f"error: no model at {model_dir}; pass --model-dir or run python -m conlst_ray.run first",
               file=sys.stderr)
@@ -53,10 +53,10 @@ def main(argv=None) -> int:
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
 
-    corpus = run.root / "corpus" / "target_train"
+    corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task)
-    out = Path(args.out) if args.out else run.root / "pseudo_labels" / "cli"
+    out = Path(args.out) if args.out else run.pseudo_labels("cli")
     pseudo_label(str(model_dir), corpus, manifests, out, cfg.resources, cfg.data.max_length,
                  recompute=args.recompute)
     print(f"\npseudo-labels under {out}\n")

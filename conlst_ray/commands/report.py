@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
     run = RunDir(args.run_dir)
     try:
-        cfg = load_config(run.root / "config.yaml")
+        cfg = load_config(run.config_file)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {run.root} is not a run directory: {exc}", file=sys.stderr)
         return 2

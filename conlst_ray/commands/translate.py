@@ -42,14 +42,14 @@ def main(argv=None) -> int:
     run = RunDir.create(cfg, resume=True, recompute=args.recompute)
     init_ray(args.address)
     if args.mode == "back":
-        corpus = run.root / "corpus" / "target_train"
+        corpus = run.target_corpus
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                    cfg.resources.cpus_per_task)
     else:
-        corpus = run.root / "corpus" / "source_train"
+        corpus = run.corpus("source_train")
         manifests = ingest_corpora(cfg.data.source_train, [cfg.data.source_lang], corpus, cfg.data,
                                    cfg.resources.cpus_per_task)
-    out = Path(args.out) if args.out else run.root / "translations" / args.mode
+    out = Path(args.out) if args.out else run.translations(args.mode)
     report, fallback = translate(cfg.translation, manifests, corpus, out, args.mode,
                                  targets=cfg.data.target_langs, cpus_per_task=cfg.resources.cpus_per_task,
                                  recompute=args.recompute, benchmark_seed=cfg.data.synthetic.seed,

@@ -109,11 +109,11 @@ def main(argv=None) -> int:
     translations = stage_backtranslation(shared_cfg, run, corpus)
     # Every corpus a trial reads, tokenised here once: trials only map the files
     # (their stages would otherwise tokenise the same rows, each trial again).
-    prepare_stage_tokens("ssl", shared_cfg, source_model, run.root / "corpus", str(corpus),
+    prepare_stage_tokens("ssl", shared_cfg, source_model, run.corpus_dir, str(corpus),
                          str(translations) if translations else None, list(cfg.data.target_langs))
     shared = {"source_model": source_model, "corpus": str(corpus), "pseudo_labels": str(labels),
               "translations": str(translations) if translations else None,
-              "corpus_dir": str(run.root / "corpus"), "trials_dir": str(storage / f"{name}-trials")}
+              "corpus_dir": str(run.corpus_dir), "trials_dir": str(storage / f"{name}-trials")}
     results = run_search(cfg, dims, shared, storage, name, resume=args.resume)
 
     out = storage / name

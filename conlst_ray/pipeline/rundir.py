@@ -13,17 +13,66 @@ import shutil
 import time
 from pathlib import Path
 
-from conlst_ray.config import atomic_write_text, save_config
-from conlst_ray.data.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.config import save_config, with_values
+from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 
 
 class RunDir:
+    """A run's folder and every path in it (no other module spells the layout):
+
+        config.yaml                  the resolved config
+        corpus/<name>/               cached corpora (target_train, source_train, dev_*) and their token files
+        <stage>/                     source, conl, ssl: model/, metrics.jsonl, steps.jsonl; init/model
+        pseudo_labels/<name>/        source = the source model's labels of target_train
+        translations/<mode>/         back-translations, translate-train
+        targets/<lang>/              a per-language sub-run (data.target_mode=per_language)
+        results/, analysis/          the report and what its analysis computed
+    """
+
     def __init__(self, root: str | Path, recompute: bool = False):
         self.root = Path(root)
         self.recompute = recompute
+
+    # -- the layout ------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    def corpus(self, name: str) -> Path:
+        return self.corpus_dir / name
+
+    @property
+    def target_corpus(self) -> Path:
+        return self.corpus("target_train")
+
+    def model(self, stage: str) -> Path:
+        return self.root / stage / "model"
+
+    def pseudo_labels(self, name: str = "source") -> Path:
+        return self.root / "pseudo_labels" / name
+
+    def translations(self, mode: str) -> Path:
+        return self.root / "translations" / mode
+
+    def target_run(self, lang: str) -> "RunDir":
+        return RunDir(self.root / "targets" / lang, recompute=self.recompute)
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
 
     @classmethod
     def of(cls, cfg) -> "RunDir":
@@ -39,7 +88,7 @@ class RunDir:
                                   f"or choose another run_name")
         run.check_settings(cfg)
         run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.root / "config.yaml")
+        save_config(cfg, run.config_file)
         return run
 
     def check_settings(self, cfg) -> None:
@@ -65,11 +114,10 @@ class RunDir:
 
     def _stage_cfg(self, cfg, stage_dir: Path):
         """A per-language sub-run (RUN/targets/<lang>/<stage>) ran with that language alone."""
-        from dataclasses import replace
 
         parts = stage_dir.relative_to(self.root).parts
         if len(parts) == 3 and parts[0] == "targets":
-            return replace(cfg, data=replace(cfg.data, target_langs=[parts[1]]))
+            return with_values(cfg, {"data.target_langs": [parts[1]]})
         return cfg
 
     def _remove(self, stage_dir: Path) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conlst_ray.data.provenance import spec_files, stage_fingerprint, weights_stamp
+from conlst_ray.config import with_values
+from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
 from conlst_ray.pipeline.rundir import RunDir
 
 
@@ -39,7 +40,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     init = build_model(cfg.model, tokenizer, cfg.data.task.labels, cfg.data.task.kind).save(run.stage("init") / "model", tokenizer)
     t0 = time.time()
-    metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.root / "corpus"), log=log)
+    metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.corpus_dir), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
     log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}")
     return str(out / "model")
@@ -49,10 +50,10 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label
 
-    corpus = run.root / "corpus" / "target_train"
+    corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task, log)
-    out = run.root / "pseudo_labels" / "source"
+    out = run.pseudo_labels("source")
     inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
     if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
         report = pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log,
@@ -96,7 +97,7 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, read_manifest
     from conlst_ray.ray_jobs.translate import translate
 
-    out = run.root / "translations" / "back"
+    out = run.translations("back")
     manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
     if not run.begin("backtranslation", stage_fingerprint("backtranslation", cfg,
                                                           {"corpus": corpus_digest(manifests)})):
@@ -128,11 +129,9 @@ def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Pat
 def _one_language(cfg, root: str, lang: str, source_model: str, corpus: str, labels: str, translations,
                   stop_after: str | None, recompute: bool = False) -> dict[str, str]:
     """One target language's independent run under RUN/targets/<lang>/."""
-    from dataclasses import replace
-
-    sub = RunDir(Path(root) / "targets" / lang, recompute=recompute)
+    sub = RunDir(root, recompute=recompute).target_run(lang)
     sub.root.mkdir(parents=True, exist_ok=True)
-    cfg_l = replace(cfg, data=replace(cfg.data, target_langs=[lang]))
+    cfg_l = with_values(cfg, {"data.target_langs": [lang]})
     return target_stages(cfg_l, sub, source_model, Path(corpus), Path(labels), translations,
                          log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
 

@@ -17,8 +17,9 @@ from typing import Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from pydantic import BaseModel
 
-from conlst_ray.config import atomic_write_text
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.readers import read_corpus
 from conlst_ray.data.schema import CorpusError
@@ -81,17 +82,15 @@ def read_manifest(root: Path, lang: str) -> dict | None:
 def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
     """What a language's cached shards are made of: the spec, the reading
     options and the input files' sizes and mtimes."""
-    import dataclasses
+    from conlst_ray.config.provenance import fingerprint, spec_files
 
-    from conlst_ray.data.provenance import fingerprint, spec_files
-
-    options = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in read_kwargs.items()}
+    options = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in read_kwargs.items()}
     return fingerprint({"spec": spec, "lang": lang, **options}, spec_files(spec, [lang]))
 
 
 def corpus_digest(manifests: dict[str, dict]) -> str:
     """One stamp for the cached corpora a job reads."""
-    from conlst_ray.data.provenance import digest
+    from conlst_ray.config.provenance import digest
 
     return digest({lang: m.get("fingerprint") for lang, m in sorted(manifests.items())})
 
@@ -104,7 +103,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     file) is rebuilt, and the jobs that read it see a new corpus stamp.
     ``max_rows`` overrides ``data.max_rows`` (the source corpus has its own
     cap). Returns lang -> manifest."""
-    from conlst_ray.data.provenance import differences
+    from conlst_ray.config.provenance import differences
 
     root = Path(root)
     langs = list(dict.fromkeys(langs))

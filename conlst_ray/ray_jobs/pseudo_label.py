@@ -103,7 +103,7 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     missing, from the corpus tokenised once (by the model's tokenizer). The
     output folder is tied to the model's weights and tokenizer, the corpus
     and the settings: labels of another model are never reused."""
-    from conlst_ray.data.provenance import fingerprint, weights_stamp
+    from conlst_ray.config.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 

@@ -13,11 +13,11 @@ Ray Tune domains.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from conlst_ray.config import Config, ConfigError, config_from_dict, to_dict
+from conlst_ray.config import Config, ConfigError, with_values
+from conlst_ray.config.keys import base_type, find, keys
 
 DISTRIBUTIONS = {
     "choice": ("values",),
@@ -37,15 +37,8 @@ class Dimension:
     values: tuple = ()
 
 
-def _config_keys(cls=Config, prefix: str = "") -> set[str]:
-    keys = set()
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
-            keys |= _config_keys(type(default), f"{prefix}{f.name}.")
-        else:
-            keys.add(f"{prefix}{f.name}")
-    return keys
+def _config_keys(cls=Config) -> set[str]:
+    return {key.name for key in keys(cls)}
 
 
 def parse_search_space(space: dict, base: Config) -> list[Dimension]:
@@ -103,16 +96,7 @@ def parse_search_space(space: dict, base: Config) -> list[Dimension]:
 
 def _is_int_key(base: Config, key: str) -> bool:
     """Whether the config key holds an integer (Optional[int] included)."""
-    import typing
-
-    from conlst_ray.config import _field_types
-
-    node: Any = base
-    *path, last = key.split(".")
-    for part in path:
-        node = getattr(node, part)
-    tp = _field_types(type(node))[last]
-    return tp is int or int in typing.get_args(tp)
+    return base_type(find(type(base), key).field.annotation) is int
 
 
 def _number(where: str, name: str, value) -> float:
@@ -124,12 +108,4 @@ def _number(where: str, name: str, value) -> float:
 
 def apply(base: Config, params: dict) -> Config:
     """A copy of ``base`` with dotted ``params`` set, checked like any config."""
-    data = to_dict(base)
-    for key, value in params.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = int(value) if isinstance(node.get(last), int) and not isinstance(node.get(last), bool) \
-            and isinstance(value, float) and value.is_integer() else value
-    return config_from_dict(data)
+    return with_values(base, params)

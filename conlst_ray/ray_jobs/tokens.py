@@ -28,7 +28,7 @@ from typing import Optional
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.config import atomic_write_text
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import corpus_task
 from conlst_ray.data.token_files import TOKENIZER_FILE, load_tokenizer, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
 

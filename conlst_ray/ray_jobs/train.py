@@ -20,7 +20,6 @@ import torch
 from conlst_ray.algorithm.base import SourceTraining
 from conlst_ray.algorithm.conl import CoNL
 from conlst_ray.algorithm.self_training import SelfTraining
-from conlst_ray.config import config_from_dict
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
 from conlst_ray.ray_jobs.worker import drop_replayed_records, load_checkpoint, save_checkpoint, write_thresholds
@@ -44,13 +43,13 @@ def stage_algorithm(stage: str, model, cfg, tokenizer, device, loop_cfg: dict, s
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
-    """One stage on one worker. ``loop_cfg``: stage, config (resolved dict),
+    """One stage on one worker. ``loop_cfg``: stage, config (the Config object),
     model_in, model_out, target_corpus, pseudo_labels, translations,
     metrics_file, tokens, step_hook (a test's seam, else None)."""
     import ray.train.torch
     from transformers import AutoTokenizer
 
-    cfg = config_from_dict(loop_cfg["config"])
+    cfg = loop_cfg["config"]  # the config object itself: validated once, in the driver
     torch.manual_seed(cfg.seed)
     rank, _ = world()
     device = ray.train.torch.get_device()
@@ -109,15 +108,13 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from conlst_ray.config import to_dict
-
     stage_dir = Path(stage_dir).resolve()
     stage_dir.mkdir(parents=True, exist_ok=True)
     res = cfg.resources
     workers = res.num_workers if num_workers is None else num_workers
     tokens = prepare_stage_tokens(stage, cfg, str(model_in), Path(corpus_dir or stage_dir.parent / "corpus"),
                                   target_corpus, translations, langs, log)
-    loop_cfg = {"tokens": tokens, "stage": stage, "config": to_dict(cfg), "model_in": str(model_in),
+    loop_cfg = {"tokens": tokens, "stage": stage, "config": cfg, "model_in": str(model_in),
                 "model_out": str(stage_dir / "model"), "metrics_file": str(stage_dir / "metrics.jsonl"),
                 "target_corpus": target_corpus, "pseudo_labels": pseudo_labels, "translations": translations,
                 "langs": langs, "step_hook": step_hook}

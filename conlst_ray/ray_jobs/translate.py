@@ -149,13 +149,12 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
 
 def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) -> dict:
     """Translations are tied to the MT settings and the corpus they translate (per language)."""
-    import dataclasses
 
-    from conlst_ray.data.provenance import fingerprint, weights_stamp
+    from conlst_ray.config.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
 
     mt = {"MT model weights": weights_stamp(tr_cfg.model)} if tr_cfg.model and Path(tr_cfg.model).is_dir() else {}
-    settings = {**{f"translation.{k}": v for k, v in dataclasses.asdict(tr_cfg).items()},
+    settings = {**{f"translation.{k}": v for k, v in tr_cfg.model_dump().items()},
                 "mode": mode, "targets": list(targets), **benchmark}
     return {lang: fingerprint(settings, {"corpus": corpus_digest({lang: m}), **mt}) for lang, m in manifests.items()}
 

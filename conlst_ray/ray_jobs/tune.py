@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conlst_ray.config import config_from_dict, to_dict
 from conlst_ray.ray_jobs.search_space import Dimension, apply
 
 DRIVER_RESOURCES = {"cpu": 0.01}
@@ -43,7 +42,7 @@ def trial(params: dict, base: dict, shared: dict) -> None:
 
     from conlst_ray.ray_jobs.train import fit_stage
 
-    cfg = apply(config_from_dict(base), params)
+    cfg = apply(base, params)
     # Train V2 rejects ray.train calls made in-process inside a Tune trial, so
     # a trial's stages always get a worker group of their own.
     if cfg.resources.num_workers == 0:
@@ -80,7 +79,7 @@ def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, nam
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    fn = tune.with_resources(tune.with_parameters(trial, base=to_dict(cfg), shared=shared), DRIVER_RESOURCES)
+    fn = tune.with_resources(tune.with_parameters(trial, base=cfg, shared=shared), DRIVER_RESOURCES)
     path = storage_path / name
     if resume and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), fn, resume_errored=True).fit()

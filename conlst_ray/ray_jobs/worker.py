@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from conlst_ray.config import atomic_write_text
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.training.distributed import world
 
 STATE_FILE = "train_state.pt"

@@ -4,12 +4,12 @@ commands/report.py for the list of files)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.config import with_values
 from conlst_ray.reporting.tables import write_language_table, write_table
 from conlst_ray.pipeline.rundir import RunDir
 
@@ -45,11 +45,11 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
     from transformers import AutoTokenizer
 
     from conlst_ray.data.corpora import eval_corpus
-    from conlst_ray.data.provenance import digest
+    from conlst_ray.config.provenance import digest
     from conlst_ray.data.token_files import tokenizer_stamp
     from conlst_ray.training.batches import encode_table
 
-    key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(dataclasses.asdict(cfg.data)))
+    key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))
     if key not in _EVAL_ROWS:
         table = eval_corpus(cfg.data, split, log)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -63,11 +63,10 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
     """per_language mode: each language scored by its own model; the source
     column is the mean over those models."""
-    from dataclasses import replace
 
     accs, source = {}, []
     for lang, path in models.items():
-        res = evaluate(replace(cfg, data=replace(cfg.data, target_langs=[lang])), path, split, log)
+        res = evaluate(with_values(cfg, {"data.target_langs": [lang]}), path, split, log)
         if lang in res:
             accs[lang] = res[lang]
         if cfg.data.source_lang in res:
@@ -105,16 +104,16 @@ def finished_models(cfg, run: RunDir) -> dict:
     for every finished stage of the run."""
     models: dict = {}
     if cfg.model.source_checkpoint or run.is_done("source"):
-        models["zero-shot"] = cfg.model.source_checkpoint or str(run.root / "source" / "model")
+        models["zero-shot"] = cfg.model.source_checkpoint or str(run.model("source"))
     final = "CoNLST" if cfg.conl.enabled else "self-training"
     for name, stage in (("CoNL", "conl"), (final, "ssl")):
         if cfg.data.target_mode == "per_language":
-            found = {lang: str(run.root / "targets" / lang / stage / "model") for lang in cfg.data.target_langs
-                     if RunDir(run.root / "targets" / lang).is_done(stage)}
+            found = {lang: str(run.target_run(lang).model(stage)) for lang in cfg.data.target_langs
+                     if run.target_run(lang).is_done(stage)}
             if found:
                 models[name] = found
         elif run.is_done(stage):
-            models[name] = str(run.root / stage / "model")
+            models[name] = str(run.model(stage))
     return models
 
 
@@ -128,7 +127,7 @@ def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) 
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
     from conlst_ray.ray_jobs.pseudo_label import pseudo_label
 
-    corpus = run.root / "corpus" / "target_train"
+    corpus = run.target_corpus
     for lang, model_dir in _by_language(conl):
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
@@ -180,11 +179,11 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     from conlst_ray.reporting.figures import class_histograms, confidence_histograms
     from conlst_ray.ray_jobs.sharded import read_outputs
 
-    before_dir = run.root / "pseudo_labels" / "source"
+    before_dir = run.pseudo_labels("source")
     if not conl or not run.is_done("pseudo_labels"):
         log("[report] calibration skipped: the run has no CoNL model or no initial pseudo-labels")
         return None
-    corpus = read_outputs(run.root / "corpus" / "target_train")
+    corpus = read_outputs(run.target_corpus)
     if not any(label >= 0 for label in corpus.column("label").to_pylist()):
         log("[report] calibration skipped: the target corpus carries no gold labels")
         return None
@@ -192,7 +191,7 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
         after_table = _labels_in_driver(cfg, corpus, conl)
     else:
         after_table = read_outputs(_predictions_after_conl(
-            cfg, run, conl, after_dir or run.root / "analysis" / "pseudo_labels_conl", log))
+            cfg, run, conl, after_dir or run.analysis / "pseudo_labels_conl", log))
     langs = list(cfg.data.target_langs)
     before_table = read_outputs(before_dir)
     write_table(out / "calibration_transitions", *band_transitions(before_table, after_table, corpus, langs),
@@ -220,7 +219,7 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
     """Seconds and throughput of every finished stage (training stages count
     examples as optimiser steps x batch size; their seconds include Ray
     Train's start-up)."""
-    roots = [("", run.root)] + [(f"{lang}/", run.root / "targets" / lang) for lang in cfg.data.target_langs]
+    roots = [("", run.root)] + [(f"{lang}/", run.target_run(lang).root) for lang in cfg.data.target_langs]
     rows = []
     for prefix, root in roots:
         for stage, batch_of in STAGES:

@@ -10,7 +10,7 @@ A fingerprint is a JSON-able dict:
 
 Two fingerprints agree when these parts are equal; ``differences`` names what
 changed in one line each. ``STAGE_KEYS`` says which config keys each pipeline
-stage depends on (a key prefix covers its whole section).
+stage depends on (a section covers its keys), from the keys' metadata.
 """
 
 from __future__ import annotations
@@ -22,19 +22,18 @@ from pathlib import Path
 from typing import Iterable
 
 from conlst_ray import __version__
+from conlst_ray.config.keys import keys
+from conlst_ray.config.sections import Config
 
-_MODEL_KEYS = ["model"]
-_SOURCE_DATA = ["data.source_train", "data.source_lang", "data.max_source_rows", "data.source_train_langs",
-                "data.max_rows", "data.on_malformed", "data.max_line_bytes", "data.synthetic", "data.max_length", "data.task"]
-_TARGET_DATA = ["data.target_train", "data.target_langs", "data.max_rows", "data.on_malformed",
-                "data.max_line_bytes", "data.synthetic", "data.max_length", "data.task"]
-STAGE_KEYS = {
-    "source": ["seed", "source", "resources.precision"] + _MODEL_KEYS + _SOURCE_DATA,
-    "pseudo_labels": ["model.source_checkpoint", "resources.precision"] + _TARGET_DATA,
-    "conl": ["seed", "conl", "data.target_mode", "resources.precision"] + _MODEL_KEYS + _TARGET_DATA,
-    "backtranslation": ["translation", "ssl.use_backtranslation"] + _TARGET_DATA,
-    "ssl": ["seed", "ssl", "data.target_mode", "resources.precision"] + _MODEL_KEYS + _SOURCE_DATA + _TARGET_DATA,
-}
+
+def stage_keys(stage: str) -> list[str]:
+    """The config keys (exact keys or whole sections) a stage's results
+    depend on, read from the keys' ``stages`` metadata (config/sections.py)."""
+    return [key.name for key in keys(Config, sections=True) if stage in key.stages]
+
+
+STAGES = ("source", "pseudo_labels", "conl", "backtranslation", "ssl")
+STAGE_KEYS = {stage: stage_keys(stage) for stage in STAGES}
 # a recomputed stage invalidates the stages that read its output
 DOWNSTREAM = {"source": ["pseudo_labels", "conl", "ssl"], "pseudo_labels": ["conl", "ssl"], "conl": ["ssl"],
               "backtranslation": ["ssl"], "ssl": []}
@@ -56,9 +55,7 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def config_values(cfg, keys: Iterable[str]) -> dict:
     """The flattened config entries covered by ``keys`` (exact keys or section prefixes)."""
-    from conlst_ray.config import to_dict
-
-    flat = flatten(to_dict(cfg))
+    flat = flatten(cfg.model_dump())
     keys = list(keys)
     return {k: v for k, v in flat.items()
             if any(k == p or k.startswith(p + ".") for p in keys) and k not in EXECUTION_KEYS}
@@ -82,7 +79,7 @@ def spec_files(spec: str | None, langs: Iterable[str]) -> dict:
     """Stamps of the local files a corpus spec names (``{lang}`` expanded);
     hub data sets and the embedded benchmark have none (their config keys
     stand for them)."""
-    from conlst_ray.config import FILE_FORMATS
+    from conlst_ray.config.loading import FILE_FORMATS
 
     fmt, sep, location = (spec or "").partition(":")
     if not sep or fmt not in FILE_FORMATS:
