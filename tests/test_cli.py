@@ -9,7 +9,7 @@ import pytest
 from conlst_ray.commands import pseudo_label as pl_cli
 from conlst_ray.commands import translate as tr_cli
 from conlst_ray.ray_jobs.pseudo_label import read_pseudo_labels
-from conlst_ray.models.translation import tiny_translation_model
+from tests.helpers import tiny_translation_model
 
 
 @pytest.mark.parametrize("module,expected", [("run", "conl.gamma=0.9"), ("pseudo_label", "conl.gamma=0.9"),

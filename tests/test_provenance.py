@@ -112,7 +112,7 @@ def test_preflight_reports_every_bad_input_before_any_work(tmp_path, capsys):
 
 
 def test_preflight_finds_a_language_the_translation_model_lacks(tmp_path, shared_data, capsys):
-    from conlst_ray.models.translation import tiny_translation_model
+    from tests.helpers import tiny_translation_model
 
     model = tiny_translation_model(tmp_path / "mbart", "mbart50")
     args = [f"output_dir={tmp_path / 'out'}", "run_name=x", f"translation.model={model}",

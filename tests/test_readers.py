@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conlst_ray.data.hub import rows_from_hf_dataset
-from conlst_ray.data.readers import (parse_label, read_corpus, read_jsonl, read_languages, read_parquet,
+from conlst_ray.data.readers import (read_corpus, read_jsonl, read_languages, read_parquet,
                                      read_xnli_mt_tsv, read_xnli_tsv)
-from conlst_ray.data.schema import ROW_SCHEMA, CorpusError, without_labels
+from conlst_ray.data.schema import ROW_SCHEMA, CorpusError
 from tests.conftest import MNLI_LANGS, XNLI_LANGS
+from tests.helpers import parse_label, without_labels
 
 
 def label_counts(table):

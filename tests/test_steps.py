@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conlst_ray.algorithm.negatives import NegativePool
-from conlst_ray.algorithm.steps import SslBatch, conl_step, make_conl_batch, source_step, ssl_step, strong_view
+from conlst_ray.algorithm.steps import SslBatch, conl_step, source_step, ssl_step, strong_view
 from conlst_ray.config import CoNLConfig, ModelConfig, SSLConfig
 from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.models.encoder import build_model
 from conlst_ray.training.batches import batch_of, encode_table
+from tests.helpers import make_conl_batch
 
 
 BENCH = SyntheticBenchmark(seed=5, n_source_train=64, n_unlabelled=40, n_dev=30, n_test=30)

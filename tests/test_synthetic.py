@@ -4,8 +4,8 @@ import pytest
 from conlst_ray.config import SyntheticConfig
 from conlst_ray.data.readers import read_corpus
 from conlst_ray.data.schema import ROW_SCHEMA, CorpusError
-from conlst_ray.data.synthetic import (PROFILES, SOURCE_LANG, TARGET_LANGS, SyntheticBenchmark,
-                                       cue_visibility)
+from conlst_ray.data.synthetic import PROFILES, SOURCE_LANG, TARGET_LANGS, SyntheticBenchmark
+from tests.helpers import cue_visibility
 
 
 def test_deterministic_by_seed(small_bench):

@@ -191,7 +191,7 @@ def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shar
     from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.translate import translate
-    from conlst_ray.models.translation import tiny_translation_model
+    from tests.helpers import tiny_translation_model
 
     xnli = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
     base = [f"data.source_train={xnli.replace('{lang}', 'en')}", f"data.target_train={xnli}",

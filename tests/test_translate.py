@@ -6,10 +6,10 @@ import pytest
 
 from conlst_ray.config import TranslationConfig, load_config
 from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-from conlst_ray.ray_jobs.translate import read_translations, translate
-from conlst_ray.models.translation import (CODE_TABLES, TranslationConfigError, Translator, check_coverage, detect_family,
-                                    tiny_translation_model)
+from conlst_ray.ray_jobs.translate import translate
+from conlst_ray.models.translation import CODE_TABLES, TranslationConfigError, Translator, check_coverage, detect_family
 from tests.conftest import XNLI_LANGS
+from tests.helpers import read_translations, tiny_translation_model
 
 ROWS = 30
 

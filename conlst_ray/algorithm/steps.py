@@ -84,14 +84,6 @@ def build_conl_batch(target: Encoded, index: np.ndarray, comp: torch.Tensor, dra
     return batch
 
 
-def make_conl_batch(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg, pad_id: int,
-                    generator: Optional[torch.Generator] = None, source: Optional[Encoded] = None,
-                    source_index: Optional[np.ndarray] = None) -> ConlBatch:
-    """``plan_negatives`` then ``build_conl_batch`` for one process."""
-    comp, drawn = plan_negatives(target, index, q, pool, cfg, generator)
-    return build_conl_batch(target, index, comp, drawn, pad_id, source, source_index)
-
-
 def conl_step(model, batch: ConlBatch, cfg, generator: Optional[torch.Generator] = None):
     """Stage 1, Eq. 8: L_CL (Eq. 6) + lambda * L_CLCS (Eq. 7).
 

@@ -15,11 +15,14 @@ stage depends on (a section covers its keys), from the keys' metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+from pydantic import BaseModel
 
 from conlst_ray import __version__
 from conlst_ray.config.keys import keys
@@ -116,10 +119,25 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def canonical(value):
+    """One JSON form of ``value`` (models and dataclasses as dicts, tuples as
+    lists): what is compared is what was stored, so a fingerprint read back
+    from disk equals a fresh one made from the same settings."""
+    def plain(v):
+        if isinstance(v, BaseModel):
+            return v.model_dump()
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return dataclasses.asdict(v)
+        return str(v)
+
+    return json.loads(json.dumps(value, default=plain))
+
+
 def fingerprint(config: dict, inputs: dict | None = None, keys: list | None = None) -> dict:
     """``keys``: the key prefixes ``config`` was taken with, so that a new
     config can be compared before any work starts."""
-    return {"config": config, "inputs": inputs or {}, "conlst_ray": __version__, "keys": keys or sorted(config)}
+    return canonical({"config": config, "inputs": inputs or {}, "conlst_ray": __version__,
+                      "keys": keys or sorted(config)})
 
 
 def stage_fingerprint(stage: str, cfg, inputs: dict | None = None) -> dict:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,11 +47,6 @@ from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import NLI, Task
 
 FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet", "hf", "synthetic")
-
-
-def parse_label(label: Any, task: Task = NLI) -> int:
-    """A label as found in a file -> its id in ``task`` (default NLI); see data/task.py."""
-    return task.label_id(label)
 
 
 def _pair_layout(path: Path, task: Task, fmt: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from conlst_ray.data.task import UNKNOWN_LABEL
 
 ROW_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
@@ -56,14 +55,6 @@ def is_pair_table(table: pa.Table) -> bool:
 def pair_texts(table: pa.Table) -> tuple[list, list | None]:
     """(texts, second texts or None): the tokenizer's two arguments."""
     return table.column("text").to_pylist(), (table.column("text_pair").to_pylist() if is_pair_table(table) else None)
-
-
-def without_labels(table: pa.Table) -> pa.Table:
-    """The same rows with every label set to unknown (-1): what a truly
-    unlabelled target corpus looks like to the training stages."""
-    idx = table.schema.get_field_index("label")
-    return table.set_column(idx, ROW_SCHEMA.field("label"),
-                            pa.array([UNKNOWN_LABEL] * table.num_rows, pa.int64()))
 
 
 def unique_in_order(values: np.ndarray) -> list[str]:

@@ -303,16 +303,6 @@ def write_vocab(bench: SyntheticBenchmark, path: str | Path) -> Path:
     return path
 
 
-def cue_visibility(bench: SyntheticBenchmark, lang: str) -> dict[str, float]:
-    """Diagnostics for the README: share of cue forms a source model has seen,
-    and share of cues that are false friends."""
-    src = set(bench.lexicons[SOURCE_LANG][c] for c in bench.cue_class)
-    lex = bench.lexicons[lang]
-    seen = [lex[c] in src for c in bench.cue_class]
-    false = [lex[c] in src and lex[c] != bench.lexicons[SOURCE_LANG][c] for c in bench.cue_class]
-    return {"cue_forms_known": float(np.mean(seen)), "false_friends": float(np.mean(false))}
-
-
 def describe(bench: Optional[SyntheticBenchmark] = None) -> str:
     bench = bench or SyntheticBenchmark.from_config()
     lines = ["| lang | shared forms | false friends | reversed order | new-domain pairs |",

@@ -4,7 +4,7 @@ works with any Hugging Face seq2seq model (no Ray here; the Ray Data actor in
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 # XNLI's 15 languages in each model family's codes.
 # mBART-50 many-to-many covers 13 of them: no Bulgarian, no Greek.
@@ -101,32 +101,6 @@ class Translator:
     def back_translate(self, texts: Sequence[str], lang: str, pivot: str) -> list[str]:
         """lang -> pivot -> lang: a paraphrase, the strong view of Eq. 14."""
         return self.translate(self.translate(texts, lang, pivot), pivot, lang)
-
-
-def tiny_translation_model(path, family: str, words: Optional[Sequence[str]] = None, arch: str = "mbart"):
-    """A tiny seq2seq model and word-level tokenizer with ``family``'s language
-    codes, built from a config (no download): its output is meaningless but it
-    exercises the real translation pipeline. ``arch``: mbart or m2m100."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
-                              MBartForConditionalGeneration, PreTrainedTokenizerFast)
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    codes = sorted(set(CODE_TABLES[family].values()))
-    words = list(dict.fromkeys(words or ["a", "b", "c"]))
-    vocab = {t: i for i, t in enumerate(specials + codes + [w for w in words if w not in codes])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=codes)
-    shape = dict(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
-                 pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
-    model = (MBartForConditionalGeneration(MBartConfig(**shape)) if arch == "mbart"
-             else M2M100ForConditionalGeneration(M2M100Config(**shape)))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 class SyntheticTranslator:

@@ -14,7 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from conlst_ray.config import NAMED_MODELS
+from conlst_ray.config import NAMED_MODELS, Config
+from conlst_ray.config.keys import corpus_langs, get, keys
 
 PREVIEW_ROWS = 3
 
@@ -82,10 +83,7 @@ def check_corpora(cfg) -> list[str]:
     from conlst_ray.data.readers import parse_spec, read_corpus
 
     d = cfg.data
-    source_langs = d.source_train_langs or [d.source_lang]
-    jobs = [("data.source_train", d.source_train, source_langs), ("data.source_dev", d.source_dev, [d.source_lang]),
-            ("data.target_train", d.target_train, d.target_langs),
-            ("data.target_dev", d.target_dev, d.target_langs), ("data.target_test", d.target_test, d.target_langs)]
+    jobs = [(key.name, get(cfg, key.name), corpus_langs(cfg, key.name)) for key in keys(Config) if key.path == "corpus"]
     problems = []
     for key, spec, langs in jobs:
         if not spec:

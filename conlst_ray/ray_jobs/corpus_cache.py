@@ -17,7 +17,6 @@ from typing import Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from pydantic import BaseModel
 
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.data.corpora import read_options
@@ -84,8 +83,7 @@ def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
     options and the input files' sizes and mtimes."""
     from conlst_ray.config.provenance import fingerprint, spec_files
 
-    options = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in read_kwargs.items()}
-    return fingerprint({"spec": spec, "lang": lang, **options}, spec_files(spec, [lang]))
+    return fingerprint({"spec": spec, "lang": lang, **read_kwargs}, spec_files(spec, [lang]))
 
 
 def corpus_digest(manifests: dict[str, dict]) -> str:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
+from conlst_ray.ray_jobs.sharded import JobReport, run_sharded_job
 from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
                                    make_translator)
 
@@ -157,13 +157,3 @@ def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) ->
     settings = {**{f"translation.{k}": v for k, v in tr_cfg.model_dump().items()},
                 "mode": mode, "targets": list(targets), **benchmark}
     return {lang: fingerprint(settings, {"corpus": corpus_digest({lang: m}), **mt}) for lang, m in manifests.items()}
-
-
-def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Table:
-    """Finished translations; for translate-train output, ``lang`` selects a target."""
-    table = read_outputs(out_root)
-    if lang is not None:
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.equal(table.column("lang"), lang))
-    return table
