@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from conlst_ray.config import ConfigError, config_help, load_config
+from conlst_ray.config.provenance import StaleError
+from conlst_ray.data.schema import CorpusError
 from conlst_ray.pipeline.preflight import UserError
 
 ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
 
 
 def user_error_types() -> tuple:
-    from conlst_ray.data.schema import CorpusError
     from conlst_ray.models.e5 import E5Error
-    from conlst_ray.config.provenance import StaleError
     from conlst_ray.models.translation import TranslationConfigError
 
     return ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, UserError, FileExistsError

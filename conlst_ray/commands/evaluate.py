@@ -26,7 +26,10 @@ import sys
 from pathlib import Path
 
 from conlst_ray.commands.common import add_debug, entry_point
+from conlst_ray.data.readers import read_languages
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.data.task import Task
+from conlst_ray.reporting.tables import language_rows, to_markdown, write_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +61,6 @@ def task_of(model_dirs: list[Path]):
     """The task the models were trained for (their ``conlst.json``; NLI when
     none says): it decides how the corpus is read. Models of different tasks
     cannot be scored on one corpus."""
-    from conlst_ray.data.task import Task
     from conlst_ray.models.encoder import read_meta
 
     tasks = {}
@@ -87,8 +89,6 @@ def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from conlst_ray.data.readers import read_languages
-    from conlst_ray.reporting.tables import language_rows, to_markdown, write_table
 
     try:
         named = [_named(spec) for spec in args.models]

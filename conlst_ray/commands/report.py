@@ -26,7 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from conlst_ray.commands.common import add_debug, entry_point
+from conlst_ray.commands.common import add_debug, entry_point, init_ray
+from conlst_ray.config import ConfigError, load_config
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.ablation import ablation_table
 from conlst_ray.reporting.report import full_report
@@ -65,7 +66,6 @@ def main(argv=None) -> int:
         return 0
     if not args.run_dir:
         parser.error("give RUN_DIR or --ablation")
-    from conlst_ray.config import ConfigError, load_config
 
     run = RunDir(args.run_dir)
     try:
@@ -74,7 +74,6 @@ def main(argv=None) -> int:
         print(f"error: {run.root} is not a run directory: {exc}", file=sys.stderr)
         return 2
     if not args.no_calibration:
-        from conlst_ray.commands.common import init_ray
 
         init_ray(args.address)
     print(full_report(cfg, run, calibration=not args.no_calibration))

@@ -13,8 +13,11 @@ import sys
 import shlex
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
-from conlst_ray.reporting.report import full_report
+from conlst_ray.data.task import Task
+from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.stages import run_pipeline
+from conlst_ray.reporting.report import full_report
 
 STAGES = ("source", "pseudo_labels", "conl", "ssl")
 
@@ -51,16 +54,13 @@ def _main(argv, state: dict) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    from conlst_ray.pipeline.preflight import preflight
 
     preflight(cfg)  # every input checked in seconds, before any work
     run = RunDir.create(cfg, resume=args.resume, recompute=args.recompute)
     state["run"] = run
-    from conlst_ray.data.task import Task
 
     print(f"[run] {run.root} ({Task.of(cfg.data.task).describe()})")
     init_ray(args.address)
-    from conlst_ray.pipeline.stages import run_pipeline
 
     models = run_pipeline(cfg, run, stop_after=args.stop_after)
     if args.stop_after:

@@ -18,10 +18,13 @@ import sys
 from pathlib import Path
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
-from conlst_ray.config import ConfigError, save_config
-from conlst_ray.reporting.tables import write_table
+from conlst_ray.config import ConfigError, save_config, load_config
+from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.stages import stage_backtranslation, stage_pseudo_labels, stage_source
 from conlst_ray.ray_jobs.search_space import apply, parse_search_space
+from conlst_ray.reporting.report import accuracy_tables, calibration_report
+from conlst_ray.reporting.tables import write_table
 
 DEFAULT_SPACE = {
     "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},
@@ -79,7 +82,6 @@ def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    from conlst_ray.config import load_config
 
     extra = (SMOKE if args.smoke_test else []) + ([f"tune.num_samples={args.num_samples}"] if args.num_samples is not None else [])
     try:
@@ -90,16 +92,13 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from conlst_ray.pipeline.preflight import preflight
 
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
     storage = Path(args.storage_path or Path(cfg.output_dir) / "tune").resolve()
     name = cfg.run_name or "search"
     init_ray(args.address)
-    from conlst_ray.pipeline.stages import stage_backtranslation, stage_pseudo_labels, stage_source
     from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
     from conlst_ray.ray_jobs.tune import run_search
-    from conlst_ray.reporting.report import accuracy_tables, calibration_report
 
     # Shared work, once per search (and reused by --resume): RUN = storage/<name>-shared.
     shared_cfg = apply(cfg, {"run_name": f"{name}-shared", "output_dir": str(storage)})

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from conlst_ray import __version__
 from conlst_ray.config.keys import keys
+from conlst_ray.config.loading import FILE_FORMATS
 from conlst_ray.config.sections import Config
 
 
@@ -82,7 +83,6 @@ def spec_files(spec: str | None, langs: Iterable[str]) -> dict:
     """Stamps of the local files a corpus spec names (``{lang}`` expanded);
     hub data sets and the embedded benchmark have none (their config keys
     stand for them)."""
-    from conlst_ray.config.loading import FILE_FORMATS
 
     fmt, sep, location = (spec or "").partition(":")
     if not sep or fmt not in FILE_FORMATS:

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
+from conlst_ray.data.task import Task
+
 # the pipeline's stages, as provenance names them
 SOURCE, PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL = "source", "pseudo_labels", "conl", "backtranslation", "ssl"
 TRAINING = (SOURCE, CONL, SSL)
@@ -92,7 +94,6 @@ class TaskConfig(Section):
 
     @model_validator(mode="after")
     def _a_valid_task(self) -> "TaskConfig":
-        from conlst_ray.data.task import Task
 
         self.labels = [str(name).strip() for name in self.labels]
         try:

@@ -42,8 +42,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from conlst_ray.data.columns import resolve_columns, split_options
-from conlst_ray.data.rows import MAX_LINE_BYTES, ReadReport, RowSink, id_prefix, lang_from_name, open_lines, records_into
+from conlst_ray.data.delimited import read_delimited
+from conlst_ray.data.hub import read_hf
+from conlst_ray.data.rows import (MAX_LINE_BYTES, ReadReport, RowSink, id_prefix, lang_from_name, open_lines, records_into)
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.data.task import NLI, Task
 
 FORMATS = ("xnli_tsv", "xnli_mt_tsv", "tsv", "csv", "jsonl", "parquet", "hf", "synthetic")
@@ -168,7 +171,6 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
     spec = spec.replace("{lang}", lang)
     fmt, location = parse_spec(spec)
     if fmt == "synthetic":
-        from conlst_ray.data.synthetic import SyntheticBenchmark
 
         table = SyntheticBenchmark.from_config(synthetic_cfg, task).table(lang, location)
         if max_rows is not None:
@@ -181,11 +183,9 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
             parts = [parts[0], "", parts[1]]
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT[?text=COLUMN&...]")
-        from conlst_ray.data.hub import read_hf
 
         return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows, task, given)
     if fmt in ("tsv", "csv"):
-        from conlst_ray.data.delimited import read_delimited
 
         return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows,
                               max_line_bytes=max_line_bytes, task=task)

@@ -56,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 
 from conlst_ray.data.schema import CorpusError, rows_to_table
+from conlst_ray.data.task import Task
 
 NUM_CLASSES = 3   # the NLI task's; a benchmark of another task has its own
 SPLITS = ("train", "dev", "test", "unlabelled")
@@ -188,7 +189,6 @@ class SyntheticBenchmark:
     @classmethod
     def from_config(cls, cfg=None, task=None) -> "SyntheticBenchmark":
         """The benchmark of ``data.synthetic`` for ``data.task`` (None: NLI)."""
-        from conlst_ray.data.task import Task
 
         task = Task.of(task)
         if cfg is None:

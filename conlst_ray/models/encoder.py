@@ -24,9 +24,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
 from conlst_ray.data.task import NLI_LABELS
-from conlst_ray.models.e5 import is_e5_name
-from conlst_ray.models.e5 import resolve as resolve_e5
+from conlst_ray.models.e5 import is_e5_name, resolve as resolve_e5
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"
@@ -278,7 +278,6 @@ def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = False):
 
 def synthetic_tokenizer(bench=None):
     """Word-level tokenizer over the embedded benchmark's vocabulary."""
-    from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
 
     bench = bench or SyntheticBenchmark.from_config()
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,7 +289,6 @@ def build_tokenizer(model_cfg, data_cfg=None):
     null for the model's own tokenizer."""
     spec = model_cfg.tokenizer
     if spec == "synthetic":
-        from conlst_ray.data.synthetic import SyntheticBenchmark
 
         return synthetic_tokenizer(SyntheticBenchmark.from_config(getattr(data_cfg, "synthetic", None),
                                                                   getattr(data_cfg, "task", None)))

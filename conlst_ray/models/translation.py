@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from conlst_ray.data.synthetic import _concepts, _lexicons
+
 # XNLI's 15 languages in each model family's codes.
 # mBART-50 many-to-many covers 13 of them: no Bulgarian, no Greek.
 MBART50_CODES = {
@@ -115,7 +117,6 @@ class SyntheticTranslator:
     ``swap_function``. Deterministic for a given sentence and direction."""
 
     def __init__(self, benchmark_seed: int = 13, swap_function: float = 0.5, num_classes: int = 3):
-        from conlst_ray.data.synthetic import _concepts, _lexicons
 
         concepts = _concepts(num_classes)
         self.lexicons = _lexicons(benchmark_seed, concepts)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from conlst_ray.config import NAMED_MODELS, Config
 from conlst_ray.config.keys import corpus_langs, get, keys
+from conlst_ray.data.corpora import read_options
+from conlst_ray.data.readers import parse_spec, read_corpus
 
 PREVIEW_ROWS = 3
 
@@ -79,8 +81,6 @@ def check_corpora(cfg) -> list[str]:
     """Read the first rows of every corpus the run reads, for every language
     it reads it in (hub data sets and the embedded benchmark are checked for
     their form only)."""
-    from conlst_ray.data.corpora import read_options
-    from conlst_ray.data.readers import parse_spec, read_corpus
 
     d = cfg.data
     jobs = [(key.name, get(cfg, key.name), corpus_langs(cfg, key.name)) for key in keys(Config) if key.path == "corpus"]

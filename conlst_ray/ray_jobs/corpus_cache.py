@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.config.provenance import fingerprint, spec_files, digest, differences
 from conlst_ray.data.corpora import read_options
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.data.readers import read_corpus
 from conlst_ray.data.schema import CorpusError
 
@@ -81,14 +82,12 @@ def read_manifest(root: Path, lang: str) -> dict | None:
 def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
     """What a language's cached shards are made of: the spec, the reading
     options and the input files' sizes and mtimes."""
-    from conlst_ray.config.provenance import fingerprint, spec_files
 
     return fingerprint({"spec": spec, "lang": lang, **read_kwargs}, spec_files(spec, [lang]))
 
 
 def corpus_digest(manifests: dict[str, dict]) -> str:
     """One stamp for the cached corpora a job reads."""
-    from conlst_ray.config.provenance import digest
 
     return digest({lang: m.get("fingerprint") for lang, m in sorted(manifests.items())})
 
@@ -101,7 +100,6 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     file) is rebuilt, and the jobs that read it see a new corpus stamp.
     ``max_rows`` overrides ``data.max_rows`` (the source corpus has its own
     cap). Returns lang -> manifest."""
-    from conlst_ray.config.provenance import differences
 
     root = Path(root)
     langs = list(dict.fromkeys(langs))

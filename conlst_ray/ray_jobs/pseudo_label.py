@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
+from conlst_ray.config.provenance import fingerprint, weights_stamp
 from conlst_ray.data.token_files import load_tokenizer
+from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
@@ -103,7 +104,6 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
     missing, from the corpus tokenised once (by the model's tokenizer). The
     output folder is tied to the model's weights and tokenizer, the corpus
     and the settings: labels of another model are never reused."""
-    from conlst_ray.config.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 

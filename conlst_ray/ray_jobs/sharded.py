@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from conlst_ray.config.provenance import StaleError, differences, read_json, digest
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
 
 TMP = "_parts"
@@ -150,8 +152,6 @@ def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], rec
     language (one folder may hold languages labelled by different models, as
     in per-language mode) and before any shard is written, so half-done
     shards are tied to it too."""
-    from conlst_ray.data.files import atomic_write_text
-    from conlst_ray.config.provenance import StaleError, differences, read_json
 
     for lang, wanted in provenance.items():
         folder = lang_dir(out_root, lang)
@@ -169,7 +169,6 @@ def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], rec
 
 def output_stamp(out_root: str | Path | None) -> Optional[str]:
     """One digest of what made every language of a job's output folder."""
-    from conlst_ray.config.provenance import digest, read_json
 
     if not out_root:
         return None

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from conlst_ray.config.provenance import read_json
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
 
@@ -42,7 +43,6 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
                          translations: Optional[str], langs: Optional[list], log=print) -> dict:
     """Tokenise (or find tokenised) everything ``stage`` reads; returns the
     ``tokens`` entry of the workers' loop config: name -> [folder, languages]."""
-    from conlst_ray.config.provenance import read_json
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
     from conlst_ray.ray_jobs.sharded import PROVENANCE
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus, tokenize_corpus

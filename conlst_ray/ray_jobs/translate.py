@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from conlst_ray.config.provenance import fingerprint, weights_stamp
+from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family, make_translator)
 from conlst_ray.ray_jobs.sharded import JobReport, run_sharded_job
-from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family,
-                                   make_translator)
 
 TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
 
@@ -150,7 +150,6 @@ def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_r
 def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) -> dict:
     """Translations are tied to the MT settings and the corpus they translate (per language)."""
 
-    from conlst_ray.config.provenance import fingerprint, weights_stamp
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
 
     mt = {"MT model weights": weights_stamp(tr_cfg.model)} if tr_cfg.model and Path(tr_cfg.model).is_dir() else {}

@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.config import with_values
-from conlst_ray.reporting.tables import write_language_table, write_table
+from conlst_ray.config.provenance import digest
+from conlst_ray.data.corpora import eval_corpus
+from conlst_ray.data.token_files import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.analysis import (recall_by_class, band_transitions, calibration_markdown, calibration_rows, class_markdown, class_rows, join_with_gold, transitions_markdown)
+from conlst_ray.reporting.tables import write_language_table, write_table
 
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
@@ -20,7 +24,6 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict 
     """Accuracy per language of one model on a labelled split (in the driver);
     ``by_class``, when given, receives the recall of each of the task's
     labels over the target-language rows."""
-    from conlst_ray.reporting.analysis import recall_by_class
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.inference import accuracy_by_language, default_device, predict_proba
 
@@ -44,9 +47,6 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
     from transformers import AutoTokenizer
 
-    from conlst_ray.data.corpora import eval_corpus
-    from conlst_ray.config.provenance import digest
-    from conlst_ray.data.token_files import tokenizer_stamp
     from conlst_ray.training.batches import encode_table
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))
@@ -174,8 +174,6 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
     model (a directory, or lang -> directory); None (and a log line) when
     there is no CoNL model or the target corpus has no gold labels."""
-    from conlst_ray.reporting.analysis import (band_transitions, calibration_markdown, calibration_rows, class_markdown,
-                                     class_rows, join_with_gold, transitions_markdown)
     from conlst_ray.reporting.figures import class_histograms, confidence_histograms
     from conlst_ray.ray_jobs.sharded import read_outputs
 
