@@ -1,8 +1,11 @@
 """The CoNLST algorithm in plain PyTorch: no Ray, no I/O.
 
-losses.py      Eq. 1, 6, 7, 8, 9-11, 12, 13, 14
-negatives.py   complementary labels (Eq. 4), negative pool (Eq. 5)
-thresholds.py  FlexMatch class-wise thresholds / fixed threshold
-augment.py     random token masking
-steps.py       one training step per stage, returning (loss, logs)
+base.py           one object per stage (USB's AlgorithmBase shape); SourceTraining
+conl.py           CoNL, stage 1 (Eq. 4-8): negative pool, gamma, L_CL + lambda L_CLCS
+self_training.py  self-training, stage 2 (Eq. 9-14): labelling, selection, strong views
+losses.py         Eq. 1, 6, 7, 8, 9-11, 12, 13, 14
+negatives.py      complementary labels (Eq. 4), negative pool (Eq. 5)
+thresholds.py     selection rules behind one interface: fixed, FlexMatch, class quantiles
+augment.py        random token masking
+steps.py          one training step per stage, returning (loss, logs)
 """

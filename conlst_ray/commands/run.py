@@ -8,9 +8,8 @@ cost per stage (see ``conlst_ray.report``). ``--resume`` skips finished stages.
 
 from __future__ import annotations
 
-import sys
-
 import shlex
+import sys
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
 from conlst_ray.data.task import Task
