@@ -8,6 +8,7 @@ resume it (exit status 130)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import traceback
@@ -17,16 +18,18 @@ from typing import Callable, Optional
 from conlst_ray.config import ConfigError, config_help, load_config
 from conlst_ray.config.provenance import StaleError
 from conlst_ray.data.schema import CorpusError
-from conlst_ray.pipeline.preflight import UserError
+from conlst_ray.pipeline.preflight import UserError, check_resources
 
 ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
 
 
 def user_error_types() -> tuple:
     from conlst_ray.models.e5 import E5Error
+    from conlst_ray.models.encoder import ModelError
     from conlst_ray.models.translation import TranslationConfigError
 
-    return ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, UserError, FileExistsError
+    return (ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, ModelError, UserError,
+            FileExistsError)
 
 
 def find_user_error(exc: BaseException) -> Optional[BaseException]:
@@ -135,9 +138,31 @@ def add_ray_address(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join ('auto' inside a cluster); default: start a local Ray")
 
 
-def init_ray(address=None, num_cpus=None):
+ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9._-]+:\d{1,5}")
+
+
+def init_ray(address=None, num_cpus=None, cfg=None):
+    """Start a local Ray or join ``address``; with ``cfg``, refuse at once
+    what the cluster cannot give (a worker that can never be placed waits
+    silently forever)."""
+    if address is not None and not ADDRESS.fullmatch(address):
+        raise UserError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
     import ray
 
+    if cfg is not None and address is None and not ray.is_initialized():
+        check_resources(cfg, local_resources(num_cpus))  # seconds before a local Ray would be up
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=num_cpus if address is None else None, log_to_driver=False)
+    if cfg is not None:
+        check_resources(cfg, ray.cluster_resources())
     return ray
+
+
+def local_resources(num_cpus=None) -> dict:
+    """What a local Ray started here will have: this machine's CPUs (or
+    ``num_cpus``) and the GPUs torch sees."""
+    import os
+
+    import torch
+
+    return {"CPU": num_cpus or os.cpu_count() or 1, "GPU": torch.cuda.device_count()}

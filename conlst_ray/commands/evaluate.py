@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 
 from conlst_ray.commands.common import add_debug, entry_point
-from conlst_ray.data.readers import read_languages
+from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
+from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
 from conlst_ray.reporting.tables import language_rows, to_markdown, write_table
 
 
@@ -86,12 +87,35 @@ def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
                        max_length, batch_size, default_device())
 
 
+def check_arguments(args, named: list) -> None:
+    """Every argument checked before a model is loaded or a row scored."""
+    from conlst_ray.models.encoder import max_text_length, read_meta
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length),
+                        ("--max-rows", args.max_rows)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    for name, path in named:
+        problems = check_model(f"model {name}", str(path), need_weights=True)
+        if problems or not path.is_dir():
+            raise UserError(problems[0] if problems else f"model {name}: {path} is not a model folder")
+        read_meta(path)  # a corrupt conlst.json is one line, not a traceback
+        limit = max_text_length(str(path))
+        if limit is not None and args.max_length > limit:
+            raise UserError(f"--max-length {args.max_length}: {path} has {limit} positions")
+    check_language_template(args.corpus, args.langs, "--corpus")
+    if args.out:
+        problem = writable_dir_problem("--out", Path(args.out).absolute().parent)
+        if problem:
+            raise UserError(problem)
+
+
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-
+    named = [_named(spec) for spec in args.models]
+    check_arguments(args, named)
     try:
-        named = [_named(spec) for spec in args.models]
         table, reports = read_languages(args.corpus, args.langs, on_malformed=args.on_malformed,
                                         max_rows=args.max_rows, task=task_of([path for _, path in named]))
         labelled = sum(1 for label in table.column("label").to_pylist() if label >= 0)

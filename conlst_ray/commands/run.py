@@ -13,7 +13,7 @@ import sys
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
 from conlst_ray.data.task import Task
-from conlst_ray.pipeline.preflight import preflight
+from conlst_ray.pipeline.preflight import UserError, preflight
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.pipeline.stages import run_pipeline
 from conlst_ray.reporting.report import full_report
@@ -54,12 +54,13 @@ def _main(argv, state: dict) -> int:
     if cfg is None:
         return 2
 
+    if args.resume and not cfg.run_name:
+        raise UserError("--resume continues a run: name it with run_name=... (the folder below output_dir)")
     preflight(cfg)  # every input checked in seconds, before any work
+    init_ray(args.address, cfg=cfg)  # and every resource: nothing written before both pass
     run = RunDir.create(cfg, resume=args.resume, recompute=args.recompute)
     state["run"] = run
-
     print(f"[run] {run.root} ({Task.of(cfg.data.task).describe()})")
-    init_ray(args.address)
 
     models = run_pipeline(cfg, run, stop_after=args.stop_after)
     if args.stop_after:

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
     storage = Path(args.storage_path or Path(cfg.output_dir) / "tune").resolve()
     name = cfg.run_name or "search"
-    init_ray(args.address)
+    init_ray(args.address, cfg=cfg)
     from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
     from conlst_ray.ray_jobs.tune import run_search
 

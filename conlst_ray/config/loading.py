@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,7 +120,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_value(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
     return key.split("."), value
@@ -153,8 +154,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads yes/no/on/off as booleans: `labels: [yes, no]` would become
+# [True, False] and `target_langs: [de, no]` would lose Norwegian. Read them
+# as YAML 1.2 does: only true and false are booleans.
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                      list("tTfF"))
+
+
+def yaml_value(text: str) -> Any:
+    """A YAML scalar or collection as a config reads it (see UniqueKeyLoader)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory; --config takes a YAML file (e.g. tune_configs/demo.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:

@@ -15,6 +15,7 @@ non-finite floats are refused; a float may be written as YAML 1.1 reads
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
@@ -28,6 +29,9 @@ TRAINING = (SOURCE, CONL, SSL)
 READS_SOURCE = (SOURCE, SSL)
 READS_TARGET = (PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL)
 READS_ANY = (SOURCE, PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL)
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ConfigError(ValueError):
@@ -94,12 +98,14 @@ class TaskConfig(Section):
 
     @model_validator(mode="after")
     def _a_valid_task(self) -> "TaskConfig":
-
         self.labels = [str(name).strip() for name in self.labels]
         try:
             Task.of(self)
         except ValueError as exc:
             raise ConfigError(f"data.task: {exc}") from None
+        if self.kind == "single" and self.columns.get("text_pair") not in (None, ""):
+            raise ConfigError(f"data.task.columns: text_pair={self.columns['text_pair']!r} is mapped but "
+                              f"data.task.kind is single (one text per row)")
         return self
 
 
@@ -125,6 +131,21 @@ class DataConfig(Section):
     shard_rows: Int = param(10000, ge=1, help="rows per Parquet shard of a cached corpus (unit of resume)")
     synthetic: SyntheticConfig = param(factory=SyntheticConfig, stages=READS_ANY)
 
+    @model_validator(mode="after")
+    def _languages(self) -> "DataConfig":
+        for key in ("target_langs", "source_train_langs"):
+            langs = getattr(self, key)
+            if langs is None:
+                continue
+            if not langs:
+                raise ConfigError(f"data.{key} is empty: name at least one language")
+            if any(not isinstance(lang, str) or not lang.strip() for lang in langs):
+                raise ConfigError(f"data.{key} = {langs!r}: every language is a non-empty code")
+            twice = sorted({lang for lang in langs if langs.count(lang) > 1})
+            if twice:
+                raise ConfigError(f"data.{key} = {langs!r} names {', '.join(twice)} twice")
+        return self
+
 
 class TinyModelConfig(Section):
     """Shape of the BERT built from a config when model.name_or_path == 'tiny-bert'."""
@@ -133,6 +154,13 @@ class TinyModelConfig(Section):
     num_heads: Int = param(2, ge=1)
     intermediate_size: Int = param(128, ge=8)
     max_position: Int = param(128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.tiny.num_heads = {self.num_heads} does not divide model.tiny.hidden_size = "
+                              f"{self.hidden_size} (each head takes an equal share)")
+        return self
 
 
 class ModelConfig(Section):
@@ -223,7 +251,8 @@ class TranslationConfig(Section):
 
 class ResourcesConfig(Section):
     num_workers: Int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
-    use_gpu: Bool = param(False)
+    use_gpu: Bool = param(False, help="one GPU per training worker (refused at start-up when the cluster has none)")
+    wait_for_resources: Bool = param(False, help="an autoscaling cluster: start although the cluster lacks the CPUs/GPUs asked for, saying what the run waits for (default: refuse, naming the key)")
     prefetch_batches: Int = param(2, ge=0, help="batches a training worker prepares ahead of the step in a background thread (padded, pinned, sent to the GPU); 0 = none")
     precision: Literal["auto", "fp32", "bf16"] = param("auto", help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; in every training stage and in inference", stages=(SOURCE, PSEUDO_LABELS, CONL, SSL))
     cpus_per_worker: Float = param(1.0, gt=0.0)
@@ -252,7 +281,7 @@ class TuneConfig(Section):
 class Config(Section):
     seed: Int = param(0, ge=0, le=2**32 - 1, help="training seed (numpy's seeds are 0 .. 2**32 - 1)", stages=TRAINING)
     output_dir: Str = param("runs", help="run directories are created below this", path="dir")
-    run_name: Optional[Str] = param(None, help="run directory name; default derived from time")
+    run_name: Optional[Str] = param(None, help="run directory name below output_dir (letters, digits, . _ -); default derived from time")
     data: DataConfig = param(factory=DataConfig)
     model: ModelConfig = param(factory=ModelConfig, stages=TRAINING)
     source: SourceTrainConfig = param(factory=SourceTrainConfig, stages=(SOURCE,))
@@ -261,3 +290,17 @@ class Config(Section):
     translation: TranslationConfig = param(factory=TranslationConfig, stages=(BACKTRANSLATION,))
     resources: ResourcesConfig = param(factory=ResourcesConfig)
     tune: TuneConfig = param(factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _paths_and_lengths(self) -> "Config":
+        if self.run_name is not None and (not RUN_NAME.fullmatch(self.run_name) or set(self.run_name) == {"."}):
+            raise ConfigError(f"run_name = {self.run_name!r}: a run is one folder below output_dir, named with "
+                              f"letters, digits, '.', '_' or '-' (not '.', '..', a path or an absolute path)")
+        if "://" in self.output_dir:
+            raise ConfigError(f"output_dir = {self.output_dir!r}: object storage is not supported yet; give a "
+                              f"local path (on a cluster: one every node shares)")
+        tiny = self.model.tiny
+        if self.model.name_or_path == "tiny-bert" and self.data.max_length > tiny.max_position:
+            raise ConfigError(f"data.max_length = {self.data.max_length} is longer than the model's "
+                              f"{tiny.max_position} positions (model.tiny.max_position)")
+        return self

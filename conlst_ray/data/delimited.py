@@ -76,7 +76,7 @@ def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malfo
                         **({} if layout["quote"] else {"quoting": csv.QUOTE_NONE}))
     rows = _rows(reader, path)
     if layout["header"]:
-        header = next(rows, None)
+        _, header = next(rows, (0, None))
         if header is None:
             raise CorpusError(f"{path}: empty file (no header)")
         first_id = -1  # ids count data rows from 1
@@ -85,31 +85,39 @@ def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malfo
         header, first_id = None, 0
         col = _positions(path, given, task)
     width = len(header) if header is not None else max(col.values()) + 1
-    for row in rows:
+    for start, row in rows:
         if max_rows is not None and sink.report.rows >= max_rows:
             break
-        where = f"{path}:{reader.line_num}"
+        where = f"{path}:{start}"
         if not row:
             continue
-        if (header is not None and len(row) != width) or len(row) < width:
+        if reader.line_num > start and layout["quote"] and len(row) < width:  # the row ran over several lines
+            sink.bad(where, f"a quote opened on this line runs to line {reader.line_num}: unclosed quote?")
+            continue
+        if header is not None and len(row) != width:
             sink.bad(where, f"expected {width} columns, found {len(row)}")
+            continue
+        if len(row) < width:  # header=none: name the mapped column that is not there
+            absent = ", ".join(f"{key}={i}" for key, i in col.items() if i >= len(row))
+            sink.bad(where, f"no column {absent}: the row has {len(row)} columns (0..{len(row) - 1})")
             continue
         get = lambda key: row[col[key]] if key in col else None  # noqa: E731
         sink.add(where, get("text"), get("text_pair"), get("label"),
-                 row_id=get("id") or reader.line_num + first_id, lang=get("lang"))
+                 row_id=get("id") or start + first_id, lang=get("lang"))
     return sink.table(), sink.report
 
 
 def _rows(reader, path: Path):
-    """The csv reader's rows; its own errors (an unclosed quote running past
-    the field limit) name file and line."""
+    """(line the row began on, row) of the csv reader; its own errors (an
+    unclosed quote running past the field limit) name that line too."""
     while True:
+        start = reader.line_num + 1
         try:
-            yield next(reader)
+            yield start, next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise CorpusError(f"{path}:{reader.line_num}: {exc}") from None
+            raise CorpusError(f"{path}:{start}: {exc} (a quote opened on this line is never closed?)") from None
 
 
 def _indices(columns: dict, header: list) -> dict:
@@ -119,15 +127,15 @@ def _indices(columns: dict, header: list) -> dict:
 def _positions(path: Path, given: dict, task: Task) -> dict:
     """header=none: every field is a column number, the text fields must be given."""
     check_text_pair(str(path), task, given)
-    mapping = {key: given.get(key) or task.columns.get(key) for key in ("text", "text_pair", "label", "id", "lang")}
+    mapping = {key: task.mapped(key, given) for key in ("text", "text_pair", "label", "id", "lang")}
     needed = ["text", "text_pair"] if task.is_pair else ["text"]
-    missing = [key for key in needed if not mapping[key]]
+    missing = [key for key in needed if mapping[key] is None]
     if missing:
         raise CorpusError(f"{path}: header=none needs the column number of {', '.join(missing)} "
                           f"(e.g. ?header=none&text=0{'&text_pair=1' if task.is_pair else ''}&label=2)")
     out = {}
     for key, value in mapping.items():
-        if not value or (key == "text_pair" and not task.is_pair):
+        if value is None or (key == "text_pair" and not task.is_pair):
             continue
         if not str(value).isdigit():
             raise CorpusError(f"{path}: header=none names columns by number from 0; {key}={value!r} is not one")

@@ -195,6 +195,20 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
                   task=task)
 
 
+def check_language_template(spec: str, langs: Iterable[str], where: str, task: Optional[Task] = None) -> None:
+    """A file read for several languages must name them: ``{lang}`` in the
+    spec, or a ``lang=`` column. Otherwise every language would silently read
+    the same rows."""
+    langs = list(dict.fromkeys(langs))
+    fmt, location = parse_spec(spec)
+    if len(langs) < 2 or fmt in ("hf", "synthetic") or "{lang}" in spec:
+        return
+    if "lang" in split_options(spec, location, ("sep", "header", "quote"))[1] or (task and task.mapped("lang")):
+        return
+    raise CorpusError(f"{where}: {spec} is read for {len(langs)} languages ({', '.join(langs)}) but has no "
+                      f"{{lang}} to tell their files apart (e.g. dev-{{lang}}.tsv), nor a lang= column")
+
+
 def read_languages(spec: str, langs: Iterable[str], **kwargs) -> tuple[pa.Table, list[ReadReport]]:
     """Read one spec for several languages into one table (ids stay unique:
     every id carries its language)."""
@@ -202,7 +216,8 @@ def read_languages(spec: str, langs: Iterable[str], **kwargs) -> tuple[pa.Table,
     for lang in langs:
         table, report = read_corpus(spec, lang, **kwargs)
         if table.num_rows == 0:
-            raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows")
+            why = f" ({report.summary()})" if report.skipped else ""
+            raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows{why}")
         tables.append(table)
         reports.append(report)
     return pa.concat_tables(tables), reports

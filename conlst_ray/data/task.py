@@ -134,13 +134,22 @@ class Task:
         for key, defaults in DEFAULT_COLUMNS.items():
             if key == "text_pair" and not self.is_pair:
                 continue
-            chosen = (given or {}).get(key) or self.columns.get(key)
-            out[key] = (chosen,) if chosen else defaults
+            chosen = self.mapped(key, given)
+            out[key] = (chosen,) if chosen is not None else defaults
         return out
 
     def explicit(self, key: str, given: Optional[Mapping[str, str]] = None) -> bool:
         """Was ``key`` mapped by the spec or the task (a missing column is then an error)?"""
-        return bool((given or {}).get(key) or self.columns.get(key))
+        return self.mapped(key, given) is not None
+
+    def mapped(self, key: str, given: Optional[Mapping[str, str]] = None):
+        """The column ``key`` is mapped to by the spec, else by the task, else
+        None. Column 0 is a column (``header=none``), not "unset"."""
+        for source in (given or {}, self.columns):
+            value = source.get(key)
+            if value is not None and value != "":
+                return value
+        return None
 
 
 NLI = Task()

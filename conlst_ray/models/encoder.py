@@ -17,6 +17,7 @@ tokenizer files.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -37,7 +38,41 @@ def read_meta(path: str | Path) -> dict:
     """A saved model's ``conlst.json`` (pooling, num_labels, contrastive_dim,
     task); {} for a directory conlst_ray did not write (or a hub id)."""
     meta = Path(path) / META_FILE
-    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta}: not a valid conlst.json ({exc}); save the model again") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{meta}: not a valid conlst.json (expected a JSON object)")
+    return data
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be what it claims (the message names it)."""
+
+
+# positions of a model family beyond the text (RoBERTa and XLM-R keep 2 for padding offsets)
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+KNOWN_POSITIONS = {"multilingual-e5-small": 512}
+
+
+def max_text_length(name_or_path: str) -> Optional[int]:
+    """How many tokens a model's position embeddings hold, when it can be
+    known without loading it (a local folder, a model named offline); None
+    for a hub id."""
+    if name_or_path in KNOWN_POSITIONS:
+        return KNOWN_POSITIONS[name_or_path]
+    config = Path(os.path.expanduser(name_or_path)) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config}: not valid JSON ({exc})") from None
+    positions = data.get("max_position_embeddings")
+    return positions - POSITION_OFFSET.get(data.get("model_type"), 0) if isinstance(positions, int) else None
 
 
 class ConlstEncoder(nn.Module):

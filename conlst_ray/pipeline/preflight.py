@@ -11,13 +11,16 @@ on real data), as an error from deep inside a Ray job.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
 from conlst_ray.config import NAMED_MODELS, Config
 from conlst_ray.config.keys import corpus_langs, get, keys
 from conlst_ray.data.corpora import read_options
-from conlst_ray.data.readers import parse_spec, read_corpus
+from conlst_ray.data.readers import check_language_template, parse_spec, read_corpus
+from conlst_ray.data.schema import CorpusError
+from conlst_ray.data.task import Task
 
 PREVIEW_ROWS = 3
 
@@ -95,6 +98,11 @@ def check_corpora(cfg) -> list[str]:
             continue
         if fmt in ("hf", "synthetic"):  # generated (checked with its config) or remote
             continue
+        try:
+            check_language_template(spec, langs, key, Task.of(d.task))
+        except CorpusError as exc:
+            problems.append(str(exc))
+            continue
         for lang in langs:
             try:
                 table, _ = read_corpus(spec, lang, **read_options(d, PREVIEW_ROWS))
@@ -104,6 +112,51 @@ def check_corpora(cfg) -> list[str]:
                 problems.append(f"{key} ({lang}): {exc}")
                 break  # one language's error says what is wrong with the spec
     return problems
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One connection attempt to the Hugging Face hub (``HF_ENDPOINT``)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_ids(cfg) -> list[tuple[str, str]]:
+    """(key, hub id) of every model and data set the run would fetch from the hub."""
+    out = []
+    for key in keys(Config):
+        value = get(cfg, key.name)
+        if not value:
+            continue
+        if key.path == "model" and value not in NAMED_MODELS and not value.endswith(".txt") \
+                and not os.path.exists(os.path.expanduser(value)) and not _looks_like_path(value):
+            out.append((key.name, value))
+        elif key.path == "corpus" and value.startswith("hf:"):
+            out.append((key.name, value[3:].split(":")[0]))
+    return out
+
+
+def check_hub(cfg) -> list[str]:
+    """Checked once: offline, the hub libraries retry for most of a minute
+    per id. Unreachable -> offline mode for this process and its Ray workers
+    (cached ids load at once), and an id that is not cached is refused."""
+    wanted = hub_ids(cfg)
+    if not wanted or os.environ.get("HF_HUB_OFFLINE") == "1" or hub_reachable():
+        return []
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        cached = {repo.repo_id for repo in scan_cache_dir().repos}
+    except Exception:  # noqa: BLE001 -- no cache folder yet
+        cached = set()
+    return [f"{key}: {repo} is not in the local Hugging Face cache and the hub cannot be reached (offline)"
+            for key, repo in wanted if repo not in cached]
 
 
 def check_translation(cfg) -> list[str]:
@@ -121,17 +174,91 @@ def check_translation(cfg) -> list[str]:
     return []
 
 
-def check_output(cfg) -> list[str]:
-    if "://" in cfg.output_dir:
-        return []
-    out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".preflight-"):
-            pass
+def writable_dir_problem(key: str, path: str | os.PathLike) -> str | None:
+    """Why directory ``path`` could not be created and written, checked
+    without creating anything (a failed preflight leaves no folder behind)."""
+    p = Path(os.path.expanduser(str(path))).absolute()
+    if p.exists() and not p.is_dir():
+        return f"{key}: {p} is a file, not a folder"
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}: {p} cannot be created ({existing} is a file)"
+    try:  # a real probe: root passes os.access everywhere, /proc refuses all the same
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".conlst-preflight-"))
     except OSError as exc:
-        return [f"output_dir: {out} is not writable ({exc.strerror or exc})"]
-    return []
+        return f"{key}: {p} cannot be created or written ({existing}: {exc.strerror or exc})"
+    return None
+
+
+def check_output(cfg) -> list[str]:
+    problem = writable_dir_problem("output_dir", cfg.output_dir)
+    return [problem] if problem else []
+
+
+def check_lengths(cfg) -> list[str]:
+    """data.max_length within the positions of the model that will read it."""
+    from conlst_ray.models.encoder import max_text_length
+
+    problems = []
+    for key in ("model.source_checkpoint", "model.name_or_path"):
+        name = get(cfg, key)
+        if not name or name == "tiny-bert":  # tiny-bert: checked with its config
+            continue
+        limit = max_text_length(name)
+        if limit is not None and cfg.data.max_length > limit:
+            problems.append(f"data.max_length = {cfg.data.max_length} is longer than the {limit} positions of "
+                            f"{key} ({name})")
+        break  # the checkpoint, when given, is the model that reads the text
+    return problems
+
+
+def check_cache_dir(cfg) -> list[str]:
+    """multilingual-e5-small is converted into model.cache_dir on first use."""
+    if cfg.model.name_or_path != "multilingual-e5-small" or cfg.model.source_checkpoint:
+        return []
+    from conlst_ray.models.e5 import cache_root
+
+    problem = writable_dir_problem("model.cache_dir", cfg.model.cache_dir or cache_root())
+    return [problem] if problem else []
+
+
+def resource_problems(cfg, cluster: dict) -> list[str]:
+    """What the run asks of the cluster that the cluster does not have
+    (``cluster``: Ray's resource totals). A training worker, an inference
+    actor or a translation actor that cannot be placed would wait forever."""
+    r, problems = cfg.resources, []
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    workers = max(1, r.num_workers)
+    if r.use_gpu and gpus < workers:
+        problems.append(f"resources.use_gpu=true asks for {workers} GPU(s), one per training worker "
+                        f"(resources.num_workers={r.num_workers}), but the cluster has {gpus:g}")
+    if r.num_workers * r.cpus_per_worker > cpus:
+        problems.append(f"resources.num_workers={r.num_workers} x resources.cpus_per_worker={r.cpus_per_worker:g} "
+                        f"= {r.num_workers * r.cpus_per_worker:g} CPUs, but the cluster has {cpus:g}")
+    if r.cpus_per_actor > cpus:
+        problems.append(f"resources.cpus_per_actor={r.cpus_per_actor:g}: an inference actor needs more CPUs than "
+                        f"the cluster's {cpus:g}")
+    if r.gpus_per_actor > gpus:
+        problems.append(f"resources.gpus_per_actor={r.gpus_per_actor:g}: the cluster has {gpus:g} GPUs")
+    t = cfg.translation
+    if t.model and cfg.ssl.use_backtranslation and t.gpus_per_actor > gpus:
+        problems.append(f"translation.gpus_per_actor={t.gpus_per_actor:g}: the cluster has {gpus:g} GPUs")
+    return problems
+
+
+def check_resources(cfg, cluster: dict, log=print) -> None:
+    """Refuse (one line naming the key) what the cluster cannot give, or,
+    with ``resources.wait_for_resources``, say what the run will wait for."""
+    problems = resource_problems(cfg, cluster)
+    if not problems:
+        return
+    if cfg.resources.wait_for_resources:
+        log(f"[run] waiting for resources the cluster does not have yet: {'; '.join(problems)}")
+        return
+    more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    raise UserError(problems[0] + more + "; on an autoscaling cluster set resources.wait_for_resources=true")
 
 
 def preflight(cfg) -> None:
@@ -143,7 +270,10 @@ def preflight(cfg) -> None:
     elif cfg.model.tokenizer and not Path(cfg.model.tokenizer).is_file():
         problems.append(f"model.tokenizer: vocabulary file {cfg.model.tokenizer} not found")
     problems += check_model("model.source_checkpoint", cfg.model.source_checkpoint, need_weights=True)
+    problems += check_hub(cfg)
     problems += check_checkpoint_labels(cfg)
+    problems += check_lengths(cfg)
+    problems += check_cache_dir(cfg)
     problems += check_corpora(cfg)
     problems += check_translation(cfg)
     if problems:

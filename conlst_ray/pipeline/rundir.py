@@ -17,6 +17,10 @@ from conlst_ray.data.files import atomic_write_text
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 
+# corpus key -> its folder under RUN/corpus/ (the stages' token files live below each)
+CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
+                  "data.target_train": "target_train", "data.target_dev": "dev_target",
+                  "data.target_test": "test_target"}
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 
@@ -52,7 +56,7 @@ class RunDir:
 
     @property
     def target_corpus(self) -> Path:
-        return self.corpus("target_train")
+        return self.corpus(CORPUS_FOLDERS["data.target_train"])
 
     def model(self, stage: str) -> Path:
         return self.root / stage / "model"
@@ -92,24 +96,27 @@ class RunDir:
         return run
 
     def check_settings(self, cfg) -> None:
-        """Before anything is written: every stage already on disk (finished
-        or started) must have been made with the config values it depends on."""
+        """Before anything is written: every stage already on disk that
+        finished must have been made with the config values it depends on
+        (else refused, or redone under ``recompute``). A stage that never
+        finished (a failed start, a Ctrl+C) holds nothing to keep: it starts
+        over with the new settings, its old checkpoints removed."""
         stale: dict[Path, list[str]] = {}
+        unfinished: list[Path] = []
         for fp_file in sorted(self.root.rglob(FINGERPRINT_FILE)) if self.root.is_dir() else []:
             old = read_json(fp_file)
             new = config_values(self._stage_cfg(cfg, fp_file.parent), (old or {}).get("keys", []))
             changed = differences({"config": old["config"]}, {"config": new}) if old else ["unreadable fingerprint"]
             if changed:
-                stale[fp_file.parent] = changed
-        if not stale:
-            return
-        if not self.recompute:
+                (stale.__setitem__(fp_file.parent, changed) if (fp_file.parent / DONE_FILE).is_file()
+                 else unfinished.append(fp_file.parent))
+        if stale and not self.recompute:
             first = next(iter(stale.values()))
             where = ", ".join(str(p.relative_to(self.root)) for p in stale)
             raise StaleError(f"{self.root}: finished stages ({where}) were made with other settings: "
                              f"{'; '.join(first)}. Resume with the old values, choose another run_name, "
                              f"or add --recompute to redo them")
-        for stage_dir in stale:
+        for stage_dir in [*stale, *unfinished]:
             self._remove(stage_dir)
 
     def _stage_cfg(self, cfg, stage_dir: Path):
@@ -139,12 +146,13 @@ class RunDir:
     def begin(self, name: str, fingerprint: dict) -> bool:
         """True when stage ``name`` is done and was made by ``fingerprint``;
         False when it must run (its fingerprint is then recorded). A stage
-        made otherwise raises StaleError, or is removed under ``recompute``."""
+        made otherwise raises StaleError, or is removed under ``recompute``;
+        one that never finished starts over."""
         path = self.root / name
         old = read_json(path / FINGERPRINT_FILE)
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):
             changed = differences(old, fingerprint)
-            if not self.recompute:
+            if not self.recompute and self.is_done(name):
                 raise StaleError(f"{path}: made with other settings or inputs: {'; '.join(changed)}. "
                                  f"Choose another run_name or add --recompute to redo it")
             self._remove(path)

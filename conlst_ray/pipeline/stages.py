@@ -17,9 +17,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conlst_ray.config import with_values
+from conlst_ray.config import Config, with_values
+from conlst_ray.config.keys import corpus_langs, get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.rundir import CORPUS_FOLDERS, RunDir
 
 
 def stage_source(cfg, run: RunDir, log=print) -> str:
@@ -164,9 +165,25 @@ def per_language(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path
     return {name: {lang: r[name] for lang, r in results.items() if name in r} for name in names}
 
 
+def stage_corpora(cfg, run: RunDir, log=print) -> None:
+    """Every corpus of the run read in full and sharded into the cache (Ray
+    tasks, a language each) before any training: a bad row anywhere is an
+    error in seconds, not after hours of source training, and the stages
+    then read the cache."""
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+
+    for key in keys(Config):
+        spec = get(cfg, key.name) if key.path == "corpus" else None
+        if spec:
+            max_rows = cfg.data.max_source_rows if key.name == "data.source_train" else None
+            ingest_corpora(spec, corpus_langs(cfg, key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
+                           cfg.resources.cpus_per_task, log, max_rows=max_rows)
+
+
 def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict:
     """Run (or resume) every stage; returns name -> model directory, or for
     per_language mode name -> {language -> model directory}."""
+    stage_corpora(cfg, run, log)
     models: dict = {"zero-shot": stage_source(cfg, run, log)}
     if stop_after == "source":
         return models

@@ -55,7 +55,8 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
     """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
     table, report = read_corpus(spec, lang, **read_kwargs)
     if table.num_rows == 0:
-        raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows")
+        why = f" ({report.summary()})" if report.skipped else ""
+        raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows{why}")
     out = lang_dir(Path(root), lang)
     if out.exists():
         shutil.rmtree(out)  # leftovers of an interrupted ingest: no manifest, so not trusted

@@ -12,6 +12,8 @@ a restarted worker group resumes from ``ray.train.get_checkpoint()``.
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -106,7 +108,6 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
     ``step_hook(step)`` runs before every step on every worker (tests inject
     faults through it). Returns the last reported metrics."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     stage_dir = Path(stage_dir).resolve()
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -124,9 +125,50 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
     run_config = ray.train.RunConfig(name=f"{stage_dir.parent.name}-{stage_dir.name}",
                                      storage_path=str(stage_dir / "ray_train"),
                                      failure_config=ray.train.FailureConfig(max_failures=res.max_failures))
-    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_cfg, scaling_config=scaling, run_config=run_config)
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    trainer = _trainer_class()(train_loop_per_worker, train_loop_config=loop_cfg, scaling_config=scaling, run_config=run_config)
+    return dict(fit_interruptibly(trainer).metrics or {})
+
+
+def _trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        """A TorchTrainer whose Ctrl+C aborts the run and then reaches the
+        caller as KeyboardInterrupt. Ray Train's own handler aborts the run
+        but stays installed after ``fit`` returns, so every later Ctrl+C (in
+        pseudo-labelling, in the next stage) was swallowed."""
+        interrupted = False
+
+        def _register_sigint_handler(self, controller):
+            def on_sigint(signum, frame):
+                if self.interrupted:  # a second Ctrl+C: stop waiting for the abort
+                    raise KeyboardInterrupt
+                self.interrupted = True
+                controller.abort.remote()
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    return Trainer
+
+
+def fit_interruptibly(trainer):
+    """``trainer.fit()`` with the caller's SIGINT handler back afterwards;
+    an aborted run raises KeyboardInterrupt (the run directory says where to
+    resume), whatever Ray Train returned or raised for it."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if getattr(trainer, "interrupted", False):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if getattr(trainer, "interrupted", False):
+        raise KeyboardInterrupt
+    return result
 
 
 def fit_plain(stage: str, cfg, model_in: str, corpus_dir: Path, *, target_corpus: Optional[str] = None,
