@@ -102,6 +102,7 @@ def test_interrupted_run_resumes_without_recomputing(job, uninterrupted, tmp_pat
 
 
 def test_killed_inference_actor_is_replaced_and_no_row_is_lost(job, uninterrupted, tmp_path):
+    import ray
     from ray.util.state import list_actors
 
     killed = []
@@ -109,7 +110,9 @@ def test_killed_inference_actor_is_replaced_and_no_row_is_lost(job, uninterrupte
     def kill_predictor(report):
         if report.computed and not killed:
             # the job's only actor pool is the Predictor's (Ray Data names its actors _MapWorker)
-            actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
+            # this session's own cluster, by address: other Ray instances may run on the machine
+            alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+            actors = [a for a in alive if "MapWorker" in a.class_name]
             assert actors, "no inference actor found"
             os.kill(actors[0].pid, signal.SIGKILL)
             killed.append(actors[0].pid)

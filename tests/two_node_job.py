@@ -47,7 +47,7 @@ def main(out: Path) -> int:
         ray.init(address=cluster.address, log_to_driver=False)
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         rc = tune_cli.main(ARGS + [f"output_dir={out}", "--address", cluster.address])
-        actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+        actors = list_actors(address=cluster.address, detail=True, limit=10_000, raise_on_missing_output=False)
         placed = [a for a in actors if a.node_id]  # an actor still pending when its job ended has no node
         placement = {"rc": rc, "nodes": nodes,
                      "train_workers": sorted({a.node_id for a in placed if a.class_name == "RayTrainWorker"}),

@@ -1,0 +1,293 @@
+"""What a careful user hit on a fresh clone (issue 22): each case one line
+and exit 2 before any expensive work, Ctrl+C stopping every stage, caches
+that hit, nothing silently read twice or written where it should not be."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conlst_ray.commands import evaluate
+from conlst_ray.config import ConfigError, load_config
+from conlst_ray.pipeline.preflight import UserError, preflight
+from conlst_ray.pipeline.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+T = ["data.synthetic.n_source_train=300", "data.synthetic.n_unlabelled=100", "data.synthetic.n_dev=60",
+     "data.synthetic.n_test=60", "source.epochs=1", "ssl.iterations=1", "data.target_langs=[near]"]
+
+
+def cli(module: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"conlst_ray.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+# 1 -- resources the cluster cannot give: refused, never a silent wait
+
+@pytest.mark.parametrize("override, key", [("resources.use_gpu=true", "resources.use_gpu"),
+                                           ("resources.num_workers=16", "resources.num_workers")])
+def test_resources_the_machine_lacks_are_refused_in_one_line(tmp_path, override, key):
+    out = tmp_path / "out"
+    proc = cli("run", *T, f"output_dir={out}", override, timeout=90)  # hung until SIGKILL before
+    assert key in one_error_line(proc)
+    assert not out.exists()                                           # nothing written
+
+
+def test_an_autoscaling_run_says_what_it_waits_for():
+    from conlst_ray.pipeline.preflight import check_resources, resource_problems
+
+    cfg = load_config(None, ["resources.num_workers=4", "resources.wait_for_resources=true"])
+    said = []
+    check_resources(cfg, {"CPU": 2.0}, log=said.append)
+    assert len(said) == 1 and "waiting" in said[0] and "resources.num_workers=4" in said[0]
+    assert resource_problems(load_config(None, ["resources.num_workers=2"]), {"CPU": 2.0}) == []
+    with pytest.raises(UserError, match="resources.gpus_per_actor"):
+        check_resources(load_config(None, ["resources.gpus_per_actor=1"]), {"CPU": 8.0})
+
+
+# 2 -- Ctrl+C stops every stage, exits 130 and says how to continue; the resume completes
+
+@pytest.mark.slow
+def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
+    args = ["data.synthetic.n_source_train=600", "data.synthetic.n_unlabelled=300", "data.synthetic.n_dev=60",
+            "data.synthetic.n_test=60", "source.epochs=4", "conl.epochs=4", "ssl.iterations=3",
+            "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
+    run = tmp_path / "r"
+    for stage, marker in (("source", "source/steps.jsonl"), ("pseudo_labels", "pseudo_labels/FINGERPRINT.json"),
+                          ("conl", "conl/steps.jsonl"), ("ssl", "ssl/steps.jsonl")):
+        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args] + (["--resume"] if stage != "source" else []),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        deadline = time.time() + 240
+        while not (run / marker).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the run ended before {stage} could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (stage, err[-2000:])
+        assert f"stopped in stage {stage}; continue with: python -m conlst_ray.run" in err, err[-1000:]
+        assert not (run / stage / "DONE.json").exists()
+    done = subprocess.run([sys.executable, "-m", "conlst_ray.run", *args, "--resume"], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all((run / stage / "DONE.json").is_file() for stage in ("source", "pseudo_labels", "conl", "ssl"))
+    assert (run / "results" / "accuracy_test.md").is_file()
+
+
+# 3 -- the corpus cache hits in a second stage and a second run
+
+def test_a_second_stage_and_a_second_run_reuse_every_cached_corpus(tmp_path, ray_session):
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+
+    def ingest(cfg, said):
+        return ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp_path / "c", cfg.data, log=said.append)
+
+    said: list = []
+    first = ingest(load_config(None, T), said)
+    shards = {p: p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("shard-*.parquet")}
+    again: list = []
+    assert ingest(load_config(None, T), again) == first       # a second run: a config loaded anew
+    assert ingest(load_config(None, T), again) == first       # a second stage
+    assert not [line for line in again if "rebuilding" in line], again
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards  # nothing rewritten
+
+
+# 4 -- a file read for several languages must say which rows are whose
+
+def test_a_file_read_for_several_languages_must_name_them(tmp_path, shared_data, tiny_model):
+    one_file = f"xnli_tsv:{shared_data}/xnli/dev-en.tsv"
+    with pytest.raises(UserError, match=r"data.target_train: .* 2 languages .*\{lang\}"):
+        preflight(load_config(None, [f"output_dir={tmp_path}", f"data.target_train={one_file}",
+                                     "data.target_langs=[fr,de]"]))
+    proc = cli("evaluate", tiny_model, "--corpus", one_file, "--langs", "en", "fr")
+    assert "--corpus" in one_error_line(proc) and "{lang}" in proc.stderr
+
+
+# 5 -- a bad row anywhere is found before any training
+
+def test_a_bad_row_anywhere_is_an_error_before_training(tmp_path, shared_data):
+    lines = (shared_data / "xnli" / "dev-de.tsv").read_text(encoding="utf-8").splitlines()[:80]
+    lines[59] = "\t".join(lines[59].split("\t")[:2] + ["maybe"])
+    (tmp_path / "t-de.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    proc = cli("run", *T[:-1], "data.target_langs=[de]", f"data.target_train=xnli_tsv:{tmp_path}/t-{{lang}}.tsv",
+               "data.target_dev=null", "data.target_test=null", f"output_dir={out}", "run_name=r")
+    assert "t-de.tsv:60" in one_error_line(proc)
+    assert not (out / "r" / "source" / "steps.jsonl").exists()   # no source step was trained
+
+
+# 6 -- configuration errors before Ray, a failed start that can be resumed
+
+@pytest.mark.parametrize("override, key", [("model.tiny.num_heads=3", "model.tiny.num_heads"),
+                                           ("data.max_length=512", "data.max_length")])
+def test_model_shapes_that_cannot_be_built_are_config_errors(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
+
+
+def test_preflight_refuses_an_unusable_cache_dir_and_a_corrupt_checkpoint(tmp_path, tiny_model):
+    with pytest.raises(UserError, match="model.cache_dir: /proc/x"):
+        preflight(load_config(None, [f"output_dir={tmp_path}", "model.name_or_path=multilingual-e5-small",
+                                     "model.tokenizer=null", "model.cache_dir=/proc/x"]))
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model, ckpt)
+    (ckpt / "conlst.json").write_text("{not json")
+    with pytest.raises(ValueError, match="conlst.json"):
+        preflight(load_config(None, [f"output_dir={tmp_path}", f"model.source_checkpoint={ckpt}"]))
+
+
+def test_a_malformed_address_is_one_line():
+    assert "--address" in one_error_line(cli("run", *T, "--address", "not a url", timeout=60))
+
+
+def test_an_unfinished_stage_restarts_with_the_fixed_value_and_a_finished_one_is_kept(tmp_path):
+    from conlst_ray.config.provenance import StaleError, stage_fingerprint
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", "source.lr=9"])
+    run = RunDir.create(cfg)
+    assert not run.begin("source", stage_fingerprint("source", cfg))   # started, then failed
+    fixed = load_config(None, [f"output_dir={tmp_path}", "run_name=r", "source.lr=0.001"])
+    run = RunDir.create(fixed, resume=True)                             # refused before
+    assert not (run.root / "source").exists()                          # starts over
+    assert not run.begin("source", stage_fingerprint("source", fixed))
+    run.mark_done("source", {})
+    with pytest.raises(StaleError, match="source.lr"):                  # a finished stage still counts
+        RunDir.create(cfg, resume=True)
+
+
+# 7 -- run_name and output_dir
+
+@pytest.mark.parametrize("name", [".", "..", "../..", "/tmp/x", "a/b"])
+def test_run_name_is_one_folder_below_output_dir(name):
+    with pytest.raises(ConfigError, match="run_name"):
+        load_config(None, [f"run_name={name}"])
+
+
+def test_object_storage_output_dir_is_refused_not_made_a_local_folder(tmp_path):
+    with pytest.raises(ConfigError, match="output_dir"):
+        load_config(None, ["output_dir=s3://bucket/x"])
+
+
+def test_a_failed_preflight_writes_nothing_and_resume_needs_a_name(tmp_path):
+    out = tmp_path / "out"
+    proc = cli("run", f"output_dir={out}", f"data.target_train=xnli_tsv:{tmp_path}/none-{{lang}}.tsv", timeout=60)
+    assert "data.target_train" in one_error_line(proc)
+    assert not out.exists()
+    assert "run_name" in one_error_line(cli("run", f"output_dir={out}", "--resume", timeout=60))
+
+
+# 8 -- evaluate: every argument checked before scoring
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from conlst_ray.models.encoder import build_model, build_tokenizer
+
+    cfg = load_config(None, [])
+    tok = build_tokenizer(cfg.model, cfg.data)
+    return str(build_model(cfg.model, tok).save(tmp_path_factory.mktemp("m") / "model", tok))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("not_a_model", "holds no model"), ("corrupt_meta", "conlst.json"), ("no_weights", "holds no weights"),
+    ("--batch-size=0", "--batch-size"), ("--max-length=100000", "positions"), ("--max-length=-3", "--max-length"),
+    ("--out=/proc/x/y", "--out")])
+def test_evaluate_refuses_bad_arguments_before_scoring(case, expected, tiny_model, tmp_path, capsys):
+    import shutil
+
+    model, extra = Path(tiny_model), []
+    if case == "not_a_model":
+        model = model.parent
+    elif case in ("corrupt_meta", "no_weights"):
+        model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+        if case == "corrupt_meta":
+            (model / "conlst.json").write_text("{")
+        else:
+            for f in model.glob("*.safetensors"):
+                f.unlink()
+    else:
+        extra = case.split("=", 1)
+    assert evaluate.main([str(model), "--corpus", "synthetic:dev", "--langs", "near", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+
+
+# 9 -- YAML 1.1 surprises
+
+def test_yes_no_on_off_are_read_as_words(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  target_langs: [de, no]\n  task:\n    kind: single\n    labels: [yes, no]\n")
+    cfg = load_config(p)
+    assert cfg.data.target_langs == ["de", "no"] and cfg.data.task.labels == ["yes", "no"]
+    with pytest.raises(ConfigError, match="ssl.enabled: expected bool"):
+        load_config(None, ["ssl.enabled=yes"])
+
+
+# 10 -- the smaller ones
+
+def test_column_zero_is_a_column(tmp_path):
+    from conlst_ray.data.readers import read_corpus
+    from conlst_ray.data.task import Task
+
+    (tmp_path / "x-en.tsv").write_text("good film\tpositive\nbad film\tnegative\n")
+    task = Task.of(load_config(None, ["data.task.kind=single", "data.task.labels=[negative,positive]",
+                                      "data.task.columns={text: 0, label: 1}"]).data.task)
+    table, _ = read_corpus(f"tsv:{tmp_path}/x-en.tsv?header=none", "en", task=task)
+    assert table.column("text").to_pylist() == ["good film", "bad film"]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.target_langs=[]", "data.target_langs is empty"), ("data.target_langs=[near,near]", "near twice"),
+    ("data.task.columns={text_pair: b}", "text_pair")])
+def test_languages_and_a_single_task_s_columns_are_checked(override, match):
+    extra = ["data.task.kind=single"] if "text_pair" in override else []
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, extra + [override])
+
+
+def test_corpus_errors_name_the_right_column_and_line(tmp_path, ray_session):
+    from conlst_ray.data.readers import read_corpus
+    from conlst_ray.data.schema import CorpusError
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+
+    (tmp_path / "a-en.tsv").write_text("p\th\tentailment\n")
+    with pytest.raises(CorpusError, match=r"no column label=9: the row has 3 columns"):
+        read_corpus(f"tsv:{tmp_path}/a-en.tsv?header=none&text=0&text_pair=1&label=9", "en")
+    (tmp_path / "b-en.csv").write_text('x,y,entailment\n"p,q,neutral\nr,s,neutral\n')
+    with pytest.raises(CorpusError, match=r"b-en.csv:2: a quote opened on this line"):
+        read_corpus(f"csv:{tmp_path}/b-en.csv?header=none&text=0&text_pair=1&label=2", "en")
+    (tmp_path / "c-en.tsv").write_text("p\th\tmaybe\nq\tk\tperhaps\n")
+    cfg = load_config(None, ["data.on_malformed=skip"])
+    with pytest.raises(CorpusError, match=r"has no rows \(.*2 malformed rows skipped"):
+        ingest_corpora(f"xnli_tsv:{tmp_path}/c-{{lang}}.tsv", ["en"], tmp_path / "cache", cfg.data)
+
+
+def test_a_config_folder_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_an_unreachable_hub_fails_in_seconds_naming_the_key(tmp_path, monkeypatch):
+    from conlst_ray.pipeline import preflight as pf
+
+    monkeypatch.setattr(pf, "hub_reachable", lambda timeout=3.0: False, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")         # restored after the test, whatever preflight sets
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    start = time.time()
+    with pytest.raises(UserError, match="model.name_or_path: someone/not-cached-model .* cannot be reached"):
+        preflight(load_config(None, [f"output_dir={tmp_path}", "model.name_or_path=someone/not-cached-model",
+                                     "model.tokenizer=null"]))
+    assert time.time() - start < 10
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"   # cached ids then load without retrying
