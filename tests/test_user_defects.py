@@ -62,12 +62,16 @@ def test_an_autoscaling_run_says_what_it_waits_for():
 @pytest.mark.slow
 def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
     args = ["data.synthetic.n_source_train=600", "data.synthetic.n_unlabelled=300", "data.synthetic.n_dev=60",
-            "data.synthetic.n_test=60", "source.epochs=4", "conl.epochs=4", "ssl.iterations=3",
-            "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
+            "data.target_test=null", "data.eval_during_training=false", "source.epochs=4", "conl.epochs=4",
+            "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
     run = tmp_path / "r"
-    for stage, marker in (("source", "source/steps.jsonl"), ("pseudo_labels", "pseudo_labels/FINGERPRINT.json"),
-                          ("conl", "conl/steps.jsonl"), ("ssl", "ssl/steps.jsonl")):
-        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args] + (["--resume"] if stage != "source" else []),
+    # Ray Train worker groups where Ray's own SIGINT handler was the problem (a stage, and the
+    # pseudo-labelling after one); later stages in-process (workers are an execution setting)
+    for stage, marker, workers in (("source", "source/steps.jsonl", 1),
+                                   ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", 1),
+                                   ("conl", "conl/steps.jsonl", 0), ("ssl", "ssl/steps.jsonl", 0)):
+        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.num_workers={workers}"]
+                                + (["--resume"] if stage != "source" else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         deadline = time.time() + 240
         while not (run / marker).exists() and proc.poll() is None and time.time() < deadline:
@@ -78,11 +82,12 @@ def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
         assert proc.returncode == 130, (stage, err[-2000:])
         assert f"stopped in stage {stage}; continue with: python -m conlst_ray.run" in err, err[-1000:]
         assert not (run / stage / "DONE.json").exists()
-    done = subprocess.run([sys.executable, "-m", "conlst_ray.run", *args, "--resume"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "conlst_ray.run", *args, "--resume", "resources.num_workers=0"],
+                          capture_output=True,
                           text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all((run / stage / "DONE.json").is_file() for stage in ("source", "pseudo_labels", "conl", "ssl"))
-    assert (run / "results" / "accuracy_test.md").is_file()
+    assert (run / "results" / "accuracy_dev.md").is_file()
 
 
 # 3 -- the corpus cache hits in a second stage and a second run
