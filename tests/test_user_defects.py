@@ -296,3 +296,24 @@ def test_an_unreachable_hub_fails_in_seconds_naming_the_key(tmp_path, monkeypatc
                                      "model.tokenizer=null"]))
     assert time.time() - start < 10
     assert os.environ.get("HF_HUB_OFFLINE") == "1"   # cached ids then load without retrying
+
+
+# 11 -- the tests ask their own cluster, whatever else runs on the machine
+
+@pytest.mark.slow
+def test_the_state_api_is_asked_of_this_session_s_cluster_while_another_ray_runs(ray_session):
+    """test_pseudo_label's killed-actor test looked up "the" cluster and
+    failed when another Ray ran here; it now names its session's address."""
+    from ray.util.state import list_actors
+
+    other = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(num_cpus=1, include_dashboard=False); "
+                              "print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        with pytest.raises(ConnectionError, match="multiple active Ray instances"):
+            list_actors()                                                    # as the test did
+        assert isinstance(list_actors(address=ray_session.get_runtime_context().gcs_address), list)
+    finally:
+        other.stdin.close()  # the other driver exits normally and shuts its cluster down
+        other.wait(timeout=60)
