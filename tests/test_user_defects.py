@@ -61,7 +61,7 @@ def test_an_autoscaling_run_says_what_it_waits_for():
 
 @pytest.mark.slow
 def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
-    args = ["data.synthetic.n_source_train=600", "data.synthetic.n_unlabelled=300", "data.synthetic.n_dev=60",
+    args = ["data.synthetic.n_source_train=400", "data.synthetic.n_unlabelled=200", "data.synthetic.n_dev=60",
             "data.target_test=null", "data.eval_during_training=false", "source.epochs=4", "conl.epochs=4",
             "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
     run = tmp_path / "r"
@@ -69,7 +69,7 @@ def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
     # pseudo-labelling after one); later stages in-process (workers are an execution setting)
     for stage, marker, workers in (("source", "source/steps.jsonl", 1),
                                    ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", 1),
-                                   ("conl", "conl/steps.jsonl", 0), ("ssl", "ssl/steps.jsonl", 0)):
+                                   ("conl", "conl/FINGERPRINT.json", 0), ("ssl", "ssl/FINGERPRINT.json", 0)):
         proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.num_workers={workers}"]
                                 + (["--resume"] if stage != "source" else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
