@@ -21,7 +21,7 @@ from conlst_ray.commands.common import add_ray_address, base_parser, entry_point
 from conlst_ray.config import ConfigError, save_config, load_config
 from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
-from conlst_ray.pipeline.stages import stage_backtranslation, stage_pseudo_labels, stage_source
+from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
 from conlst_ray.ray_jobs.search_space import apply, parse_search_space
 from conlst_ray.reporting.report import accuracy_tables, calibration_report
 from conlst_ray.reporting.tables import write_table
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     # Shared work, once per search (and reused by --resume): RUN = storage/<name>-shared.
     shared_cfg = apply(cfg, {"run_name": f"{name}-shared", "output_dir": str(storage)})
     run = RunDir.create(shared_cfg, resume=True)
+    stage_corpora(shared_cfg, run)  # every corpus read in full: a bad row stops the search before training
     source_model = stage_source(shared_cfg, run)
     corpus, labels = stage_pseudo_labels(shared_cfg, run, source_model)
     translations = stage_backtranslation(shared_cfg, run, corpus)
