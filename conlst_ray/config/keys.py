@@ -89,13 +89,3 @@ def get(obj, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def corpus_langs(cfg, name: str) -> list[str]:
-    """The languages a corpus key is read for: the labelled training corpus
-    in its training languages, the source dev set in the source language,
-    every target corpus in the target languages."""
-    d = cfg.data
-    if name == "data.source_train":
-        return list(d.source_train_langs or [d.source_lang])
-    return [d.source_lang] if name.startswith("data.source") else list(d.target_langs)

@@ -195,6 +195,12 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
                   task=task)
 
 
+def no_rows(spec: str, lang: str, report: ReadReport) -> CorpusError:
+    """A language that read no rows, saying why when every row was skipped."""
+    why = f" ({report.summary()})" if report.skipped else ""
+    return CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows{why}")
+
+
 def check_language_template(spec: str, langs: Iterable[str], where: str, task: Optional[Task] = None) -> None:
     """A file read for several languages must name them: ``{lang}`` in the
     spec, or a ``lang=`` column. Otherwise every language would silently read
@@ -216,8 +222,7 @@ def read_languages(spec: str, langs: Iterable[str], **kwargs) -> tuple[pa.Table,
     for lang in langs:
         table, report = read_corpus(spec, lang, **kwargs)
         if table.num_rows == 0:
-            why = f" ({report.summary()})" if report.skipped else ""
-            raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows{why}")
+            raise no_rows(spec, lang, report)
         tables.append(table)
         reports.append(report)
     return pa.concat_tables(tables), reports

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from conlst_ray.config import NAMED_MODELS, Config
-from conlst_ray.config.keys import corpus_langs, get, keys
-from conlst_ray.data.corpora import read_options
+from conlst_ray.config.keys import get, keys
+from conlst_ray.data.corpora import corpus_langs, read_options
 from conlst_ray.data.readers import check_language_template, parse_spec, read_corpus
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
@@ -32,6 +32,18 @@ class UserError(ValueError):
 def _looks_like_path(name: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else with a slash is a path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _hub_id(name: str) -> bool:
+    """A name the hub would be asked for: no model conlst_ray names itself,
+    nothing on this disk, nothing shaped like a path."""
+    return name not in NAMED_MODELS and not os.path.exists(os.path.expanduser(name)) and not _looks_like_path(name)
+
+
+def one_line(problems: list[str], hint: str = "") -> str:
+    """Every problem in one line: the first, then how many more and which."""
+    more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    return problems[0] + more + hint
 
 
 def check_model(key: str, name: str | None, need_weights: bool = False) -> list[str]:
@@ -84,7 +96,6 @@ def check_corpora(cfg) -> list[str]:
     """Read the first rows of every corpus the run reads, for every language
     it reads it in (hub data sets and the embedded benchmark are checked for
     their form only)."""
-
     d = cfg.data
     jobs = [(key.name, get(cfg, key.name), corpus_langs(cfg, key.name)) for key in keys(Config) if key.path == "corpus"]
     problems = []
@@ -133,8 +144,7 @@ def hub_ids(cfg) -> list[tuple[str, str]]:
         value = get(cfg, key.name)
         if not value:
             continue
-        if key.path == "model" and value not in NAMED_MODELS and not value.endswith(".txt") \
-                and not os.path.exists(os.path.expanduser(value)) and not _looks_like_path(value):
+        if key.path == "model" and not value.endswith(".txt") and _hub_id(value):
             out.append((key.name, value))
         elif key.path == "corpus" and value.startswith("hf:"):
             out.append((key.name, value[3:].split(":")[0]))
@@ -201,17 +211,13 @@ def check_lengths(cfg) -> list[str]:
     """data.max_length within the positions of the model that will read it."""
     from conlst_ray.models.encoder import max_text_length
 
-    problems = []
-    for key in ("model.source_checkpoint", "model.name_or_path"):
-        name = get(cfg, key)
-        if not name or name == "tiny-bert":  # tiny-bert: checked with its config
-            continue
-        limit = max_text_length(name)
-        if limit is not None and cfg.data.max_length > limit:
-            problems.append(f"data.max_length = {cfg.data.max_length} is longer than the {limit} positions of "
-                            f"{key} ({name})")
-        break  # the checkpoint, when given, is the model that reads the text
-    return problems
+    # the checkpoint, when given, is the model that reads the text; tiny-bert is checked with its config
+    key = "model.source_checkpoint" if cfg.model.source_checkpoint else "model.name_or_path"
+    name = get(cfg, key)
+    limit = max_text_length(name) if name != "tiny-bert" else None
+    if limit is not None and cfg.data.max_length > limit:
+        return [f"data.max_length = {cfg.data.max_length} is longer than the {limit} positions of {key} ({name})"]
+    return []
 
 
 def check_cache_dir(cfg) -> list[str]:
@@ -257,8 +263,7 @@ def check_resources(cfg, cluster: dict, log=print) -> None:
     if cfg.resources.wait_for_resources:
         log(f"[run] waiting for resources the cluster does not have yet: {'; '.join(problems)}")
         return
-    more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-    raise UserError(problems[0] + more + "; on an autoscaling cluster set resources.wait_for_resources=true")
+    raise UserError(one_line(problems, "; on an autoscaling cluster set resources.wait_for_resources=true"))
 
 
 def preflight(cfg) -> None:
@@ -277,5 +282,4 @@ def preflight(cfg) -> None:
     problems += check_corpora(cfg)
     problems += check_translation(cfg)
     if problems:
-        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-        raise UserError(problems[0] + more)
+        raise UserError(one_line(problems))

@@ -15,12 +15,9 @@ from pathlib import Path
 
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.config import save_config, with_values
+from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 
-# corpus key -> its folder under RUN/corpus/ (the stages' token files live below each)
-CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
-                  "data.target_train": "target_train", "data.target_dev": "dev_target",
-                  "data.target_test": "test_target"}
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 
@@ -107,9 +104,10 @@ class RunDir:
             old = read_json(fp_file)
             new = config_values(self._stage_cfg(cfg, fp_file.parent), (old or {}).get("keys", []))
             changed = differences({"config": old["config"]}, {"config": new}) if old else ["unreadable fingerprint"]
-            if changed:
-                (stale.__setitem__(fp_file.parent, changed) if (fp_file.parent / DONE_FILE).is_file()
-                 else unfinished.append(fp_file.parent))
+            if changed and (fp_file.parent / DONE_FILE).is_file():
+                stale[fp_file.parent] = changed
+            elif changed:
+                unfinished.append(fp_file.parent)
         if stale and not self.recompute:
             first = next(iter(stale.values()))
             where = ", ".join(str(p.relative_to(self.root)) for p in stale)

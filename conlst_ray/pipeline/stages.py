@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from conlst_ray.config import Config, with_values
-from conlst_ray.config.keys import corpus_langs, get, keys
+from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.pipeline.rundir import CORPUS_FOLDERS, RunDir
+from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
+from conlst_ray.pipeline.rundir import RunDir
 
 
 def stage_source(cfg, run: RunDir, log=print) -> str:
@@ -175,9 +176,8 @@ def stage_corpora(cfg, run: RunDir, log=print) -> None:
     for key in keys(Config):
         spec = get(cfg, key.name) if key.path == "corpus" else None
         if spec:
-            max_rows = cfg.data.max_source_rows if key.name == "data.source_train" else None
             ingest_corpora(spec, corpus_langs(cfg, key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
-                           cfg.resources.cpus_per_task, log, max_rows=max_rows)
+                           cfg.resources.cpus_per_task, log, max_rows=corpus_max_rows(cfg, key.name))
 
 
 def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict:

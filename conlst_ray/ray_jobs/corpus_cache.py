@@ -21,7 +21,7 @@ import ray
 from conlst_ray.config.provenance import fingerprint, spec_files, digest, differences
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.files import atomic_write_text
-from conlst_ray.data.readers import read_corpus
+from conlst_ray.data.readers import no_rows, read_corpus
 from conlst_ray.data.schema import CorpusError
 
 MANIFEST = "_manifest.json"
@@ -55,8 +55,7 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
     """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
     table, report = read_corpus(spec, lang, **read_kwargs)
     if table.num_rows == 0:
-        why = f" ({report.summary()})" if report.skipped else ""
-        raise CorpusError(f"{spec.replace('{lang}', lang)}: language {lang!r} has no rows{why}")
+        raise no_rows(spec, lang, report)
     out = lang_dir(Path(root), lang)
     if out.exists():
         shutil.rmtree(out)  # leftovers of an interrupted ingest: no manifest, so not trusted

@@ -23,17 +23,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from conlst_ray.config.provenance import read_json
+from conlst_ray.config.keys import get
+from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
 
 # -- driver ----------------------------------------------------------------------------------
 
-def _cached_tokens(spec: str, langs: list, root: Path, cfg, tokenizer_dir: str, log,
-                   max_rows: Optional[int] = None) -> list:
+def _cached_tokens(key: str, cfg, corpus_dir: Path, tokenizer_dir: str, log) -> list:
+    """The corpus of config key ``key``, sharded into its cache folder and
+    tokenised (both cached); [token folder, languages]."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 
-    manifests = ingest_corpora(spec, langs, root, cfg.data, cfg.resources.cpus_per_task, log, max_rows=max_rows)
+    root = corpus_dir / CORPUS_FOLDERS[key]
+    manifests = ingest_corpora(get(cfg, key), corpus_langs(cfg, key), root, cfg.data, cfg.resources.cpus_per_task,
+                               log, max_rows=corpus_max_rows(cfg, key))
     tokens = tokenize_cached_corpus(root, manifests, tokenizer_dir, cfg.data.max_length,
                                     cfg.resources.cpus_per_task, log)
     return [str(tokens), list(manifests)]
@@ -48,8 +53,7 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus, tokenize_corpus
 
     d, corpus_dir = cfg.data, Path(corpus_dir)
-    out = {"source": _cached_tokens(d.source_train, list(d.source_train_langs or [d.source_lang]),
-                                    corpus_dir / "source_train", cfg, tokenizer_dir, log, d.max_source_rows)}
+    out = {"source": _cached_tokens("data.source_train", cfg, corpus_dir, tokenizer_dir, log)}
     if target_corpus:
         root = Path(target_corpus)
         t_langs = sorted(langs or [p.name[5:] for p in root.glob("lang=*")])
@@ -64,13 +68,8 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
             out["translations"] = [str(tokenize_corpus(root, bt_langs, tokenizer_dir, d.max_length, made_from,
                                                        cfg.resources.cpus_per_task, log)), bt_langs]
     if d.eval_during_training:
-        out["eval"] = []
-        if d.source_dev:
-            out["eval"].append(_cached_tokens(d.source_dev, [d.source_lang], corpus_dir / "dev_source", cfg,
-                                              tokenizer_dir, log))
-        if d.target_dev:
-            out["eval"].append(_cached_tokens(d.target_dev, list(d.target_langs), corpus_dir / "dev_target", cfg,
-                                              tokenizer_dir, log))
+        out["eval"] = [_cached_tokens(key, cfg, corpus_dir, tokenizer_dir, log)
+                       for key in ("data.source_dev", "data.target_dev") if get(cfg, key)]
     return out
 
 
