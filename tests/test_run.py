@@ -168,10 +168,11 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
 
     # Large corpora are relabelled by a Ray Data job, cached under RUN/analysis and tied to the CoNL
     # model's weights: new weights, new labels. (This corpus is small enough for the driver: force the job.)
-    from conlst_ray.reporting import report as report_lib
+    from conlst_ray.reporting import predictions as predictions_lib
 
-    monkeypatch.setattr(report_lib, "DRIVER_INFERENCE_ROWS", 0)
-    shards = lambda: {p: p.stat().st_mtime_ns for p in (run_dir / "analysis").rglob("shard-*.parquet")}  # noqa: E731
+    monkeypatch.setattr(predictions_lib, "DRIVER_INFERENCE_ROWS", 0)
+    shards = lambda: {p: p.stat().st_mtime_ns  # noqa: E731
+                      for p in (run_dir / "analysis" / "pseudo_labels_conl").rglob("shard-*.parquet")}
     assert report_mod.main([str(run_dir)]) == 0
     cached = shards()
     assert len(cached) == 4                                     # a shard per target language
@@ -183,3 +184,47 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
     assert report_mod.main([str(run_dir)]) == 0
     assert set(shards()) == set(cached) and all(shards()[p] != cached[p] for p in cached)
     save_file(original, heads)                                  # the trained CoNL model again
+
+
+def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished_run):
+    """RUN/model points at the chosen stage; handed_back.json and the
+    report say which and why, from the source dev accuracy of each stage
+    (no target label read). On the embedded default every stage keeps its
+    source accuracy, so the final CoNLST model is handed back."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from conlst_ray.commands import report as report_mod
+
+    run_dir = finished_run[0]
+    assert report_mod.main([str(run_dir)]) == 0   # the report of the trained models, whatever ran before
+    chosen = json.loads((run_dir / "results" / "handed_back.json").read_text())
+    dev = read_table(run_dir)
+    signals = {s["name"]: s for s in chosen["signals"]}
+    assert list(signals) == ["zero-shot", "CoNL", "CoNLST"]
+    for name, s in signals.items():
+        assert s["source_dev_acc"] == pytest.approx(dev[name]["src"])
+        assert 1 / 3 < s["target_confidence"] < 1
+    assert signals["zero-shot"]["agreement_with_previous"] is None
+    assert 0.5 < signals["CoNLST"]["agreement_with_previous"] < 1.0   # self-training moved some predictions
+    assert all(signals[n]["source_dev_acc"] >= dev["zero-shot"]["src"] - 0.5 for n in ("CoNL", "CoNLST"))
+    assert chosen["stage"] == "CoNLST" and "final stage" in chosen["reason"]
+    assert (run_dir / "model").resolve() == (run_dir / "ssl" / "model").resolve()
+    with open(run_dir / "results" / "stage_selection.csv") as fh:
+        marked = [r["stage"] for r in csv.DictReader(fh) if r["handed back"] == "yes"]
+    assert marked == ["CoNLST"]
+
+    # a CoNL stage that broke the model (its head scrambled): the rule refuses it and the CoNLST
+    # model trained from it, and hands back zero-shot
+    heads = run_dir / "conl" / "model" / "conlst_heads.safetensors"
+    original = load_file(heads)
+    try:
+        save_file({k: torch.randn_like(v) if k.startswith("classifier.") else v for k, v in original.items()}, heads)
+        assert report_mod.main([str(run_dir)]) == 0
+        broken = json.loads((run_dir / "results" / "handed_back.json").read_text())
+        assert broken["stage"] == "zero-shot" and "CoNL lost" in broken["reason"] and "CoNLST built on it" in broken["reason"]
+        assert (run_dir / "model").resolve() == (run_dir / "source" / "model").resolve()
+    finally:
+        save_file(original, heads)

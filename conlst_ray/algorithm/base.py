@@ -39,7 +39,8 @@ class StageAlgorithm:
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
         self.source, self.target = source, target
-        self.optimizer = make_optimizer(model, self.stage_cfg.lr, getattr(self.stage_cfg, "weight_decay", 0.0))
+        self.optimizer = make_optimizer(model, self.stage_cfg.lr, getattr(self.stage_cfg, "weight_decay", 0.0),
+                                        getattr(self.stage_cfg, "optimizer", "adamw"))
         self.scheduler = None
         self.max_grad_norm = 1.0
 

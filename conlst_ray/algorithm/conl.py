@@ -22,6 +22,7 @@ class CoNL(StageAlgorithm):
     target row (fixed for the stage)."""
 
     name = "conl"
+    step_fn = staticmethod(conl_step)  # Eq. 8; a variant may replace the step and keep the batches
 
     def __init__(self, model, cfg, tokenizer, device, source, target, q: np.ndarray):
         super().__init__(model, cfg, tokenizer, device, source, target)
@@ -49,7 +50,7 @@ class CoNL(StageAlgorithm):
             rows = np.arange(len(gbatch))[rank::size]
             anchor_parts = micro_batches(rows, c.grad_accum, "conl.grad_accum")
             source_parts = np.array_split(my_slice(src_idx), len(anchor_parts))
-            yield [(conl_step, (self._on_device(build_conl_batch(self.target, gbatch[a], comp[a], drawn[a], self.pad_id,
+            yield [(self.step_fn, (self._on_device(build_conl_batch(self.target, gbatch[a], comp[a], drawn[a], self.pad_id,
                                                                  self.source, s)), c, g), len(a) / len(rows))
                    for a, s in zip(anchor_parts, source_parts)]
 

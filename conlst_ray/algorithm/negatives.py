@@ -38,20 +38,26 @@ def complementary_sets(q: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.where((conf >= gamma).unsqueeze(-1), confident, least)
 
 
-def relative_gamma(confidence, langs, quantile: float) -> tuple[np.ndarray, dict]:
+def relative_gamma(confidence, langs, quantile: float, classes=None) -> tuple[np.ndarray, dict]:
     """``conl.gamma_quantile``: gamma of Eq. 4-5 per language as a quantile of
     that language's pseudo-label confidences, for a source model that never
     reaches the paper's absolute 0.9 (its pool of negatives would be empty).
-    Returns (gamma of every row, language -> gamma)."""
+    With ``classes`` (each row's pseudo-label; ``conl.gamma_groups=class``)
+    the quantile is taken within each (language, class): an under-confident
+    class (XNLI's neutral) then has confident members too, where one gamma
+    per language left it none. Returns (gamma of every row, group -> gamma;
+    a group is a language, or ``lang/class``)."""
     conf = np.asarray(confidence, dtype=np.float64)
-    lang_arr = np.asarray(langs)  # vectorised: a million rows are not a million Python strings
+    groups = np.asarray(langs).astype(str)  # vectorised: a million rows are not a million Python strings
+    if classes is not None:
+        groups = np.char.add(np.char.add(groups, "/"), np.asarray(classes).astype(str))
     gamma = np.zeros(len(conf), dtype=np.float64)
-    by_lang = {}
-    for lang in unique_in_order(lang_arr):
-        rows = lang_arr == lang
-        by_lang[lang] = float(np.quantile(conf[rows], quantile))
-        gamma[rows] = by_lang[lang]
-    return gamma, by_lang
+    by_group = {}
+    for group in unique_in_order(groups):
+        rows = groups == group
+        by_group[str(group)] = float(np.quantile(conf[rows], quantile))
+        gamma[rows] = by_group[str(group)]
+    return gamma, by_group
 
 
 def split_slots(k: int, n: int) -> list[int]:

@@ -42,7 +42,9 @@ def conl_pool(target: Encoded, q: np.ndarray, cfg, num_classes: int,
     the absolute ``cfg.gamma`` or, under ``conl.gamma_quantile``, one per
     language. Returns (pool, gamma per row or None, language -> gamma)."""
     conf = q.max(-1)
-    gamma, by_lang = relative_gamma(conf, target.langs, cfg.gamma_quantile) if cfg.gamma_quantile else (None, {})
+    classes = q.argmax(-1) if cfg.gamma_groups == "class" else None
+    gamma, by_lang = (relative_gamma(conf, target.langs, cfg.gamma_quantile, classes) if cfg.gamma_quantile
+                      else (None, {}))
     pool = NegativePool(np.arange(len(target)), q.argmax(-1), conf, cfg.gamma if gamma is None else gamma,
                         num_classes, target.langs, seed=seed)
     return pool, gamma, by_lang

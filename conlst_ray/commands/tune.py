@@ -23,6 +23,7 @@ from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
 from conlst_ray.ray_jobs.search_space import apply, parse_search_space
+from conlst_ray.reporting.predictions import TargetPredictions
 from conlst_ray.reporting.report import accuracy_tables, calibration_report
 from conlst_ray.reporting.tables import write_table
 
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
     # the best trial's CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)
     best_trial = Path(best.metrics["model_dir"]).parent.parent
     calibration = calibration_report(best_cfg, run, str(best_trial / "conl" / "model"), out, log=print,
-                                     after_dir=out / "analysis" / best_trial.name)
+                                     predictions=TargetPredictions(best_cfg, run, print,
+                                                                   out / "analysis" / best_trial.name))
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
           f"{out / 'best_config.yaml'}\n")

@@ -202,8 +202,11 @@ class CoNLConfig(Section):
     complementary: Literal["set", "one"] = param("set", help="Eq. 4: a confident anchor's negatives come from every class except its pseudo-label (set), or from one of them drawn at random (one)")
     negative_bank: Literal["step", "anchor"] = param("step", help="step = one bank of confident samples per step, encoded once and shared by the anchors; anchor = K fresh samples per anchor")
     bank_per_class: Optional[Int] = param(None, ge=1, help="members per (language, class) in a step's bank; null = K")
+    gamma_groups: Literal["language", "class"] = param("language", help="what conl.gamma_quantile is taken within: each language's rows, or each (language, pseudo-label) group, so that every class has confident rows to be a negative")
     negative_scope: Literal["language", "pooled"] = param("language", help="draw negatives from the anchor's language or all targets")
     lr: Float = param(5e-5, gt=0.0, help="paper: 2e-6 mBERT, 5e-6 XLM-R")
+    optimizer: Literal["adamw", "sgd"] = param("adamw", help="adamw (the paper) moves every weight by about conl.lr per step whatever the loss; sgd (momentum 0.9) moves them in proportion to the gradient, so a term near 0 moves little")
+    train_classifier: Bool = param(True, help="False = the classification head is frozen in CoNL (it gets gradient only from lambda * L_CLCS, Eq. 8)")
     epochs: Int = param(1, ge=1)
     batch_size: Int = param(32, ge=1)
     source_batch_size: Int = param(32, ge=1, help="N source samples per step for CLCS, Eq. 7")
@@ -268,6 +271,13 @@ class ResourcesConfig(Section):
     torch_threads: Optional[Int] = param(None, ge=1, help="torch threads per inference actor (default: torch's)")
 
 
+class SelectionConfig(Section):
+    """Which stage model a run hands back, chosen without target labels
+    (reporting/selection.py)."""
+    rule: Literal["label_free", "last"] = param("label_free", help="label_free = walk zero-shot -> CoNL -> self-training and stop before the first stage whose source dev accuracy falls more than selection.source_dev_tolerance below zero-shot's (a stage built on a refused one is refused too); last = the final stage, whatever it scores")
+    source_dev_tolerance: Float = param(0.5, ge=0.0, help="accuracy points on the source dev set a stage may lose against the zero-shot model and still be handed back")
+
+
 class TuneConfig(Section):
     num_samples: Int = param(4, ge=1)
     metric: Literal["target_dev_acc", "source_dev_acc"] = param("target_dev_acc")
@@ -289,6 +299,7 @@ class Config(Section):
     ssl: SSLConfig = param(factory=SSLConfig, stages=(SSL,))
     translation: TranslationConfig = param(factory=TranslationConfig, stages=(BACKTRANSLATION,))
     resources: ResourcesConfig = param(factory=ResourcesConfig)
+    selection: SelectionConfig = param(factory=SelectionConfig)
     tune: TuneConfig = param(factory=TuneConfig)
 
     @model_validator(mode="after")

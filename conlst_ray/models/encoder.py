@@ -261,10 +261,14 @@ def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
     raise ValueError(f"model.freeze_layers: cannot find the transformer layers of {type(encoder).__name__}")
 
 
-def apply_freezing(model: ConlstEncoder, model_cfg) -> dict:
+def apply_freezing(model: ConlstEncoder, model_cfg, freeze_classifier: bool = False) -> dict:
     """``model.freeze_embeddings`` / ``model.freeze_layers``: switch off the
-    gradients of the word embeddings and of the lower N layers. Returns the
-    counts of trainable and frozen parameters (logged by every stage)."""
+    gradients of the word embeddings and of the lower N layers (and of the
+    classification head when ``freeze_classifier``: CoNL under
+    ``conl.train_classifier=false``). Returns the counts of trainable and
+    frozen parameters (logged by every stage)."""
+    if freeze_classifier:
+        model.classifier.requires_grad_(False)
     if model_cfg.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
     if model_cfg.freeze_layers:

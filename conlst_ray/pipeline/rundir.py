@@ -32,6 +32,7 @@ class RunDir:
         translations/<mode>/         back-translations, translate-train
         targets/<lang>/              a per-language sub-run (data.target_mode=per_language)
         results/, analysis/          the report and what its analysis computed
+        model                        -> the stage model the selection rule hands back
     """
 
     def __init__(self, root: str | Path, recompute: bool = False):
@@ -57,6 +58,10 @@ class RunDir:
 
     def model(self, stage: str) -> Path:
         return self.root / stage / "model"
+
+    @property
+    def handed_back(self) -> Path:
+        return self.root / "model"
 
     def pseudo_labels(self, name: str = "source") -> Path:
         return self.root / "pseudo_labels" / name

@@ -44,6 +44,11 @@ def stage_algorithm(stage: str, model, cfg, tokenizer, device, loop_cfg: dict, s
     return SelfTraining(model, cfg, tokenizer, device, source, target, backtranslated)
 
 
+def freeze(model, cfg, stage: str) -> dict:
+    """The parameters this stage trains (model.freeze_*, conl.train_classifier)."""
+    return apply_freezing(model, cfg.model, freeze_classifier=stage == "conl" and not cfg.conl.train_classifier)
+
+
 def train_loop_per_worker(loop_cfg: dict) -> None:
     """One stage on one worker. ``loop_cfg``: stage, config (the Config object),
     model_in, model_out, target_corpus, pseudo_labels, translations,
@@ -57,7 +62,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     device = ray.train.torch.get_device()
     tokenizer = AutoTokenizer.from_pretrained(loop_cfg["model_in"])
     model = ConlstEncoder.load(loop_cfg["model_in"])
-    frozen = apply_freezing(model, cfg.model)  # before DDP and the optimizer see the parameters
+    frozen = freeze(model, cfg, loop_cfg["stage"])  # before DDP and the optimizer see the parameters
     model.to(device).train()
     ddp = ray.train.torch.prepare_model(StepModule(model, cfg.resources.precision),
                                         parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -182,7 +187,7 @@ def fit_plain(stage: str, cfg, model_in: str, corpus_dir: Path, *, target_corpus
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_in)
     model = ConlstEncoder.load(model_in)
-    apply_freezing(model, cfg.model)
+    freeze(model, cfg, stage)
     model.to(device).train()
     tokens = prepare_stage_tokens(stage, cfg, model_in, Path(corpus_dir), target_corpus, None, None, log=lambda *_: None)
     loop_cfg = {"tokens": tokens, "pseudo_labels": pseudo_labels}

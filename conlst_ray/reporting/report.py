@@ -14,6 +14,8 @@ from conlst_ray.config.provenance import digest
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.data.token_files import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.predictions import TargetPredictions
+from conlst_ray.reporting.selection import hand_back
 from conlst_ray.reporting.analysis import (recall_by_class, band_transitions, calibration_markdown, calibration_rows, class_markdown, class_rows, join_with_gold, transitions_markdown)
 from conlst_ray.reporting.tables import write_language_table, write_table
 
@@ -76,9 +78,10 @@ def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
     return accs
 
 
-def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "") -> str:
+def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "", scores: dict | None = None) -> str:
     """Write ``out/<prefix>accuracy_{dev,test}.{md,csv}``; ``models``: row
-    name -> model directory (or lang -> directory)."""
+    name -> model directory (or lang -> directory). ``scores``, when given,
+    receives split -> row name -> language -> accuracy (a fraction)."""
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     text = []
     for split in ("dev", "test"):
@@ -86,6 +89,8 @@ def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "") -
         results = {name: evaluate_per_language(cfg, path, split, log) if isinstance(path, dict)
                    else evaluate(cfg, path, split, log, by_class.setdefault(name, {})) for name, path in models.items()}
         results = {k: v for k, v in results.items() if v}
+        if scores is not None:
+            scores[split] = results
         if results:
             md = write_language_table(results, langs, cfg.data.source_lang, out / f"{prefix}accuracy_{split}")
             text.append(f"Per-language accuracy (%), {split}:\n\n{md}")
@@ -119,57 +124,8 @@ def finished_models(cfg, run: RunDir) -> dict:
 
 # -- calibration (Table 4, Fig. 3-4) ---------------------------------------------------------
 
-def _predictions_after_conl(cfg, run: RunDir, conl: str | dict, out: Path, log) -> Path:
-    """The CoNL model's pseudo-labels for the target corpus, by the same Ray
-    Data job that made the source model's. Cached in ``out``, per language
-    tied to the model weights that made it: a new CoNL model relabels (an
-    analysis cache is recomputed, never refused)."""
-    from conlst_ray.ray_jobs.corpus_cache import read_manifest
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
-
-    corpus = run.target_corpus
-    for lang, model_dir in _by_language(conl):
-        langs = [lang] if lang else list(cfg.data.target_langs)
-        manifests = {code: read_manifest(corpus, code) for code in langs}
-        pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log, recompute=True)
-    return out
-
-
-# Up to this many target rows the CoNL model labels them in the driver: a Ray
-# Data job's start-up costs more (measured on 8,000 rows: about 10 s for the
-# job, under 1 s in the driver).
-DRIVER_INFERENCE_ROWS = 20_000
-
-
-def _labels_in_driver(cfg, corpus, conl: str | dict):
-    """id, lang, pseudo_label, confidence of every corpus row under the CoNL
-    model (per_language mode: each language under its own model)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from transformers import AutoTokenizer
-
-    from conlst_ray.models.encoder import ConlstEncoder
-    from conlst_ray.training.inference import default_device, predict_proba
-    from conlst_ray.training.batches import encode_table
-
-    parts = []
-    for lang, model_dir in _by_language(conl):
-        rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
-                          tokenizer.pad_token_id, cfg.source.eval_batch_size, default_device(),
-                          cfg.resources.precision)
-        parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
-                               "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))
-    return pa.concat_tables(parts)
-
-
-def _by_language(conl: str | dict) -> list[tuple]:
-    """(language, model directory) pairs; language None = one model for all."""
-    return list(conl.items()) if isinstance(conl, dict) else [(None, conl)]
-
-
-def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: Path | None = None) -> str | None:
+def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
+                       predictions: TargetPredictions | None = None) -> str | None:
     """Write calibration.{md,csv} and calibration_hist.png under ``out``,
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
     model (a directory, or lang -> directory); None (and a log line) when
@@ -181,15 +137,12 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print, after_dir: 
     if not conl or not run.is_done("pseudo_labels"):
         log("[report] calibration skipped: the run has no CoNL model or no initial pseudo-labels")
         return None
-    corpus = read_outputs(run.target_corpus)
+    predictions = predictions or TargetPredictions(cfg, run, log)
+    corpus = predictions.corpus
     if not any(label >= 0 for label in corpus.column("label").to_pylist()):
         log("[report] calibration skipped: the target corpus carries no gold labels")
         return None
-    if corpus.num_rows <= DRIVER_INFERENCE_ROWS:
-        after_table = _labels_in_driver(cfg, corpus, conl)
-    else:
-        after_table = read_outputs(_predictions_after_conl(
-            cfg, run, conl, after_dir or run.analysis / "pseudo_labels_conl", log))
+    after_table = predictions.of("conl", conl)
     langs = list(cfg.data.target_langs)
     before_table = read_outputs(before_dir)
     write_table(out / "calibration_transitions", *band_transitions(before_table, after_table, corpus, langs),
@@ -241,11 +194,15 @@ def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibra
     """Every table and figure of one run under RUN/results; returns the text."""
     models = models if models is not None else finished_models(cfg, run)
     out = run.stage("results")
-    parts = [accuracy_tables(cfg, out, models, log)]
+    scores: dict = {}
+    parts = [accuracy_tables(cfg, out, models, log, scores=scores)]
+    predictions = TargetPredictions(cfg, run, log)
     if calibration:
-        md = calibration_report(cfg, run, models.get("CoNL"), out, log)
+        md = calibration_report(cfg, run, models.get("CoNL"), out, log, predictions)
         if md:
             parts.append(md + f"\nHistograms: {out / 'calibration_hist.png'}\n")
+    if models:
+        parts.append(hand_back(cfg, run, models, scores.get("dev", {}), predictions, out, log))
     costs = stage_costs(cfg, run, out)
     if costs:
         parts.append(f"Cost per stage:\n\n{costs}")

@@ -26,12 +26,17 @@ def linear_warmup_schedule(optimizer, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0):
-    """AdamW without decay on biases and LayerNorm weights (BERT practice)."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, kind: str = "adamw"):
+    """AdamW (or SGD with momentum 0.9) without decay on biases and LayerNorm
+    weights (BERT practice). Adam divides each gradient by its running
+    scale, so every weight moves by about ``lr`` per step however small the
+    loss; SGD moves it in proportion to the gradient."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=lr)

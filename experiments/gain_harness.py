@@ -1,0 +1,181 @@
+"""The study's harness (experiments/real_gain.py): the corpora read and
+tokenised once by the pipeline's own Ray tasks, then every row trained in
+this process -- the stage objects of conlst_ray.algorithm in the one step
+loop (training.loop.fit), as under Ray Train, without a TorchTrainer
+start-up per row -- and scored on the dev sets, on the GPU when there is one."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from conlst_ray.config import with_values
+from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_max_rows
+
+
+@dataclass
+class Shared:
+    """What every row reads: the tokenised corpora, the tokenizer, the device."""
+    cfg: object
+    init_dir: Path
+    tokenizer: object
+    source: object              # labelled source rows
+    target: object              # unlabelled target rows (gold kept for analysis only)
+    evals: list                 # [source dev rows, target dev rows]
+    device: torch.device
+    q_source: Optional[np.ndarray] = None      # the zero-shot model's q of every target row
+    predictions: dict = field(default_factory=dict)   # row -> target-row predictions
+
+
+def prepare(cfg, out: Path, log=print) -> Shared:
+    """Read and tokenise every corpus (cached under ``out/corpus``) and make
+    the initial model (the pretrained encoder and a fresh head)."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from conlst_ray.data.token_files import tokenizer_stamp
+    from conlst_ray.models.encoder import build_model, build_tokenizer
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_eval_rows, read_stage_data
+    from conlst_ray.training.optim import seed_everything
+
+    if not ray.is_initialized():
+        ray.init(address="local", log_to_driver=False, include_dashboard=False)
+    init_dir = out / f"seed{cfg.seed}" / "init" / "model"
+    if not (init_dir / "config.json").is_file():
+        seed_everything(cfg.seed)  # the head's initialisation: a seed changes the source model too
+        tok = build_tokenizer(cfg.model, cfg.data)
+        build_model(cfg.model, tok, cfg.data.task.labels, cfg.data.task.kind).save(init_dir, tok)
+    corpus_dir = out / "corpus"
+    target_root = corpus_dir / CORPUS_FOLDERS["data.target_train"]
+    ingest_corpora(cfg.data.target_train, cfg.data.target_langs, target_root, cfg.data, cfg.resources.cpus_per_task,
+                   log, max_rows=corpus_max_rows(cfg, "data.target_train"))
+    tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), corpus_dir, str(target_root), None,
+                                  list(cfg.data.target_langs), log)
+    stamp = tokenizer_stamp(str(init_dir), cfg.data.max_length)
+    source, target = read_stage_data({"tokens": tokens}, stamp)
+    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    return Shared(cfg, init_dir, AutoTokenizer.from_pretrained(init_dir), source, target,
+                  read_eval_rows({"tokens": tokens}, stamp), device)
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+def _q(shared: Shared, model, rows) -> np.ndarray:
+    from conlst_ray.training.inference import predict_proba
+
+    c = shared.cfg
+    return predict_proba(model, rows, shared.tokenizer.pad_token_id, c.source.eval_batch_size, shared.device,
+                         c.resources.precision)
+
+
+def score(shared: Shared, model) -> dict:
+    """Dev accuracy (%) per language: English (source dev) and every target."""
+    from conlst_ray.training.inference import accuracy_by_language
+
+    accs = {}
+    for rows in shared.evals:
+        accs.update(accuracy_by_language(_q(shared, model, rows), rows))
+    return {lang: 100 * acc for lang, acc in accs.items()}
+
+
+def target_predictions(shared: Shared, model) -> np.ndarray:
+    """q of every unlabelled target row."""
+    return _q(shared, model, shared.target)
+
+
+# -- training --------------------------------------------------------------------------------
+
+def load(model_dir, cfg, stage: str, device):
+    from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.ray_jobs.train import freeze
+
+    model = ConlstEncoder.load(model_dir)
+    freeze(model, cfg, stage)
+    return model.to(device).train()
+
+
+def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
+    """Source fine-tuning, kept at its best epoch on the English dev set (no
+    target label read): the model every row starts from, and the curve."""
+    from conlst_ray.algorithm.base import SourceTraining
+    from conlst_ray.training.loop import StepModule, fit
+
+    cfg, model_out = shared.cfg, out / f"seed{shared.cfg.seed}" / "source" / "model"
+    done = model_out.parent / "DONE.json"
+    if done.is_file():
+        return model_out, json.loads(done.read_text())["curve"]
+    model = load(shared.init_dir, cfg, "source", shared.device)
+    algo = SourceTraining(model, cfg, shared.tokenizer, shared.device, shared.source)
+    curve, best, t0 = [], None, time.time()
+    for epoch, step, logs in fit(algo, StepModule(model, cfg.resources.precision),
+                                 prefetch_depth=cfg.resources.prefetch_batches):
+        en = score(shared, model)[cfg.data.source_lang]
+        model.train()  # scoring put it in eval mode: the next epoch trains with dropout again
+        curve.append({"epoch": epoch, "step": step, "loss": logs.get("loss"), "source_dev_acc": en,
+                      "seconds": time.time() - t0})
+        log(f"[source] epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, English dev {en:.1f}")
+        if best is None or en > best[0]:
+            best = (en, epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    model.save(model_out, shared.tokenizer)
+    done.write_text(json.dumps({"curve": curve, "best_epoch": best[1]}))
+    return model_out, curve
+
+
+def weight_change(before: dict, model, steps: int) -> dict:
+    """Relative L2 change of each part (encoder, classification head,
+    contrastive head), and the mean absolute change of an encoder weight per
+    optimizer step (Adam moves each weight by about the rate per step,
+    whatever the loss)."""
+    parts: dict = {"encoder": [0.0, 0.0], "classifier": [0.0, 0.0], "contrastive_head": [0.0, 0.0]}
+    abs_sum, count = 0.0, 0
+    for name, p in model.named_parameters():
+        part = name.split(".", 1)[0] if name.split(".", 1)[0] in parts else "encoder"
+        d = (p.detach().float() - before[name].float())
+        parts[part][0] += float(d.pow(2).sum())
+        parts[part][1] += float(before[name].float().pow(2).sum())
+        if part == "encoder":
+            abs_sum, count = abs_sum + float(d.abs().sum()), count + d.numel()
+    out = {f"change_{k}": (s / max(n, 1e-30)) ** 0.5 for k, (s, n) in parts.items()}
+    out["encoder_step_per_weight"] = abs_sum / max(count, 1) / max(steps, 1)
+    return out
+
+
+def trained_label_accuracy(algo) -> Optional[float]:
+    """Accuracy of the labels a self-training iteration trained on."""
+    gold = getattr(algo.target, "gold", None)
+    sel = algo.selected[gold[algo.selected] >= 0] if gold is not None else []
+    return float((algo.pred[sel] == gold[sel]).mean()) if len(sel) else None
+
+
+def train_row(shared: Shared, stage: str, cls, start_dir: Path, overrides: dict, steps_file: Path,
+              save_to: Optional[Path] = None) -> tuple[object, dict]:
+    """One row: ``cls`` (a stage object or a probe subclass) trained from the
+    model in ``start_dir`` under the study's config plus ``overrides``.
+    Returns the trained model and what was measured."""
+    from conlst_ray.training.loop import StepModule, fit
+
+    cfg = with_values(shared.cfg, overrides)
+    model = load(start_dir, cfg, stage, shared.device)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    extra = (shared.q_source,) if stage == "conl" else ()
+    algo = cls(model, cfg, shared.tokenizer, shared.device, shared.source, shared.target, *extra)
+    epochs, t0, step = [], time.time(), 0
+    for epoch, step, logs in fit(algo, StepModule(model, cfg.resources.precision),
+                                 prefetch_depth=cfg.resources.prefetch_batches, steps_file=steps_file):
+        if stage == "ssl":
+            logs["trained_label_acc"] = trained_label_accuracy(algo)
+        epochs.append(logs)
+    seconds = time.time() - t0
+    if stage == "conl":
+        epochs[-1].update({f"pool_{k}": v for k, v in algo.pool.stats.items()})
+    if save_to is not None:
+        model.save(save_to, shared.tokenizer)
+    return model, {"steps": step, "seconds": seconds, "epochs": epochs, **weight_change(before, model, step)}

@@ -1,0 +1,152 @@
+"""docs/REAL_GAIN.md from the study's rows (experiments/real_gain.py):
+accuracy per language and per-stage deltas, what each stage did to the
+weights and losses, the label-free signals and how often the label-free
+rule picks the truly best stage of a chain. Hand-written findings, kept in
+docs/real_gain_findings.md, are included as they are."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.reporting.selection import StageSignals, choose_stage
+from conlst_ray.reporting.tables import to_markdown
+
+LOSSES = ("loss_cl", "loss_clcs", "loss_nl_target", "loss_sup", "loss_u", "negatives_missing")
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def _target_avg(scores: dict, langs) -> float:
+    return _mean([scores.get(lang) for lang in langs])
+
+
+def accuracy_rows(by_seed: dict, names: list, cfg) -> tuple[list, list]:
+    """Per-language accuracy, mean over the seeds that ran the row, and the
+    change of the target average and of English against the start row."""
+    langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
+    header = ["row", "seeds"] + langs + ["avg", "avg vs start", "en vs start"]
+    rows = []
+    for name in names:
+        runs = [res for res in by_seed.values() if name in res]
+        if not runs:
+            rows.append([name, 0] + [""] * (len(langs) + 3))
+            continue
+        per_lang = [_mean([r[name]["scores"].get(lang) for r in runs]) for lang in langs]
+        avg = _mean([_target_avg(r[name]["scores"], cfg.data.target_langs) for r in runs])
+        start = runs[0][name].get("start")
+        d_avg = d_en = ""
+        if start:
+            d_avg = _mean([_target_avg(r[name]["scores"], cfg.data.target_langs)
+                           - _target_avg(r[start]["scores"], cfg.data.target_langs) for r in runs])
+            d_en = _mean([r[name]["scores"][langs[0]] - r[start]["scores"][langs[0]] for r in runs])
+        rows.append([name, len(runs)] + per_lang + [avg, d_avg, d_en])
+    return header, rows
+
+
+def mechanism_rows(by_seed: dict, names: list) -> tuple[list, list]:
+    """What each trained row did (first seed that ran it)."""
+    header = ["row", "steps", "seconds", "encoder change", "head change", "contrastive head change",
+              "encoder step/weight", *LOSSES, "selected share", "selected acc", "all-rows acc", "trained-label acc"]
+    rows = []
+    for name in names:
+        res = next((r[name] for r in by_seed.values() if name in r and "epochs" in r[name]), None)
+        if res is None:
+            continue
+        epochs = res["epochs"]
+        fmt = lambda key: " / ".join(f"{100 * e[key]:.0f}" for e in epochs if e.get(key) is not None)  # noqa: E731
+        rows.append([name, res["steps"], res["seconds"], f"{res['change_encoder']:.2e}",
+                     f"{res['change_classifier']:.2e}", f"{res['change_contrastive_head']:.2e}",
+                     f"{res['encoder_step_per_weight']:.2e}"]
+                    + [_fmt3(_mean([e.get(k) for e in epochs])) for k in LOSSES]
+                    + [fmt("selected_share"), fmt("selected_pseudo_label_acc"), fmt("all_pseudo_label_acc"),
+                       fmt("trained_label_acc")])
+    return header, rows
+
+
+def _fmt3(v):
+    return "" if v is None else f"{v:.4f}"
+
+
+def rule_rows(by_seed: dict, names: list, chain_of, cfg) -> tuple[list, list, tuple[int, int]]:
+    """For each seed and trained row: its chain zero-shot -> ... -> row, the
+    stage the label-free rule hands back and the truly best one (target dev
+    average, read here only to grade the rule)."""
+    header = ["seed", "chain", "source dev (%)", "target confidence (%)", "agreement with start (%)",
+              "rule hands back", "truly best", "hit"]
+    rows, hits, total = [], 0, 0
+    for seed, res in by_seed.items():
+        for name in names[1:]:
+            chain = chain_of(name)
+            if not all(n in res for n in chain):
+                continue
+            signals = [StageSignals(**res[n]["signals"]) for n in chain]
+            pick, _ = choose_stage(signals, "label_free", cfg.selection.source_dev_tolerance)
+            avgs = [_target_avg(res[n]["scores"], cfg.data.target_langs) for n in chain]
+            best = max(range(len(chain)), key=lambda i: avgs[i])
+            hit = avgs[pick] == avgs[best]
+            hits, total = hits + hit, total + 1
+            rows.append([seed, " -> ".join(chain), " / ".join(f"{s.source_dev_acc:.1f}" for s in signals),
+                         " / ".join(f"{100 * s.target_confidence:.1f}" for s in signals),
+                         " / ".join("" if s.agreement_with_previous is None else f"{100 * s.agreement_with_previous:.1f}"
+                                    for s in signals), chain[pick], chain[best], "yes" if hit else "no"])
+    return header, rows, (hits, total)
+
+
+def sanity_line(by_seed: dict, names: list) -> str:
+    name = next((n for n in names if "learning rate 0" in n), None)
+    runs = [r for r in by_seed.values() if name in r]
+    if not runs:
+        return ""
+    same = all(r[name]["scores"] == r["zero-shot"]["scores"] for r in runs)
+    zero = all(r[name]["change_encoder"] == 0 and r[name]["change_classifier"] == 0 for r in runs)
+    return (f"Sanity row ({name}): scores {'identical to' if same else 'DIFFERENT FROM'} zero-shot in every "
+            f"language, to the last digit; weight change {'exactly 0' if zero else 'NOT 0'}.\n")
+
+
+def write_report(cfg, by_seed: dict, names: list, chain_of, docs: Path, argv: list, seconds: float) -> Path:
+    import torch
+
+    docs.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
+    curves = "\n".join(f"- seed {seed}: " + ", ".join(f"epoch {c['epoch']}: {c['source_dev_acc']:.1f}"
+                                                     for c in res["zero-shot"]["source_curve"])
+                       for seed, res in by_seed.items())
+    hdr, rows, (hits, total) = rule_rows(by_seed, names, chain_of, cfg)
+    findings = docs / "real_gain_findings.md"
+    text = [
+        "# Does each stage improve a real model? (issue 23)\n",
+        f"Made by `python experiments/real_gain.py {' '.join(argv)}` on {device}, {seconds:.0f} s. "
+        f"Model `{cfg.model.name_or_path}`; source `{cfg.data.source_train}` "
+        f"(cap {cfg.data.max_source_rows or 'none'}); targets {', '.join(cfg.data.target_langs)} "
+        f"(unlabelled text = `{cfg.data.target_train}`); scores on `{cfg.data.target_dev}` and "
+        f"`{cfg.data.source_dev}`. Every row of a seed starts from that seed's one source model and one set of "
+        "pseudo-labels. XNLI is CC BY-NC 4.0 (research use).\n",
+        f"Source model, English dev accuracy per epoch (the best epoch is kept):\n\n{curves}\n",
+        sanity_line(by_seed, names),
+        "## Accuracy (%) on XNLI dev, mean over seeds\n",
+        to_markdown(*accuracy_rows(by_seed, names, cfg)),
+        "## What each stage did (first seed)\n",
+        "Weight change = ||theta_after - theta_before|| / ||theta_before|| per part; encoder step/weight = mean "
+        "|change| of an encoder weight per optimizer step; loss terms are means over the stage's steps; shares "
+        "and accuracies (%) are per self-training iteration.\n",
+        to_markdown(*mechanism_rows(by_seed, names)),
+        "## Label-free signals and the hand-back rule\n",
+        f"The label-free rule (selection.rule=label_free, tolerance {cfg.selection.source_dev_tolerance:g} "
+        f"points of source dev accuracy) handed back the truly best stage of its chain in **{hits} of {total}** "
+        "chains.\n",
+        to_markdown(hdr, rows),
+    ]
+    if findings.is_file():
+        text.append(findings.read_text())
+    out = docs / "REAL_GAIN.md"
+    atomic_write_text(out, "\n".join(text))
+    atomic_write_text(docs / "real_gain.json", json.dumps({str(s): r for s, r in by_seed.items()}, indent=1,
+                                                           default=float))
+    return out

@@ -1,0 +1,202 @@
+"""Does each stage give a real model a better target-language model? -> docs/REAL_GAIN.md
+
+multilingual-e5-small (4-bit weights, dequantised) on real XNLI, sized for
+one GPU and about 8 minutes: one source model (24,511 English MultiNLI
+pairs, kept at its best epoch on English XNLI dev), one set of
+pseudo-labels, then every row trained from them in this process (the stage
+objects in the one step loop, experiments/gain_harness.py) and scored on
+XNLI dev of English and six target languages. The rows, in the order they
+run (a row left when --budget-s is spent is marked as not run):
+
+- zero-shot; CoNL with learning rate 0 (must reproduce zero-shot exactly);
+  CoNL with the paper's settings;
+- self-training from the source model (class quantile); CoNLST (the paper's
+  CoNL, then self-training); self-training whose selected rows carry their
+  gold labels (the ceiling of the stage);
+- CoNL probes, one change each: L_CL only, L_CLCS only, the head frozen,
+  SGD instead of AdamW, gamma per (language, class);
+- FlexMatch self-training from the source model.
+
+Per row: per-language accuracy and its change against the model it started
+from; the relative weight change of encoder and heads; the mean of every
+loss term; the selected share and its pseudo-label accuracy; the label-free
+signals (source dev accuracy, mean confidence and agreement with the start
+model on the target rows) and whether the label-free rule
+(reporting/selection.py) picks the truly best stage of the row's chain.
+
+    python experiments/real_gain.py                       # the GPU study (~8 min on one H100)
+    python experiments/real_gain.py --seeds 0 1 2 --rows "CoNL (paper" # chosen rows, three seeds
+    python experiments/real_gain.py --tiny --out /tmp/g --docs /tmp/g  # a tiny BERT on a few hundred
+                                                          # real rows, CPU, about a minute (tests run it)
+
+Extra ``key=value`` arguments change the study's config for every row.
+Finished rows are kept under --out (a rerun continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from conlst_ray.algorithm.conl import CoNL  # noqa: E402
+from conlst_ray.algorithm.self_training import SelfTraining  # noqa: E402
+from conlst_ray.config import load_config, with_values  # noqa: E402
+from experiments.gain_variants import ClcsOnlyCoNL, OracleSelfTraining, ZeroRateCoNL  # noqa: E402
+
+CONFIG = REPO / "tune_configs" / "xnli_e5_small.yaml"
+DATA = REPO.parent / "shared" / "data"
+STUDY = [f"data.source_train=xnli_mt_tsv:{DATA}/mnli_25k/multinli.train.{{lang}}.tsv",
+         "data.target_langs=[ar,de,fr,sw,ur,zh]", "data.eval_during_training=true",
+         "source.epochs=3", "ssl.iterations=2"]
+TINY = ["model.name_or_path=tiny-bert", f"model.tokenizer={DATA}/vocab/bert-base-multilingual-cased-vocab.txt",
+        "data.target_langs=[de,sw]", "data.max_rows=48", "data.max_source_rows=320", "source.epochs=2",
+        "source.lr=1e-3", "conl.batch_size=16", "conl.source_batch_size=16", "ssl.batch_size=8",
+        "ssl.iterations=1", "resources.use_gpu=false", "resources.precision=fp32", "source.eval_batch_size=64"]
+ZS = "zero-shot"
+CONL_PAPER = "CoNL, paper settings"
+
+
+@dataclass
+class Row:
+    name: str
+    stage: str             # conl | ssl
+    start: str             # the row whose model it starts from
+    cls: type
+    overrides: dict = field(default_factory=dict)
+
+
+ROWS = [
+    Row("CoNL, learning rate 0 (sanity)", "conl", ZS, ZeroRateCoNL),
+    Row(CONL_PAPER, "conl", ZS, CoNL),
+    Row("self-training, class quantile (no CoNL)", "ssl", ZS, SelfTraining, {"ssl.thresholding": "class_quantile"}),
+    Row("CoNLST (paper CoNL, then class-quantile self-training)", "ssl", CONL_PAPER, SelfTraining,
+        {"ssl.thresholding": "class_quantile"}),
+    Row("self-training oracle: selected rows carry gold labels", "ssl", ZS, OracleSelfTraining,
+        {"ssl.thresholding": "class_quantile"}),
+    Row("CoNL, L_CL only", "conl", ZS, CoNL, {"conl.use_clcs": False}),
+    Row("CoNL, L_CLCS only", "conl", ZS, ClcsOnlyCoNL),
+    Row("CoNL, classification head frozen", "conl", ZS, CoNL, {"conl.train_classifier": False}),
+    Row("CoNL, SGD (momentum 0.9, lr 1e-3)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-3}),
+    Row("CoNL, gamma per language and class (top 30 %)", "conl", ZS, CoNL,
+        {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}),
+    Row("self-training, FlexMatch (no CoNL)", "ssl", ZS, SelfTraining,
+        {"ssl.thresholding": "flexmatch", "ssl.threshold_quantile": 0.7}),
+]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def chain_of(name: str) -> list[str]:
+    """The rows from zero-shot to ``name`` (each row's start, recursively)."""
+    by_name = {r.name: r for r in ROWS}
+    out = [name]
+    while out[0] != ZS:
+        out.insert(0, by_name[out[0]].start)
+    return out
+
+
+def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, log=print) -> dict:
+    """Every row of one seed (finished rows read back from ``out``)."""
+    import numpy as np
+
+    from experiments import gain_harness as h
+    from conlst_ray.reporting.selection import StageSignals
+
+    shared = h.prepare(cfg, out, log)
+    seed_dir = out / f"seed{cfg.seed}"
+    source_dir, curve = h.train_source(shared, out, log)
+    results: dict = {}
+    model_dirs = {ZS: source_dir}
+
+    def measure(name: str, model, start: str | None, info: dict) -> dict:
+        q = h.target_predictions(shared, model)
+        shared.predictions[name] = q.argmax(-1)
+        scores = h.score(shared, model)
+        agree = float((q.argmax(-1) == shared.predictions[start]).mean()) if start else None
+        signals = StageSignals(name, scores[cfg.data.source_lang], float(q.max(-1).mean()), agree)
+        return {**info, "scores": scores, "signals": signals.__dict__}
+
+    from conlst_ray.models.encoder import ConlstEncoder
+    zs_model = ConlstEncoder.load(source_dir)
+    shared.q_source = h.target_predictions(shared, zs_model)
+    results[ZS] = measure(ZS, zs_model, None, {"source_curve": curve})
+    del zs_model
+    for row in rows:
+        row_file = seed_dir / "rows" / f"{slug(row.name)}.json"
+        if row_file.is_file() and (row.start == ZS or row.start in model_dirs):
+            results[row.name] = json.loads(row_file.read_text())
+            shared.predictions[row.name] = np.asarray(results[row.name].pop("_predictions"))
+            if (seed_dir / "models" / slug(row.name)).is_dir():
+                model_dirs[row.name] = seed_dir / "models" / slug(row.name)
+            continue
+        if row.start not in model_dirs:
+            log(f"[study] {row.name}: skipped, its start row {row.start!r} did not run")
+            continue
+        if time.time() - t_start > budget_s:
+            log(f"[study] {row.name}: not run, --budget-s {budget_s:g} spent")
+            continue
+        keep = any(r.start == row.name for r in rows)  # a later row starts from this one
+        save_to = seed_dir / "models" / slug(row.name) if keep else None
+        model, info = h.train_row(shared, row.stage, row.cls, model_dirs[row.start], row.overrides,
+                                  seed_dir / "rows" / f"{slug(row.name)}.steps.jsonl", save_to)
+        if save_to is not None:
+            model_dirs[row.name] = save_to
+        results[row.name] = measure(row.name, model, row.start, {"stage": row.stage, "start": row.start,
+                                                                  "overrides": row.overrides, **info})
+        del model
+        row_file.parent.mkdir(parents=True, exist_ok=True)
+        row_file.write_text(json.dumps({**results[row.name], "_predictions": shared.predictions[row.name].tolist()},
+                                       default=float))
+        log(f"[study] {row.name}: {info['seconds']:.0f} s, target avg "
+            f"{mean_target(results[row.name]['scores'], cfg):.1f} (zero-shot {mean_target(results[ZS]['scores'], cfg):.1f})")
+    return results
+
+
+def mean_target(scores: dict, cfg) -> float:
+    vals = [scores[lang] for lang in cfg.data.target_langs if lang in scores]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def study_config(args):
+    overrides = STUDY + (TINY if args.tiny else []) + list(args.overrides)
+    return load_config(CONFIG, overrides)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--tiny", action="store_true", help="a tiny BERT on a few hundred rows (CPU, the test)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rows", nargs="+", help="run only the rows whose names start with these (and their starts)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
+    parser.add_argument("--out", default=str(REPO / "runs" / "real_gain"))
+    parser.add_argument("--docs", default=str(REPO / "docs"))
+    args = parser.parse_args(argv)
+    from experiments.gain_report import write_report
+
+    cfg = study_config(args)
+    rows = ROWS
+    if args.rows:
+        wanted = {n for r in ROWS if any(r.name.startswith(p) for p in args.rows) for n in chain_of(r.name)}
+        rows = [r for r in ROWS if r.name in wanted]
+    t0, by_seed = time.time(), {}
+    for seed in args.seeds:
+        seed_cfg = with_values(cfg, {"seed": seed})
+        by_seed[seed] = run_seed(seed_cfg, rows, Path(args.out), args.budget_s, t0)
+        write_report(cfg, by_seed, [ZS] + [r.name for r in rows], chain_of, Path(args.docs),
+                     sys.argv[1:] if argv is None else argv, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
