@@ -96,6 +96,7 @@ def load(model_dir, cfg, stage: str, device):
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.ray_jobs.train import freeze
 
+    torch.manual_seed(cfg.seed)  # as a Ray Train worker does before its stage
     model = ConlstEncoder.load(model_dir)
     freeze(model, cfg, stage)
     return model.to(device).train()
