@@ -38,6 +38,42 @@ def test_source_stage_in_process(tmp_path, ray_session):
     assert metrics["epoch"] == 1 and 0 <= metrics["target_dev_acc"] <= 1
 
 
+def test_keep_best_epoch_hands_on_the_epoch_with_the_best_source_dev_accuracy(tmp_path, ray_session):
+    from conlst_ray.reporting.report import evaluate
+
+    cfg = load_config(None, SMALL + ["source.keep_best_epoch=true", "source.epochs=3"])
+    fit_stage("source", cfg, tmp_path / "source", init_model(tmp_path, cfg), num_workers=0)
+    records = [json.loads(line) for line in (tmp_path / "source" / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["source_dev_acc"] for r in records]
+    assert [r["best_source_dev_acc"] for r in records] == list(np.maximum.accumulate(accs))
+    kept = [r["epoch"] for r in records if "kept_epoch" in r]
+    assert kept[0] == 0 and kept[-1] == int(np.argmax(accs))
+    assert evaluate(cfg, str(tmp_path / "source" / "model"), "dev", log=lambda *_: None)["src"] == max(accs)
+
+
+def test_best_epoch_saves_only_improvements_and_survives_a_restart():
+    from conlst_ray.ray_jobs.train import BestEpoch
+
+    class Model:
+        saved = []
+
+        def save(self, out, tokenizer):
+            self.saved.append(self.epoch)
+
+    cfg = load_config(None, ["source.keep_best_epoch=true"])
+    loop_cfg = {"stage": "source", "model_out": "unused"}
+    best, model = BestEpoch(loop_cfg, cfg, None, None), Model()
+    for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.7]):
+        model.epoch = epoch
+        best.consider(model, epoch, {"source_dev_acc": acc})
+    assert Model.saved == [0, 1] and best.kept and best.acc == 0.7
+    restarted = BestEpoch(loop_cfg, cfg, {"best_source_dev_acc": 0.7}, None)
+    model.epoch = 4
+    restarted.consider(model, 4, {"source_dev_acc": 0.65})
+    assert Model.saved == [0, 1] and restarted.kept      # the model on disk is still epoch 1's
+    assert not BestEpoch({**loop_cfg, "stage": "conl"}, cfg, None, None).on
+
+
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, ray_session):
     """A source model, the sharded target corpus and its pseudo-labels."""

@@ -187,6 +187,7 @@ class SourceTrainConfig(Section):
     max_grad_norm: Float = param(1.0, gt=0.0)
     grad_accum: Int = param(1, ge=1, help="micro-batches per optimizer step (gradient accumulation): each worker's share of a batch is split in this many, so the paper's batch sizes fit a small GPU; the same gradient up to rounding")
     eval_batch_size: Int = param(256, ge=1)
+    keep_best_epoch: Bool = param(False, help="hand on the epoch with the best source dev accuracy (data.source_dev, scored after every epoch), not the last: label-free, no target label is read")
 
 
 class CoNLConfig(Section):
@@ -310,6 +311,9 @@ class Config(Section):
         if "://" in self.output_dir:
             raise ConfigError(f"output_dir = {self.output_dir!r}: object storage is not supported yet; give a "
                               f"local path (on a cluster: one every node shares)")
+        if self.source.keep_best_epoch and not (self.data.source_dev and self.data.eval_during_training):
+            raise ConfigError("source.keep_best_epoch needs the source dev accuracy of every epoch: set "
+                              "data.source_dev and data.eval_during_training=true")
         tiny = self.model.tiny
         if self.model.name_or_path == "tiny-bert" and self.data.max_length > tiny.max_position:
             raise ConfigError(f"data.max_length = {self.data.max_length} is longer than the model's "

@@ -44,7 +44,8 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     t0 = time.time()
     metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.corpus_dir), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
-    log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}")
+    kept = f" (best epoch kept: {metrics['best_source_dev_acc']:.3f})" if "best_source_dev_acc" in metrics else ""
+    log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}{kept}")
     return str(out / "model")
 
 

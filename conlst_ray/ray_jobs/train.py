@@ -79,6 +79,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if metrics_path is not None:
         drop_replayed_records(metrics_path, step, start_epoch)
     thresholds = getattr(algorithm, "thresholds", None)
+    best = BestEpoch(loop_cfg, cfg, state, tokenizer) if rank == 0 else None
     for epoch, step, logs in fit(algorithm, ddp, start_epoch=start_epoch, step=step,
                                  prefetch_depth=cfg.resources.prefetch_batches,
                                  steps_file=metrics_path.with_name("steps.jsonl") if metrics_path else None,
@@ -94,11 +95,36 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 metrics.update(dev_metrics(model, eval_rows, tokenizer.pad_token_id, device,
                                            cfg.source.eval_batch_size, cfg.resources.precision,
                                            cfg.data.source_lang, cfg.data.target_langs))
+            best.consider(model, epoch, metrics)
             append_jsonl(metrics_path, metrics)
-        save_checkpoint({**algorithm.state_dict(), "step": step, "epoch": epoch}, metrics)
+        save_checkpoint({**algorithm.state_dict(), "step": step, "epoch": epoch,
+                         "best_source_dev_acc": best.acc if best else None}, metrics)
     if rank == 0:
-        model.save(loop_cfg["model_out"], tokenizer)
+        if not best.kept:
+            model.save(loop_cfg["model_out"], tokenizer)
         keep_tokenizer_files(loop_cfg["model_in"], loop_cfg["model_out"])  # same stamp: no re-tokenising
+
+
+class BestEpoch:
+    """``source.keep_best_epoch``: the source stage's model is the epoch with
+    the best source dev accuracy (no target label read), saved when it is
+    reached; otherwise the last epoch's, saved at the end."""
+
+    def __init__(self, loop_cfg: dict, cfg, state: Optional[dict], tokenizer):
+        self.on = loop_cfg["stage"] == "source" and cfg.source.keep_best_epoch
+        self.out, self.tokenizer = loop_cfg["model_out"], tokenizer
+        self.acc = state.get("best_source_dev_acc") if state else None
+        self.kept = self.on and self.acc is not None  # a restarted run kept one already
+
+    def consider(self, model, epoch: int, metrics: dict) -> None:
+        acc = metrics.get("source_dev_acc")
+        if not self.on or acc is None:
+            return
+        if self.acc is None or acc > self.acc:
+            self.acc, self.kept = acc, True
+            model.save(self.out, self.tokenizer)
+            metrics["kept_epoch"] = epoch
+        metrics["best_source_dev_acc"] = self.acc
 
 
 # -- the driver ------------------------------------------------------------------------------
