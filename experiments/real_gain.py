@@ -84,7 +84,7 @@ ROWS = [
     Row("CoNL, L_CL only", "conl", ZS, CoNL, {"conl.use_clcs": False}),
     Row("CoNL, L_CLCS only", "conl", ZS, ClcsOnlyCoNL),
     Row("CoNL, classification head frozen", "conl", ZS, CoNL, {"conl.train_classifier": False}),
-    Row("CoNL, SGD (momentum 0.9, lr 1e-3)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-3}),
+    Row("CoNL, SGD (momentum 0.9, lr 1e-2)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-2}),
     Row("CoNL, gamma per language and class (top 30 %)", "conl", ZS, CoNL,
         {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}),
     Row("self-training, FlexMatch (no CoNL)", "ssl", ZS, SelfTraining,
@@ -105,8 +105,11 @@ def chain_of(name: str) -> list[str]:
     return out
 
 
-def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, log=print) -> dict:
-    """Every row of one seed (finished rows read back from ``out``)."""
+def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, results: dict,
+             on_row=lambda: None, log=print) -> dict:
+    """Every row of one seed into ``results`` (finished rows read back from
+    ``out``); ``on_row`` after each row, so that a run cut short has written
+    what it measured."""
     import numpy as np
 
     from experiments import gain_harness as h
@@ -115,7 +118,6 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, l
     shared = h.prepare(cfg, out, log)
     seed_dir = out / f"seed{cfg.seed}"
     source_dir, curve = h.train_source(shared, out, log)
-    results: dict = {}
     model_dirs = {ZS: source_dir}
 
     def measure(name: str, model, start: str | None, info: dict) -> dict:
@@ -131,6 +133,7 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, l
     shared.q_source = h.target_predictions(shared, zs_model)
     results[ZS] = measure(ZS, zs_model, None, {"source_curve": curve})
     del zs_model
+    on_row()
     for row in rows:
         row_file = seed_dir / "rows" / f"{slug(row.name)}.json"
         if row_file.is_file() and (row.start == ZS or row.start in model_dirs):
@@ -157,8 +160,10 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, l
         row_file.parent.mkdir(parents=True, exist_ok=True)
         row_file.write_text(json.dumps({**results[row.name], "_predictions": shared.predictions[row.name].tolist()},
                                        default=float))
+        on_row()
         log(f"[study] {row.name}: {info['seconds']:.0f} s, target avg "
             f"{mean_target(results[row.name]['scores'], cfg):.1f} (zero-shot {mean_target(results[ZS]['scores'], cfg):.1f})")
+    on_row()  # rows read back from disk too
     return results
 
 
@@ -178,7 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny BERT on a few hundred rows (CPU, the test)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", help="run only the rows whose names start with these (and their starts)")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="start no row after this many seconds (a row takes up to ~50 s on one H100)")
     parser.add_argument("--out", default=str(REPO / "runs" / "real_gain"))
     parser.add_argument("--docs", default=str(REPO / "docs"))
     args = parser.parse_args(argv)
@@ -190,11 +196,14 @@ def main(argv=None) -> int:
         wanted = {n for r in ROWS if any(r.name.startswith(p) for p in args.rows) for n in chain_of(r.name)}
         rows = [r for r in ROWS if r.name in wanted]
     t0, by_seed = time.time(), {}
+    command = sys.argv[1:] if argv is None else argv
+
+    def report():
+        write_report(cfg, by_seed, [ZS] + [r.name for r in rows], chain_of, Path(args.docs), command, time.time() - t0)
+
     for seed in args.seeds:
-        seed_cfg = with_values(cfg, {"seed": seed})
-        by_seed[seed] = run_seed(seed_cfg, rows, Path(args.out), args.budget_s, t0)
-        write_report(cfg, by_seed, [ZS] + [r.name for r in rows], chain_of, Path(args.docs),
-                     sys.argv[1:] if argv is None else argv, time.time() - t0)
+        by_seed[seed] = {}
+        run_seed(with_values(cfg, {"seed": seed}), rows, Path(args.out), args.budget_s, t0, by_seed[seed], report)
     return 0
 
 
