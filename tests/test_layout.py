@@ -6,7 +6,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "conlst_ray"
-COMMANDS = ("run", "tune", "evaluate", "report", "pseudo_label", "translate")
+COMMANDS = ("run", "tune", "evaluate", "report", "pseudo_label", "translate", "predict")
+# other modules at the package root: the Auto-class registration sits on the models, the Python API on top
+ROOT_MODULES = {"hf": "models", "api": None}
 LAYERS = ["data", "config", "models", "training", "algorithm", "ray_jobs", "pipeline", "reporting", "commands"]
 
 
@@ -35,6 +37,9 @@ def layer(module: str) -> int:
         return -1  # the package itself (version)
     if len(parts) == 2 and parts[1] in COMMANDS:
         return len(LAYERS)  # python -m aliases at the root
+    if len(parts) == 2 and parts[1] in ROOT_MODULES:
+        below = ROOT_MODULES[parts[1]]
+        return len(LAYERS) if below is None else LAYERS.index(below)
     return LAYERS.index(parts[1])
 
 

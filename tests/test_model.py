@@ -43,8 +43,9 @@ def test_dropout_makes_two_views_and_eval_is_deterministic(tiny, synthetic_token
     assert torch.equal(tiny.embed(**enc), tiny.embed(**enc))
 
 
-def test_save_load_is_a_standard_hf_directory(tiny, synthetic_tokenizer, tmp_path):
-    from transformers import AutoModel, AutoTokenizer
+def test_save_load_is_a_hugging_face_classifier_directory(tiny, synthetic_tokenizer, tmp_path):
+    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tiny.save(tmp_path / "m", synthetic_tokenizer)
     assert (tmp_path / "m" / "model.safetensors").is_file()
@@ -52,8 +53,9 @@ def test_save_load_is_a_standard_hf_directory(tiny, synthetic_tokenizer, tmp_pat
     enc = batch(synthetic_tokenizer)
     assert torch.allclose(tiny.eval()(**enc), again(**enc))
     assert torch.allclose(tiny.contrast(tiny.embed(**enc)), again.contrast(again.embed(**enc)))
-    plain = AutoModel.from_pretrained(tmp_path / "m").eval()
-    assert torch.allclose(plain(**enc).last_hidden_state[:, 0], tiny.embed(**enc), atol=1e-6)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    assert torch.allclose(hf.encoder(**enc).last_hidden_state[:, 0], tiny.embed(**enc), atol=1e-6)
+    assert torch.allclose(hf(**enc).logits, tiny(**enc), atol=1e-6)
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert tok("kala mebu")["input_ids"] == synthetic_tokenizer("kala mebu")["input_ids"]
 

@@ -177,7 +177,7 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
     cached = shards()
     assert len(cached) == 4                                     # a shard per target language
     assert report_mod.main([str(run_dir)]) == 0 and shards() == cached
-    heads = run_dir / "conl" / "model" / "conlst_heads.safetensors"   # new weights (a touch is not a change)
+    heads = run_dir / "conl" / "model" / "model.safetensors"   # new weights (a touch is not a change)
     original = load_file(heads)
     save_file({k: v + 0.5 * torch.randn_like(v) if k.startswith("classifier.") else v
                for k, v in original.items()}, heads)
@@ -218,7 +218,7 @@ def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished
 
     # a CoNL stage that broke the model (its head scrambled): the rule refuses it and the CoNLST
     # model trained from it, and hands back zero-shot
-    heads = run_dir / "conl" / "model" / "conlst_heads.safetensors"
+    heads = run_dir / "conl" / "model" / "model.safetensors"
     original = load_file(heads)
     try:
         save_file({k: torch.randn_like(v) if k.startswith("classifier.") else v for k, v in original.items()}, heads)

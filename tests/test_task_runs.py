@@ -9,6 +9,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from conlst_ray.models.encoder import read_meta
+
 from conlst_ray.commands import run as run_mod
 
 pytestmark = pytest.mark.slow
@@ -42,7 +44,7 @@ def accuracy(run_dir, split):
 def test_every_model_has_the_tasks_classes_and_learns_them(task_run):
     name, labels, run_dir = task_run
     for stage in ("source", "conl", "ssl"):
-        meta = json.loads((run_dir / stage / "model" / "conlst.json").read_text())
+        meta = read_meta(run_dir / stage / "model")
         assert meta["num_labels"] == len(labels) and meta["task"]["labels"] == labels, stage
         assert meta["task"]["kind"] == ("single" if name == "single5" else "pair")
     acc = accuracy(run_dir, "test")

@@ -110,7 +110,7 @@ def test_conl_stage_and_its_ablation_switches(source_run):
     assert "loss_clcs" not in no_clcs[0] and "loss_cl" in no_clcs[0]
     no_cl = conl(cfg, root, "conl_no_cl", ["conl.use_contrastive=false"])
     assert "loss_nl_target" in no_cl[0] and "loss_cl" not in no_cl[0]
-    assert (root / "conl" / "model" / "conlst_heads.safetensors").is_file()
+    assert (root / "conl" / "model" / "model.safetensors").is_file()
 
 
 def ssl(cfg, root, name, overrides=(), workers=0):

@@ -149,8 +149,8 @@ def test_preflight_refuses_an_unusable_cache_dir_and_a_corrupt_checkpoint(tmp_pa
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_model, ckpt)
-    (ckpt / "conlst.json").write_text("{not json")
-    with pytest.raises(ValueError, match="conlst.json"):
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
         preflight(load_config(None, [f"output_dir={tmp_path}", f"model.source_checkpoint={ckpt}"]))
 
 
@@ -206,7 +206,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("not_a_model", "holds no model"), ("corrupt_meta", "conlst.json"), ("no_weights", "holds no weights"),
+    ("not_a_model", "holds no model"), ("corrupt_meta", "config.json"), ("no_weights", "holds no weights"),
     ("--batch-size=0", "--batch-size"), ("--max-length=100000", "positions"), ("--max-length=-3", "--max-length"),
     ("--out=/proc/x/y", "--out")])
 def test_evaluate_refuses_bad_arguments_before_scoring(case, expected, tiny_model, tmp_path, capsys):
@@ -218,7 +218,7 @@ def test_evaluate_refuses_bad_arguments_before_scoring(case, expected, tiny_mode
     elif case in ("corrupt_meta", "no_weights"):
         model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
         if case == "corrupt_meta":
-            (model / "conlst.json").write_text("{")
+            (model / "config.json").write_text("{")
         else:
             for f in model.glob("*.safetensors"):
                 f.unlink()

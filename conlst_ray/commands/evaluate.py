@@ -14,7 +14,7 @@ written as ``STEM.md`` and ``STEM.csv``.
         --langs de
 
 The corpus is read as the task the models were trained for (``data.task``,
-recorded in their ``conlst.json``: single texts or pairs, the label names);
+recorded in their ``config.json``: single texts or pairs, the label names);
 a model without that record is taken to be an NLI model. Row names are the
 directories' parents (``source``, ``ssl``, ...) unless given as ``NAME=DIR``.
 """
@@ -59,7 +59,7 @@ def _named(spec: str) -> tuple[str, Path]:
 
 
 def task_of(model_dirs: list[Path]):
-    """The task the models were trained for (their ``conlst.json``; NLI when
+    """The task the models were trained for (saved with them; NLI when
     none says): it decides how the corpus is read. Models of different tasks
     cannot be scored on one corpus."""
     from conlst_ray.models.encoder import read_meta
@@ -99,7 +99,7 @@ def check_arguments(args, named: list) -> None:
         problems = check_model(f"model {name}", str(path), need_weights=True)
         if problems or not path.is_dir():
             raise UserError(problems[0] if problems else f"model {name}: {path} is not a model folder")
-        read_meta(path)  # a corrupt conlst.json is one line, not a traceback
+        read_meta(path)  # a corrupt config.json is one line, not a traceback
         limit = max_text_length(str(path))
         if limit is not None and args.max_length > limit:
             raise UserError(f"--max-length {args.max_length}: {path} has {limit} positions")

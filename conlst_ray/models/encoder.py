@@ -8,10 +8,15 @@ mBERT and XLM-R in the real configs) and exposes what the algorithm needs:
 * ``contrast``   the linear contrastive head theta_con of Eq. 6
 * ``forward``    logits of a tokenised batch
 
-A saved model is a standard Hugging Face directory: the encoder's
-``config.json`` + ``model.safetensors`` (loadable with ``AutoModel``), the
-heads in ``conlst_heads.safetensors``, their shape in ``conlst.json``, and the
-tokenizer files.
+A saved model is a Hugging Face directory of model type ``conlst``
+(``models/modeling_conlst.py``): ``config.json`` (the encoder's own config
+nested, the pooling, the task and ``id2label``), ``model.safetensors`` (every
+weight: encoder, classification head, contrastive head), a copy of
+``modeling_conlst.py``, the tokenizer files and a model card (README.md).
+``AutoModelForSequenceClassification`` loads it after ``import
+conlst_ray.hf`` or with ``trust_remote_code=True``. Folders saved by earlier
+versions (the encoder's config + ``conlst_heads.safetensors`` +
+``conlst.json``) still load.
 """
 
 from __future__ import annotations
@@ -28,24 +33,41 @@ from torch import nn
 from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
 from conlst_ray.data.task import NLI_LABELS
 from conlst_ray.models.e5 import is_e5_name, resolve as resolve_e5
+from conlst_ray.models.modeling_conlst import ConlstConfig, pool
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"
 TINY_BERT = "tiny-bert"
 
 
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CODE = "modeling_conlst.py"
+FORMAT = 2  # config.json of model type conlst, one weights file
+
+
 def read_meta(path: str | Path) -> dict:
-    """A saved model's ``conlst.json`` (pooling, num_labels, contrastive_dim,
-    task); {} for a directory conlst_ray did not write (or a hub id)."""
+    """What conlst_ray saved with a model (pooling, num_labels,
+    contrastive_dim, task, format); {} for a directory conlst_ray did not
+    write (or a hub id)."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        data = _json_object(config)
+        if data.get("model_type") == "conlst":
+            return {"pooling": data.get("pooling", "cls"), "num_labels": len(data.get("id2label") or {}),
+                    "contrastive_dim": data.get("contrastive_dim", 128), "task": data.get("task"), "format": FORMAT}
     meta = Path(path) / META_FILE
     if not meta.is_file():
         return {}
+    return _json_object(meta)
+
+
+def _json_object(meta: Path) -> dict:
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{meta}: not a valid conlst.json ({exc}); save the model again") from None
+        raise ModelError(f"{meta}: not valid JSON ({exc}); save the model again") from None
     if not isinstance(data, dict):
-        raise ModelError(f"{meta}: not a valid conlst.json (expected a JSON object)")
+        raise ModelError(f"{meta}: not valid (expected a JSON object); save the model again")
     return data
 
 
@@ -71,6 +93,8 @@ def max_text_length(name_or_path: str) -> Optional[int]:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{config}: not valid JSON ({exc})") from None
+    if data.get("model_type") == "conlst":  # a saved stage model: its encoder's own config
+        data = data.get("encoder") or {}
     positions = data.get("max_position_embeddings")
     return positions - POSITION_OFFSET.get(data.get("model_type"), 0) if isinstance(positions, int) else None
 
@@ -102,16 +126,7 @@ class ConlstEncoder(nn.Module):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.encoder(**kwargs)
-        if self.pooling == "pooler":
-            if getattr(out, "pooler_output", None) is None:
-                raise ValueError("model.pooling=pooler but this encoder has no pooler; use cls or mean")
-            return out.pooler_output
-        hidden = out.last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return pool(self.encoder(**kwargs), attention_mask, self.pooling)
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from a sentence embedding (the embedding may be a mixup, Eq. 9)."""
@@ -125,33 +140,51 @@ class ConlstEncoder(nn.Module):
         return self.classify(self.embed(input_ids, attention_mask, token_type_ids))
 
     # -- persistence ----------------------------------------------------------------
-    def save(self, path: str | Path, tokenizer=None) -> Path:
+    def hf_config(self):
+        """This model as transformers sees it (``models/modeling_conlst.py``)."""
+        labels = list(self.task["labels"]) if self.task else [f"LABEL_{i}" for i in range(self.num_labels)]
+        return ConlstConfig(encoder=self.encoder.config.to_dict(), pooling=self.pooling,
+                            contrastive_dim=self.contrastive_head.out_features, task=self.task,
+                            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+                            architectures=["ConlstForSequenceClassification"],
+                            auto_map={"AutoConfig": "modeling_conlst.ConlstConfig",
+                                      "AutoModelForSequenceClassification":
+                                          "modeling_conlst.ConlstForSequenceClassification"})
+
+    def save(self, path: str | Path, tokenizer=None, card: Optional[dict] = None) -> Path:
+        """A Hugging Face folder (see the module docstring); ``card``: what
+        the model card says (``models/card.py``)."""
+        import shutil
+
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(path, safe_serialization=True)
-        heads = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
-        heads.update({f"contrastive_head.{k}": v for k, v in self.contrastive_head.state_dict().items()})
-        save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(path / HEADS_FILE))
-        meta = {"pooling": self.pooling, "num_labels": self.num_labels,
-                "contrastive_dim": self.contrastive_head.out_features, "format": 1}
-        if self.task:
-            meta["task"] = self.task
-        (path / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        for earlier in (HEADS_FILE, META_FILE):  # an earlier version's files must not contradict these
+            (path / earlier).unlink(missing_ok=True)
+        self.hf_config().save_pretrained(path)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        shutil.copyfile(Path(__file__).with_name(MODEL_CODE), path / MODEL_CODE)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+        if card is not None:
+            from conlst_ray.models.card import write_card
+
+            write_card(path, card)
         return path
 
     @classmethod
     def load(cls, path: str | Path, pooling: Optional[str] = None, dropout: Optional[float] = None,
              num_labels: Optional[int] = None, contrastive_dim: Optional[int] = None) -> "ConlstEncoder":
-        """Load a saved ConlstEncoder, or any HF encoder (hub id or directory)
-        with freshly initialised heads when it has no ``conlst.json``."""
-        from transformers import AutoConfig, AutoModel
-
+        """Load a saved ConlstEncoder (its heads and task as saved), or any HF
+        encoder (hub id or directory) with freshly initialised heads."""
         local = Path(path)
         meta = read_meta(local)
+        if meta.get("format") == FORMAT:
+            return cls._load_saved(local, pooling, dropout)
+        from transformers import AutoConfig, AutoModel
+
         config = AutoConfig.from_pretrained(str(path))
         _set_dropout(config, dropout)
         encoder = AutoModel.from_pretrained(str(path), config=config)
@@ -162,7 +195,7 @@ class ConlstEncoder(nn.Module):
             model.task = meta["task"]
         if not meta:
             _import_classification_head(model, local, pooling)
-        if meta:
+        if meta:  # an earlier version's folder: heads in their own file
             from safetensors.torch import load_file
 
             heads = load_file(str(local / HEADS_FILE))
@@ -170,6 +203,24 @@ class ConlstEncoder(nn.Module):
                                               if k.startswith("classifier.")})
             model.contrastive_head.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
                                                     if k.startswith("contrastive_head.")})
+        return model
+
+    @classmethod
+    def _load_saved(cls, path: Path, pooling: Optional[str], dropout: Optional[float]) -> "ConlstEncoder":
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        config = ConlstConfig.from_pretrained(str(path))
+        encoder_config = config.encoder_config()
+        _set_dropout(encoder_config, dropout)
+        model = cls(AutoModel.from_config(encoder_config), num_labels=len(config.id2label),
+                    contrastive_dim=config.contrastive_dim, pooling=pooling or config.pooling)
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelError(f"{path}: holds no {WEIGHTS_FILE}")
+        model.load_state_dict(load_file(str(weights)))
+        if config.task and len(config.task.get("labels", ())) == model.num_labels:
+            model.task = config.task
         return model
 
 

@@ -22,6 +22,7 @@ import torch
 from conlst_ray.algorithm.base import SourceTraining
 from conlst_ray.algorithm.conl import CoNL
 from conlst_ray.algorithm.self_training import SelfTraining
+from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
 from conlst_ray.ray_jobs.worker import drop_replayed_records, load_checkpoint, save_checkpoint, write_thresholds
@@ -80,6 +81,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         drop_replayed_records(metrics_path, step, start_epoch)
     thresholds = getattr(algorithm, "thresholds", None)
     best = BestEpoch(loop_cfg, cfg, state, tokenizer) if rank == 0 else None
+    metrics: dict = {}
     for epoch, step, logs in fit(algorithm, ddp, start_epoch=start_epoch, step=step,
                                  prefetch_depth=cfg.resources.prefetch_batches,
                                  steps_file=metrics_path.with_name("steps.jsonl") if metrics_path else None,
@@ -101,7 +103,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                          "best_source_dev_acc": best.acc if best else None}, metrics)
     if rank == 0:
         if not best.kept:
-            model.save(loop_cfg["model_out"], tokenizer)
+            model.save(loop_cfg["model_out"], tokenizer, card=stage_card(cfg, loop_cfg["stage"], metrics))
         keep_tokenizer_files(loop_cfg["model_in"], loop_cfg["model_out"])  # same stamp: no re-tokenising
 
 
@@ -111,6 +113,7 @@ class BestEpoch:
     reached; otherwise the last epoch's, saved at the end."""
 
     def __init__(self, loop_cfg: dict, cfg, state: Optional[dict], tokenizer):
+        self.cfg = cfg
         self.on = loop_cfg["stage"] == "source" and cfg.source.keep_best_epoch
         self.out, self.tokenizer = loop_cfg["model_out"], tokenizer
         self.acc = state.get("best_source_dev_acc") if state else None
@@ -122,8 +125,8 @@ class BestEpoch:
             return
         if self.acc is None or acc > self.acc:
             self.acc, self.kept = acc, True
-            model.save(self.out, self.tokenizer)
             metrics["kept_epoch"] = epoch
+            model.save(self.out, self.tokenizer, card=stage_card(self.cfg, "source", metrics))
         metrics["best_source_dev_acc"] = self.acc
 
 

@@ -1,0 +1,74 @@
+"""The Python API: label texts with a trained model, run the pipeline.
+
+    from conlst_ray import load_model, run
+
+    result = run("tune_configs/xnli_e5_small.yaml", {"data.target_langs": ["fr", "zh"]})
+    model = load_model(result.model)                   # the model the run handed back
+    model.predict(["Il pleut."], ["Le sol est mouillé."])
+    # [{'label': 'entailment', 'confidence': 0.91, 'probabilities': {...}}]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from conlst_ray.training.classifier import Classifier
+
+__all__ = ["Classifier", "RunResult", "load_model", "run"]
+
+
+def load_model(model_dir: str | Path, device: Optional[str] = None, max_length: int = 128) -> Classifier:
+    """A saved model (a stage's ``model/`` or a run's ``model`` link), ready to predict."""
+    return Classifier(model_dir, device, max_length)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: Optional[Path]                    # the model the run handed back (RUN/model)
+    stage: Optional[str]                     # which stage that is, and why
+    reason: str = ""
+    models: dict = field(default_factory=dict)      # stage row -> model directory
+    accuracy: dict = field(default_factory=dict)    # split -> row -> language -> accuracy (%)
+
+
+def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, address: Optional[str] = None,
+        resume: bool = False) -> RunResult:
+    """``python -m conlst_ray.run`` from Python: the whole pipeline on
+    ``config`` (the embedded default when None) with ``overrides`` (dotted
+    keys: ``{"seed": 1, "conl.gamma": 0.8}``). Returns where everything is."""
+    from conlst_ray.commands import run as run_command
+    from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.reporting.report import finished_models
+
+    argv = (["--config", str(config)] if config else []) + [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
+    argv += (["--address", address] if address else []) + (["--resume"] if resume else [])
+    state: dict = {}
+    status = run_command.main(argv, state=state)
+    if status != 0:
+        raise RuntimeError(f"python -m conlst_ray.run {' '.join(argv)} ended with status {status}")
+    run_dir, cfg = state["run"], state["cfg"]
+    results = run_dir.stage("results")
+    chosen = json.loads((results / "handed_back.json").read_text()) if (results / "handed_back.json").is_file() else {}
+    return RunResult(run_dir.root, RunDir(run_dir.root).handed_back if chosen else None, chosen.get("stage"),
+                     chosen.get("reason", ""), finished_models(cfg, run_dir), _accuracy(results))
+
+
+def _value(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
+
+
+def _accuracy(results: Path) -> dict:
+    import csv
+
+    out = {}
+    for split in ("dev", "test"):
+        path = results / f"accuracy_{split}.csv"
+        if path.is_file():
+            with path.open() as fh:
+                out[split] = {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
+                              for r in csv.DictReader(fh)}
+    return out

@@ -1,0 +1,154 @@
+"""What a long stage tells its user while it runs: a progress line at a
+sensible interval (done/total, rate, ETA, the current losses) and, for
+TensorBoard, every step's logged quantities as event files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+# the terms a progress line shows when a step logs them
+SHOWN = ("loss", "loss_cl", "loss_clcs", "loss_sup", "loss_u", "selected_rate", "lr")
+
+
+def eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """``[conl] epoch 1/1 step 120/467 (26%) 6.1 steps/s ETA 0m57s loss 0.031``
+    printed at most every ``interval`` seconds (and at an epoch's end)."""
+
+    def __init__(self, stage: str, epochs: int, interval: float = 10.0, log=print):
+        self.stage, self.epochs, self.interval, self.log = stage, epochs, interval, log
+        self.t_epoch = self.last = time.monotonic()
+        self.total: Optional[int] = None
+        self.done = 0
+
+    def begin_epoch(self, epoch: int, total: Optional[int]) -> None:
+        self.epoch, self.total, self.done = epoch, total, 0
+        self.t_epoch = self.last = time.monotonic()
+
+    def step(self, logs: dict, force: bool = False) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t_epoch, 1e-9)
+        where = f"step {self.done}"
+        if self.total:
+            left = (self.total - self.done) / rate if rate > 0 else 0.0
+            where += f"/{self.total} ({100 * self.done / self.total:.0f}%) {rate:.1f} steps/s ETA {eta(left)}"
+        else:
+            where += f" {rate:.1f} steps/s"
+        terms = " ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if isinstance(logs.get(k), (int, float)))
+        self.log(f"[{self.stage}] epoch {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
+
+
+def epoch_line(stage: str, record: dict, epochs: int) -> str:
+    """``[ssl] iteration 2/3 done at step 466: source dev 69.8 %, target dev 61.2 %, selected 50 %``"""
+    unit = "iteration" if stage == "ssl" else "epoch"
+    parts = [f"{name} {100 * record[key]:.1f} %" for key, name in
+             (("source_dev_acc", "source dev"), ("target_dev_acc", "target dev"), ("selected_share", "selected"),
+              ("selected_pseudo_label_acc", "selected pseudo-label acc")) if isinstance(record.get(key), (int, float))]
+    head = f"[{stage}] {unit} {record.get('epoch', 0) + 1}/{epochs} done at step {record.get('step', '?')}"
+    return head + (": " + ", ".join(parts) if parts else "")
+
+
+class TensorBoard:
+    """Every step's logged terms under ``folder`` as TensorBoard event files
+    (tensorboardX, which Ray Tune installs); epoch records under ``epoch/``."""
+
+    def __init__(self, folder: Path, stage: str):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(logdir=str(folder), flush_secs=10)
+        self.stage = stage
+
+    def step(self, step: int, logs: dict) -> None:
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{self.stage}/{k}", v, step)
+
+    def epoch(self, step: int, logs: dict) -> None:
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{self.stage}/epoch/{k}", v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class StageWatcher:
+    """The driver's view of a training stage that runs in Ray Train workers:
+    a thread tails the stage's steps.jsonl and metrics.jsonl (written by
+    rank 0), prints a progress line at most every ``interval`` seconds, and
+    writes both as TensorBoard event files under ``stage_dir/tensorboard``.
+    Worker output does not reach the driver (log_to_driver is off: it is
+    mostly third-party noise), so this is how a user sees a stage move."""
+
+    def __init__(self, stage_dir: Path, stage: str, epochs: int, interval: float = 10.0, log=print,
+                 tensorboard: bool = True):
+        import threading
+
+        self.stage_dir, self.stage = Path(stage_dir), stage
+        self.progress = Progress(stage, epochs, interval, log)
+        self.tb = TensorBoard(self.stage_dir / "tensorboard", stage) if tensorboard else None
+        self.offsets = {"steps.jsonl": 0, "metrics.jsonl": 0}
+        self.epoch = None
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{stage}")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        self.poll()  # the last lines
+        if self.tb is not None:
+            self.tb.close()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            self.poll()
+
+    def poll(self) -> None:
+        for record in self._new("steps.jsonl"):
+            epoch = record.get("epoch", record.get("iteration", 0))
+            if epoch != self.epoch:
+                self.epoch = epoch
+                self.progress.begin_epoch(epoch, record.get("epoch_steps"))
+            self.progress.step(record)
+            if self.tb is not None:
+                self.tb.step(int(record.get("step", 0)), record)
+        for record in self._new("metrics.jsonl"):
+            if self.tb is not None:
+                self.tb.epoch(int(record.get("step", 0)), record)
+            self.progress.log(epoch_line(self.stage, record, self.progress.epochs))
+
+    def _new(self, name: str) -> list:
+        import json
+
+        path = self.stage_dir / name
+        if not path.is_file():
+            return []
+        size = path.stat().st_size
+        if size < self.offsets[name]:  # rewritten after a restart: read it again
+            self.offsets[name] = 0
+        with path.open("rb") as fh:
+            fh.seek(self.offsets[name])
+            data = fh.read()
+        complete = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.offsets[name] += complete
+        out = []
+        for line in data[:complete].splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out

@@ -1,0 +1,147 @@
+"""Issue 25: a saved stage model is a Hugging Face classifier (Auto
+classes, its labels, the same logits as conlst_ray's loader), labels new
+text from the command line and from Python."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conlst_ray.api import load_model
+from conlst_ray.commands import predict
+from conlst_ray.models.encoder import ConlstEncoder, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = (["A man plays a guitar.", "Il pleut depuis ce matin.", "Der Hund schläft."],
+         ["Someone makes music.", "Le temps est sec.", "Ein Tier ruht."])
+
+
+def trained_like(tmp_path, tokenizer, pooling="cls", labels=("entailment", "neutral", "contradiction"), kind="pair"):
+    """A tiny model saved as a stage saves it, with a head that is not its initialisation."""
+    from conlst_ray.config import load_config
+
+    cfg = load_config(None, [f"model.pooling={pooling}"])
+    model = build_model(cfg.model, tokenizer, list(labels), kind)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+        model.classifier.bias.copy_(torch.arange(len(labels), dtype=torch.float) * 0.3)
+    return model.save(tmp_path / f"model_{pooling}", tokenizer)
+
+
+def ours(model_dir, tokenizer):
+    model = ConlstEncoder.load(model_dir).eval()
+    batch = tokenizer(*PAIRS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).numpy(), batch
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_a_saved_model_loads_with_the_auto_classes_with_its_labels_and_logits(tmp_path, mbert_tokenizer, pooling):
+    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, pooling)
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    expected, batch = ours(model_dir, mbert_tokenizer)
+    hf_batch = tok(*PAIRS, padding=True, return_tensors="pt")
+    assert torch.equal(hf_batch["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        logits = hf(**hf_batch).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert hf.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+    assert hf.config.label2id["contradiction"] == 2
+    card = (Path(model_dir) / "README.md")
+    assert not card.exists() or "base_model" in card.read_text()
+
+
+def test_without_conlst_ray_transformers_refuses_or_runs_the_saved_model_file(tmp_path, mbert_tokenizer):
+    """A fresh interpreter that never imports conlst_ray: plain from_pretrained
+    fails loudly (never a random head); trust_remote_code=True runs the
+    modeling_conlst.py saved beside the weights and gives the same logits."""
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "mean")
+    expected, batch = ours(model_dir, mbert_tokenizer)
+    np.save(tmp_path / "batch_ids.npy", batch["input_ids"].numpy())
+    np.save(tmp_path / "batch_mask.npy", batch["attention_mask"].numpy())
+    np.save(tmp_path / "batch_types.npy", batch["token_type_ids"].numpy())
+    script = f"""
+import sys, numpy as np, torch
+from transformers import AutoModelForSequenceClassification
+try:
+    AutoModelForSequenceClassification.from_pretrained({str(model_dir)!r})
+    print("LOADED-WITHOUT-CODE")
+except Exception as exc:
+    print("REFUSED", type(exc).__name__)
+m = AutoModelForSequenceClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+assert "conlst_ray" not in sys.modules
+b = {{k: torch.as_tensor(np.load({str(tmp_path)!r} + f"/batch_{{k}}.npy")) for k in ("ids", "mask", "types")}}
+with torch.no_grad():
+    out = m(input_ids=b["ids"], attention_mask=b["mask"], token_type_ids=b["types"]).logits
+np.save({str(tmp_path / "theirs.npy")!r}, out.numpy())
+print(m.config.id2label)
+"""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "REFUSED" in done.stdout and "LOADED-WITHOUT-CODE" not in done.stdout
+    assert "'entailment'" in done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "theirs.npy"), expected, atol=1e-5)
+
+
+def test_predict_labels_a_corpus_as_the_auto_model_does(tmp_path, mbert_tokenizer, shared_data):
+    import conlst_ray.hf  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls")
+    out = tmp_path / "pred.parquet"
+    spec = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
+    assert predict.main([str(model_dir), "--corpus", spec, "--langs", "fr", "sw", "--max-rows", "40",
+                         "--out", str(out)]) == 0
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 80 and {r["lang"] for r in table} == {"fr", "sw"}
+    assert {"gold", "label", "label_id", "confidence", "p_entailment", "p_neutral", "p_contradiction"} <= set(table[0])
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    batch = tok([r["text"] for r in table], [r["text_pair"] for r in table], padding=True, truncation=True,
+                max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        probs = hf(**batch).logits.softmax(-1).numpy()
+    assert [hf.config.id2label[i] for i in probs.argmax(-1)] == [r["label"] for r in table]
+    np.testing.assert_allclose([r["confidence"] for r in table], probs.max(-1), atol=1e-5)
+
+
+def test_predict_writes_csv_and_jsonl_and_refuses_bad_arguments_in_one_line(tmp_path, mbert_tokenizer, capsys):
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls", labels=("negative", "positive"), kind="single")
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("great phone", "broke after a day")))
+    for suffix in ("csv", "jsonl"):
+        out = tmp_path / f"labels.{suffix}"
+        assert predict.main([str(model_dir), "--corpus", f"jsonl:{corpus}", "--out", str(out)]) == 0
+        text = out.read_text()
+        assert "p_negative" in text and "broke after a day" in text and "gold" not in text
+    capsys.readouterr()
+    for args, expected in (([str(model_dir), "--out", str(tmp_path / "x.txt")], "--out"),
+                           ([str(tmp_path), "--out", str(tmp_path / "x.csv")], "MODEL_DIR"),
+                           ([str(model_dir), "--out", str(tmp_path / "x.csv"), "--batch-size", "0"], "--batch-size")):
+        assert predict.main(args[:1] + ["--corpus", f"jsonl:{corpus}"] + args[1:]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_python_api_predicts_texts_with_label_names(tmp_path, mbert_tokenizer):
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "mean")
+    model = load_model(model_dir, device="cpu")
+    out = model.predict(*PAIRS)
+    expected, _ = ours(model_dir, mbert_tokenizer)
+    assert [r["label"] for r in out] == [model.labels[i] for i in expected.argmax(-1)]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in out)
+    with pytest.raises(ValueError, match="texts and text_pairs"):
+        model.predict(PAIRS[0])
