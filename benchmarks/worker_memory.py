@@ -71,7 +71,7 @@ def tokenizer_dir(root: Path) -> str:
 
 def tokenize_once(corpus: Path, tok_dir: str) -> Path:
     """What ray_jobs/tokens.py does per shard, here without Ray."""
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     import pyarrow.parquet as pq
 
@@ -79,7 +79,7 @@ def tokenize_once(corpus: Path, tok_dir: str) -> Path:
     from conlst_ray.data.token_files import TOKENIZER_FILE, special_ids, tokenize_pairs, write_token_file
 
     out = tokens_root(corpus, tok_dir, 128)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = open_tokenizer(tok_dir)
     for shard in sorted((corpus / "lang=xx").glob("shard-*.parquet")):
         write_token_file(tokenize_pairs(tok, pq.read_table(shard), 128), out / "lang=xx" / f"{shard.stem}.arrow")
     (out / TOKENIZER_FILE).write_text(json.dumps({"stamp": out.name[7:], **special_ids(tok)}))
@@ -103,11 +103,11 @@ if with_model:  # what a training worker holds besides its data: mBERT-shaped we
     optimizer.step()
 if mode == "lists":
     import pyarrow as pa, pyarrow.parquet as pq
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.training.batches import encode_table
     from pathlib import Path
     table = pa.concat_tables([pq.read_table(f) for f in sorted(Path(corpus, "lang=xx").glob("shard-*.parquet"))])
-    data = encode_table(AutoTokenizer.from_pretrained(tok_dir), table, 128)
+    data = encode_table(open_tokenizer(tok_dir), table, 128)
     del table
 else:
     from conlst_ray.data.token_files import open_token_rows

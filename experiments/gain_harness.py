@@ -37,7 +37,7 @@ def prepare(cfg, out: Path, log=print) -> Shared:
     """Read and tokenise every corpus (cached under ``out/corpus``) and make
     the initial model (the pretrained encoder and a fresh head)."""
     import ray
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     from conlst_ray.data.token_files import tokenizer_stamp
     from conlst_ray.models.encoder import build_model, build_tokenizer
@@ -61,7 +61,7 @@ def prepare(cfg, out: Path, log=print) -> Shared:
     stamp = tokenizer_stamp(str(init_dir), cfg.data.max_length)
     source, target = read_stage_data({"tokens": tokens}, stamp)
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    return Shared(cfg, init_dir, AutoTokenizer.from_pretrained(init_dir), source, target,
+    return Shared(cfg, init_dir, open_tokenizer(init_dir), source, target,
                   read_eval_rows({"tokens": tokens}, stamp), device)
 
 

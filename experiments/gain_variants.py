@@ -28,6 +28,9 @@ class ZeroRateCoNL(CoNL):
             group["lr"] = group["initial_lr"] = 0.0
         self.scheduler = linear_warmup_schedule(self.optimizer, 1, 0.0)
 
+    def epoch_steps(self, epoch: int) -> int:
+        return min(super().epoch_steps(epoch), self.max_steps)
+
     def batches(self, epoch: int, first_step: int):
         return islice(super().batches(epoch, first_step), self.max_steps)
 

@@ -56,13 +56,20 @@ def test_histograms_have_labelled_axes_and_a_legend(tmp_path):
 
     rng = np.random.default_rng(0)
     preds = {lang: LabelledPredictions(rng.uniform(0.34, 1.0, 200), rng.random(200) < 0.7) for lang in ("fr", "de")}
+    # after: the same rows, far more confident -- a taller histogram than before
+    after = {lang: LabelledPredictions(np.full(200, 0.97), p.correct) for lang, p in preds.items()}
     path = tmp_path / "hist.png"
-    fig = confidence_histograms([("before CoNL", preds), ("after CoNL", preds)], ["fr", "de"], path)
+    fig = confidence_histograms([("before CoNL", preds), ("after CoNL", after)], ["fr", "de"], path,
+                                title="run7: before and after CoNL")
     assert len(fig.axes) == 4
     for ax in fig.axes:
         assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "samples"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "noisy"]
     assert fig.axes[0].get_title() == "fr: before CoNL" and fig.axes[3].get_title() == "de: after CoNL"
+    # before and after of a language on one count scale, so the eye compares them
+    assert fig.axes[0].get_ylim() == fig.axes[2].get_ylim() and fig.axes[1].get_ylim() == fig.axes[3].get_ylim()
+    assert fig._suptitle.get_text() == "run7: before and after CoNL"
+    assert any("clean = the pseudo-label equals the gold label" in t.get_text() for t in fig.texts)
     image = matplotlib.image.imread(path)                      # a real PNG that opens
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
     assert not list(tmp_path.glob(".*"))                       # no temporary file left behind

@@ -26,8 +26,12 @@ def finished_run(tmp_path_factory, ray_session):
     run_dir = out / "demo"
     stamps = {s: (run_dir / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl")}
     assert not (run_dir / "ssl").exists()
-    assert run_mod.main(args + ["--resume"]) == 0
-    return run_dir, args, stamps
+    # the rest through the Python API (the same command underneath)
+    from conlst_ray import run
+
+    result = run(overrides={"output_dir": str(out), "run_name": "demo", "seed": 0}, resume=True)
+    assert result.run_dir == run_dir
+    return run_dir, args, stamps, result
 
 
 def read_table(run_dir, split="dev"):
@@ -36,7 +40,7 @@ def read_table(run_dir, split="dev"):
 
 
 def test_resume_after_conl_does_not_rerun_finished_stages(finished_run):
-    run_dir, _, stamps = finished_run
+    run_dir, _, stamps, _ = finished_run
     for stage, stamp in stamps.items():
         assert (run_dir / stage / "DONE.json").stat().st_mtime_ns == stamp, stage
     assert (run_dir / "ssl" / "DONE.json").is_file()
@@ -62,7 +66,7 @@ def test_conlst_beats_the_zero_shot_model(finished_run):
 
 
 def test_wrong_pseudo_labels_sit_in_the_high_confidence_band_too(finished_run):
-    run_dir, _, _ = finished_run
+    run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml")
     from transformers import AutoTokenizer
 
@@ -83,14 +87,14 @@ def test_without_self_training_switch_skips_the_stage(finished_run, tmp_path):
     from conlst_ray.pipeline.stages import run_pipeline
     from conlst_ray.pipeline.rundir import RunDir
 
-    run_dir, _, _ = finished_run
+    run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["ssl.enabled=false"])
     models = run_pipeline(cfg, RunDir(run_dir), log=lambda *_: None)
     assert list(models) == ["zero-shot", "CoNL"]
 
 
 def test_existing_run_dir_without_resume_is_refused(finished_run, capsys):
-    _, args, _ = finished_run
+    _, args, _, _ = finished_run
     assert run_mod.main(args) == 2                               # one line, no traceback
     err = capsys.readouterr().err
     assert "--resume" in err and "Traceback" not in err
@@ -105,7 +109,7 @@ def test_without_conl_switch_self_trains_from_the_source_model(finished_run):
     from conlst_ray.pipeline.stages import run_pipeline
     from conlst_ray.pipeline.rundir import RunDir
 
-    run_dir, _, _ = finished_run
+    run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["conl.enabled=false", "ssl.enabled=false"])
     assert list(run_pipeline(cfg, RunDir(run_dir), log=lambda *_: None)) == ["zero-shot"]
 
@@ -210,7 +214,7 @@ def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished
     assert signals["zero-shot"]["agreement_with_previous"] is None
     assert 0.5 < signals["CoNLST"]["agreement_with_previous"] < 1.0   # self-training moved some predictions
     assert all(signals[n]["source_dev_acc"] >= dev["zero-shot"]["src"] - 0.5 for n in ("CoNL", "CoNLST"))
-    assert chosen["stage"] == "CoNLST" and "final stage" in chosen["reason"]
+    assert chosen["stage"] == "CoNLST" and "the final stage" in chosen["reason"]
     assert (run_dir / "model").resolve() == (run_dir / "ssl" / "model").resolve()
     with open(run_dir / "results" / "stage_selection.csv") as fh:
         marked = [r["stage"] for r in csv.DictReader(fh) if r["handed back"] == "yes"]
@@ -228,3 +232,16 @@ def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished
         assert (run_dir / "model").resolve() == (run_dir / "source" / "model").resolve()
     finally:
         save_file(original, heads)
+
+
+def test_the_python_api_returns_where_the_run_put_everything(finished_run):
+    run_dir, _, _, result = finished_run
+    assert result.stage == "CoNLST" and result.model == run_dir / "model"
+    assert result.model.resolve() == (run_dir / "ssl" / "model").resolve()
+    assert result.models == {"zero-shot": str(run_dir / "source" / "model"), "CoNL": str(run_dir / "conl" / "model"),
+                             "CoNLST": str(run_dir / "ssl" / "model")}
+    assert result.accuracy["test"] == read_table(run_dir, "test")
+    from conlst_ray import load_model
+
+    model = load_model(result.model, device="cpu")
+    assert model.labels == ["entailment", "neutral", "contradiction"] and model.kind == "pair"

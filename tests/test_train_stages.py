@@ -57,7 +57,7 @@ def test_best_epoch_saves_only_improvements_and_survives_a_restart():
     class Model:
         saved = []
 
-        def save(self, out, tokenizer):
+        def save(self, out, tokenizer, card=None):
             self.saved.append(self.epoch)
 
     cfg = load_config(None, ["source.keep_best_epoch=true"])

@@ -1,6 +1,8 @@
 """python -m conlst_ray.tune end to end (smoke sizes): shared work once per
 search, outputs, resume of a finished search."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -40,6 +42,14 @@ def test_outputs_best_config_and_tables(search):
     best = load_config(out / "best_config.yaml")               # runnable with python -m conlst_ray.run
     assert 0.7 <= best.conl.gamma <= 0.95 and best.conl.num_negatives in (4, 8)
     assert (out / "trials.csv").read_text().count("\n") == 3   # header + 2 trials
+    import csv
+
+    with open(out / "trials.csv") as fh:
+        trials = list(csv.DictReader(fh))
+    for row in trials:   # short names, the metric in percent, how each trial ended
+        assert row["trial"].startswith("trial_") and len(row["trial"]) < 30
+        assert 1.0 < float(row["target_dev_acc (%)"]) <= 100.0
+        assert row["status"] in ("finished", "stopped early (ASHA)")
     assert "| zero-shot |" in (out / "best_accuracy_dev.md").read_text()
     assert yaml.safe_load((out / "best_config.yaml").read_text())["data"]["synthetic"]["n_unlabelled"] == 200
     assert len(list(out.glob("trial_*/events.out.tfevents*"))) == 2  # TensorBoard logs per trial
@@ -53,9 +63,31 @@ def test_outputs_best_config_and_tables(search):
     assert (out / "calibration_hist.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_search_names_the_best_trials_model(two_node_search):
+    out, _, proc = two_node_search
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Best trial's model: "))
+    model = line.split(": ", 1)[1]
+    assert "/trial_" in model and (Path(model) / "model.safetensors").is_file()
+
+
 def test_resume_of_a_finished_search_reruns_no_trial(search):
     storage, args = search
     before = {p: p.stat().st_mtime_ns for p in (storage / "s-trials").rglob("metrics.jsonl")}
     assert tune_cli.main(args + ["--resume"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (storage / "s-trials").rglob("metrics.jsonl")}
     assert before == after and len(after) >= 2
+
+
+def test_report_reads_a_search_and_a_trial_directory(search, capsys):
+    from conlst_ray.commands import report as report_cli
+
+    storage, _ = search
+    capsys.readouterr()
+    assert report_cli.main([str(storage / "s")]) == 0
+    text = capsys.readouterr().out
+    assert "Trials:" in text and "Best trial: trial_" in text and "best_config.yaml" in text
+    trial = next(p for p in sorted((storage / "s-trials").iterdir()) if (p / "trial.json").is_file())
+    assert report_cli.main([str(trial)]) == 0
+    text = capsys.readouterr().out
+    assert "| zero-shot |" in text and "| CoNL |" in text and "Handed back" in text
+    assert (trial / "results" / "accuracy_dev.csv").is_file()

@@ -55,6 +55,11 @@ class StageAlgorithm:
     def begin_epoch(self, epoch: int) -> None:
         """Work done once per epoch before its steps (nothing by default)."""
 
+    def epoch_steps(self, epoch: int) -> int | None:
+        """Optimizer steps this epoch will run (known after ``begin_epoch``;
+        the progress line's total), or None when unknown."""
+        return None
+
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         """Each step's micro-batches [(step_fn, args, weight)], on the device;
         built ahead of the step by a background thread, in order."""
@@ -96,6 +101,9 @@ class SourceTraining(StageAlgorithm):
         self.max_grad_norm = c.max_grad_norm
         total = (len(source) // c.batch_size) * c.epochs
         self.scheduler = linear_warmup_schedule(self.optimizer, max(1, total), c.warmup_ratio)
+
+    def epoch_steps(self, epoch: int) -> int:
+        return len(self.source) // self.cfg.source.batch_size  # full global batches only
 
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         c = self.cfg.source

@@ -38,6 +38,9 @@ class CoNL(StageAlgorithm):
                                                              self.model.num_labels, seed=self.cfg.seed * 1000 + epoch)
         self.source_rng = np.random.default_rng([self.cfg.seed, epoch, 7])
 
+    def epoch_steps(self, epoch: int) -> int:
+        return len(self.target) // self.cfg.conl.batch_size
+
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         c, seed = self.cfg.conl, self.cfg.seed
         rank, size = world()

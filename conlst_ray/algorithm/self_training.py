@@ -57,6 +57,9 @@ class SelfTraining(StageAlgorithm):
                           "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(self.target),
                           **self.thresholds.describe(), **selection_quality(self.target, self.pred, self.selected)}
 
+    def epoch_steps(self, epoch: int) -> int:
+        return sum(map(len, self.plans))
+
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         s, seed = self.cfg.ssl, self.cfg.seed
         n = first_step

@@ -8,6 +8,7 @@ resume it (exit status 130)."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -67,6 +68,10 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
     """Run a CLI's ``main`` and turn how it fails into an exit status and one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if "--verbose" in argv:
+        os.environ["CONLST_RAY_VERBOSE"] = "1"
+    else:
+        quiet_third_party()
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -108,6 +113,39 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def add_debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help=f"print the full traceback of an error (always kept in {ERROR_LOG})")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party output: transformers' and Ray's logs and progress bars, and "
+                             "everything the Ray workers print (default: conlst_ray's own lines only)")
+
+
+QUIET = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def quiet_third_party() -> None:
+    """transformers' loading bars and advice, the hub's bars and Ray's
+    warnings off; set in the environment before Ray starts, so that its
+    workers inherit it. ``--verbose`` leaves everything on."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    quiet_ray_loggers()
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's own warnings off (token authentication, deprecations), Ray
+    Data's progress reports kept: they are the pseudo-labelling job's progress.
+    Ray sets its loggers up when imported, so this runs again after that."""
+    import logging
+
+    if os.environ.get("CONLST_RAY_VERBOSE") == "1":
+        return
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.INFO)
 
 
 def add_recompute(parser: argparse.ArgumentParser) -> None:
@@ -149,10 +187,17 @@ def init_ray(address=None, num_cpus=None, cfg=None):
         raise UserError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
     import ray
 
+    quiet_ray_loggers()
     if cfg is not None and address is None and not ray.is_initialized():
         check_resources(cfg, local_resources(num_cpus))  # seconds before a local Ray would be up
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, log_to_driver=False)
+        # workers' output is kept in Ray's session logs; --verbose shows it here
+        import logging
+
+        verbose = os.environ.get("CONLST_RAY_VERBOSE") == "1"
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
+        quiet_ray_loggers()
     if cfg is not None:
         check_resources(cfg, ray.cluster_resources())
     return ray

@@ -76,14 +76,14 @@ def task_of(model_dirs: list[Path]):
 
 
 def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.inference import accuracy_on, default_device
 
     if not model_dir.is_dir():
         raise CorpusError(f"{model_dir}: no such model directory")
-    return accuracy_on(ConlstEncoder.load(model_dir), AutoTokenizer.from_pretrained(str(model_dir)), table,
+    return accuracy_on(ConlstEncoder.load(model_dir), open_tokenizer(str(model_dir)), table,
                        max_length, batch_size, default_device())
 
 

@@ -42,7 +42,9 @@ def build_parser():
                     "with clean/noisy histograms (Fig. 3-4) and the cost per stage of a run, under "
                     "RUN_DIR/results; or, with --ablation, the ablation table (Table 3) over several runs.",
         epilog=__doc__)
-    parser.add_argument("run_dir", nargs="?", help="a run directory of python -m conlst_ray.run")
+    parser.add_argument("run_dir", nargs="?", help="a run directory of python -m conlst_ray.run, or a search "
+                        "directory (STORAGE/NAME) or trial directory (STORAGE/NAME-trials/ID) of python -m "
+                        "conlst_ray.tune")
     parser.add_argument("--ablation", nargs="+", metavar="NAME=RUN_DIR[:ROW]",
                         help="runs of the ablation table; repeat a NAME for seeds; ROW picks a table row "
                              "(default: the run's last model)")
@@ -67,17 +69,56 @@ def main(argv=None) -> int:
     if not args.run_dir:
         parser.error("give RUN_DIR or --ablation")
 
-    run = RunDir(args.run_dir)
+    folder = Path(args.run_dir)
+    if (folder / "best_config.yaml").is_file():
+        print(search_summary(folder))
+        return 0
+    run = RunDir(folder)
+    trial = trial_models(folder)
     try:
         cfg = load_config(run.config_file)
     except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {run.root} is not a run directory: {exc}", file=sys.stderr)
+        print(f"error: {run.root} is neither a run, a search nor a trial directory: {exc}", file=sys.stderr)
         return 2
-    if not args.no_calibration:
-
+    calibration = not args.no_calibration and trial is None  # a trial has no pseudo-labels of its own
+    if calibration:
         init_ray(args.address)
-    print(full_report(cfg, run, calibration=not args.no_calibration))
+    print(full_report(cfg, run, trial, calibration=calibration))
     return 0
+
+
+def search_summary(folder: Path) -> str:
+    """A search directory of ``python -m conlst_ray.tune``: its trials, the
+    best configuration and model, the best trial's tables (all written by
+    the search; nothing is recomputed)."""
+    import json
+
+    parts = [f"Search {folder}"]
+    for name, title in (("trials.md", "Trials"), ("best_accuracy_dev.md", "Best trial, accuracy (%), dev"),
+                        ("best_accuracy_test.md", "Best trial, accuracy (%), test")):
+        if (folder / name).is_file():
+            parts.append(f"{title}:\n\n{(folder / name).read_text()}")
+    if (folder / "best.json").is_file():
+        best = json.loads((folder / "best.json").read_text())
+        parts.append(f"Best trial: {best['trial']}, its model: {best['model_dir']}\n"
+                     f"(report it alone: python -m conlst_ray.report {Path(best['model_dir']).parent.parent})")
+    parts.append(f"Best configuration: {folder / 'best_config.yaml'} (python -m conlst_ray.run --config ...)")
+    return "\n\n".join(parts)
+
+
+def trial_models(folder: Path) -> dict | None:
+    """A trial directory of a search (its ``trial.json``): the shared
+    zero-shot model and the trial's own stage models; None otherwise."""
+    import json
+
+    described = folder / "trial.json"
+    if not described.is_file():
+        return None
+    models = {"zero-shot": json.loads(described.read_text())["source_model"]}
+    for name, stage in (("CoNL", "conl"), ("CoNLST", "ssl")):
+        if (folder / stage / "model" / "model.safetensors").is_file():
+            models[name] = str(folder / stage / "model")
+    return models
 
 
 if __name__ == "__main__":

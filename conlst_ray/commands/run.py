@@ -42,9 +42,10 @@ def where_it_stopped(run: RunDir, argv: list) -> str:
             + f"; continue with: {shlex.join(again)}")
 
 
-def main(argv=None) -> int:
+def main(argv=None, state: dict | None = None) -> int:
+    """``state`` (the Python API's): receives the run directory and config."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    state: dict = {}
+    state = {} if state is None else state
     return guarded(lambda a: _main(a, state), argv,
                    on_interrupt=lambda: where_it_stopped(state["run"], argv) if "run" in state else "")
 
@@ -59,7 +60,7 @@ def _main(argv, state: dict) -> int:
     preflight(cfg)  # every input checked in seconds, before any work
     init_ray(args.address, cfg=cfg)  # and every resource: nothing written before both pass
     run = RunDir.create(cfg, resume=args.resume, recompute=args.recompute)
-    state["run"] = run
+    state["run"], state["cfg"] = run, cfg
     print(f"[run] {run.root} ({Task.of(cfg.data.task).describe()})")
 
     models = run_pipeline(cfg, run, stop_after=args.stop_after)

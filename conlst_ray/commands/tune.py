@@ -14,11 +14,13 @@ model, and Ray Tune's own files (TensorBoard event files per trial).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
 from conlst_ray.config import ConfigError, save_config, load_config
+from conlst_ray.data.files import atomic_write_text
 from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
@@ -51,12 +53,18 @@ def build_parser():
 
 
 def trials_table(results, cfg, keys) -> tuple[list, list]:
-    header = ["trial", *keys, cfg.tune.metric, "stage", "status"]
+    """One row per trial: its parameters, the metric (%) after the last stage
+    it reached, and how it ended (finished, stopped early by ASHA, failed)."""
+    header = ["trial", *keys, f"{cfg.tune.metric} (%)", "stage", "status"]
+    last_stage = 2 if cfg.ssl.enabled else 1
     rows = []
     for r in results:
         metrics = r.metrics or {}
+        stage = metrics.get("stage")
+        status = ("error" if r.error else "stopped early (ASHA)" if stage is not None and stage < last_stage
+                  else "finished")
         rows.append([Path(r.path).name if r.path else "?", *[r.config.get(k) for k in keys],
-                     metrics.get(cfg.tune.metric), metrics.get("stage"), "error" if r.error else "ok"])
+                     metrics.get(cfg.tune.metric), stage, status])
     return header, rows
 
 
@@ -137,6 +145,10 @@ def main(argv=None) -> int:
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
           f"{out / 'best_config.yaml'}\n")
+    print(f"Best trial's model: {best.metrics['model_dir']}\n")
+    atomic_write_text(out / "best.json", json.dumps({"model_dir": best.metrics["model_dir"],
+                                                     "trial": Path(best.metrics["model_dir"]).parent.parent.name,
+                                                     cfg.tune.metric: best.metrics.get(cfg.tune.metric)}, indent=2))
     print(table)
     if calibration:
         print(f"Best trial, {calibration}\nHistograms: {out / 'calibration_hist.png'}")

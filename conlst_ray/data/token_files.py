@@ -46,12 +46,21 @@ def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
     return h.hexdigest()[:16]
 
 
+def open_tokenizer(path) -> object:
+    """The tokenizer of a model folder or hub id. A folder conlst_ray saved
+    declares model type ``conlst``, which transformers only knows after
+    ``import conlst_ray.hf``; its tokenizer is a standard one, so the
+    config is read without running the folder's model code (transformers
+    would otherwise stop to ask whether to run it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(path: str):
     """One tokenizer per worker process (Ray reuses task workers)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+    return open_tokenizer(path)
 
 
 def keep_tokenizer_files(src: str | Path, dst: str | Path) -> None:

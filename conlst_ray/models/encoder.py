@@ -384,10 +384,10 @@ def build_tokenizer(model_cfg, data_cfg=None):
                                                                   getattr(data_cfg, "task", None)))
     if spec is not None and spec.endswith(".txt"):
         return wordpiece_tokenizer(spec, model_cfg.lowercase)
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     name = resolve_e5(spec or model_cfg.name_or_path, model_cfg.cache_dir)
     if name == TINY_BERT:
         raise ValueError("model.tokenizer: tiny-bert has no tokenizer of its own; "
                          "set model.tokenizer to 'synthetic' or a vocab .txt file")
-    return AutoTokenizer.from_pretrained(name)
+    return open_tokenizer(name)

@@ -44,8 +44,10 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     t0 = time.time()
     metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.corpus_dir), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
-    kept = f" (best epoch kept: {metrics['best_source_dev_acc']:.3f})" if "best_source_dev_acc" in metrics else ""
-    log(f"[source] {time.time() - t0:.1f}s, source dev acc {metrics.get('source_dev_acc', float('nan')):.3f}{kept}")
+    kept = (f" (the best epoch is kept: {100 * metrics['best_source_dev_acc']:.1f} %)"
+            if "best_source_dev_acc" in metrics else "")
+    log(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
+        f"{100 * metrics.get('source_dev_acc', float('nan')):.1f} %{kept}")
     return str(out / "model")
 
 

@@ -30,6 +30,7 @@ from conlst_ray.data.token_files import keep_tokenizer_files, tokenizer_stamp
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import StepModule, append_jsonl, fit
+from conlst_ray.training.progress import StageWatcher
 
 __all__ = ["fit_stage", "train_loop_per_worker"]
 
@@ -55,13 +56,13 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     model_in, model_out, target_corpus, pseudo_labels, translations,
     metrics_file, tokens, step_hook (a test's seam, else None)."""
     import ray.train.torch
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     cfg = loop_cfg["config"]  # the config object itself: validated once, in the driver
     torch.manual_seed(cfg.seed)
     rank, _ = world()
     device = ray.train.torch.get_device()
-    tokenizer = AutoTokenizer.from_pretrained(loop_cfg["model_in"])
+    tokenizer = open_tokenizer(loop_cfg["model_in"])
     model = ConlstEncoder.load(loop_cfg["model_in"])
     frozen = freeze(model, cfg, loop_cfg["stage"])  # before DDP and the optimizer see the parameters
     model.to(device).train()
@@ -160,7 +161,9 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
                                      storage_path=str(stage_dir / "ray_train"),
                                      failure_config=ray.train.FailureConfig(max_failures=res.max_failures))
     trainer = _trainer_class()(train_loop_per_worker, train_loop_config=loop_cfg, scaling_config=scaling, run_config=run_config)
-    return dict(fit_interruptibly(trainer).metrics or {})
+    epochs = {"source": cfg.source.epochs, "conl": cfg.conl.epochs, "ssl": cfg.ssl.iterations}[stage]
+    with StageWatcher(stage_dir, stage, epochs, log=log):  # progress lines and TensorBoard, in the driver
+        return dict(fit_interruptibly(trainer).metrics or {})
 
 
 def _trainer_class():
@@ -211,10 +214,10 @@ def fit_plain(stage: str, cfg, model_in: str, corpus_dir: Path, *, target_corpus
     object in the same step loop, on ``device`` (the benchmarks' plain loop).
     Reads the token files the Ray stages made (tokenises what is missing).
     Returns the trained algorithm object."""
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_in)
+    tokenizer = open_tokenizer(model_in)
     model = ConlstEncoder.load(model_in)
     freeze(model, cfg, stage)
     model.to(device).train()

@@ -48,19 +48,43 @@ def trial(params: dict, base: dict, shared: dict) -> None:
     if cfg.resources.num_workers == 0:
         cfg = apply(cfg, {"resources.num_workers": 1})
     trial_dir = Path(shared["trials_dir"]) / ray.tune.get_context().get_trial_id()
+    describe_trial(trial_dir, cfg, shared)
     metrics = fit_stage("conl", cfg, trial_dir / "conl", shared["source_model"],
                         target_corpus=shared["corpus"], pseudo_labels=shared["pseudo_labels"],
                         langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
-    ray.tune.report({**_numeric(metrics), "stage": 1, "model_dir": str(trial_dir / "conl" / "model")})
+    ray.tune.report(trial_report(metrics, cfg, 1, trial_dir / "conl" / "model"))
     if cfg.ssl.enabled:
         metrics = fit_stage("ssl", cfg, trial_dir / "ssl", str(trial_dir / "conl" / "model"),
                             target_corpus=shared["corpus"], translations=shared.get("translations"),
                             langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
-        ray.tune.report({**_numeric(metrics), "stage": 2, "model_dir": str(trial_dir / "ssl" / "model")})
+        ray.tune.report(trial_report(metrics, cfg, 2, trial_dir / "ssl" / "model"))
 
 
-def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def describe_trial(trial_dir: Path, cfg, shared: dict) -> None:
+    """The trial's resolved config and the shared model it starts from, so
+    that ``python -m conlst_ray.report TRIAL_DIR`` can report it alone."""
+    import json
+
+    from conlst_ray.config import save_config
+    from conlst_ray.data.files import atomic_write_text
+
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, trial_dir / "config.yaml")
+    atomic_write_text(trial_dir / "trial.json", json.dumps({"source_model": shared["source_model"]}, indent=2))
+
+
+def trial_report(metrics: dict, cfg, stage: int, model_dir: Path) -> dict:
+    """What a trial reports after a stage: the search metric first (Tune's
+    live table shows the first metrics reported), accuracies in percent
+    like every other table, then the stage's other numbers."""
+    numeric = {k: 100 * v if is_accuracy(k) else v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    first = {cfg.tune.metric: numeric.pop(cfg.tune.metric)} if cfg.tune.metric in numeric else {}
+    return {**first, "stage": stage, **numeric, "model_dir": str(model_dir)}
+
+
+def is_accuracy(key: str) -> bool:
+    return key.endswith("_acc") or key.startswith("acc_")
 
 
 def concurrency(cfg) -> int:
@@ -89,6 +113,12 @@ def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, nam
     tuner = tune.Tuner(
         fn, param_space=to_tune_domains(dims),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
-                                    scheduler=scheduler, max_concurrent_trials=concurrency(cfg)),
+                                    scheduler=scheduler, max_concurrent_trials=concurrency(cfg),
+                                    trial_name_creator=short_name, trial_dirname_creator=short_name),
         run_config=tune.RunConfig(name=name, storage_path=str(storage_path)))
     return tuner.fit()
+
+
+def short_name(trial) -> str:
+    """``trial_3f2a1_00001`` instead of Ray's 110-character directory names."""
+    return f"trial_{trial.trial_id}"

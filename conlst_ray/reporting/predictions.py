@@ -76,7 +76,7 @@ def _labels_in_driver(cfg, corpus, model):
     language under its own model), in this process."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.batches import encode_table
@@ -85,7 +85,7 @@ def _labels_in_driver(cfg, corpus, model):
     parts = []
     for lang, model_dir in by_language(model):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = open_tokenizer(model_dir)
         q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
                           tokenizer.pad_token_id, cfg.source.eval_batch_size, default_device(),
                           cfg.resources.precision)

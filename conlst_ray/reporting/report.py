@@ -47,14 +47,14 @@ _EVAL_ROWS: dict = {}
 def _eval_rows(cfg, model_dir: str, split: str, log):
     """A labelled split, tokenised once per report for every model that
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
-    from transformers import AutoTokenizer
+    from conlst_ray.data.token_files import open_tokenizer
 
     from conlst_ray.training.batches import encode_table
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))
     if key not in _EVAL_ROWS:
         table = eval_corpus(cfg.data, split, log)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = open_tokenizer(model_dir)
         if len(_EVAL_ROWS) >= 4:
             _EVAL_ROWS.clear()
         _EVAL_ROWS[key] = (None if table is None else encode_table(tokenizer, table, cfg.data.max_length),
@@ -153,10 +153,12 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
                      markdown=lambda h, r: calibration_markdown(h, r, name))
     labels = list(cfg.data.task.labels)
     panels = [("before " + name, before), ("after " + name, after)]
-    confidence_histograms(panels, langs, out / "calibration_hist.png", len(labels))
+    title = f"{run.root.name}: pseudo-labels of the target rows by confidence, before and after {name}"
+    confidence_histograms(panels, langs, out / "calibration_hist.png", len(labels), title=title)
     by_class = write_table(out / "calibration_by_class", *class_rows(before, after, langs, labels),
                            markdown=lambda h, r: class_markdown(h, r, name))
-    class_histograms(panels, labels, out / "calibration_hist_by_class.png")
+    class_histograms(panels, labels, out / "calibration_hist_by_class.png",
+                     title=f"{run.root.name}: by pseudo-label class, all target languages, before and after {name}")
     return md + "\n" + by_class
 
 

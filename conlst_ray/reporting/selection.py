@@ -61,7 +61,7 @@ def choose_stage(signals: list[StageSignals], rule: str, tolerance: float) -> tu
                             f"({base:.1f}), more than selection.source_dev_tolerance={tolerance:g}{later}: "
                             f"handing back {signals[chosen].name}")
         chosen = i
-    return chosen, (f"every stage kept its source dev accuracy within {tolerance:g} points of zero-shot "
+    return chosen, (f"no stage lost more than {tolerance:g} points of source dev accuracy against zero-shot "
                     f"({base:.1f}): the final stage ({signals[chosen].name})")
 
 

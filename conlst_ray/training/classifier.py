@@ -14,14 +14,14 @@ class Classifier:
     ``model`` link) with its tokenizer and the names of its labels."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_length: int = 128):
-        from transformers import AutoTokenizer
+        from conlst_ray.data.token_files import open_tokenizer
 
         from conlst_ray.models.encoder import ConlstEncoder
         from conlst_ray.training.inference import default_device
 
         self.model_dir = Path(model_dir)
         self.model = ConlstEncoder.load(self.model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.tokenizer = open_tokenizer(str(self.model_dir))
         task = self.model.task or {"kind": "pair", "labels": ["entailment", "neutral", "contradiction"]}
         self.kind, self.labels = task["kind"], list(task["labels"])
         self.device, self.max_length = device or default_device(), max_length

@@ -74,13 +74,15 @@ def fit(algorithm, runner, *, start_epoch: int = 0, step: int = 0, prefetch_dept
     ``before_step``: a test's seam (fault injection); production passes none."""
     for epoch in range(start_epoch, algorithm.epochs):
         algorithm.begin_epoch(epoch)
+        total = algorithm.epoch_steps(epoch)
         sums: dict[str, list] = {}
         for parts in prefetch(algorithm.batches(epoch, step), prefetch_depth):
             if before_step is not None:
                 before_step(step)
             logs = algorithm.train_step(runner, parts)
             step += 1
-            record_step(sums, steps_file, logs, stage=algorithm.name, **{algorithm.epoch_key: epoch}, step=step)
+            record_step(sums, steps_file, logs, stage=algorithm.name, **{algorithm.epoch_key: epoch}, step=step,
+                        epoch_steps=total)
         yield epoch, step, {**epoch_means(sums), **algorithm.end_epoch(epoch)}
 
 

@@ -45,7 +45,8 @@ class Progress:
         else:
             where += f" {rate:.1f} steps/s"
         terms = " ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if isinstance(logs.get(k), (int, float)))
-        self.log(f"[{self.stage}] epoch {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
+        unit = "iteration" if self.stage == "ssl" else "epoch"
+        self.log(f"[{self.stage}] {unit} {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
 
 
 def epoch_line(stage: str, record: dict, epochs: int) -> str:
@@ -95,7 +96,7 @@ class StageWatcher:
         import threading
 
         self.stage_dir, self.stage = Path(stage_dir), stage
-        self.progress = Progress(stage, epochs, interval, log)
+        self.progress = Progress(stage, epochs, interval, lambda line: _flushed(log, line))
         self.tb = TensorBoard(self.stage_dir / "tensorboard", stage) if tensorboard else None
         self.offsets = {"steps.jsonl": 0, "metrics.jsonl": 0}
         self.epoch = None
@@ -152,3 +153,11 @@ class StageWatcher:
             except ValueError:
                 continue
         return out
+
+
+def _flushed(log, line: str) -> None:
+    """A progress line seen when it is printed, also when output goes to a file."""
+    import sys
+
+    log(line)
+    sys.stdout.flush()
