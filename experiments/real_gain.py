@@ -57,7 +57,7 @@ STUDY = [f"data.source_train=xnli_mt_tsv:{DATA}/mnli_25k/multinli.train.{{lang}}
          "data.target_langs=[ar,de,fr,sw,ur,zh]", "data.eval_during_training=true",
          "source.epochs=3", "ssl.iterations=2"]
 TINY = ["model.name_or_path=tiny-bert", f"model.tokenizer={DATA}/vocab/bert-base-multilingual-cased-vocab.txt",
-        "data.target_langs=[de,sw]", "data.max_rows=64", "data.max_source_rows=3000", "source.epochs=3",
+        "data.target_langs=[de,sw]", "data.max_rows=48", "data.max_source_rows=1500", "source.epochs=3",
         "source.lr=1e-3", "conl.batch_size=16", "conl.source_batch_size=16", "ssl.batch_size=8",
         "ssl.iterations=1", "resources.use_gpu=false", "resources.precision=fp32", "source.eval_batch_size=64"]
 ZS = "zero-shot"

@@ -39,8 +39,8 @@ from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
 from conlst_ray.pipeline.rundir import RunDir  # noqa: E402
 
 BASE = ["translation.model=synthetic", "translation.pivot_lang=src", "resources.num_workers=0"]
-QUICK = ["data.synthetic.n_source_train=1500", "data.synthetic.n_unlabelled=400", "data.synthetic.n_dev=150",
-         "data.synthetic.n_test=150", "source.epochs=2", "ssl.iterations=1"]
+QUICK = ["data.synthetic.n_source_train=800", "data.synthetic.n_unlabelled=240", "data.synthetic.n_dev=90",
+         "data.synthetic.n_test=90", "source.epochs=2", "ssl.iterations=1"]
 PLAIN_ST = "self-training, fixed threshold, no CoNL"
 CQ = "CoNLST, class-quantile selection (q 0.5)"
 CQ_NO_CONL = "w/o CoNL, class-quantile selection (q 0.5)"

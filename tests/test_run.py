@@ -236,8 +236,8 @@ def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished
 
 def test_the_python_api_returns_where_the_run_put_everything(finished_run):
     run_dir, _, _, result = finished_run
-    assert result.stage == "CoNLST" and result.model == run_dir / "model"
-    assert result.model.resolve() == (run_dir / "ssl" / "model").resolve()
+    # (what RUN/model points at now is the business of the last report: the hand-back test rewrites it)
+    assert result.stage == "CoNLST" and result.model == run_dir / "model" and "the final stage" in result.reason
     assert result.models == {"zero-shot": str(run_dir / "source" / "model"), "CoNL": str(run_dir / "conl" / "model"),
                              "CoNLST": str(run_dir / "ssl" / "model")}
     assert result.accuracy["test"] == read_table(run_dir, "test")

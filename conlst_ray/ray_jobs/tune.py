@@ -47,7 +47,7 @@ def trial(params: dict, base: dict, shared: dict) -> None:
     # a trial's stages always get a worker group of their own.
     if cfg.resources.num_workers == 0:
         cfg = apply(cfg, {"resources.num_workers": 1})
-    trial_dir = Path(shared["trials_dir"]) / ray.tune.get_context().get_trial_id()
+    trial_dir = Path(shared["trials_dir"]) / f"trial_{ray.tune.get_context().get_trial_id()}"  # as Tune names it
     describe_trial(trial_dir, cfg, shared)
     metrics = fit_stage("conl", cfg, trial_dir / "conl", shared["source_model"],
                         target_corpus=shared["corpus"], pseudo_labels=shared["pseudo_labels"],
