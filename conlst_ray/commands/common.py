@@ -70,7 +70,8 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
     debug = "--debug" in argv
     if "--verbose" in argv:
         os.environ["CONLST_RAY_VERBOSE"] = "1"
-    else:
+    else:  # per command: an earlier --verbose in the same process does not carry over
+        os.environ.pop("CONLST_RAY_VERBOSE", None)
         quiet_third_party()
     try:
         return main(argv)
