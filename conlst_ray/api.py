@@ -5,7 +5,7 @@
     result = run("tune_configs/xnli_e5_small.yaml", {"data.target_langs": ["fr", "zh"]})
     model = load_model(result.model)                   # the model the run handed back
     model.predict(["Il pleut."], ["Le sol est mouillé."])
-    # [{'label': 'entailment', 'confidence': 0.91, 'probabilities': {...}}]
+    # one dict per pair: {'label': ..., 'confidence': ..., 'probabilities': {'entailment': ..., ...}}
 """
 
 from __future__ import annotations
@@ -62,13 +62,8 @@ def _value(v) -> str:
 
 
 def _accuracy(results: Path) -> dict:
-    import csv
+    from conlst_ray.reporting.tables import read_rows
 
-    out = {}
-    for split in ("dev", "test"):
-        path = results / f"accuracy_{split}.csv"
-        if path.is_file():
-            with path.open() as fh:
-                out[split] = {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
-                              for r in csv.DictReader(fh)}
-    return out
+    return {split: {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
+                    for r in read_rows(results / f"accuracy_{split}.csv")}
+            for split in ("dev", "test") if (results / f"accuracy_{split}.csv").is_file()}

@@ -76,13 +76,14 @@ def _q(shared: Shared, model, rows) -> np.ndarray:
 
 
 def score(shared: Shared, model) -> dict:
-    """Dev accuracy (%) per language: English (source dev) and every target."""
-    from conlst_ray.training.inference import accuracy_by_language
+    """Dev accuracy (%) per language: English (source dev) and every target
+    (the training stages' own per-epoch evaluation)."""
+    from conlst_ray.training.inference import dev_metrics
 
-    accs = {}
-    for rows in shared.evals:
-        accs.update(accuracy_by_language(_q(shared, model, rows), rows))
-    return {lang: 100 * acc for lang, acc in accs.items()}
+    c = shared.cfg
+    metrics = dev_metrics(model, shared.evals, shared.tokenizer.pad_token_id, shared.device, c.source.eval_batch_size,
+                          c.resources.precision, c.data.source_lang, c.data.target_langs)
+    return {key[4:]: 100 * acc for key, acc in metrics.items() if key.startswith("acc_")}
 
 
 def target_predictions(shared: Shared, model) -> np.ndarray:

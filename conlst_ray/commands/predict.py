@@ -79,11 +79,7 @@ def predictions_table(classifier, table, batch_size: int):
     """The input rows with their predicted label, confidence and probabilities."""
     import pyarrow as pa
 
-    from conlst_ray.training.batches import encode_table
-    from conlst_ray.training.inference import predict_proba
-
-    data = encode_table(classifier.tokenizer, table, classifier.max_length)
-    q = predict_proba(classifier.model, data, classifier.tokenizer.pad_token_id, batch_size, classifier.device)
+    q = classifier.proba_of(table, batch_size)
     keep = [c for c in ("id", "lang", "text", "text_pair") if c in table.column_names]
     out = table.select(keep)
     gold = table.column("label").to_pylist()

@@ -111,12 +111,14 @@ def trial_models(folder: Path) -> dict | None:
     zero-shot model and the trial's own stage models; None otherwise."""
     import json
 
+    from conlst_ray.models.encoder import WEIGHTS_FILE
+
     described = folder / "trial.json"
     if not described.is_file():
         return None
     models = {"zero-shot": json.loads(described.read_text())["source_model"]}
     for name, stage in (("CoNL", "conl"), ("CoNLST", "ssl")):
-        if (folder / stage / "model" / "model.safetensors").is_file():
+        if (folder / stage / "model" / WEIGHTS_FILE).is_file():
             models[name] = str(folder / stage / "model")
     return models
 

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from conlst_ray.data.task import NLI_LABELS
+
 
 class Classifier:
     """A saved conlst_ray model (any stage's ``model/`` folder or a run's
@@ -22,7 +24,7 @@ class Classifier:
         self.model_dir = Path(model_dir)
         self.model = ConlstEncoder.load(self.model_dir)
         self.tokenizer = open_tokenizer(str(self.model_dir))
-        task = self.model.task or {"kind": "pair", "labels": ["entailment", "neutral", "contradiction"]}
+        task = self.model.task or {"kind": "pair", "labels": list(NLI_LABELS)}  # a model saved without its task
         self.kind, self.labels = task["kind"], list(task["labels"])
         self.device, self.max_length = device or default_device(), max_length
 
@@ -30,9 +32,6 @@ class Classifier:
                       batch_size: int = 64) -> np.ndarray:
         """[N, C] class probabilities, in the order of ``self.labels``."""
         import pyarrow as pa
-
-        from conlst_ray.training.batches import encode_table
-        from conlst_ray.training.inference import predict_proba
 
         if (text_pairs is None) != (self.kind == "single"):
             need = "texts only" if self.kind == "single" else "texts and text_pairs"
@@ -43,7 +42,14 @@ class Classifier:
                    "label": [-1] * len(texts)}
         if text_pairs is not None:
             columns["text_pair"] = list(text_pairs)
-        data = encode_table(self.tokenizer, pa.table(columns), self.max_length)
+        return self.proba_of(pa.table(columns), batch_size)
+
+    def proba_of(self, table, batch_size: int = 64) -> np.ndarray:
+        """[N, C] probabilities of the rows of a corpus table (the readers' schema)."""
+        from conlst_ray.training.batches import encode_table
+        from conlst_ray.training.inference import predict_proba
+
+        data = encode_table(self.tokenizer, table, self.max_length)
         return predict_proba(self.model, data, self.tokenizer.pad_token_id, batch_size, self.device)
 
     def predict(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,

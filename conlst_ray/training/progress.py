@@ -17,9 +17,14 @@ def eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def unit(stage: str) -> str:
+    """What a stage's loop over its data is called."""
+    return "iteration" if stage == "ssl" else "epoch"
+
+
 class Progress:
     """``[conl] epoch 1/1 step 120/467 (26%) 6.1 steps/s ETA 0m57s loss 0.031``
-    printed at most every ``interval`` seconds (and at an epoch's end)."""
+    printed at most every ``interval`` seconds."""
 
     def __init__(self, stage: str, epochs: int, interval: float = 10.0, log=print):
         self.stage, self.epochs, self.interval, self.log = stage, epochs, interval, log
@@ -31,10 +36,10 @@ class Progress:
         self.epoch, self.total, self.done = epoch, total, 0
         self.t_epoch = self.last = time.monotonic()
 
-    def step(self, logs: dict, force: bool = False) -> None:
+    def step(self, logs: dict) -> None:
         self.done += 1
         now = time.monotonic()
-        if not force and now - self.last < self.interval:
+        if now - self.last < self.interval:
             return
         self.last = now
         rate = self.done / max(now - self.t_epoch, 1e-9)
@@ -45,17 +50,15 @@ class Progress:
         else:
             where += f" {rate:.1f} steps/s"
         terms = " ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if isinstance(logs.get(k), (int, float)))
-        unit = "iteration" if self.stage == "ssl" else "epoch"
-        self.log(f"[{self.stage}] {unit} {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
+        self.log(f"[{self.stage}] {unit(self.stage)} {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
 
 
 def epoch_line(stage: str, record: dict, epochs: int) -> str:
     """``[ssl] iteration 2/3 done at step 466: source dev 69.8 %, target dev 61.2 %, selected 50 %``"""
-    unit = "iteration" if stage == "ssl" else "epoch"
     parts = [f"{name} {100 * record[key]:.1f} %" for key, name in
              (("source_dev_acc", "source dev"), ("target_dev_acc", "target dev"), ("selected_share", "selected"),
               ("selected_pseudo_label_acc", "selected pseudo-label acc")) if isinstance(record.get(key), (int, float))]
-    head = f"[{stage}] {unit} {record.get('epoch', 0) + 1}/{epochs} done at step {record.get('step', '?')}"
+    head = f"[{stage}] {unit(stage)} {record.get('epoch', 0) + 1}/{epochs} done at step {record.get('step', '?')}"
     return head + (": " + ", ".join(parts) if parts else "")
 
 
@@ -70,14 +73,15 @@ class TensorBoard:
         self.stage = stage
 
     def step(self, step: int, logs: dict) -> None:
-        for k, v in logs.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.writer.add_scalar(f"{self.stage}/{k}", v, step)
+        self._scalars(f"{self.stage}/", step, logs)
 
     def epoch(self, step: int, logs: dict) -> None:
+        self._scalars(f"{self.stage}/epoch/", step, logs)
+
+    def _scalars(self, prefix: str, step: int, logs: dict) -> None:
         for k, v in logs.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.writer.add_scalar(f"{self.stage}/epoch/{k}", v, step)
+                self.writer.add_scalar(prefix + k, v, step)
 
     def close(self) -> None:
         self.writer.close()
