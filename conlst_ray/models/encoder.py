@@ -213,8 +213,12 @@ class ConlstEncoder(nn.Module):
         config = ConlstConfig.from_pretrained(str(path))
         encoder_config = config.encoder_config()
         _set_dropout(encoder_config, dropout)
-        model = cls(AutoModel.from_config(encoder_config), num_labels=len(config.id2label),
-                    contrastive_dim=config.contrastive_dim, pooling=pooling or config.pooling)
+        # the weights are overwritten below; building the encoder must not draw from torch's global RNG, or
+        # loading a model would shift every later draw (dropout masks) of the seeded stage that loads it
+        with torch.random.fork_rng(devices=[]):
+            encoder = AutoModel.from_config(encoder_config)
+        model = cls(encoder, num_labels=len(config.id2label), contrastive_dim=config.contrastive_dim,
+                    pooling=pooling or config.pooling)
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelError(f"{path}: holds no {WEIGHTS_FILE}")
