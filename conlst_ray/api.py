@@ -21,8 +21,11 @@ __all__ = ["Classifier", "RunResult", "load_model", "run"]
 
 
 def load_model(model_dir: str | Path, device: Optional[str] = None, max_length: int = 128) -> Classifier:
-    """A saved model (a stage's ``model/`` or a run's ``model`` link), ready to predict."""
-    return Classifier(model_dir, device, max_length)
+    """A saved model (a stage's ``model/`` or a run's ``model`` link, or
+    either in object storage: ``s3://bucket/runs/r/ssl/model``), ready to predict."""
+    from conlst_ray.data import storage
+
+    return Classifier(storage.fetch(storage.mirror(model_dir)), device, max_length)
 
 
 @dataclass

@@ -21,9 +21,9 @@ T = ["data.synthetic.n_source_train=300", "data.synthetic.n_unlabelled=100", "da
      "data.synthetic.n_test=60", "source.epochs=1", "ssl.iterations=1", "data.target_langs=[near]"]
 
 
-def cli(module: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(module: str, *args, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"conlst_ray.{module}", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -181,9 +181,15 @@ def test_run_name_is_one_folder_below_output_dir(name):
         load_config(None, [f"run_name={name}"])
 
 
-def test_object_storage_output_dir_is_refused_not_made_a_local_folder(tmp_path):
-    with pytest.raises(ConfigError, match="output_dir"):
-        load_config(None, ["output_dir=s3://bucket/x"])
+def test_unreachable_object_storage_is_refused_in_one_line_and_nothing_is_written(tmp_path):
+    """output_dir may be object storage (issue 26); storage that cannot be
+    written is refused before any work, and no local mirror is started."""
+    env = {"CONLST_RAY_CACHE_DIR": str(tmp_path / "cache")}
+    proc = cli("run", "output_dir=foo://bucket/x", timeout=60, env=env)
+    assert "output_dir = 'foo://bucket/x': cannot write to this storage" in one_error_line(proc)
+    proc = cli("run", "output_dir=s3://bucket/x?endpoint_override=127.0.0.1:1&scheme=http", timeout=90, env=env)
+    assert "cannot write to this storage" in one_error_line(proc) and "output_dir" in one_error_line(proc)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_failed_preflight_writes_nothing_and_resume_needs_a_name(tmp_path):

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from conlst_ray.config import ConfigError, config_help, load_config
 from conlst_ray.config.provenance import StaleError
 from conlst_ray.data.schema import CorpusError
-from conlst_ray.pipeline.preflight import UserError, check_resources
+from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
 
 ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
 
@@ -201,6 +201,7 @@ def init_ray(address=None, num_cpus=None, cfg=None):
         quiet_ray_loggers()
     if cfg is not None:
         check_resources(cfg, ray.cluster_resources())
+        check_shared_output(cfg)
     return ray
 
 

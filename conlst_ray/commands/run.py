@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
+from conlst_ray.data import storage
 from conlst_ray.data.task import Task
 from conlst_ray.pipeline.preflight import UserError, preflight
 from conlst_ray.pipeline.rundir import RunDir
@@ -34,7 +35,7 @@ def build_parser():
 
 def where_it_stopped(run: RunDir, argv: list) -> str:
     """The stage an interrupted run stopped in, and the command that continues it."""
-    stage = next((s for s in STAGES if (run.root / s).is_dir() and not run.is_done(s)), None)
+    stage = next((s for s in STAGES if storage.exists(run.root / s) and not run.is_done(s)), None)
     again = ["python", "-m", "conlst_ray.run", *argv] + ([] if "--resume" in argv else ["--resume"])
     if not any(a.startswith("run_name=") for a in argv):  # a time-stamped name: say which
         again.append(f"run_name={run.root.name}")

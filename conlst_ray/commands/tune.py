@@ -20,6 +20,7 @@ from pathlib import Path
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
 from conlst_ray.config import ConfigError, save_config, load_config
+from conlst_ray.data import storage as stored
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
         return 2
 
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
-    storage = Path(args.storage_path or Path(cfg.output_dir) / "tune").resolve()
+    location = args.storage_path or f"{cfg.output_dir.rstrip('/')}/tune"
+    storage = stored.mirror(location) if stored.is_uri(location) else Path(location).resolve()
     name = cfg.run_name or "search"
     init_ray(args.address, cfg=cfg)
     from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
     atomic_write_text(out / "best.json", json.dumps({"model_dir": best.metrics["model_dir"],
                                                      "trial": Path(best.metrics["model_dir"]).parent.parent.name,
                                                      cfg.tune.metric: best.metrics.get(cfg.tune.metric)}, indent=2))
+    stored.publish(out)  # object storage: the search's tables and figures beside Tune's state
     print(table)
     if calibration:
         print(f"Best trial, {calibration}\nHistograms: {out / 'calibration_hist.png'}")

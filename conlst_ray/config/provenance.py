@@ -28,6 +28,7 @@ from conlst_ray import __version__
 from conlst_ray.config.keys import keys
 from conlst_ray.config.loading import FILE_FORMATS
 from conlst_ray.config.sections import Config
+from conlst_ray.data import storage
 
 
 def stage_keys(stage: str) -> list[str]:
@@ -100,7 +101,9 @@ _WEIGHTS_CACHE: dict = {}
 
 
 def weights_stamp(model_dir: str | os.PathLike) -> str:
-    """sha256 over a model folder's weight files (cached per file size and mtime)."""
+    """sha256 over a model folder's weight files (cached per file size and
+    mtime); a folder in object storage is fetched to this node first."""
+    model_dir = storage.fetch(model_dir)
     files = sorted(f for f in Path(model_dir).glob("*") if f.suffix in (".safetensors", ".bin", ".pt"))
     h = hashlib.sha256()
     for f in files:

@@ -308,9 +308,6 @@ class Config(Section):
         if self.run_name is not None and (not RUN_NAME.fullmatch(self.run_name) or set(self.run_name) == {"."}):
             raise ConfigError(f"run_name = {self.run_name!r}: a run is one folder below output_dir, named with "
                               f"letters, digits, '.', '_' or '-' (not '.', '..', a path or an absolute path)")
-        if "://" in self.output_dir:
-            raise ConfigError(f"output_dir = {self.output_dir!r}: object storage is not supported yet; give a "
-                              f"local path (on a cluster: one every node shares)")
         if self.source.keep_best_epoch and not (self.data.source_dev and self.data.eval_during_training):
             raise ConfigError("source.keep_best_epoch needs the source dev accuracy of every epoch: set "
                               "data.source_dev and data.eval_during_training=true")

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from conlst_ray.data import storage
 from conlst_ray.data.schema import pair_texts
 
 TOKENIZER_FILE = "_tokenizer.json"
@@ -38,12 +39,23 @@ def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
     truncation length. Two model folders holding the same tokenizer have the
     same stamp, so their stages share one tokenised corpus."""
     h = hashlib.sha256(f"max_length={max_length}".encode())
+    tokenizer_dir = fetch_tokenizer(tokenizer_dir)
     found = [Path(tokenizer_dir) / name for name in TOKENIZER_FILES if (Path(tokenizer_dir) / name).is_file()]
     if not found:  # else every tokenizer would share one stamp
         raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...)")
     for f in found:
         h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
+
+
+def fetch_tokenizer(path) -> Path | str:
+    """This node's copy of a model folder's tokenizer files (object storage:
+    those files only, not the weights); a hub id as it is."""
+    if not storage.is_remote(path):
+        return path
+    for name in (*TOKENIZER_FILES, "config.json"):
+        storage.fetch(Path(path) / name)
+    return storage.here(path)
 
 
 def open_tokenizer(path) -> object:
@@ -54,7 +66,7 @@ def open_tokenizer(path) -> object:
     would otherwise stop to ask whether to run it)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(fetch_tokenizer(path)), trust_remote_code=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -184,8 +196,11 @@ def open_token_rows(root: str | Path, langs: Sequence[str], expect_stamp: Option
     """Memory-map the token files of ``langs`` (in that order) under a
     tokenised corpus ``root``. ``expect_stamp``: the stamp of the tokenizer
     the caller's model uses; token ids made by another tokenizer are
-    refused (they would silently index the wrong embeddings)."""
-    root = Path(root)
+    refused (they would silently index the wrong embeddings). With object
+    storage the files of ``langs`` are fetched to this node first."""
+    root = storage.fetch(Path(root) / TOKENIZER_FILE).parent
+    for lang in langs:
+        storage.fetch(root / f"lang={lang}")
     meta_path = root / TOKENIZER_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root}: not a tokenised corpus (no {TOKENIZER_FILE})")

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from conlst_ray.data import storage
 from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
 from conlst_ray.data.task import NLI_LABELS
 from conlst_ray.models.e5 import is_e5_name, resolve as resolve_e5
@@ -158,7 +159,7 @@ class ConlstEncoder(nn.Module):
 
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = storage.here(path)  # object storage: the caller publishes the folder when complete
         path.mkdir(parents=True, exist_ok=True)
         for earlier in (HEADS_FILE, META_FILE):  # an earlier version's files must not contradict these
             (path / earlier).unlink(missing_ok=True)
@@ -178,7 +179,9 @@ class ConlstEncoder(nn.Module):
     def load(cls, path: str | Path, pooling: Optional[str] = None, dropout: Optional[float] = None,
              num_labels: Optional[int] = None, contrastive_dim: Optional[int] = None) -> "ConlstEncoder":
         """Load a saved ConlstEncoder (its heads and task as saved), or any HF
-        encoder (hub id or directory) with freshly initialised heads."""
+        encoder (hub id or directory) with freshly initialised heads. A
+        folder in object storage is fetched to this node first."""
+        path = storage.fetch(path) if storage.is_remote(path) else path
         local = Path(path)
         meta = read_meta(local)
         if meta.get("format") == FORMAT:

@@ -203,8 +203,47 @@ def writable_dir_problem(key: str, path: str | os.PathLike) -> str | None:
 
 
 def check_output(cfg) -> list[str]:
-    problem = writable_dir_problem("output_dir", cfg.output_dir)
+    from conlst_ray.data import storage
+
+    if storage.is_uri(cfg.output_dir):
+        problem = storage.write_problem("output_dir", cfg.output_dir)
+    else:
+        problem = writable_dir_problem("output_dir", cfg.output_dir)
     return [problem] if problem else []
+
+
+def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
+    """On a multi-node cluster a local ``output_dir`` must be one every node
+    sees (a shared filesystem): the driver writes a marker there and a task
+    on every node looks for it. Refused in one line otherwise -- a worker on
+    another node would open paths that exist only here."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from conlst_ray.data import storage
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or storage.is_uri(cfg.output_dir):
+        return
+    root = Path(cfg.output_dir)
+    while not root.is_dir():  # the run will be created here: its nearest existing folder says where it lives
+        root = root.parent
+    marker = root / f".conlst-shared-{uuid.uuid4().hex}"
+    marker.write_text("written by the driver; removed after the check")
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        refs = {n["NodeManagerAddress"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        blind = [addr for addr, ref in refs.items() if ref not in ready or not ray.get(ref)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"output_dir = {cfg.output_dir}: a local folder that node(s) {', '.join(blind)} of this "
+                        f"{len(nodes)}-node cluster do not see; give object storage (output_dir=s3://bucket/prefix) "
+                        f"or a folder every node mounts")
 
 
 def check_lengths(cfg) -> list[str]:

@@ -4,15 +4,19 @@ complete (``DONE.json``) only after its outputs are in place, so ``--resume``
 skips it -- but only while its fingerprint still matches. A stage made by
 other settings is refused with the differing keys named, or, with
 ``recompute``, removed together with the stages that read it. ``config.yaml``
-is written only after that check, so it always describes the results."""
+is written only after that check, so it always describes the results.
+
+With ``output_dir`` in object storage the root is this machine's mirror of
+the run (``data/storage.py``): what is read is fetched first, what is
+written is published, and listings come from storage."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
+from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.config import save_config, with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS
@@ -83,18 +87,19 @@ class RunDir:
     @classmethod
     def of(cls, cfg) -> "RunDir":
         """The run directory a config names (not created)."""
-        return cls(Path(cfg.output_dir) / (cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")))
+        return cls(storage.mirror(cfg.output_dir) / (cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")))
 
     @classmethod
     def create(cls, cfg, resume: bool = False, recompute: bool = False) -> "RunDir":
         run = cls.of(cfg)
         run.recompute = recompute
-        if run.root.exists() and any(run.root.iterdir()) and not resume:
+        if storage.listdir(run.root) and not resume:
             raise FileExistsError(f"run directory {run.root} exists; pass --resume to continue it "
                                   f"or choose another run_name")
         run.check_settings(cfg)
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_file)
+        storage.publish(run.config_file)
         return run
 
     def check_settings(self, cfg) -> None:
@@ -105,11 +110,11 @@ class RunDir:
         over with the new settings, its old checkpoints removed."""
         stale: dict[Path, list[str]] = {}
         unfinished: list[Path] = []
-        for fp_file in sorted(self.root.rglob(FINGERPRINT_FILE)) if self.root.is_dir() else []:
-            old = read_json(fp_file)
+        for fp_file in storage.find(self.root, FINGERPRINT_FILE):
+            old = read_json(storage.fetch(fp_file))
             new = config_values(self._stage_cfg(cfg, fp_file.parent), (old or {}).get("keys", []))
             changed = differences({"config": old["config"]}, {"config": new}) if old else ["unreadable fingerprint"]
-            if changed and (fp_file.parent / DONE_FILE).is_file():
+            if changed and storage.exists(fp_file.parent / DONE_FILE):
                 stale[fp_file.parent] = changed
             elif changed:
                 unfinished.append(fp_file.parent)
@@ -135,8 +140,9 @@ class RunDir:
         per-language sub-runs)."""
         names = [stage_dir.name] + DOWNSTREAM.get(stage_dir.name, [])
         for name in names:
-            for path in [stage_dir.parent / name, *self.root.glob(f"targets/*/{name}")]:
-                shutil.rmtree(path, ignore_errors=True)
+            subruns = [self.root / "targets" / lang / name for lang in storage.listdir(self.root / "targets")]
+            for path in [stage_dir.parent / name, *subruns]:
+                storage.remove(path)
 
     def stage(self, name: str) -> Path:
         path = self.root / name
@@ -144,7 +150,7 @@ class RunDir:
         return path
 
     def is_done(self, name: str) -> bool:
-        return (self.root / name / DONE_FILE).is_file()
+        return storage.exists(self.root / name / DONE_FILE)
 
     def begin(self, name: str, fingerprint: dict) -> bool:
         """True when stage ``name`` is done and was made by ``fingerprint``;
@@ -152,7 +158,7 @@ class RunDir:
         made otherwise raises StaleError, or is removed under ``recompute``;
         one that never finished starts over."""
         path = self.root / name
-        old = read_json(path / FINGERPRINT_FILE)
+        old = read_json(storage.fetch(path / FINGERPRINT_FILE))
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):
             changed = differences(old, fingerprint)
             if not self.recompute and self.is_done(name):
@@ -162,7 +168,9 @@ class RunDir:
         elif self.is_done(name):
             return True
         atomic_write_text(self.stage(name) / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, default=str))
+        storage.publish(path / FINGERPRINT_FILE)
         return False
 
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))
+        storage.publish(self.root / name / DONE_FILE)  # last: the stage's outputs are in storage already

@@ -20,6 +20,7 @@ from pathlib import Path
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
+from conlst_ray.data import storage
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.pipeline.rundir import RunDir
 
@@ -28,7 +29,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     """The source model: given (CoNLST as post-training) or fine-tuned here."""
     if cfg.model.source_checkpoint:
         log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
-        return cfg.model.source_checkpoint
+        return _shared(run, cfg.model.source_checkpoint)
     out = run.root / "source"
     langs = cfg.data.source_train_langs or [cfg.data.source_lang]
     if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
@@ -41,6 +42,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     init = build_model(cfg.model, tokenizer, cfg.data.task.labels, cfg.data.task.kind).save(run.stage("init") / "model", tokenizer)
+    storage.publish(init)
     t0 = time.time()
     metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.corpus_dir), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
@@ -49,6 +51,20 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     log(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
         f"{100 * metrics.get('source_dev_acc', float('nan')):.1f} %{kept}")
     return str(out / "model")
+
+
+def _shared(run: RunDir, model: str) -> str:
+    """A given model folder as every node can read it: with object storage a
+    local folder is copied into the run (init/source_checkpoint) once."""
+    if not storage.is_remote(run.root) or not Path(model).is_dir():
+        return model
+    import shutil
+
+    copy = run.root / "init" / "source_checkpoint"
+    if not storage.exists(copy / "config.json"):
+        shutil.copytree(model, storage.here(copy), dirs_exist_ok=True)
+        storage.publish(copy)
+    return str(copy)
 
 
 def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
@@ -134,7 +150,7 @@ def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Pat
 def _one_language(cfg, root: str, lang: str, source_model: str, corpus: str, labels: str, translations,
                   stop_after: str | None, recompute: bool = False) -> dict[str, str]:
     """One target language's independent run under RUN/targets/<lang>/."""
-    sub = RunDir(root, recompute=recompute).target_run(lang)
+    sub = RunDir(storage.here(root), recompute=recompute).target_run(lang)  # this node's mirror of the run
     sub.root.mkdir(parents=True, exist_ok=True)
     cfg_l = with_values(cfg, {"data.target_langs": [lang]})
     return target_stages(cfg_l, sub, source_model, Path(corpus), Path(labels), translations,

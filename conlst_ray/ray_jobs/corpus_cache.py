@@ -10,7 +10,6 @@ task per language, never on the driver.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import fingerprint, spec_files, digest, differences
+from conlst_ray.data import storage
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.data.readers import no_rows, read_corpus
@@ -39,15 +39,17 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-def corpus_task(fn, cpus: float, **options):
+def corpus_task(fn, cpus: float, on_this_node: bool = False, **options):
     """``fn`` as a Ray task for the corpus cache. Scheduled outside any
     placement group: called from a Tune trial (whose driver holds a 0.01-CPU
     bundle), a child task would otherwise be captured by the trial's group
-    and fail for want of CPUs."""
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    and fail for want of CPUs. ``on_this_node``: on the caller's node (the
+    one that can read the files a corpus spec names)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-    return ray.remote(fn).options(num_cpus=cpus, scheduling_strategy=PlacementGroupSchedulingStrategy(None),
-                                  **options)
+    strategy = (NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                if on_this_node else PlacementGroupSchedulingStrategy(None))
+    return ray.remote(fn).options(num_cpus=cpus, scheduling_strategy=strategy, **options)
 
 
 def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict,
@@ -56,9 +58,8 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
     table, report = read_corpus(spec, lang, **read_kwargs)
     if table.num_rows == 0:
         raise no_rows(spec, lang, report)
-    out = lang_dir(Path(root), lang)
-    if out.exists():
-        shutil.rmtree(out)  # leftovers of an interrupted ingest: no manifest, so not trusted
+    out = lang_dir(storage.here(root), lang)
+    storage.remove(out)  # leftovers of an interrupted ingest: no manifest, so not trusted
     # pos = row position within the language: restores corpus order after parallel work
     table = table.append_column("pos", pa.array(range(table.num_rows), pa.int64()))
     shards = []
@@ -70,12 +71,14 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
     manifest = {"spec": spec, "lang": lang, "rows": table.num_rows, "shards": shards,
                 "skipped_malformed": report.skipped, "skip_reasons": dict(report.reasons),
                 "skip_summary": report.summary() if report.skipped else None, "fingerprint": fingerprint}
+    storage.publish(out)  # the shards first: a readable manifest means they are all there
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    storage.publish(out / MANIFEST)
     return manifest
 
 
 def read_manifest(root: Path, lang: str) -> dict | None:
-    path = lang_dir(root, lang) / MANIFEST
+    path = storage.fetch(lang_dir(root, lang) / MANIFEST)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -118,7 +121,9 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
             log(f"[ingest] {lang}: cached corpus made otherwise ({'; '.join(changed)}): rebuilding")
         pending.append(lang)
     if pending:
-        task = corpus_task(ingest_language, cpus_per_task, max_retries=1, retry_exceptions=[OSError])
+        # with object storage: read where the spec's files are (the caller's node), shards to storage
+        task = corpus_task(ingest_language, cpus_per_task, on_this_node=storage.is_remote(root), max_retries=1,
+                           retry_exceptions=[OSError])
         refs = {lang: task.remote(spec, lang, str(root), data_cfg.shard_rows, read_kwargs,
                                   corpus_fingerprint(spec, lang, read_kwargs)) for lang in pending}
         for lang, ref in refs.items():

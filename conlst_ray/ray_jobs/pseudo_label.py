@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from conlst_ray.config.provenance import fingerprint, weights_stamp
+from conlst_ray.data import storage
 from conlst_ray.data.token_files import load_tokenizer
 from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
 
@@ -31,7 +32,7 @@ def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
 
     tables = []
     for path in paths.column("path").to_pylist():
-        table = pa.ipc.open_file(pa.memory_map(str(token_file(tokens, path)))).read_all()
+        table = pa.ipc.open_file(pa.memory_map(str(storage.fetch(token_file(tokens, path))))).read_all()
         table = table.select([c for c in ("id", "lang", "pos", "input_ids", "token_type_ids")
                               if c in table.column_names])
         tables.append(table.append_column("path", pa.array([path] * table.num_rows)))

@@ -14,7 +14,6 @@ so an interrupted run resumes where it stopped and does no work twice.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import StaleError, differences, read_json, digest
+from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
 
@@ -47,7 +47,9 @@ def write_parts(table: pa.Table, tmp_root: str) -> pa.Table:
     for path in pc.unique(paths).to_pylist():
         part = table.filter(pc.equal(paths, path)).drop_columns(["path"])
         key = shard_key(path)
-        write_parquet_atomic(part, Path(tmp_root) / key / f"part-{uuid.uuid4().hex}.parquet")
+        part_file = storage.here(tmp_root) / key / f"part-{uuid.uuid4().hex}.parquet"
+        write_parquet_atomic(part, part_file)
+        storage.publish(part_file)
         keys.append(key)
         counts.append(part.num_rows)
     return pa.table({"shard": keys, "rows": pa.array(counts, pa.int64())})
@@ -68,7 +70,7 @@ class JobReport:
 def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> None:
     """Merge a complete shard's parts (a retried task may have written a batch
     twice: keep each id once), check the count, sort by position, rename into place."""
-    parts = sorted((tmp_root / key).glob("part-*.parquet"))
+    parts = sorted(storage.fetch(tmp_root / key).glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     table = table.sort_by([("pos", "ascending"), ("id", "ascending")])  # a duplicate sits next to its twin
     ids = table.column("id").to_numpy(zero_copy_only=False)
@@ -77,7 +79,8 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
     if table.num_rows != expected:
         raise RuntimeError(f"shard {key}: {table.num_rows} distinct rows written, expected {expected}")
     write_parquet_atomic(table, out_root / f"{key}.parquet")
-    shutil.rmtree(tmp_root / key, ignore_errors=True)
+    storage.publish(out_root / f"{key}.parquet")
+    storage.remove(tmp_root / key)
 
 
 def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path,
@@ -97,9 +100,10 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
     expected, files = {}, {}
     report = JobReport()
     for lang, manifest in manifests.items():
+        finished = set(storage.listdir(lang_dir(out_root, lang)))
         for shard in manifest["shards"]:
             key = f"lang={lang}/{Path(shard['file']).stem}"
-            if (out_root / f"{key}.parquet").is_file():
+            if f"{Path(shard['file']).stem}.parquet" in finished:
                 report.skipped.append(key)
             else:
                 expected[key] = shard["rows"] * rows_per_input
@@ -107,7 +111,7 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
     if not expected:
         log(f"[{name}] all {len(report.skipped)} shard(s) complete: nothing to do")
         return report
-    shutil.rmtree(tmp_root, ignore_errors=True)  # parts of an interrupted attempt are not trusted
+    storage.remove(tmp_root)  # parts of an interrupted attempt are not trusted
     log(f"[{name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
 
     t0, last = time.time(), 0.0
@@ -134,7 +138,7 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
     missing = [k for k in expected if k not in report.computed]
     if missing:
         raise RuntimeError(f"{name} ended with incomplete shards: {missing[:5]}")
-    shutil.rmtree(tmp_root, ignore_errors=True)
+    storage.remove(tmp_root)
     report.seconds = time.time() - t0
     log(f"[{name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
     return report
@@ -155,16 +159,17 @@ def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], rec
 
     for lang, wanted in provenance.items():
         folder = lang_dir(out_root, lang)
-        old = read_json(folder / PROVENANCE)
-        if old is not None or any(folder.glob("shard-*.parquet")):
+        old = read_json(storage.fetch(folder / PROVENANCE))
+        if old is not None or any(n.startswith("shard-") for n in storage.listdir(folder)):
             changed = differences(old, wanted)
             if changed and not recompute:
                 raise StaleError(f"{folder} holds {name} output made otherwise: {'; '.join(changed)}. "
                                  f"Write elsewhere (--out) or add --recompute")
             if changed:
                 log(f"[{name}] recomputing {folder}: {'; '.join(changed)}")
-                shutil.rmtree(folder)
+                storage.remove(folder)
         atomic_write_text(folder / PROVENANCE, json.dumps(wanted, indent=2, sort_keys=True, default=str))
+        storage.publish(folder / PROVENANCE)
 
 
 def output_stamp(out_root: str | Path | None) -> Optional[str]:
@@ -172,13 +177,14 @@ def output_stamp(out_root: str | Path | None) -> Optional[str]:
 
     if not out_root:
         return None
-    return digest({d.name: read_json(d / PROVENANCE) for d in sorted(Path(out_root).glob("lang=*"))})
+    dirs = [Path(out_root) / n for n in storage.listdir(out_root) if n.startswith("lang=")]
+    return digest({d.name: read_json(storage.fetch(d / PROVENANCE)) for d in dirs})
 
 
 def read_outputs(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:
     """All finished output of a sharded job (optionally some languages), in
-    language then corpus order."""
-    out_root = Path(out_root)
+    language then corpus order; fetched to this node first with object storage)."""
+    out_root = storage.fetch(out_root)
     dirs = sorted(d for d in out_root.glob("lang=*") if langs is None or d.name[5:] in langs)
     tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("shard-*.parquet"))]
     if not tables:

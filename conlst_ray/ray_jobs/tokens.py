@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import pyarrow.parquet as pq
 import ray
 
+from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import corpus_task
 from conlst_ray.data.token_files import TOKENIZER_FILE, load_tokenizer, special_ids, tokenize_pairs, tokenizer_stamp, write_token_file
@@ -49,9 +49,10 @@ def token_file(tokens: str | Path, shard: str | Path) -> Path:
 def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> int:
     """Read one Parquet shard, tokenise it, write the Arrow file (a Ray task)."""
 
-    table = pq.read_table(src)
+    table = pq.read_table(storage.fetch(src))
     out = tokenize_pairs(load_tokenizer(tokenizer_dir), table, max_length)
-    write_token_file(out, Path(dst))
+    write_token_file(out, storage.here(dst))
+    storage.publish(dst)
     log_path = os.environ.get(LOG_ENV)
     if log_path:
         with open(log_path, "a", encoding="utf-8") as fh:
@@ -72,24 +73,27 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
     for lang in langs:
         src_dir, dst_dir = Path(root) / f"lang={lang}", out / f"lang={lang}"
         made_from = json.dumps((sources or {}).get(lang), sort_keys=True, default=str)
-        recorded = dst_dir / SOURCE_FILE
+        recorded = storage.fetch(dst_dir / SOURCE_FILE)
         if recorded.is_file() and recorded.read_text(encoding="utf-8") != made_from:
             log(f"[tokenize] {lang}: its rows changed since they were tokenised: again")
-            shutil.rmtree(dst_dir)
-        shards = sorted(src_dir.glob("shard-*.parquet"))
+            storage.remove(dst_dir)
+        shards = [src_dir / n for n in storage.listdir(src_dir) if n.startswith("shard-") and n.endswith(".parquet")]
         if not shards:
             raise FileNotFoundError(f"{src_dir}: no shards to tokenise")
         atomic_write_text(recorded, made_from)
-        pending += [(str(s), str(token_file(out, s))) for s in shards if not token_file(out, s).is_file()]
+        storage.publish(recorded)
+        done = set(storage.listdir(dst_dir))
+        pending += [(str(s), str(token_file(out, s))) for s in shards if token_file(out, s).name not in done]
     if pending:
         task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)
         rows = sum(ray.get([task.remote(src, dst, str(tokenizer_dir), max_length) for src, dst in pending]))
         log(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
-    if not (out / TOKENIZER_FILE).is_file():  # the stamp names the tokenizer: written once per folder
+    if not storage.exists(out / TOKENIZER_FILE):  # the stamp names the tokenizer: written once per folder
         tok = load_tokenizer(str(tokenizer_dir))
         meta = {"stamp": out.name.split("-", 1)[1], "tokenizer": getattr(tok, "name_or_path", str(tokenizer_dir)),
                 "max_length": max_length, **special_ids(tok)}
         atomic_write_text(out / TOKENIZER_FILE, json.dumps(meta, indent=2))
+        storage.publish(out / TOKENIZER_FILE)
     return out
 
 

@@ -26,7 +26,8 @@ from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
 from conlst_ray.ray_jobs.worker import drop_replayed_records, load_checkpoint, save_checkpoint, write_thresholds
-from conlst_ray.data.token_files import keep_tokenizer_files, tokenizer_stamp
+from conlst_ray.data import storage
+from conlst_ray.data.token_files import fetch_tokenizer, keep_tokenizer_files, tokenizer_stamp
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import StepModule, append_jsonl, fit
@@ -77,9 +78,30 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         algorithm.load_state_dict(state)
         step, start_epoch = state["step"], state["epoch"] + 1
     eval_rows = read_eval_rows(loop_cfg, stamp) if cfg.data.eval_during_training else []
-    metrics_path = Path(loop_cfg["metrics_file"]) if rank == 0 else None
+    metrics_path = storage.here(loop_cfg["metrics_file"]) if rank == 0 else None
+    logs_out = [metrics_path, metrics_path.with_name("steps.jsonl")] if metrics_path else []
+    for path in logs_out:  # a restarted worker may sit on another node: its records are in storage
+        storage.fetch(path)
     if metrics_path is not None:
         drop_replayed_records(metrics_path, step, start_epoch)
+    with storage.PublishEvery(logs_out):
+        metrics, best = _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, device, step, start_epoch,
+                                frozen, eval_rows, metrics_path)
+    if rank == 0:
+        model_out = storage.fetch(loop_cfg["model_out"])  # a kept epoch may have been saved on another node
+        if not best.kept:
+            model.save(model_out, tokenizer, card=stage_card(cfg, loop_cfg["stage"], metrics))
+        keep_tokenizer_files(fetch_tokenizer(loop_cfg["model_in"]), model_out)  # same stamp: no re-tokenising
+        storage.publish(model_out)
+
+
+def _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, device, step, start_epoch, frozen, eval_rows,
+            metrics_path) -> tuple[dict, Optional["BestEpoch"]]:
+    """The stage's epochs under Ray Train: thresholds, dev metrics, the kept
+    epoch and a checkpoint after each; returns the last epoch's metrics and
+    (rank 0) the kept epoch."""
+    rank, _ = world()
+    model = algorithm.model
     thresholds = getattr(algorithm, "thresholds", None)
     best = BestEpoch(loop_cfg, cfg, state, tokenizer) if rank == 0 else None
     metrics: dict = {}
@@ -88,7 +110,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                                  steps_file=metrics_path.with_name("steps.jsonl") if metrics_path else None,
                                  before_step=loop_cfg.get("step_hook")):
         if thresholds is not None:
-            write_thresholds(Path(loop_cfg["model_out"]).parent / "thresholds", epoch,
+            write_thresholds(storage.here(loop_cfg["model_out"]).parent / "thresholds", epoch,
                              thresholds.thresholds().tolist())
         metrics = {"stage": algorithm.name, "epoch": epoch, "step": step, **frozen, **logs}
         if device.type == "cuda":
@@ -100,12 +122,11 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                                            cfg.data.source_lang, cfg.data.target_langs))
             best.consider(model, epoch, metrics)
             append_jsonl(metrics_path, metrics)
+            for path in (metrics_path, metrics_path.with_name("steps.jsonl")):
+                storage.publish(path)
         save_checkpoint({**algorithm.state_dict(), "step": step, "epoch": epoch,
                          "best_source_dev_acc": best.acc if best else None}, metrics)
-    if rank == 0:
-        if not best.kept:
-            model.save(loop_cfg["model_out"], tokenizer, card=stage_card(cfg, loop_cfg["stage"], metrics))
-        keep_tokenizer_files(loop_cfg["model_in"], loop_cfg["model_out"])  # same stamp: no re-tokenising
+    return metrics, best
 
 
 class BestEpoch:
@@ -128,6 +149,7 @@ class BestEpoch:
             self.acc, self.kept = acc, True
             metrics["kept_epoch"] = epoch
             model.save(self.out, self.tokenizer, card=stage_card(self.cfg, "source", metrics))
+            storage.publish(self.out)
         metrics["best_source_dev_acc"] = self.acc
 
 
@@ -157,8 +179,11 @@ def fit_stage(stage: str, cfg, stage_dir: Path, model_in: str, *, target_corpus:
     scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=res.use_gpu,
                                       resources_per_worker={"CPU": res.cpus_per_worker} if workers else None)
     # Same name + storage path: a rerun of an interrupted stage resumes from its last checkpoint.
+    # With object storage the checkpoints live there, where a restarted worker on any node finds them.
+    where = storage.remote(stage_dir / "ray_train")
     run_config = ray.train.RunConfig(name=f"{stage_dir.parent.name}-{stage_dir.name}",
-                                     storage_path=str(stage_dir / "ray_train"),
+                                     storage_path=where[1] if where else str(stage_dir / "ray_train"),
+                                     storage_filesystem=where[0] if where else None,
                                      failure_config=ray.train.FailureConfig(max_failures=res.max_failures))
     trainer = _trainer_class()(train_loop_per_worker, train_loop_config=loop_cfg, scaling_config=scaling, run_config=run_config)
     epochs = {"source": cfg.source.epochs, "conl": cfg.conl.epochs, "ssl": cfg.ssl.iterations}[stage]

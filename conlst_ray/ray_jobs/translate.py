@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import fingerprint, weights_stamp
+from conlst_ray.data import storage
 from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family, make_translator)
 from conlst_ray.ray_jobs.sharded import JobReport, run_sharded_job
 
@@ -30,7 +31,7 @@ def read_shards(paths: pa.Table) -> pa.Table:
     """One cached shard per input row -> its text rows plus their path."""
     tables = []
     for path in paths.column("path").to_pylist():
-        table = pq.read_table(path, columns=TEXT_COLUMNS)
+        table = pq.read_table(storage.fetch(path), columns=TEXT_COLUMNS)
         tables.append(table.append_column("path", pa.array([path] * table.num_rows)))
     return pa.concat_tables(tables)
 

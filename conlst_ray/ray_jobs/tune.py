@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conlst_ray.data import storage
+
 from conlst_ray.ray_jobs.search_space import Dimension, apply
 
 DRIVER_RESOURCES = {"cpu": 0.01}
@@ -47,7 +49,7 @@ def trial(params: dict, base: dict, shared: dict) -> None:
     # a trial's stages always get a worker group of their own.
     if cfg.resources.num_workers == 0:
         cfg = apply(cfg, {"resources.num_workers": 1})
-    trial_dir = Path(shared["trials_dir"]) / f"trial_{ray.tune.get_context().get_trial_id()}"  # as Tune names it
+    trial_dir = storage.here(shared["trials_dir"]) / f"trial_{ray.tune.get_context().get_trial_id()}"  # as Tune names it
     describe_trial(trial_dir, cfg, shared)
     metrics = fit_stage("conl", cfg, trial_dir / "conl", shared["source_model"],
                         target_corpus=shared["corpus"], pseudo_labels=shared["pseudo_labels"],
@@ -71,6 +73,8 @@ def describe_trial(trial_dir: Path, cfg, shared: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, trial_dir / "config.yaml")
     atomic_write_text(trial_dir / "trial.json", json.dumps({"source_model": shared["source_model"]}, indent=2))
+    for name in ("config.yaml", "trial.json"):
+        storage.publish(trial_dir / name)
 
 
 def trial_report(metrics: dict, cfg, stage: int, model_dir: Path) -> dict:
@@ -105,8 +109,10 @@ def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, nam
 
     fn = tune.with_resources(tune.with_parameters(trial, base=cfg, shared=shared), DRIVER_RESOURCES)
     path = storage_path / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), fn, resume_errored=True).fit()
+    where = storage.remote(storage_path)  # object storage: Tune keeps its state there
+    fs, state = (where[0], f"{where[1]}/{name}") if where else (None, str(path))
+    if resume and tune.Tuner.can_restore(state, storage_filesystem=fs):
+        return tune.Tuner.restore(state, fn, resume_errored=True, storage_filesystem=fs).fit()
     max_t = 2 if cfg.ssl.enabled else 1
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                               grace_period=min(cfg.tune.grace_period, max_t), reduction_factor=cfg.tune.reduction_factor)
@@ -115,7 +121,8 @@ def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, nam
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
                                     scheduler=scheduler, max_concurrent_trials=concurrency(cfg),
                                     trial_name_creator=short_name, trial_dirname_creator=short_name),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage_path)))
+        run_config=tune.RunConfig(name=name, storage_path=where[1] if where else str(storage_path),
+                                  storage_filesystem=fs))
     return tuner.fit()
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.training.distributed import world
 
@@ -59,3 +60,4 @@ def write_thresholds(folder: Path, epoch: int, thresholds: list) -> None:
     rank, _ = world()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"iter{epoch}.rank{rank}.json").write_text(json.dumps(thresholds))
+    storage.publish(folder / f"iter{epoch}.rank{rank}.json")

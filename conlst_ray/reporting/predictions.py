@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.data import storage
 from conlst_ray.pipeline.rundir import RunDir
 
 # Up to this many target rows a model labels them in the driver: a Ray Data
@@ -44,7 +45,7 @@ class TargetPredictions:
             return self._made[stage]
         if stage == "source" and self.run.is_done("pseudo_labels"):
             table = read_outputs(self.run.pseudo_labels("source"))
-        elif not self.run.target_corpus.is_dir() or not model:
+        elif not storage.exists(self.run.target_corpus) or not model:
             return None
         elif self.corpus.num_rows <= DRIVER_INFERENCE_ROWS:
             table = _labels_in_driver(self.cfg, self.corpus, model)

@@ -11,6 +11,7 @@ import numpy as np
 
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
+from conlst_ray.data import storage
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.data.token_files import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
@@ -176,7 +177,7 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
     rows = []
     for prefix, root in roots:
         for stage, batch_of in STAGES:
-            done = root / stage / "DONE.json"
+            done = storage.fetch(root / stage / "DONE.json")
             if not done.is_file():
                 continue
             info = json.loads(done.read_text())
@@ -208,4 +209,6 @@ def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibra
     costs = stage_costs(cfg, run, out)
     if costs:
         parts.append(f"Cost per stage:\n\n{costs}")
+    for folder in (run.results, run.analysis):  # object storage: where the user fetches them
+        storage.publish(folder)
     return "\n".join(parts)

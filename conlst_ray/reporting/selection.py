@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.reporting.tables import write_table
 
@@ -112,11 +113,14 @@ def hand_back(cfg, run, models: dict, dev_results: dict, predictions, out, log=p
     model = models[chosen]
     atomic_write_text(out / "handed_back.json", json.dumps(
         {"stage": chosen, "model": model, "rule": cfg.selection.rule, "reason": reason,
+         "stored_at": storage.location(model) if isinstance(model, str) else None,
          "signals": [asdict(s) for s in signals]}, indent=2))
     if isinstance(model, str):
         _point(run.handed_back, model)
     log(f"[report] handed back: {chosen} ({model}): {reason}")
     where = f"`{run.handed_back}` -> `{model}`" if isinstance(model, str) else json.dumps(model)
+    if storage.is_remote(run.root) and isinstance(model, str):
+        where = f"`{storage.location(model)}`"  # the symlink exists on this machine only
     return f"Handed back ({cfg.selection.rule} rule): **{chosen}**, {where}. {reason}.\n\n{md}"
 
 

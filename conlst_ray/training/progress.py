@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.data import storage
+
 # the terms a progress line shows when a step logs them
 SHOWN = ("loss", "loss_cl", "loss_clcs", "loss_sup", "loss_u", "selected_rate", "lr")
 
@@ -103,6 +105,7 @@ class StageWatcher:
         self.progress = Progress(stage, epochs, interval, lambda line: _flushed(log, line))
         self.tb = TensorBoard(self.stage_dir / "tensorboard", stage) if tensorboard else None
         self.offsets = {"steps.jsonl": 0, "metrics.jsonl": 0}
+        self.fetched_at = {name: -1e9 for name in self.offsets}
         self.epoch = None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{stage}")
@@ -117,6 +120,18 @@ class StageWatcher:
         self.poll()  # the last lines
         if self.tb is not None:
             self.tb.close()
+            storage.publish(self.stage_dir / "tensorboard")
+
+    def _fetched(self, name: str) -> Path:
+        """The local copy of a log rank 0 writes: with object storage, fetched
+        again at most every ``interval`` seconds (and at the end)."""
+        path = self.stage_dir / name
+        now = time.monotonic()
+        if storage.is_remote(path) and (now - self.fetched_at[name] >= self.progress.interval
+                                         or self.stop_event.is_set()):
+            self.fetched_at[name] = now
+            storage.fetch(path)
+        return path
 
     def _run(self) -> None:
         while not self.stop_event.wait(1.0):
@@ -139,7 +154,7 @@ class StageWatcher:
     def _new(self, name: str) -> list:
         import json
 
-        path = self.stage_dir / name
+        path = self._fetched(name)
         if not path.is_file():
             return []
         size = path.stat().st_size

@@ -1,0 +1,283 @@
+"""Run artefacts in object storage, each node working on a local mirror.
+
+``output_dir`` may be a pyarrow filesystem URI (``s3://bucket/prefix``,
+``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``, ``gs://...``).
+Then every process -- the driver, a Ray task, an actor, a training worker, on
+any node -- works on its own node-local mirror of the run directory:
+
+    <cache root>/conlst-storage/<quoted scheme://bucket?query>/<key in the bucket>
+
+and moves files between the mirror and storage at the edges of each step:
+``fetch(path)`` before reading (a file or a whole folder; a local copy is
+reused only while its size and modification time equal the stored object's,
+so nothing stale is read), ``publish(path)`` after writing. The algorithm code
+keeps plain local paths and memory-maps its token files as on one machine.
+
+A mirror path names its storage in one path component, so a path the driver
+passes to a worker on another node still says where its bytes live; the
+worker re-roots it under its own cache root (``CONLST_RAY_CACHE_DIR``, else
+``~/.cache/conlst_ray``) and never opens the driver's copy. Secrets do not
+belong in the URI (it appears in paths and logs): pyarrow reads credentials
+from the usual environment variables and instance roles.
+
+With a local ``output_dir`` every function here is the identity or a no-op:
+one machine (or a shared filesystem) behaves exactly as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+MARK = "conlst-storage"
+CACHE_ENV = "CONLST_RAY_CACHE_DIR"
+LOG_ENV = "CONLST_RAY_STORAGE_LOG"  # a file: every fetch/publish appends "pid op local-path" (tests audit it)
+
+
+def is_uri(location: str | os.PathLike | None) -> bool:
+    return "://" in str(location or "")
+
+
+def cache_root() -> Path:
+    """This node's cache root: where it mirrors object storage."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "conlst_ray").expanduser()
+
+
+def mirror(location: str | os.PathLike) -> Path:
+    """The local path of ``location``: a URI's mirror on this node, or the
+    (local) path itself."""
+    location = str(location)
+    if not is_uri(location):
+        return Path(location)
+    parts = urlsplit(location)
+    base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
+    return cache_root() / MARK / quote(base, safe="") / parts.path.strip("/")
+
+
+def _split(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(storage base URI, key below it) of a mirror path; None for a plain local path."""
+    parts = Path(path).parts
+    if MARK not in parts:
+        return None
+    i = parts.index(MARK)
+    if i + 1 >= len(parts):
+        return None
+    return unquote(parts[i + 1]), "/".join(parts[i + 2:])
+
+
+def here(path: str | os.PathLike) -> Path:
+    """``path`` (a mirror path made on any node) under this node's cache root."""
+    split = _split(path)
+    if split is None:
+        return Path(path)
+    base, key = split
+    return cache_root() / MARK / quote(base, safe="") / key
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return _split(path) is not None
+
+
+def location(path: str | os.PathLike) -> str:
+    """Where ``path`` lives, as a user names it: the storage URI of a mirror
+    path (``s3://bucket/runs/r/ssl/model?...``), else the path."""
+    split = _split(path)
+    if split is None:
+        return str(path)
+    parts = urlsplit(split[0])
+    key = "/".join(p for p in (parts.path.strip("/"), split[1]) if p)
+    return f"{parts.scheme}://{parts.netloc}/{key}" + (f"?{parts.query}" if parts.query else "")
+
+
+def write_problem(key: str, uri: str) -> str | None:
+    """None when an object can be written under ``uri`` and deleted again;
+    else one line naming ``key`` (before any work starts)."""
+    import uuid
+
+    try:
+        fs, prefix = _filesystem(f"{urlsplit(uri).scheme}://{urlsplit(uri).netloc}"
+                                 + (f"?{urlsplit(uri).query}" if urlsplit(uri).query else ""))
+        probe = "/".join(p for p in (prefix, urlsplit(uri).path.strip("/"), f".conlst-preflight-{uuid.uuid4().hex}") if p)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"probe")
+        fs.delete_file(probe)
+    except Exception as exc:  # pyarrow raises OSError, ValueError, ArrowInvalid...: all mean "cannot write there"
+        return f"{key} = {uri!r}: cannot write to this storage ({str(exc).splitlines()[0][:200]})"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(base: str):
+    import pyarrow.fs as pafs
+
+    fs, bucket = pafs.FileSystem.from_uri(base)
+    return fs, bucket.strip("/")
+
+
+def remote(path: str | os.PathLike):
+    """(pyarrow filesystem, path inside it) of a mirror path, or None."""
+    split = _split(path)
+    if split is None:
+        return None
+    fs, bucket = _filesystem(split[0])
+    return fs, "/".join(p for p in (bucket, split[1]) if p)
+
+
+def _log(op: str, path: Path) -> None:
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {op} {path}\n")
+
+
+def _infos(fs, key: str) -> list:
+    """The stored files at ``key``: itself if a file, else everything below it."""
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(key)
+    if info.type == pafs.FileType.File:
+        return [info]
+    if info.type == pafs.FileType.NotFound:
+        return []
+    return [i for i in fs.get_file_info(pafs.FileSelector(key, recursive=True)) if i.type == pafs.FileType.File]
+
+
+def _same(local: Path, info) -> bool:
+    try:
+        st = local.stat()
+    except FileNotFoundError:
+        return False
+    return st.st_size == info.size and int(st.st_mtime) == int(info.mtime.timestamp())
+
+
+def fetch(path: str | os.PathLike) -> Path:
+    """This node's copy of ``path`` (a file or folder), downloaded where it
+    is missing or differs from storage; the local path for a local run."""
+    local, where = here(path), remote(path)
+    if where is None:
+        return local
+    fs, key = where
+    for info in _infos(fs, key):
+        dst = local / info.path[len(key) + 1:] if info.path != key else local
+        if _same(dst, info):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.part")
+        with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 22)
+        stamp = info.mtime.timestamp()
+        os.utime(tmp, (stamp, stamp))
+        tmp.replace(dst)
+        _log("fetch", dst)
+    return local
+
+
+def publish(path: str | os.PathLike) -> None:
+    """Upload this node's copy of ``path`` (a file or folder) to storage; a
+    no-op for a local run. Local copies take the stored objects' times, so a
+    later ``fetch`` on this node downloads nothing."""
+    local, where = here(path), remote(path)
+    if where is None or not local.exists():
+        return
+    fs, key = where
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and
+                                                   not p.name.endswith(".part") and not p.name.endswith(".tmp"))
+    for f in files:
+        dst = key if f == local else f"{key}/{f.relative_to(local).as_posix()}"
+        with open(f, "rb") as src, fs.open_output_stream(dst) as out:
+            shutil.copyfileobj(src, out, 1 << 22)
+        stamp = fs.get_file_info(dst).mtime.timestamp()
+        os.utime(f, (stamp, stamp))
+        _log("publish", f)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """A file or folder at ``path`` (in storage for a remote run)."""
+    where = remote(path)
+    if where is None:
+        return Path(path).exists()
+    import pyarrow.fs as pafs
+
+    fs, key = where
+    return fs.get_file_info(key).type != pafs.FileType.NotFound
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """Names directly under folder ``path`` (sorted; [] if it is missing)."""
+    where = remote(path)
+    if where is None:
+        return sorted(p.name for p in Path(path).iterdir()) if Path(path).is_dir() else []
+    import pyarrow.fs as pafs
+
+    fs, key = where
+    if fs.get_file_info(key).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(key)))
+
+
+def find(path: str | os.PathLike, name: str) -> list[Path]:
+    """Every file called ``name`` below folder ``path`` (as this node's
+    paths; the files themselves are not fetched)."""
+    where = remote(path)
+    if where is None:
+        return sorted(Path(path).rglob(name)) if Path(path).is_dir() else []
+    fs, key = where
+    return sorted(here(path) / i.path[len(key) + 1:] for i in _infos(fs, key) if i.base_name == name)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete ``path`` (file or folder) here and in storage."""
+    local, where = here(path), remote(path)
+    if local.is_dir():
+        shutil.rmtree(local, ignore_errors=True)
+    else:
+        local.unlink(missing_ok=True)
+    if where is None:
+        return
+    import pyarrow.fs as pafs
+
+    fs, key = where
+    kind = fs.get_file_info(key).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(key)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(key)
+
+
+class PublishEvery:
+    """Publish ``paths`` every ``seconds`` from a background thread while the
+    block runs, and once at its end (a no-op for a local run): a driver on
+    another node follows a stage's step log as it grows."""
+
+    def __init__(self, paths: list, seconds: float = 30.0):
+        self.paths = [p for p in paths if is_remote(p)]
+        self.seconds = seconds
+
+    def __enter__(self):
+        import threading
+
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True) if self.paths else None
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.seconds):
+            self._publish()
+
+    def _publish(self) -> None:
+        for path in self.paths:
+            try:
+                publish(path)
+            except OSError:  # a transient storage error: the next round or the end publishes it
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self._publish()
