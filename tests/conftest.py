@@ -46,7 +46,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=True)
+        # "local": a new instance of its own, never a cluster another test or process started here
+        ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=True)
     yield ray
     ray.shutdown()
 

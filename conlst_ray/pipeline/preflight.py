@@ -234,8 +234,9 @@ def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
     marker.write_text("written by the driver; removed after the check")
     try:
         probe = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
-        refs = {n["NodeManagerAddress"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        refs = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
+            for n in nodes}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
         blind = [addr for addr, ref in refs.items() if ref not in ready or not ray.get(ref)]
     finally:
