@@ -219,7 +219,7 @@ def main() -> None:
         f"data.max_source_rows={args.source_rows}", "data.eval_during_training=false", "source.epochs=1",
         f"resources.use_gpu={str(gpu).lower()}", "resources.num_workers=1",
         f"resources.cpus_per_worker={4 if gpu else args.threads}",
-        f"resources.gpus_per_actor={1 if gpu else 0}", f"resources.cpus_per_actor={2 if gpu else args.threads}",
+        f"resources.gpus_per_actor={1 if gpu else 0}", f"resources.cpus_per_actor={2 if gpu else 1}",  # CPU: 1 core left for the read tasks
         f"resources.torch_threads={args.threads}", f"resources.inference_batch_size={256 if gpu else 64}",
         f"resources.tokenize_tasks={4 if gpu else 1}", f"resources.precision={'bf16' if gpu else 'fp32'}"])
     torch.set_num_threads(args.threads)

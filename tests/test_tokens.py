@@ -109,3 +109,26 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     job()
     assert counted() == 900
     assert tokenize_corpus(corpus, ["fr"], str(tok_dir), 32, made_from, log=lambda *_: None) != out  # other length
+
+
+def test_batches_pad_every_row_to_the_longest_with_its_own_tokens():
+    """Dynamic padding, vectorised (issue 24): each row keeps its tokens, in
+    order, then padding; the mask marks exactly the tokens; the inference
+    actor's gather over an Arrow list column gives the same ids."""
+    from conlst_ray.ray_jobs.pseudo_label import pad_list_column
+    from conlst_ray.training.batches import collate
+
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(5, 1000, n).astype(np.int32) for n in (7, 1, 30, 12, 30, 3)]
+    types = [np.arange(len(r)) % 2 for r in rows]
+    batch = collate(rows, types, pad_id=0)
+    assert batch["input_ids"].shape == (6, 30) and batch["input_ids"].dtype.is_floating_point is False
+    for i, row in enumerate(rows):
+        assert batch["input_ids"][i, :len(row)].tolist() == row.tolist()
+        assert (batch["input_ids"][i, len(row):] == 0).all()
+        assert batch["attention_mask"][i].tolist() == [1] * len(row) + [0] * (30 - len(row))
+        assert batch["token_type_ids"][i, :len(row)].tolist() == types[i].tolist()
+    column = pa.array([r.tolist() for r in rows], pa.list_(pa.int32()))
+    order = np.array([2, 0, 5])
+    gathered = pad_list_column(column, order, pad=0)
+    assert gathered.tolist() == collate([rows[i] for i in order], None, 0)["input_ids"].tolist()

@@ -147,8 +147,9 @@ def main(argv=None) -> int:
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
           f"{out / 'best_config.yaml'}\n")
-    print(f"Best trial's model: {best.metrics['model_dir']}\n")
-    atomic_write_text(out / "best.json", json.dumps({"model_dir": best.metrics["model_dir"],
+    best_model = stored.location(best.metrics["model_dir"])  # with object storage: its URI
+    print(f"Best trial's model: {best_model}\n")
+    atomic_write_text(out / "best.json", json.dumps({"model_dir": best_model,
                                                      "trial": Path(best.metrics["model_dir"]).parent.parent.name,
                                                      cfg.tune.metric: best.metrics.get(cfg.tune.metric)}, indent=2))
     stored.publish(out)  # object storage: the search's tables and figures beside Tune's state

@@ -40,14 +40,16 @@ def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
 
 
 def pad_list_column(column, order: np.ndarray, pad: int) -> np.ndarray:
-    """Rows ``order`` of a list<int> column, right-padded to their longest."""
+    """Rows ``order`` of a list<int> column, right-padded to their longest
+    (one vectorised gather, no per-row copy)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = arr.offsets.to_numpy()
     values = arr.values.to_numpy(zero_copy_only=False)
-    lengths = offsets[order + 1] - offsets[order]
-    out = np.full((len(order), int(lengths.max())), pad, dtype=np.int64)
-    for r, (i, n) in enumerate(zip(order, lengths)):
-        out[r, :n] = values[offsets[i]:offsets[i] + n]
+    starts, lengths = offsets[order], offsets[order + 1] - offsets[order]
+    cols = np.arange(int(lengths.max()))[None, :]
+    inside = cols < lengths[:, None]
+    out = np.full(inside.shape, pad, dtype=np.int64)
+    out[inside] = values[(starts[:, None] + cols)[inside]]
     return out
 
 
