@@ -83,8 +83,8 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
     from faults import KillOnce
 
     cfg = load_config(None, SMALL + [f"output_dir={out_dir}", "source.epochs=2"])
-    stage_dir = storage.mirror(f"{out_dir.split('?')[0]}/{run}/killed?{out_dir.split('?')[1]}")
-    init = storage.mirror(f"{out_dir.split('?')[0]}/{run}/init/model?{out_dir.split('?')[1]}")
+    stage_dir = storage.mirror(storage.join(out_dir, run, "killed"))
+    init = storage.mirror(storage.join(out_dir, run, "init", "model"))
     marker = out / "killed"
     metrics = fit_stage("source", cfg, stage_dir, str(init), corpus_dir=str(stage_dir.parent / "corpus"),
                         step_hook=KillOnce(step=11, marker=str(marker), after_s=5.0), log=lambda *_: None)

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         return 2
 
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
-    location = args.storage_path or f"{cfg.output_dir.rstrip('/')}/tune"
+    location = args.storage_path or stored.join(cfg.output_dir, "tune")
     storage = stored.mirror(location) if stored.is_uri(location) else Path(location).resolve()
     name = cfg.run_name or "search"
     init_ray(args.address, cfg=cfg)

@@ -41,6 +41,14 @@ def is_uri(location: str | os.PathLike | None) -> bool:
     return "://" in str(location or "")
 
 
+def join(location: str, *parts: str) -> str:
+    """``location``/parts, for a path or a URI (parts go before its ``?query``)."""
+    if not is_uri(location):
+        return str(Path(location, *parts))
+    head, sep, query = location.partition("?")
+    return "/".join([head.rstrip("/"), *parts]) + sep + query
+
+
 def cache_root() -> Path:
     """This node's cache root: where it mirrors object storage."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "conlst_ray").expanduser()
