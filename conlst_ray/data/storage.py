@@ -26,9 +26,11 @@ one machine (or a shared filesystem) behaves exactly as before.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import shutil
+import uuid
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -161,19 +163,22 @@ def _same(local: Path, info) -> bool:
     return st.st_size == info.size and int(st.st_mtime) == int(info.mtime.timestamp())
 
 
-def fetch(path: str | os.PathLike) -> Path:
+def fetch(path: str | os.PathLike, into: str | os.PathLike | None = None) -> Path:
     """This node's copy of ``path`` (a file or folder), downloaded where it
-    is missing or differs from storage; the local path for a local run."""
-    local, where = here(path), remote(path)
+    is missing or differs from storage; the local path for a local run.
+    ``into``: download a file to that path instead of the shared mirror
+    (a reader that must not touch the copy a writer on this node appends to)."""
+    local, where = (Path(into) if into else here(path)), remote(path)
     if where is None:
-        return local
+        return here(path)
     fs, key = where
     for info in _infos(fs, key):
         dst = local / info.path[len(key) + 1:] if info.path != key else local
         if _same(dst, info):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.part")
+        # a name of its own: two processes of this node may fetch the same file at once
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
         with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 22)
         stamp = info.mtime.timestamp()
@@ -181,6 +186,20 @@ def fetch(path: str | os.PathLike) -> Path:
         tmp.replace(dst)
         _log("fetch", dst)
     return local
+
+
+def files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files below ``folder`` whose relative path matches ``pattern``
+    (sorted, as this node's paths). With object storage they are fetched
+    first and the list is storage's: a file another node removed from
+    storage is not read from a stale mirror."""
+    where = remote(folder)
+    if where is None:
+        return sorted(Path(folder).glob(pattern))
+    local = fetch(folder)
+    fs, key = where
+    names = [i.path[len(key) + 1:] for i in _infos(fs, key)]
+    return sorted(local / n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def publish(path: str | os.PathLike) -> None:

@@ -198,9 +198,7 @@ def open_token_rows(root: str | Path, langs: Sequence[str], expect_stamp: Option
     the caller's model uses; token ids made by another tokenizer are
     refused (they would silently index the wrong embeddings). With object
     storage the files of ``langs`` are fetched to this node first."""
-    root = storage.fetch(Path(root) / TOKENIZER_FILE).parent
-    for lang in langs:
-        storage.fetch(root / f"lang={lang}")
+    given, root = root, storage.fetch(Path(root) / TOKENIZER_FILE).parent
     meta_path = root / TOKENIZER_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root}: not a tokenised corpus (no {TOKENIZER_FILE})")
@@ -210,7 +208,7 @@ def open_token_rows(root: str | Path, langs: Sequence[str], expect_stamp: Option
                          f"the model's tokenizer is {expect_stamp}: tokenise the corpus again with it")
     tables = []
     for lang in langs:
-        files = sorted((root / f"lang={lang}").glob("shard-*.arrow"))
+        files = storage.files(Path(given) / f"lang={lang}", "shard-*.arrow")
         if not files:
             raise FileNotFoundError(f"{root}: no token files for language {lang!r}")
         for f in files:

@@ -70,7 +70,7 @@ class JobReport:
 def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> None:
     """Merge a complete shard's parts (a retried task may have written a batch
     twice: keep each id once), check the count, sort by position, rename into place."""
-    parts = sorted(storage.fetch(tmp_root / key).glob("part-*.parquet"))
+    parts = storage.files(tmp_root / key, "part-*.parquet")
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     table = table.sort_by([("pos", "ascending"), ("id", "ascending")])  # a duplicate sits next to its twin
     ids = table.column("id").to_numpy(zero_copy_only=False)
@@ -184,9 +184,8 @@ def output_stamp(out_root: str | Path | None) -> Optional[str]:
 def read_outputs(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:
     """All finished output of a sharded job (optionally some languages), in
     language then corpus order; fetched to this node first with object storage)."""
-    out_root = storage.fetch(out_root)
-    dirs = sorted(d for d in out_root.glob("lang=*") if langs is None or d.name[5:] in langs)
-    tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("shard-*.parquet"))]
+    shards = storage.files(out_root, "lang=*/shard-*.parquet")  # sorted: language, then corpus order
+    tables = [pq.read_table(f) for f in shards if langs is None or f.parent.name[5:] in langs]
     if not tables:
         raise FileNotFoundError(f"no finished output under {out_root}")
     return pa.concat_tables(tables)

@@ -106,6 +106,7 @@ class StageWatcher:
         self.tb = TensorBoard(self.stage_dir / "tensorboard", stage) if tensorboard else None
         self.offsets = {"steps.jsonl": 0, "metrics.jsonl": 0}
         self.fetched_at = {name: -1e9 for name in self.offsets}
+        self.copies = None  # object storage: the logs are fetched to a private folder
         self.epoch = None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{stage}")
@@ -121,17 +122,27 @@ class StageWatcher:
         if self.tb is not None:
             self.tb.close()
             storage.publish(self.stage_dir / "tensorboard")
+        if self.copies is not None:
+            import shutil
+
+            shutil.rmtree(self.copies, ignore_errors=True)
 
     def _fetched(self, name: str) -> Path:
         """The local copy of a log rank 0 writes: with object storage, fetched
         again at most every ``interval`` seconds (and at the end)."""
         path = self.stage_dir / name
+        if not storage.is_remote(path):
+            return path
+        if self.copies is None:
+            import tempfile
+
+            self.copies = Path(tempfile.mkdtemp(prefix=f"conlst-watch-{self.stage}-"))
         now = time.monotonic()
-        if storage.is_remote(path) and (now - self.fetched_at[name] >= self.progress.interval
-                                         or self.stop_event.is_set()):
+        if now - self.fetched_at[name] >= self.progress.interval or self.stop_event.is_set():
+            # never into the node's mirror: rank 0 may be appending to that very file on this node
             self.fetched_at[name] = now
-            storage.fetch(path)
-        return path
+            storage.fetch(path, into=self.copies / name)
+        return self.copies / name
 
     def _run(self) -> None:
         while not self.stop_event.wait(1.0):

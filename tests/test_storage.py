@@ -1,0 +1,114 @@
+"""The storage layer against a real S3-compatible server (moto, on
+localhost): two "nodes" are two cache roots (``CONLST_RAY_CACHE_DIR``)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from storage_job import BUCKET, start_s3  # noqa: E402
+
+from conlst_ray.data import storage  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    import pyarrow.fs as pafs
+
+    out = tmp_path_factory.mktemp("s3")
+    server, endpoint = start_s3(out)
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(BUCKET)
+    yield f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"
+    server.kill()
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def node(monkeypatch, root: Path) -> None:
+    monkeypatch.setenv(storage.CACHE_ENV, str(root))
+
+
+def test_a_uri_maps_to_a_mirror_that_every_node_re_roots(tmp_path, monkeypatch, bucket):
+    node(monkeypatch, tmp_path / "a")
+    path = storage.mirror(storage.join(bucket, "r", "ssl", "model"))
+    assert path.is_relative_to(tmp_path / "a") and storage.is_remote(path)
+    assert storage.location(path) == storage.join(bucket, "r", "ssl", "model")
+    node(monkeypatch, tmp_path / "b")
+    assert storage.here(path) == storage.mirror(storage.join(bucket, "r", "ssl", "model"))
+    assert storage.here(path).is_relative_to(tmp_path / "b")
+    assert storage.mirror("/plain/dir") == Path("/plain/dir") and not storage.is_remote("/plain/dir")
+    assert storage.join("/plain", "x") == "/plain/x"
+
+
+def test_what_one_node_publishes_another_fetches_once(tmp_path, monkeypatch, bucket):
+    log = tmp_path / "log"
+    monkeypatch.setenv(storage.LOG_ENV, str(log))
+    node(monkeypatch, tmp_path / "a")
+    folder = storage.mirror(storage.join(bucket, "r1", "model"))
+    folder.mkdir(parents=True)
+    (folder / "w.bin").write_bytes(b"weights")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "t.json").write_text("{}")
+    storage.publish(folder)
+    assert storage.exists(folder / "w.bin") and storage.listdir(folder) == ["sub", "w.bin"]
+    node(monkeypatch, tmp_path / "b")
+    got = storage.fetch(folder)
+    assert got.is_relative_to(tmp_path / "b") and (got / "w.bin").read_bytes() == b"weights"
+    assert (got / "sub" / "t.json").read_text() == "{}"
+    fetched = [line for line in log.read_text().splitlines() if " fetch " in line]
+    storage.fetch(folder)  # same size and time as stored: nothing downloaded again
+    assert [line for line in log.read_text().splitlines() if " fetch " in line] == fetched
+    # node a changes the object: node b's copy is stale and is replaced
+    node(monkeypatch, tmp_path / "a")
+    (storage.here(folder) / "w.bin").write_bytes(b"new weights!")
+    storage.publish(folder / "w.bin")
+    node(monkeypatch, tmp_path / "b")
+    assert (storage.fetch(folder) / "w.bin").read_bytes() == b"new weights!"
+
+
+def test_a_file_removed_from_storage_is_not_read_from_a_stale_mirror(tmp_path, monkeypatch, bucket):
+    node(monkeypatch, tmp_path / "a")
+    folder = storage.mirror(storage.join(bucket, "r2", "tokens", "lang=xx"))
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"shard-{i}.arrow").write_text(str(i))
+    storage.publish(folder)
+    node(monkeypatch, tmp_path / "b")
+    assert [p.name for p in storage.files(folder, "shard-*.arrow")] == ["shard-0.arrow", "shard-1.arrow",
+                                                                        "shard-2.arrow"]
+    node(monkeypatch, tmp_path / "a")  # node a rebuilds the folder with fewer shards
+    storage.remove(folder)
+    storage.here(folder).mkdir(parents=True)
+    (storage.here(folder) / "shard-0.arrow").write_text("new")
+    storage.publish(folder)
+    node(monkeypatch, tmp_path / "b")
+    assert (storage.here(folder) / "shard-2.arrow").exists()           # still in b's mirror ...
+    shards = storage.files(folder, "shard-*.arrow")
+    assert [p.name for p in shards] == ["shard-0.arrow"] and shards[0].read_text() == "new"   # ... never read
+
+
+def test_a_reader_can_fetch_beside_the_mirror_a_writer_appends_to(tmp_path, monkeypatch, bucket):
+    node(monkeypatch, tmp_path / "a")
+    steps = storage.mirror(storage.join(bucket, "r3", "conl", "steps.jsonl"))
+    steps.parent.mkdir(parents=True)
+    steps.write_text("1\n")
+    storage.publish(steps)
+    with steps.open("a") as fh:  # the writer goes on; storage has the older copy
+        fh.write("2\n")
+    copy = storage.fetch(steps, into=tmp_path / "copy.jsonl")
+    assert copy == tmp_path / "copy.jsonl" and copy.read_text() == "1\n"
+    assert steps.read_text() == "1\n2\n"                                # the writer's file untouched
+
+
+def test_a_local_run_is_untouched(tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert storage.fetch(tmp_path / "f") == tmp_path / "f"
+    storage.publish(tmp_path / "f")
+    assert storage.files(tmp_path, "f") == [tmp_path / "f"] and storage.listdir(tmp_path) == ["f"]
+    storage.remove(tmp_path / "f")
+    assert not (tmp_path / "f").exists()
