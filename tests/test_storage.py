@@ -112,3 +112,18 @@ def test_a_local_run_is_untouched(tmp_path):
     assert storage.files(tmp_path, "f") == [tmp_path / "f"] and storage.listdir(tmp_path) == ["f"]
     storage.remove(tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+def test_a_restarted_worker_drops_replayed_and_cut_records(tmp_path):
+    """Logs published while being written may end in half a line; a worker
+    restarted from the checkpoint at step 2 (epoch 0 done) keeps steps 1-2
+    and epoch 0, and drops the cut line instead of failing on it."""
+    import json
+
+    from conlst_ray.ray_jobs.worker import drop_replayed_records
+
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n" + json.dumps({"epoch": 1}) + "\n")
+    drop_replayed_records(tmp_path / "metrics.jsonl", step=2, epoch=1)
+    assert [json.loads(x)["step"] for x in (tmp_path / "steps.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]

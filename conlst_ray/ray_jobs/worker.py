@@ -44,15 +44,25 @@ def load_checkpoint() -> Optional[dict]:
 def drop_replayed_records(metrics_path: Path, step: int, epoch: int) -> None:
     """On (re)start, keep only the records the restored checkpoint covers:
     steps up to ``step`` and epochs before ``epoch``. The steps after the
-    checkpoint run again and would otherwise be logged twice."""
+    checkpoint run again and would otherwise be logged twice. A line cut
+    short (a log uploaded to object storage while it was being written, then
+    the worker died) is dropped too."""
     for path, keep in ((metrics_path.with_name("steps.jsonl"), lambda r: r.get("step", 0) <= step),
                        (metrics_path, lambda r: r.get("epoch", -1) < epoch)):
         if not path.is_file():
             continue
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if keep(json.loads(line))]
+        kept = [line for line in lines if _whole(line) and keep(json.loads(line))]
         if len(kept) != len(lines):
             atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _whole(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
 
 
 def write_thresholds(folder: Path, epoch: int, thresholds: list) -> None:
