@@ -105,12 +105,8 @@ def location(path: str | os.PathLike) -> str:
 def write_problem(key: str, uri: str) -> str | None:
     """None when an object can be written under ``uri`` and deleted again;
     else one line naming ``key`` (before any work starts)."""
-    import uuid
-
     try:
-        fs, prefix = _filesystem(f"{urlsplit(uri).scheme}://{urlsplit(uri).netloc}"
-                                 + (f"?{urlsplit(uri).query}" if urlsplit(uri).query else ""))
-        probe = "/".join(p for p in (prefix, urlsplit(uri).path.strip("/"), f".conlst-preflight-{uuid.uuid4().hex}") if p)
+        fs, probe = remote(mirror(join(uri, f".conlst-preflight-{uuid.uuid4().hex}")))
         with fs.open_output_stream(probe) as out:
             out.write(b"probe")
         fs.delete_file(probe)
