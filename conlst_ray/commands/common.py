@@ -189,17 +189,17 @@ def init_ray(address=None, num_cpus=None, cfg=None):
     import ray
 
     quiet_ray_loggers()
-    if cfg is not None and address is None and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+    # no --address: a Ray of our own, not one a `ray start` left on this machine (whose
+    # resources preflight did not check); `ray job submit` sets RAY_ADDRESS and is joined
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"
+    if cfg is not None and address == "local" and not ray.is_initialized():
         check_resources(cfg, local_resources(num_cpus))  # seconds before a local Ray would be up
     if not ray.is_initialized():
         # workers' output is kept in Ray's session logs; --verbose shows it here
         import logging
 
         verbose = os.environ.get("CONLST_RAY_VERBOSE") == "1"
-        # no --address: a Ray of our own, not one a `ray start` left on this machine (whose
-        # resources preflight did not check); `ray job submit` sets RAY_ADDRESS and is joined
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            address = "local"
         ray.init(address=address, num_cpus=num_cpus if address == "local" else None, log_to_driver=verbose,
                  logging_level=logging.INFO if verbose else logging.ERROR)
         quiet_ray_loggers()

@@ -63,8 +63,13 @@ def mirror(location: str | os.PathLike) -> Path:
     if not is_uri(location):
         return Path(location)
     parts = urlsplit(location)
-    base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
-    return cache_root() / MARK / quote(base, safe="") / parts.path.strip("/")
+    return _mirror_path(f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else ""),
+                        parts.path.strip("/"))
+
+
+def _mirror_path(base: str, key: str) -> Path:
+    """This node's mirror of ``key`` in the storage at ``base`` (scheme://bucket?query)."""
+    return cache_root() / MARK / quote(base, safe="") / key
 
 
 def _split(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -81,10 +86,7 @@ def _split(path: str | os.PathLike) -> tuple[str, str] | None:
 def here(path: str | os.PathLike) -> Path:
     """``path`` (a mirror path made on any node) under this node's cache root."""
     split = _split(path)
-    if split is None:
-        return Path(path)
-    base, key = split
-    return cache_root() / MARK / quote(base, safe="") / key
+    return Path(path) if split is None else _mirror_path(*split)
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -159,16 +161,27 @@ def _same(local: Path, info) -> bool:
     return st.st_size == info.size and int(st.st_mtime) == int(info.mtime.timestamp())
 
 
-def fetch(path: str | os.PathLike, into: str | os.PathLike | None = None) -> Path:
+def fetch(path: str | os.PathLike, into: str | os.PathLike | None = None, names=None) -> Path:
     """This node's copy of ``path`` (a file or folder), downloaded where it
     is missing or differs from storage; the local path for a local run.
     ``into``: download a file to that path instead of the shared mirror
-    (a reader that must not touch the copy a writer on this node appends to)."""
+    (a reader that must not touch the copy a writer on this node appends to).
+    ``names``: of a folder, only the files directly in it with these names."""
     local, where = (Path(into) if into else here(path)), remote(path)
     if where is None:
         return here(path)
     fs, key = where
-    for info in _infos(fs, key):
+    infos = _infos(fs, key)
+    if names is not None:
+        infos = [i for i in infos if i.path[len(key) + 1:] in names]
+    _download(fs, key, infos, local)
+    return local
+
+
+def _download(fs, key: str, infos: list, local: Path) -> None:
+    """The stored files ``infos`` (at or below ``key``) to ``local``, each
+    unless its copy there has the object's size and time."""
+    for info in infos:
         dst = local / info.path[len(key) + 1:] if info.path != key else local
         if _same(dst, info):
             continue
@@ -181,7 +194,6 @@ def fetch(path: str | os.PathLike, into: str | os.PathLike | None = None) -> Pat
         os.utime(tmp, (stamp, stamp))
         tmp.replace(dst)
         _log("fetch", dst)
-    return local
 
 
 def files(folder: str | os.PathLike, pattern: str) -> list[Path]:
@@ -192,10 +204,11 @@ def files(folder: str | os.PathLike, pattern: str) -> list[Path]:
     where = remote(folder)
     if where is None:
         return sorted(Path(folder).glob(pattern))
-    local = fetch(folder)
     fs, key = where
-    names = [i.path[len(key) + 1:] for i in _infos(fs, key)]
-    return sorted(local / n for n in names if fnmatch.fnmatchcase(n, pattern))
+    local = here(folder)
+    infos = [i for i in _infos(fs, key) if fnmatch.fnmatchcase(i.path[len(key) + 1:], pattern)]
+    _download(fs, key, infos, local)  # one listing: the files read are the files stored
+    return sorted(local / i.path[len(key) + 1:] for i in infos)
 
 
 def publish(path: str | os.PathLike) -> None:

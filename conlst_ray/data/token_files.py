@@ -53,9 +53,7 @@ def fetch_tokenizer(path) -> Path | str:
     those files only, not the weights); a hub id as it is."""
     if not storage.is_remote(path):
         return path
-    for name in (*TOKENIZER_FILES, "config.json"):
-        storage.fetch(Path(path) / name)
-    return storage.here(path)
+    return storage.fetch(path, names=(*TOKENIZER_FILES, "config.json"))  # one listing of the folder
 
 
 def open_tokenizer(path) -> object:

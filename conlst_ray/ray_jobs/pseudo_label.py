@@ -41,16 +41,15 @@ def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
 
 def pad_list_column(column, order: np.ndarray, pad: int) -> np.ndarray:
     """Rows ``order`` of a list<int> column, right-padded to their longest
-    (one vectorised gather, no per-row copy)."""
+    (one vectorised gather of their values, then ``batches.padded``)."""
+    from conlst_ray.training.batches import padded
+
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = arr.offsets.to_numpy()
     values = arr.values.to_numpy(zero_copy_only=False)
     starts, lengths = offsets[order], offsets[order + 1] - offsets[order]
-    cols = np.arange(int(lengths.max()))[None, :]
-    inside = cols < lengths[:, None]
-    out = np.full(inside.shape, pad, dtype=np.int64)
-    out[inside] = values[(starts[:, None] + cols)[inside]]
-    return out
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return padded(values[np.repeat(starts, lengths) + within], lengths, pad)[0]
 
 
 class Predictor:

@@ -85,8 +85,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if metrics_path is not None:
         drop_replayed_records(metrics_path, step, start_epoch)
     with storage.PublishEvery(logs_out):
-        metrics, best = _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, device, step, start_epoch,
-                                frozen, eval_rows, metrics_path)
+        metrics, best = _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, step, start_epoch, frozen,
+                                eval_rows, metrics_path)
     if rank == 0:
         model_out = storage.fetch(loop_cfg["model_out"])  # a kept epoch may have been saved on another node
         if not best.kept:
@@ -95,13 +95,13 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         storage.publish(model_out)
 
 
-def _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, device, step, start_epoch, frozen, eval_rows,
+def _epochs(algorithm, ddp, loop_cfg, cfg, state, tokenizer, step, start_epoch, frozen, eval_rows,
             metrics_path) -> tuple[dict, Optional["BestEpoch"]]:
     """The stage's epochs under Ray Train: thresholds, dev metrics, the kept
     epoch and a checkpoint after each; returns the last epoch's metrics and
     (rank 0) the kept epoch."""
     rank, _ = world()
-    model = algorithm.model
+    model, device = algorithm.model, algorithm.device
     thresholds = getattr(algorithm, "thresholds", None)
     best = BestEpoch(loop_cfg, cfg, state, tokenizer) if rank == 0 else None
     metrics: dict = {}

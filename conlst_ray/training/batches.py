@@ -45,21 +45,22 @@ def collate(input_ids: Sequence[Sequence[int]], token_type_ids: Optional[Sequenc
     scatter, not a copy per row: 256 rows take 0.16 ms instead of 5 ms here,
     which on a GPU was half of an e5-small forward pass."""
     lengths = np.fromiter((len(x) for x in input_ids), np.int64, len(input_ids))
-    mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
-    batch = {"input_ids": torch.from_numpy(padded(input_ids, mask, pad_id)),
-             "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+    ids, mask = padded(np.concatenate([np.asarray(r) for r in input_ids]), lengths, pad_id)
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
     if token_type_ids is not None:
-        batch["token_type_ids"] = torch.from_numpy(padded(token_type_ids, mask, 0))
+        types, _ = padded(np.concatenate([np.asarray(r) for r in token_type_ids]), lengths, 0)
+        batch["token_type_ids"] = torch.from_numpy(types)
     return batch
 
 
-def padded(rows: Sequence[Sequence[int]], mask: np.ndarray, fill: int) -> np.ndarray:
-    """``rows`` left-aligned in a (len(rows), width) int64 array, ``fill``
-    elsewhere; ``mask`` marks each row's first len(row) columns (row-major
-    order of its True cells = the rows concatenated)."""
+def padded(flat: np.ndarray, lengths: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``lengths`` (their values concatenated in ``flat``) left-aligned
+    in a (rows, longest) int64 array, ``fill`` elsewhere; and the mask of
+    the real tokens (its True cells in row-major order are ``flat``)."""
+    mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
     out = np.full(mask.shape, fill, dtype=np.int64)
-    out[mask] = np.concatenate([np.asarray(r) for r in rows])
-    return out
+    out[mask] = flat
+    return out, mask
 
 
 def batch_of(data: Encoded, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
