@@ -2,7 +2,8 @@
 tokenised once by the pipeline's own Ray tasks, then every row trained in
 this process -- the stage objects of conlst_ray.algorithm in the one step
 loop (training.loop.fit), as under Ray Train, without a TorchTrainer
-start-up per row -- and scored on the dev sets, on the GPU when there is one."""
+start-up per row -- and scored on data.target_test (rows never trained on),
+on the GPU when there is one."""
 
 from __future__ import annotations
 
@@ -27,19 +28,22 @@ class Shared:
     tokenizer: object
     source: object              # labelled source rows
     target: object              # unlabelled target rows (gold kept for analysis only)
-    evals: list                 # [source dev rows, target dev rows]
+    evals: list                 # [source dev rows]: the source stage's kept epoch and the label-free signal
+    test: object                # data.target_test rows of English and every target: the scores
     device: torch.device
     q_source: Optional[np.ndarray] = None      # the zero-shot model's q of every target row
     predictions: dict = field(default_factory=dict)   # row -> target-row predictions
 
 
-def prepare(cfg, out: Path, log=print) -> Shared:
+def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Shared:
     """Read and tokenise every corpus (cached under ``out/corpus``) and make
-    the initial model (the pretrained encoder and a fresh head)."""
+    the initial model (the pretrained encoder and a fresh head). The
+    unlabelled target text is capped at ``target_rows`` per language
+    (default data.max_rows); the scored test rows at data.max_rows. Under
+    model.cache_frozen every row's frozen-layer states are computed here once."""
     import ray
-    from conlst_ray.data.token_files import open_tokenizer
 
-    from conlst_ray.data.token_files import tokenizer_stamp
+    from conlst_ray.data.token_files import open_tokenizer, tokenizer_stamp
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_eval_rows, read_stage_data
@@ -55,14 +59,40 @@ def prepare(cfg, out: Path, log=print) -> Shared:
     corpus_dir = out / "corpus"
     target_root = corpus_dir / CORPUS_FOLDERS["data.target_train"]
     ingest_corpora(cfg.data.target_train, cfg.data.target_langs, target_root, cfg.data, cfg.resources.cpus_per_task,
-                   log, max_rows=corpus_max_rows(cfg, "data.target_train"))
+                   log, max_rows=target_rows or corpus_max_rows(cfg, "data.target_train"))
     tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), corpus_dir, str(target_root), None,
                                   list(cfg.data.target_langs), log)
+    tokens["test"] = test_tokens(cfg, corpus_dir, init_dir, log)
     stamp = tokenizer_stamp(str(init_dir), cfg.data.max_length)
     source, target = read_stage_data({"tokens": tokens}, stamp)
+    evals = read_eval_rows({"tokens": tokens}, stamp)
+    test = read_eval_rows({"tokens": {"eval": [tokens["test"]]}}, stamp)[0]
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    return Shared(cfg, init_dir, open_tokenizer(init_dir), source, target,
-                  read_eval_rows({"tokens": tokens}, stamp), device)
+    if cfg.model.cache_frozen:
+        from conlst_ray.ray_jobs.stage_data import attach_frozen
+
+        model = load(init_dir, cfg, "source", device)
+        for rows, entry in [(source, tokens["source"]), (target, tokens["target"]), (test, tokens["test"])] + list(
+                zip(evals, tokens.get("eval", []))):
+            attach_frozen(rows, entry, model, cfg, device, log)
+        del model
+    return Shared(cfg, init_dir, open_tokenizer(init_dir), source, target, evals, test, device)
+
+
+def test_tokens(cfg, corpus_dir: Path, init_dir: Path, log) -> list:
+    """data.target_test in the source language and every target (English is
+    scored on the same held-out rows), tokenised: [folder, languages]."""
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
+
+    if not cfg.data.target_test:
+        raise ValueError("the study scores on data.target_test, which is not set")
+    langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
+    root = corpus_dir / CORPUS_FOLDERS["data.target_test"]
+    manifests = ingest_corpora(cfg.data.target_test, langs, root, cfg.data, cfg.resources.cpus_per_task, log)
+    folder = tokenize_cached_corpus(root, manifests, str(init_dir), cfg.data.max_length,
+                                    cfg.resources.cpus_per_task, log)
+    return [str(folder), langs]
 
 
 # -- scoring ---------------------------------------------------------------------------------
@@ -71,19 +101,36 @@ def _q(shared: Shared, model, rows) -> np.ndarray:
     from conlst_ray.training.inference import predict_proba
 
     c = shared.cfg
-    return predict_proba(model, rows, shared.tokenizer.pad_token_id, c.source.eval_batch_size, shared.device,
-                         c.resources.precision)
+    q = predict_proba(model, rows, shared.tokenizer.pad_token_id, c.source.eval_batch_size, shared.device,
+                      c.resources.precision)
+    model.train()
+    return q
 
 
 def score(shared: Shared, model) -> dict:
-    """Dev accuracy (%) per language: English (source dev) and every target
-    (the training stages' own per-epoch evaluation)."""
-    from conlst_ray.training.inference import dev_metrics
+    """Accuracy (%) per language on the test rows (data.target_test: English
+    and every target), and recall (%) per gold class over the target
+    languages' test rows (``recall_<label>``)."""
+    from conlst_ray.training.inference import accuracy_by_language
 
-    c = shared.cfg
-    metrics = dev_metrics(model, shared.evals, shared.tokenizer.pad_token_id, shared.device, c.source.eval_batch_size,
-                          c.resources.precision, c.data.source_lang, c.data.target_langs)
-    return {key[4:]: 100 * acc for key, acc in metrics.items() if key.startswith("acc_")}
+    q = _q(shared, model, shared.test)
+    out = {lang: 100 * acc for lang, acc in accuracy_by_language(q, shared.test).items()}
+    pred, gold = q.argmax(-1), shared.test.labels
+    targets = np.isin(np.asarray(shared.test.langs), list(shared.cfg.data.target_langs))
+    for c, label in enumerate(shared.cfg.data.task.labels):
+        mine = targets & (gold == c)
+        out[f"recall_{label}"] = 100 * float((pred[mine] == c).mean()) if mine.any() else float("nan")
+    return out
+
+
+def source_dev(shared: Shared, model) -> float:
+    """Source dev accuracy (%): the kept source epoch and the label-free signal."""
+    from conlst_ray.training.inference import accuracy_by_language
+
+    accs = {}
+    for rows in shared.evals:
+        accs.update(accuracy_by_language(_q(shared, model, rows), rows))
+    return 100 * accs[shared.cfg.data.source_lang]
 
 
 def target_predictions(shared: Shared, model) -> np.ndarray:
@@ -94,6 +141,7 @@ def target_predictions(shared: Shared, model) -> np.ndarray:
 # -- training --------------------------------------------------------------------------------
 
 def load(model_dir, cfg, stage: str, device):
+    """A model as a stage trains it: frozen as configured, in train mode."""
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.ray_jobs.train import freeze
 
@@ -118,11 +166,11 @@ def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
     curve, best, t0 = [], None, time.time()
     for epoch, step, logs in fit(algo, StepModule(model, cfg.resources.precision),
                                  prefetch_depth=cfg.resources.prefetch_batches):
-        en = score(shared, model)[cfg.data.source_lang]
-        model.train()  # scoring put it in eval mode: the next epoch trains with dropout again
+        en = source_dev(shared, model)  # puts the model back in train mode: the next epoch has dropout
         curve.append({"epoch": epoch, "step": step, "loss": logs.get("loss"), "source_dev_acc": en,
                       "seconds": time.time() - t0})
-        log(f"[source] epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, English dev {en:.1f}")
+        log(f"[source] epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, English dev {en:.1f} "
+            f"({time.time() - t0:.0f} s)")
         if best is None or en > best[0]:
             best = (en, epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
     model.load_state_dict(best[2])

@@ -49,19 +49,30 @@ sys.path.insert(0, str(REPO))
 from conlst_ray.algorithm.conl import CoNL  # noqa: E402
 from conlst_ray.algorithm.self_training import SelfTraining  # noqa: E402
 from conlst_ray.config import load_config, with_values  # noqa: E402
-from experiments.gain_variants import ClcsOnlyCoNL, OracleSelfTraining, ZeroRateCoNL  # noqa: E402
+from experiments.gain_variants import (ClcsOnlyCoNL, OracleSelfTraining, PaperStepsCoNL,  # noqa: E402
+                                      ZeroRateCoNL)
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small.yaml"
 DATA = REPO.parent / "shared" / "data"
+TEST_A = f"xnli_tsv:{DATA}/xnli_test_a/test-{{lang}}.tsv"   # scored rows: never trained on, never unlabelled text
 STUDY = [f"data.source_train=xnli_mt_tsv:{DATA}/mnli_25k/multinli.train.{{lang}}.tsv",
          "data.target_langs=[ar,de,fr,sw,ur,zh]", "data.eval_during_training=true",
+         f"data.target_test={TEST_A}", "data.target_dev=null",
          "source.epochs=3", "ssl.iterations=2"]
+# 2 cores: bf16 autocast, the lower 8 layers frozen and their states computed once per row, length
+# buckets; 835 scored test rows per language, 500 unlabelled rows per language (--target-rows)
+CPU = ["resources.use_gpu=false", "resources.precision=bf16", "model.freeze_embeddings=true",
+       "model.freeze_layers=8", "model.cache_frozen=true", "resources.length_buckets=true",
+       "data.max_rows=835", "data.max_source_rows=24511", "source.epochs=3", "source.lr=1e-4", "source.eval_batch_size=128"]
 TINY = ["model.name_or_path=tiny-bert", f"model.tokenizer={DATA}/vocab/bert-base-multilingual-cased-vocab.txt",
         "data.target_langs=[de,sw]", "data.max_rows=48", "data.max_source_rows=1500", "source.epochs=3",
         "source.lr=1e-3", "conl.batch_size=16", "conl.source_batch_size=16", "ssl.batch_size=8",
         "ssl.iterations=1", "resources.use_gpu=false", "resources.precision=fp32", "source.eval_batch_size=64"]
 ZS = "zero-shot"
 CONL_PAPER = "CoNL, paper settings"
+CONLST_PAPER = "CoNLST (paper CoNL, then class-quantile self-training)"
+CLEAN = {"ssl.use_masking": False, "ssl.use_mixup": False}
+BALANCED = {**CLEAN, "ssl.thresholding": "lang_class_top"}
 
 
 @dataclass
@@ -73,20 +84,29 @@ class Row:
     overrides: dict = field(default_factory=dict)
 
 
+# in the order they run: what answers "does the default help" first (a row left when --budget-s is spent is not run)
 ROWS = [
     Row("CoNL, learning rate 0 (sanity)", "conl", ZS, ZeroRateCoNL),
     Row(CONL_PAPER, "conl", ZS, CoNL),
     Row("self-training, class quantile (no CoNL)", "ssl", ZS, SelfTraining, {"ssl.thresholding": "class_quantile"}),
-    Row("CoNLST (paper CoNL, then class-quantile self-training)", "ssl", CONL_PAPER, SelfTraining,
-        {"ssl.thresholding": "class_quantile"}),
+    Row(CONLST_PAPER, "ssl", CONL_PAPER, SelfTraining, {"ssl.thresholding": "class_quantile"}),
+    Row("self-training, clean rows (no masking, no mixup)", "ssl", ZS, SelfTraining,
+        {**CLEAN, "ssl.thresholding": "class_quantile"}),
+    Row("self-training, clean rows, equal counts per (language, class)", "ssl", ZS, SelfTraining, BALANCED),
+    Row("CoNL, lambda_CLCS = 1", "conl", ZS, CoNL, {"conl.lambda_clcs": 1.0}),
+    Row("CoNL, the paper's steps per language (1/6 of joint)", "conl", ZS, PaperStepsCoNL),
+    Row("CoNL, gamma per language and class (top 30 %)", "conl", ZS, CoNL,
+        {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}),
+    Row("self-training, clean, per (language, class), 3 iterations x 2 epochs", "ssl", ZS, SelfTraining,
+        {**BALANCED, "ssl.iterations": 3, "ssl.epochs_per_iteration": 2}),
     Row("self-training oracle: selected rows carry gold labels", "ssl", ZS, OracleSelfTraining,
         {"ssl.thresholding": "class_quantile"}),
+    Row("self-training, masking only (no mixup)", "ssl", ZS, SelfTraining,
+        {"ssl.use_mixup": False, "ssl.thresholding": "class_quantile"}),
     Row("CoNL, L_CL only", "conl", ZS, CoNL, {"conl.use_clcs": False}),
     Row("CoNL, L_CLCS only", "conl", ZS, ClcsOnlyCoNL),
     Row("CoNL, classification head frozen", "conl", ZS, CoNL, {"conl.train_classifier": False}),
     Row("CoNL, SGD (momentum 0.9, lr 1e-2)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-2}),
-    Row("CoNL, gamma per language and class (top 30 %)", "conl", ZS, CoNL,
-        {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}),
     Row("self-training, FlexMatch (no CoNL)", "ssl", ZS, SelfTraining,
         {"ssl.thresholding": "flexmatch", "ssl.threshold_quantile": 0.7}),
 ]
@@ -106,18 +126,23 @@ def chain_of(name: str) -> list[str]:
 
 
 def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, results: dict,
-             on_row=lambda: None, log=print) -> dict:
+             on_row=lambda: None, log=print, target_rows: int | None = None,
+             source_seed: int | None = None) -> dict:
     """Every row of one seed into ``results`` (finished rows read back from
     ``out``); ``on_row`` after each row, so that a run cut short has written
-    what it measured."""
+    what it measured. ``source_seed``: start from that seed's source model
+    (the seeds then vary the stages' own draws, not the source model)."""
     import numpy as np
 
     from experiments import gain_harness as h
     from conlst_ray.reporting.selection import StageSignals
 
-    shared = h.prepare(cfg, out, log)
+    source_cfg = cfg if source_seed is None else with_values(cfg, {"seed": source_seed})
+    shared = h.prepare(source_cfg, out, log, target_rows)
     seed_dir = out / f"seed{cfg.seed}"
+    shared.cfg = source_cfg
     source_dir, curve = h.train_source(shared, out, log)
+    shared.cfg = cfg
     model_dirs = {ZS: source_dir}
 
     def measure(name: str, model, start: str | None, info: dict) -> dict:
@@ -125,11 +150,10 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
         shared.predictions[name] = q.argmax(-1)
         scores = h.score(shared, model)
         agree = float((q.argmax(-1) == shared.predictions[start]).mean()) if start else None
-        signals = StageSignals(name, scores[cfg.data.source_lang], float(q.max(-1).mean()), agree)
+        signals = StageSignals(name, h.source_dev(shared, model), float(q.max(-1).mean()), agree)
         return {**info, "scores": scores, "signals": signals.__dict__}
 
-    from conlst_ray.models.encoder import ConlstEncoder
-    zs_model = ConlstEncoder.load(source_dir)
+    zs_model = h.load(source_dir, cfg, "source", shared.device)
     shared.q_source = h.target_predictions(shared, zs_model)
     results[ZS] = measure(ZS, zs_model, None, {"source_curve": curve})
     del zs_model
@@ -168,12 +192,13 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
 
 
 def mean_target(scores: dict, cfg) -> float:
+    """The average over the target languages' test accuracies."""
     vals = [scores[lang] for lang in cfg.data.target_langs if lang in scores]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
 def study_config(args):
-    overrides = STUDY + (TINY if args.tiny else []) + list(args.overrides)
+    overrides = STUDY + (CPU if args.cpu else []) + (TINY if args.tiny else []) + list(args.overrides)
     return load_config(CONFIG, overrides)
 
 
@@ -181,6 +206,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--tiny", action="store_true", help="a tiny BERT on a few hundred rows (CPU, the test)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="sized for 2 CPU cores: bf16, lower 8 layers frozen and cached, 835 test rows and "
+                             "--target-rows unlabelled rows per language")
+    parser.add_argument("--target-rows", type=int, default=None,
+                        help="unlabelled target rows per language (default data.max_rows; --cpu: 500)")
+    parser.add_argument("--share-source", action="store_true",
+                        help="every seed starts from the first seed's source model (seeds vary CoNL/self-training)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", help="run only the rows whose names start with these (and their starts)")
     parser.add_argument("--budget-s", type=float, default=400.0,
@@ -201,9 +233,11 @@ def main(argv=None) -> int:
     def report():
         write_report(cfg, by_seed, [ZS] + [r.name for r in rows], chain_of, Path(args.docs), command, time.time() - t0)
 
+    target_rows = args.target_rows or (500 if args.cpu else None)
     for seed in args.seeds:
         by_seed[seed] = {}
-        run_seed(with_values(cfg, {"seed": seed}), rows, Path(args.out), args.budget_s, t0, by_seed[seed], report)
+        run_seed(with_values(cfg, {"seed": seed}), rows, Path(args.out), args.budget_s, t0, by_seed[seed], report,
+                 target_rows=target_rows, source_seed=args.seeds[0] if args.share_source else None)
     return 0
 
 

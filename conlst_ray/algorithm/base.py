@@ -84,6 +84,12 @@ class StageAlgorithm:
             self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
 
+    def plan(self, n: int, batch_size: int, epoch: int, lengths=None) -> list:
+        """The epoch's global batches of ``n`` rows, bucketed by ``lengths``
+        under resources.length_buckets."""
+        bucketed = self.cfg.resources.length_buckets and lengths is not None
+        return global_plan(n, batch_size, self.cfg.seed, epoch, lengths if bucketed else None)
+
     def labelled_batch(self, index: np.ndarray) -> tuple[dict, torch.Tensor]:
         """Source rows ``index`` padded and on the device, with their labels."""
         return (to_device(batch_of(self.source, index, self.pad_id), self.device),
@@ -107,7 +113,7 @@ class SourceTraining(StageAlgorithm):
 
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         c = self.cfg.source
-        for gbatch in global_plan(len(self.source), c.batch_size, self.cfg.seed, epoch):
+        for gbatch in self.plan(len(self.source), c.batch_size, epoch, self.source.lengths()):
             idx = my_slice(gbatch)
             yield [(source_step, self.labelled_batch(part), len(part) / len(idx))
                    for part in micro_batches(idx, c.grad_accum, "source.grad_accum")]

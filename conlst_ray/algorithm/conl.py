@@ -12,7 +12,7 @@ import torch
 from conlst_ray.algorithm.base import StageAlgorithm
 from conlst_ray.algorithm.steps import ConlBatch, build_conl_batch, conl_pool, conl_step, plan_negatives
 from conlst_ray.training.batches import to_device
-from conlst_ray.training.distributed import global_plan, micro_batches, my_slice, world
+from conlst_ray.training.distributed import micro_batches, my_slice, world
 from conlst_ray.training.optim import linear_warmup_schedule
 
 
@@ -44,7 +44,7 @@ class CoNL(StageAlgorithm):
     def batches(self, epoch: int, first_step: int) -> Iterator[list]:
         c, seed = self.cfg.conl, self.cfg.seed
         rank, size = world()
-        for n, gbatch in enumerate(global_plan(len(self.target), c.batch_size, seed, epoch)):
+        for n, gbatch in enumerate(self.plan(len(self.target), c.batch_size, epoch, self.target.lengths())):
             # global draws (complementary labels, negatives, source rows) are made
             # identically on every worker; each then builds the batch of its rows
             g = torch.Generator().manual_seed(seed * 100003 + first_step + n)

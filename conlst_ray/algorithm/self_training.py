@@ -15,7 +15,7 @@ from conlst_ray.algorithm.base import StageAlgorithm
 from conlst_ray.algorithm.steps import SslBatch, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.training.batches import to_device
-from conlst_ray.training.distributed import all_gather_rows, global_plan, micro_batches, my_slice, world
+from conlst_ray.training.distributed import all_gather_rows, micro_batches, my_slice, world
 from conlst_ray.training.inference import predict_proba
 from conlst_ray.training.optim import linear_warmup_schedule
 
@@ -31,7 +31,7 @@ class SelfTraining(StageAlgorithm):
     def __init__(self, model, cfg, tokenizer, device, source, target, backtranslated=None):
         super().__init__(model, cfg, tokenizer, device, source, target)
         self.backtranslated = backtranslated
-        self.thresholds = make_thresholds(cfg.ssl, len(target), model.num_labels)
+        self.thresholds = make_thresholds(cfg.ssl, len(target), model.num_labels, target.langs)
         self.special_ids = set(tokenizer.all_special_ids)
         self.pred = self.selected = self.plans = None
         self.selection: dict = {}
@@ -50,7 +50,8 @@ class SelfTraining(StageAlgorithm):
         mask, _ = self.thresholds.mask(torch.as_tensor(q))
         self.pred, self.selected = q.argmax(-1), np.flatnonzero(mask.numpy())
         n = len(self.selected)
-        self.plans = [global_plan(n, s.batch_size, self.cfg.seed, epoch * 1000 + e) if n >= s.batch_size else []
+        lengths = self.target.lengths()[self.selected]
+        self.plans = [self.plan(n, s.batch_size, epoch * 1000 + e, lengths) if n >= s.batch_size else []
                       for e in range(s.epochs_per_iteration)]
         self.scheduler = ssl_schedule(self.optimizer, sum(map(len, self.plans)), s.warmup_ratio)
         self.selection = {"selected": int(n), "selected_share": float(n / len(self.target)),

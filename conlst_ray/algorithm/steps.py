@@ -169,6 +169,11 @@ def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.nd
         maskable = view["attention_mask"] * torch.as_tensor(chosen[MASKING], dtype=torch.long)[:, None]
         view["input_ids"] = random_token_mask(view["input_ids"], maskable, special_ids, mask_id, cfg.mask_rate,
                                               generator)
+    frozen = getattr(target, "frozen", None)
+    if frozen is not None:  # cached states of the rows' own tokens; a changed row runs the frozen layers again
+        stale = use_bt | (chosen[MASKING] if MASKING in chosen else np.zeros(n, dtype=bool))
+        view["frozen_hidden"] = frozen.padded(index, view["input_ids"].shape[1], keep=~stale)
+        view["frozen_stale"] = torch.as_tensor(stale)
     mixup_rows = torch.as_tensor(chosen.get(MIXUP, np.zeros(n, dtype=bool)))
     logs = {f"aug_{name}": float(chosen[name].mean()) if name in chosen else 0.0
             for name in (BACKTRANSLATION, MASKING, MIXUP)}

@@ -161,6 +161,57 @@ class ClassQuantileThresholds:
         self._thresholds, self.quantile = state["thresholds"].clone(), state["quantile"]
 
 
+class LanguageClassTop:
+    """Equal counts per (language, predicted class): in each language every
+    class keeps its k most confident rows, k = (1 - q) x the language's rows
+    / C (all of them when it has fewer). Pooling every language per class
+    (``class_quantile``) lets the languages the model is surest of fill the
+    selection; this rule keeps each language and class at its share. The
+    selection belongs to the rows observed: ``mask`` expects the same q."""
+
+    def __init__(self, num_classes: int, quantile: float, langs):
+        self.num_classes, self.quantile = num_classes, quantile
+        self.langs = np.asarray(langs)
+        self._selected = np.zeros(len(self.langs), dtype=bool)
+        self._thresholds = torch.ones(num_classes)
+
+    def observe(self, q: np.ndarray) -> None:
+        conf, pred = q.max(-1), q.argmax(-1)
+        selected = np.zeros(len(q), dtype=bool)
+        lowest = np.ones(self.num_classes)
+        for lang in np.unique(self.langs):
+            rows = np.flatnonzero(self.langs == lang)
+            k = int((1 - self.quantile) * len(rows) / self.num_classes)
+            for c in range(self.num_classes):
+                mine = rows[pred[rows] == c]
+                top = mine[np.argsort(-conf[mine], kind="stable")[:k]]
+                selected[top] = True
+                if len(top):
+                    lowest[c] = min(lowest[c], float(conf[top].min()))
+        self._selected, self._thresholds = selected, torch.as_tensor(lowest, dtype=torch.float32)
+
+    def update(self, sample_index, predictions, confident, confidence=None) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"tau": None, "thresholds": rounded(self.thresholds())}
+
+    def thresholds(self) -> torch.Tensor:
+        """The lowest confidence kept per class (over the languages)."""
+        return self._thresholds.clone()
+
+    def mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(probs) != len(self._selected):
+            raise ValueError("lang_class_top selects among the rows it observed; mask() got other rows")
+        return torch.as_tensor(self._selected), probs.argmax(-1)
+
+    def state_dict(self) -> dict:
+        return {"thresholds": self._thresholds.clone(), "quantile": self.quantile}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._thresholds, self.quantile = state["thresholds"].clone(), state["quantile"]
+
+
 def mask_by_class(probs: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, pseudo-labels): a sample is kept when its confidence reaches the
     threshold of its predicted class."""
@@ -179,8 +230,12 @@ def rounded(thresholds: torch.Tensor) -> list[float]:
     return [round(float(t), 4) for t in thresholds]
 
 
-def make_thresholds(ssl_cfg, num_samples: int, num_classes: int):
-    """The rule named by ``ssl.thresholding``."""
+def make_thresholds(ssl_cfg, num_samples: int, num_classes: int, langs=None):
+    """The rule named by ``ssl.thresholding`` (``langs``: each row's language,
+    for lang_class_top)."""
+    if ssl_cfg.thresholding == "lang_class_top":
+        return LanguageClassTop(num_classes, ssl_cfg.threshold_quantile or 0.5,
+                                langs if langs is not None else np.zeros(num_samples, dtype="<U1"))
     if ssl_cfg.thresholding == "fixed":
         return FixedThresholds(num_classes, ssl_cfg.threshold, ssl_cfg.threshold_quantile)
     if ssl_cfg.thresholding == "class_quantile":

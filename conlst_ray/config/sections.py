@@ -173,8 +173,16 @@ class ModelConfig(Section):
     source_checkpoint: Optional[Str] = param(None, help="a fine-tuned model directory that replaces the source stage (CoNLST as post-training)", path="model", stages=(PSEUDO_LABELS,))
     freeze_embeddings: Bool = param(False, help="freeze the word embeddings in every stage (most of a small multilingual model's parameters)")
     freeze_layers: Int = param(0, ge=0, help="freeze the lower N transformer layers in every stage")
+    cache_frozen: Bool = param(False, help="compute the frozen part (the embedding block and the lower model.freeze_layers layers, without dropout) once per row and keep it beside the token files, so every step and every scoring runs only the upper layers (BERT-family encoders; the whole embedding block is then frozen); rows a view changes (masking, back-translation) still run it")
     cache_dir: Optional[Str] = param(None, help="where multilingual-e5-small is converted to (default $CONLST_RAY_CACHE or ~/.cache/conlst_ray)", path="dir")
     tiny: TinyModelConfig = param(factory=TinyModelConfig)
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen_layers(self):
+        if self.cache_frozen and self.freeze_layers < 1:
+            raise ConfigError("model.cache_frozen = true needs model.freeze_layers >= 1 (the layers whose states "
+                              "are cached)")
+        return self
 
 
 class SourceTrainConfig(Section):
@@ -227,7 +235,7 @@ class SSLConfig(Section):
     batch_size: Int = param(32, ge=1)
     threshold: Float = param(0.9, gt=0.0, le=1.0, help="FlexMatch's fixed threshold tau (gamma of Eq. 14)")
     threshold_quantile: Optional[Float] = param(None, gt=0.0, lt=1.0, help="tau of each iteration = this quantile of the model's confidences on the target rows (fixed, flexmatch); for class_quantile the quantile within each predicted class (null = 0.5); null = the absolute ssl.threshold")
-    thresholding: Literal["flexmatch", "fixed", "class_quantile"] = param("flexmatch", help="selection rule: FlexMatch's class-wise thresholds, one fixed tau, or per-class quantiles of the confidences (each class keeps its top 1 - ssl.threshold_quantile)")
+    thresholding: Literal["flexmatch", "fixed", "class_quantile", "lang_class_top"] = param("flexmatch", help="selection rule: FlexMatch's class-wise thresholds, one fixed tau, per-class quantiles of the confidences (each class keeps its top 1 - ssl.threshold_quantile), or lang_class_top: equal counts per (language, predicted class), (1 - ssl.threshold_quantile) of each language's rows in all")
     flexmatch_warmup: Bool = param(False, help="count never-confident samples in FlexMatch's normaliser (its warm-up); off by default: on a trained source model it lowers every threshold at the first iteration")
     lambda_u: Float = param(1.0, ge=0.0, help="weight of the unlabelled loss, Eq. 12 (paper: 1)")
     mixup_alpha: Float = param(4.0, gt=0.0, help="Beta(alpha, alpha) of Eq. 11 (paper: 4)")
@@ -257,8 +265,9 @@ class ResourcesConfig(Section):
     num_workers: Int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
     use_gpu: Bool = param(False, help="one GPU per training worker (refused at start-up when the cluster has none)")
     wait_for_resources: Bool = param(False, help="an autoscaling cluster: start although the cluster lacks the CPUs/GPUs asked for, saying what the run waits for (default: refuse, naming the key)")
+    length_buckets: Bool = param(False, help="training batches of rows of similar length (drawn within windows of 50 batches, then shuffled): less padding, the same rows per epoch")
     prefetch_batches: Int = param(2, ge=0, help="batches a training worker prepares ahead of the step in a background thread (padded, pinned, sent to the GPU); 0 = none")
-    precision: Literal["auto", "fp32", "bf16"] = param("auto", help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; in every training stage and in inference", stages=(SOURCE, PSEUDO_LABELS, CONL, SSL))
+    precision: Literal["auto", "fp32", "bf16"] = param("auto", help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; bf16 = bf16 autocast on CUDA or on a CPU with native bf16 (AVX-512 BF16 / AMX; checked at start); in every training stage and in inference", stages=(SOURCE, PSEUDO_LABELS, CONL, SSL))
     cpus_per_worker: Float = param(1.0, gt=0.0)
     max_failures: Int = param(1, ge=0, help="worker failures a training run survives")
     parallel_targets: Int = param(1, ge=1, help="per_language mode: languages trained at once, each a Ray task driving its own TorchTrainer")

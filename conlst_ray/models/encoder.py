@@ -116,18 +116,42 @@ class ConlstEncoder(nn.Module):
         # the task (data.task: kind and label names), saved with the model so
         # that a model directory says what it reads and what its outputs mean
         self.task: Optional[dict] = None
+        # lower layers whose cached states a batch may carry (model.cache_frozen; 0 = none)
+        self.frozen_layers = 0
 
     @property
     def num_labels(self) -> int:
         return self.classifier.out_features
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Pooled sentence embedding h of a tokenised batch."""
+              token_type_ids: Optional[torch.Tensor] = None, frozen_hidden: Optional[torch.Tensor] = None,
+              frozen_stale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled sentence embedding h of a tokenised batch. ``frozen_hidden``:
+        the rows' cached states after the frozen lower layers
+        (``models/frozen.py``), so only the upper layers run; rows marked in
+        ``frozen_stale`` (tokens changed by a view) run the lower layers again."""
+        if frozen_hidden is not None and self.frozen_layers:
+            return self._embed_from_frozen(input_ids, attention_mask, token_type_ids, frozen_hidden, frozen_stale)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         return pool(self.encoder(**kwargs), attention_mask, self.pooling)
+
+    def _embed_from_frozen(self, input_ids, attention_mask, token_type_ids, hidden, stale) -> torch.Tensor:
+        from types import SimpleNamespace
+
+        from conlst_ray.models.frozen import run_lower, run_upper
+
+        n = self.frozen_layers
+        if stale is not None and bool(stale.any()):
+            rows = stale.nonzero().squeeze(1)
+            hidden = hidden.clone()
+            types = token_type_ids[rows] if token_type_ids is not None else None
+            hidden[rows] = run_lower(self.encoder, n, input_ids[rows], attention_mask[rows], types).to(hidden.dtype)
+        last = run_upper(self.encoder, n, hidden, attention_mask)
+        pooler = getattr(self.encoder, "pooler", None) if self.pooling == "pooler" else None
+        out = SimpleNamespace(last_hidden_state=last, pooler_output=pooler(last) if pooler is not None else None)
+        return pool(out, attention_mask, self.pooling)
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from a sentence embedding (the embedding may be a mixup, Eq. 9)."""
@@ -137,8 +161,9 @@ class ConlstEncoder(nn.Module):
         """The contrastive head theta_con of Eq. 6: h_i = f(x_i; theta_m, theta_con)."""
         return self.contrastive_head(h)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        return self.classify(self.embed(input_ids, attention_mask, token_type_ids))
+    def forward(self, input_ids, attention_mask, token_type_ids=None, frozen_hidden=None,
+                frozen_stale=None) -> torch.Tensor:
+        return self.classify(self.embed(input_ids, attention_mask, token_type_ids, frozen_hidden, frozen_stale))
 
     # -- persistence ----------------------------------------------------------------
     def hf_config(self):
@@ -329,6 +354,12 @@ def apply_freezing(model: ConlstEncoder, model_cfg, freeze_classifier: bool = Fa
         model.classifier.requires_grad_(False)
     if model_cfg.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    if getattr(model_cfg, "cache_frozen", False):
+        from conlst_ray.models.frozen import frozen_modules
+
+        for module in frozen_modules(model.encoder, model_cfg.freeze_layers):  # cached states: all of it fixed
+            module.requires_grad_(False)
+        model.frozen_layers = model_cfg.freeze_layers
     if model_cfg.freeze_layers:
         layers = transformer_layers(model.encoder)
         if model_cfg.freeze_layers > len(layers):

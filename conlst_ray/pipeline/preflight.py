@@ -270,6 +270,35 @@ def check_cache_dir(cfg) -> list[str]:
     return [problem] if problem else []
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 on this CPU (AVX-512 BF16 or AMX): without it bf16
+    autocast is emulated, slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def check_precision(cfg) -> list[str]:
+    """resources.precision=bf16 on a CPU run needs native bf16."""
+    if cfg.resources.precision != "bf16" or cfg.resources.use_gpu or cpu_has_bf16():
+        return []
+    return ["resources.precision=bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 runs slower "
+            "than fp32; set resources.precision=fp32 (or auto)"]
+
+
+def transductive_warning(cfg) -> str | None:
+    """One line when the scored test corpus is the unlabelled target text
+    itself: its figures would be transductive (rows trained on are scored)."""
+    d = cfg.data
+    if d.target_test and d.target_train and d.target_test == d.target_train:
+        return (f"[run] warning: data.target_test is the same corpus as data.target_train ({d.target_test}): "
+                f"its scores are transductive (the unlabelled rows trained on are the rows scored)")
+    return None
+
+
 def resource_problems(cfg, cluster: dict) -> list[str]:
     """What the run asks of the cluster that the cluster does not have
     (``cluster``: Ray's resource totals). A training worker, an inference
@@ -319,7 +348,11 @@ def preflight(cfg) -> None:
     problems += check_checkpoint_labels(cfg)
     problems += check_lengths(cfg)
     problems += check_cache_dir(cfg)
+    problems += check_precision(cfg)
     problems += check_corpora(cfg)
     problems += check_translation(cfg)
     if problems:
         raise UserError(one_line(problems))
+    warning = transductive_warning(cfg)
+    if warning:
+        print(warning, flush=True)

@@ -92,6 +92,20 @@ def read_eval_rows(loop_cfg: dict, stamp: str) -> list[TokenRows]:
     return [open_token_rows(*entry, expect_stamp=stamp) for entry in loop_cfg["tokens"].get("eval", [])]
 
 
+def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, log=print) -> None:
+    """model.cache_frozen: give ``rows`` (read from the token folder of
+    ``entry`` = [folder, languages]) their states after the frozen layers,
+    read from beside the token files or computed there once."""
+    if rows is None or not cfg.model.cache_frozen or not len(rows):
+        return
+    from conlst_ray.data import storage
+    from conlst_ray.models.frozen import cached_states
+
+    folder, langs = entry
+    rows.frozen = cached_states(model, rows, cfg.model.freeze_layers, storage.here(folder), device,
+                                cfg.resources.precision, cfg.source.eval_batch_size, langs, log)
+
+
 def row_positions(ids: pa.ChunkedArray, of: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """For each id in ``ids``, its row in ``of`` (-1 where absent)."""
     pos = pc.index_in(ids, value_set=of.combine_chunks() if isinstance(of, pa.ChunkedArray) else of)

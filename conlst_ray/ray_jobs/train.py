@@ -24,7 +24,8 @@ from conlst_ray.algorithm.conl import CoNL
 from conlst_ray.algorithm.self_training import SelfTraining
 from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
-from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_backtranslations, read_eval_rows, read_q, read_stage_data
+from conlst_ray.ray_jobs.stage_data import (attach_frozen, prepare_stage_tokens, read_backtranslations, read_eval_rows,
+                                            read_q, read_stage_data)
 from conlst_ray.ray_jobs.worker import drop_replayed_records, load_checkpoint, save_checkpoint, write_thresholds
 from conlst_ray.data import storage
 from conlst_ray.data.token_files import fetch_tokenizer, keep_tokenizer_files, tokenizer_stamp
@@ -39,6 +40,9 @@ __all__ = ["fit_stage", "train_loop_per_worker"]
 def stage_algorithm(stage: str, model, cfg, tokenizer, device, loop_cfg: dict, stamp: str):
     """The stage's algorithm object over the token files the driver made."""
     source, target = read_stage_data(loop_cfg, stamp)
+    tokens = loop_cfg["tokens"]
+    attach_frozen(source, tokens["source"], model, cfg, device)
+    attach_frozen(target, tokens.get("target"), model, cfg, device)
     if stage == "source":
         return SourceTraining(model, cfg, tokenizer, device, source)
     if stage == "conl":
@@ -78,6 +82,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         algorithm.load_state_dict(state)
         step, start_epoch = state["step"], state["epoch"] + 1
     eval_rows = read_eval_rows(loop_cfg, stamp) if cfg.data.eval_during_training else []
+    for rows, entry in zip(eval_rows, loop_cfg["tokens"].get("eval", [])):
+        attach_frozen(rows, entry, model, cfg, device)
     metrics_path = storage.here(loop_cfg["metrics_file"]) if rank == 0 else None
     logs_out = [metrics_path, metrics_path.with_name("steps.jsonl")] if metrics_path else []
     for path in logs_out:  # a restarted worker may sit on another node: its records are in storage

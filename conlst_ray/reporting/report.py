@@ -79,6 +79,16 @@ def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
     return accs
 
 
+def split_label(cfg, split: str) -> str:
+    """The split's name in a report, marked transductive where its target
+    rows are the unlabelled rows the stages trained on."""
+    d = cfg.data
+    spec = {"dev": d.target_dev, "test": d.target_test}[split]
+    if spec and spec == d.target_train:
+        return f"{split} (transductive: its target rows are the unlabelled rows CoNL and self-training trained on)"
+    return split
+
+
 def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "", scores: dict | None = None) -> str:
     """Write ``out/<prefix>accuracy_{dev,test}.{md,csv}``; ``models``: row
     name -> model directory (or lang -> directory). ``scores``, when given,
@@ -94,7 +104,7 @@ def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "", s
             scores[split] = results
         if results:
             md = write_language_table(results, langs, cfg.data.source_lang, out / f"{prefix}accuracy_{split}")
-            text.append(f"Per-language accuracy (%), {split}:\n\n{md}")
+            text.append(f"Per-language accuracy (%), {split_label(cfg, split)}:\n\n{md}")
             labels = list(cfg.data.task.labels)
             rows = [[name] + [100 * recall[label] for label in labels] for name, recall in by_class.items() if recall]
             if rows:

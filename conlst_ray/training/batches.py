@@ -64,8 +64,14 @@ def padded(flat: np.ndarray, lengths: np.ndarray, fill: int) -> tuple[np.ndarray
 
 
 def batch_of(data: Encoded, index: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows ``index`` padded; with their cached frozen-layer states when the
+    rows carry them (``data.frozen``, model.cache_frozen)."""
     types = [data.token_type_ids[i] for i in index] if data.token_type_ids is not None else None
-    return collate([data.input_ids[i] for i in index], types, pad_id)
+    batch = collate([data.input_ids[i] for i in index], types, pad_id)
+    frozen = getattr(data, "frozen", None)
+    if frozen is not None:
+        batch["frozen_hidden"] = frozen.padded(index, batch["input_ids"].shape[1])
+    return batch
 
 
 def to_device(batch: dict, device) -> dict:

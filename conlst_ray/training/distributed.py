@@ -46,13 +46,31 @@ def all_gather_rows(index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, 
     return out_i, out_v
 
 
-def global_plan(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+BUCKET_WINDOW = 50  # batches whose rows are sorted by length together
+
+
+def global_plan(n: int, batch_size: int, seed: int, epoch: int,
+                lengths: np.ndarray | None = None) -> list[np.ndarray]:
     """Full global batches of a seeded permutation (the last partial batch is
-    dropped so every worker runs the same number of steps)."""
+    dropped so every worker runs the same number of steps). With ``lengths``
+    (resources.length_buckets): the permutation's rows are sorted by length
+    within windows of BUCKET_WINDOW batches, cut into batches, and the
+    batches shuffled -- each batch pads to a similar length, and which rows
+    meet in a batch stays random within a window."""
     if n < batch_size:
         raise ValueError(f"only {n} rows for a global batch of {batch_size}: lower the batch size")
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    usable = order[: n - n % batch_size]
+    if lengths is None:
+        return [usable[i:i + batch_size] for i in range(0, len(usable), batch_size)]
+    width = BUCKET_WINDOW * batch_size
+    batches = []
+    for start in range(0, len(usable), width):
+        window = usable[start:start + width]
+        window = window[np.argsort(np.asarray(lengths)[window], kind="stable")]
+        batches += [window[i:i + batch_size] for i in range(0, len(window), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def my_slice(batch: np.ndarray) -> np.ndarray:
