@@ -71,7 +71,7 @@ def measure_path(name: str, overrides: list, data: dict, steps: int, log) -> dic
     from conlst_ray.algorithm.self_training import SelfTraining
     from conlst_ray.config import load_config
     from conlst_ray.models.encoder import apply_freezing, build_model
-    from conlst_ray.models.frozen import compute_states
+    from conlst_ray.training.frozen_cache import compute_states
     from conlst_ray.training.inference import predict_proba
     from conlst_ray.training.loop import StepModule
 
@@ -108,7 +108,8 @@ def bare_step(layers_frozen: int, data: dict, steps: int, log) -> float:
     states of a length-sorted batch, cross-entropy, backward, AdamW; pairs/s."""
     from conlst_ray.config import load_config
     from conlst_ray.models.encoder import apply_freezing, build_model
-    from conlst_ray.models.frozen import compute_states, run_upper
+    from conlst_ray.models.frozen import run_upper
+    from conlst_ray.training.frozen_cache import compute_states
     from conlst_ray.training.batches import batch_of
 
     cfg = load_config(REPO / "tune_configs" / "xnli_e5_small_cpu.yaml",
@@ -151,7 +152,7 @@ def zero_shot_accuracy(model_dir: str, rows_per_lang: int, langs: list, log) -> 
     from conlst_ray.data.task import Task
     from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder, read_meta
-    from conlst_ray.models.frozen import compute_states
+    from conlst_ray.training.frozen_cache import compute_states
     from conlst_ray.training.inference import accuracy_by_language, predict_proba
 
     tok = open_tokenizer(model_dir)

@@ -12,7 +12,7 @@ import torch
 from conlst_ray.config import load_config
 from conlst_ray.config.sections import ConfigError
 from conlst_ray.models.encoder import apply_freezing, build_model
-from conlst_ray.models.frozen import cached_states, compute_states
+from conlst_ray.training.frozen_cache import cached_states, compute_states
 from conlst_ray.training.batches import Encoded, batch_of
 
 

@@ -265,7 +265,7 @@ class ResourcesConfig(Section):
     num_workers: Int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
     use_gpu: Bool = param(False, help="one GPU per training worker (refused at start-up when the cluster has none)")
     wait_for_resources: Bool = param(False, help="an autoscaling cluster: start although the cluster lacks the CPUs/GPUs asked for, saying what the run waits for (default: refuse, naming the key)")
-    length_buckets: Bool = param(False, help="training batches of rows of similar length (drawn within windows of 50 batches, then shuffled): less padding, the same rows per epoch")
+    length_buckets: Bool = param(False, help="training batches of rows of similar length (drawn within windows of 50 batches, then shuffled): less padding, the same rows per epoch", stages=(SOURCE, CONL, SSL))
     prefetch_batches: Int = param(2, ge=0, help="batches a training worker prepares ahead of the step in a background thread (padded, pinned, sent to the GPU); 0 = none")
     precision: Literal["auto", "fp32", "bf16"] = param("auto", help="auto = bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; bf16 = bf16 autocast on CUDA or on a CPU with native bf16 (AVX-512 BF16 / AMX; checked at start); in every training stage and in inference", stages=(SOURCE, PSEUDO_LABELS, CONL, SSL))
     cpus_per_worker: Float = param(1.0, gt=0.0)

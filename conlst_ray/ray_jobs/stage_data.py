@@ -99,7 +99,7 @@ def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, lo
     if rows is None or not cfg.model.cache_frozen or not len(rows):
         return
     from conlst_ray.data import storage
-    from conlst_ray.models.frozen import cached_states
+    from conlst_ray.training.frozen_cache import cached_states
 
     folder, langs = entry
     rows.frozen = cached_states(model, rows, cfg.model.freeze_layers, storage.here(folder), device,
