@@ -181,9 +181,9 @@ def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
 
 def weight_change(before: dict, model, steps: int) -> dict:
     """Relative L2 change of each part (encoder, classification head,
-    contrastive head), and the mean absolute change of an encoder weight per
-    optimizer step (Adam moves each weight by about the rate per step,
-    whatever the loss)."""
+    contrastive head), and the mean absolute change of a trainable encoder
+    weight per optimizer step (Adam moves each weight by about the rate per
+    step, whatever the loss)."""
     parts: dict = {"encoder": [0.0, 0.0], "classifier": [0.0, 0.0], "contrastive_head": [0.0, 0.0]}
     abs_sum, count = 0.0, 0
     for name, p in model.named_parameters():
@@ -191,7 +191,7 @@ def weight_change(before: dict, model, steps: int) -> dict:
         d = (p.detach().float() - before[name].float())
         parts[part][0] += float(d.pow(2).sum())
         parts[part][1] += float(before[name].float().pow(2).sum())
-        if part == "encoder":
+        if part == "encoder" and p.requires_grad:  # frozen weights never move: they would dilute the mean
             abs_sum, count = abs_sum + float(d.abs().sum()), count + d.numel()
     out = {f"change_{k}": (s / max(n, 1e-30)) ** 0.5 for k, (s, n) in parts.items()}
     out["encoder_step_per_weight"] = abs_sum / max(count, 1) / max(steps, 1)
