@@ -33,8 +33,9 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict 
     data, pad_id = _eval_rows(cfg, model_dir, split, log)
     if data is None:
         return {}
-    q = predict_proba(ConlstEncoder.load(model_dir), data, pad_id, cfg.source.eval_batch_size, default_device(),
-                      cfg.resources.precision)
+    model = ConlstEncoder.load(model_dir)
+    _with_frozen_states(cfg, model, data)
+    q = predict_proba(model, data, pad_id, cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
     if by_class is not None:
         target = np.isin(np.asarray(data.langs), list(cfg.data.target_langs))
         by_class.update(zip(cfg.data.task.labels, recall_by_class(q.argmax(-1)[target], data.labels[target],
@@ -61,6 +62,24 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
         _EVAL_ROWS[key] = (None if table is None else encode_table(tokenizer, table, cfg.data.max_length),
                            tokenizer.pad_token_id)
     return _EVAL_ROWS[key]
+
+
+def _with_frozen_states(cfg, model, data) -> None:
+    """model.cache_frozen: every stage model of a run shares its frozen part,
+    so a split's frozen-layer states are computed once per report and each
+    model runs only its upper layers on them."""
+    if not cfg.model.cache_frozen:
+        return
+    from conlst_ray.training.frozen_cache import compute_states, frozen_stamp
+    from conlst_ray.training.inference import default_device
+
+    n = cfg.model.freeze_layers
+    stamp = frozen_stamp(model.encoder, n, cfg.resources.precision)
+    if getattr(data, "frozen_stamp", None) != stamp:
+        data.frozen = compute_states(model, data, n, default_device(), cfg.resources.precision,
+                                     cfg.source.eval_batch_size)
+        data.frozen_stamp = stamp
+    model.frozen_layers = n
 
 
 def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
