@@ -73,6 +73,8 @@ CONL_PAPER = "CoNL, paper settings"
 CONLST_PAPER = "CoNLST (paper CoNL, then class-quantile self-training)"
 CLEAN = {"ssl.use_masking": False, "ssl.use_mixup": False}
 BALANCED = {**CLEAN, "ssl.thresholding": "lang_class_top"}
+CONL_HEAD_FIRST = "CoNL, contrastive head fitted first (300 steps, encoder frozen)"
+CONLST_BALANCED = "CoNLST (paper CoNL, then clean self-training with equal counts per (language, class))"
 
 
 @dataclass
@@ -97,8 +99,15 @@ ROWS = [
     Row("CoNL, the paper's steps per language (1/6 of joint)", "conl", ZS, PaperStepsCoNL),
     Row("CoNL, gamma per language and class (top 30 %)", "conl", ZS, CoNL,
         {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}),
+    Row(CONLST_BALANCED, "ssl", CONL_PAPER, SelfTraining, BALANCED),
+    Row(CONL_HEAD_FIRST, "conl", ZS, CoNL, {"conl.head_warmup_steps": 300}),
+    Row("CoNLST (CoNL with its head fitted first, then clean self-training with equal counts per (language, class))",
+        "ssl", CONL_HEAD_FIRST, SelfTraining, BALANCED),
+    Row("CoNL, SGD (momentum 0.9, lr 1e-2)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-2}),
     Row("self-training, clean, per (language, class), 3 iterations x 2 epochs", "ssl", ZS, SelfTraining,
         {**BALANCED, "ssl.iterations": 3, "ssl.epochs_per_iteration": 2}),
+    Row("self-training, masking and mixup, equal counts per (language, class)", "ssl", ZS, SelfTraining,
+        {"ssl.thresholding": "lang_class_top"}),
     Row("self-training oracle: selected rows carry gold labels", "ssl", ZS, OracleSelfTraining,
         {"ssl.thresholding": "class_quantile"}),
     Row("self-training, masking only (no mixup)", "ssl", ZS, SelfTraining,
@@ -106,7 +115,6 @@ ROWS = [
     Row("CoNL, L_CL only", "conl", ZS, CoNL, {"conl.use_clcs": False}),
     Row("CoNL, L_CLCS only", "conl", ZS, ClcsOnlyCoNL),
     Row("CoNL, classification head frozen", "conl", ZS, CoNL, {"conl.train_classifier": False}),
-    Row("CoNL, SGD (momentum 0.9, lr 1e-2)", "conl", ZS, CoNL, {"conl.optimizer": "sgd", "conl.lr": 1e-2}),
     Row("self-training, FlexMatch (no CoNL)", "ssl", ZS, SelfTraining,
         {"ssl.thresholding": "flexmatch", "ssl.threshold_quantile": 0.7}),
 ]

@@ -30,6 +30,7 @@ class CoNL(StageAlgorithm):
         self.q = q
         self.scheduler = linear_warmup_schedule(self.optimizer, max(1, (len(target) // c.batch_size) * c.epochs), 0.0)
         self.pool = self.gamma = self.gamma_by_lang = self.source_rng = None
+        self.head_warmup: dict = {}
 
     def begin_epoch(self, epoch: int) -> None:
         """Eq. 5's pool of confident target rows and its gamma (absolute, or
@@ -37,6 +38,8 @@ class CoNL(StageAlgorithm):
         self.pool, self.gamma, self.gamma_by_lang = conl_pool(self.target, self.q, self.cfg.conl,
                                                              self.model.num_labels, seed=self.cfg.seed * 1000 + epoch)
         self.source_rng = np.random.default_rng([self.cfg.seed, epoch, 7])
+        if epoch == 0 and self.cfg.conl.head_warmup_steps:
+            self.head_warmup = fit_contrastive_head(self)
 
     def epoch_steps(self, epoch: int) -> int:
         return len(self.target) // self.cfg.conl.batch_size
@@ -59,6 +62,7 @@ class CoNL(StageAlgorithm):
 
     def end_epoch(self, epoch: int) -> dict:
         out = {f"gamma_{lang}": g for lang, g in self.gamma_by_lang.items()}
+        out.update(self.head_warmup if epoch == 0 else {})
         out["pool_size"] = self.pool.size()  # confident target samples negatives are drawn from (Eq. 5)
         return out
 
@@ -70,3 +74,49 @@ class CoNL(StageAlgorithm):
             batch.source = to_device(batch.source, self.device)
             batch.source_labels = batch.source_labels.to(self.device)
         return batch
+
+
+def fit_contrastive_head(algo: CoNL) -> dict:
+    """``conl.head_warmup_steps``: Eq. 6 with only the contrastive head
+    trained, on the target rows' sentence embeddings h computed once (eval
+    mode; the encoder is frozen here, so they are fixed), the two views being
+    two dropout masks on h. The paper starts CoNL with a random head that the
+    encoder's updates then follow. Returns the loss before and after."""
+    from conlst_ray.algorithm.losses import contrast_space, eq6_logits, eq6_loss
+    from conlst_ray.algorithm.negatives import unique_negatives
+    from conlst_ray.training.batches import batch_of, length_sorted_batches
+    from conlst_ray.training.inference import autocast
+
+    c, model = algo.cfg.conl, algo.model
+    was_training = model.training
+    model.eval()
+    h = torch.zeros((len(algo.target), model.encoder.config.hidden_size))
+    with torch.no_grad():
+        for index in length_sorted_batches(algo.target.lengths(), algo.cfg.source.eval_batch_size):
+            with autocast(algo.device, algo.cfg.resources.precision):
+                h[index] = model.embed(**to_device(batch_of(algo.target, index, algo.pad_id), algo.device)).float().cpu()
+    model.train(was_training)
+    head = model.contrastive_head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=c.head_warmup_lr)
+    g = torch.Generator().manual_seed(algo.cfg.seed * 7 + 1)
+    rng = np.random.default_rng([algo.cfg.seed, 17])
+    h = h.to(algo.device)
+    losses = []
+    for _ in range(c.head_warmup_steps):
+        rows = rng.choice(len(h), size=min(c.batch_size, len(h)), replace=False)
+        _, drawn = plan_negatives(algo.target, rows, algo.q, algo.pool, c, g, algo.gamma)
+        uniq, remapped = unique_negatives(drawn)
+
+        def space(x):
+            return contrast_space(head(torch.nn.functional.dropout(x, model.dropout.p, training=True)), c.normalize)
+
+        bank = space(h[uniq]) if len(uniq) else h.new_zeros((0, head.out_features))
+        logits = eq6_logits(space(h[rows]), space(h[rows]), bank, torch.as_tensor(remapped, device=h.device),
+                            c.tau, c.squared_distance)
+        loss = eq6_loss(logits).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    k = max(1, len(losses) // 10)
+    return {"head_warmup_loss_first": float(np.mean(losses[:k])), "head_warmup_loss_last": float(np.mean(losses[-k:]))}
