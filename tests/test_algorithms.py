@@ -136,3 +136,29 @@ def test_threshold_rules_share_one_interface():
     fixed = make_thresholds(SSLConfig(thresholding="fixed", threshold=0.9, threshold_quantile=0.6), len(q), 3)
     fixed.observe(q)
     assert fixed.mask(torch.as_tensor(q))[0].float().mean() == pytest.approx(0.4, abs=0.01)
+
+
+def test_head_warmup_fits_the_contrastive_head_alone_before_conl():
+    """conl.head_warmup_steps: Eq. 6 falls while only the contrastive head
+    moves (encoder and classifier untouched), before CoNL's first step."""
+    from conlst_ray.algorithm.conl import CoNL
+
+    cfg = load_config(None, CFG + ["conl.head_warmup_steps=200", "conl.head_warmup_lr=1e-2", "conl.gamma_quantile=0.5",
+                                   "conl.num_negatives=4"])
+    bench = SyntheticBenchmark(**BENCH)
+    tok = synthetic_tokenizer(bench)
+    source = encode_table(tok, bench.table("src", "train"), 64)
+    target = encode_table(tok, bench.table("far", "unlabelled"), 64)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # pseudo-labels of every class, so every anchor has negatives (an untrained model predicts one class)
+    q = torch.softmax(3 * torch.randn(len(target), 3, generator=torch.Generator().manual_seed(1)), -1).numpy()
+    algo = CoNL(model, cfg, tok, "cpu", source, target, q)
+    algo.begin_epoch(0)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {"contrastive_head.weight", "contrastive_head.bias"}
+    logs = algo.head_warmup
+    assert logs["head_warmup_loss_last"] < logs["head_warmup_loss_first"]
+    assert model.training                                   # CoNL's steps that follow keep dropout
+    assert "head_warmup_loss_last" in algo.end_epoch(0)
