@@ -227,7 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-rows", type=int, default=None,
                         help="unlabelled target rows per language (default data.max_rows; --cpu: 500)")
     parser.add_argument("--share-source", action="store_true",
-                        help="every seed starts from the first seed's source model (seeds vary CoNL/self-training)")
+                        help="every seed starts from the source model of the first seed listed (the seeds then vary "
+                             "CoNL's and self-training's draws)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", help="run only the rows whose names start with these (and their starts)")
     parser.add_argument("--budget-s", type=float, default=400.0,
