@@ -5,7 +5,7 @@ side by side: the plain loop with K fresh negatives per anchor (the old
 ``conl.negative_bank=anchor``) vs one bank per step shared by the anchors
 (``step``, the default), in anchors/s and encoder rows per step.
 
-    python benchmarks/conl_step_throughput.py [--hidden 256 --layers 4]
+    python -m benchmarks.conl_step_throughput [--hidden 256 --layers 4]
 
 Ray Train's figure is its steady state (from the per-step timestamps of
 steps.jsonl, first step excluded) and, separately, end to end including the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.config import load_config, with_values
+from conlst_ray.models.encoder import build_model, build_tokenizer
+from conlst_ray.pipeline.rundir import stage_files
+from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
 
-from conlst_ray.config import load_config, with_values  # noqa: E402
-from conlst_ray.models.encoder import build_model, build_tokenizer  # noqa: E402
-from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, device: str = "cpu",
@@ -41,7 +41,7 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         steps_file = Path(tmp) / "steps.jsonl"
-        fit_plain("conl", cfg, model_dir, corpus, target_corpus=str(corpus), pseudo_labels=str(labels),
+        fit_plain("conl", cfg, model_dir, corpus, StageInputs(target_corpus=str(corpus), pseudo_labels=str(labels)),
                   device=device, steps_file=steps_file)
         records = [json.loads(x) for x in steps_file.read_text().splitlines()]
     if stats is not None:
@@ -58,7 +58,7 @@ def main() -> None:
     import ray
 
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     cfg = load_config(None, [f"model.tiny.hidden_size={args.hidden}", f"model.tiny.num_layers={args.layers}",
                              f"model.tiny.num_heads={max(1, args.hidden // 64)}",
@@ -73,15 +73,15 @@ def main() -> None:
         init_dir = str(build_model(cfg.model, tok).save(tmp / "init", tok))
         # a trained source model: an untrained one predicts one class everywhere,
         # and its anchors' complementary classes would have no negatives at all
-        fit_stage("source", cfg, tmp / "source", init_dir, num_workers=0)
+        fit_stage("source", cfg, stage_files(tmp / "source"), init_dir, num_workers=0)
         model_dir = str(tmp / "source" / "model")
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
                                    log=lambda *_: None)
-        pseudo_label(model_dir, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
+        pseudo_label(model_dir, CachedCorpus(tmp / "corpus", manifests), tmp / "pl", cfg,
                      log=lambda *_: None)
         t0 = time.time()
-        fit_stage("conl", cfg, tmp / "conl", model_dir, target_corpus=str(tmp / "corpus"),
-                  pseudo_labels=str(tmp / "pl"), num_workers=1)
+        fit_stage("conl", with_values(cfg, {"resources.trainer": "ray_train"}), stage_files(tmp / "conl"), model_dir,
+                  StageInputs(target_corpus=str(tmp / "corpus"), pseudo_labels=str(tmp / "pl")), num_workers=1)
         wall = time.time() - t0
         steps = [json.loads(line) for line in (tmp / "conl" / "steps.jsonl").read_text().splitlines()]
         ray_steady = (len(steps) - 1) * cfg.conl.batch_size / (steps[-1]["time"] - steps[0]["time"])

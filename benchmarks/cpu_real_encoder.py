@@ -34,7 +34,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-BEFORE = ["resources.precision=fp32", "model.freeze_embeddings=true", "model.freeze_layers=6", "model.cache_frozen=false",
+BEFORE = ["resources.precision=fp32", "model.freeze_embeddings=true", "model.freeze_layers=6",
+          "model.cache_frozen=false",
           "resources.length_buckets=false"]
 FAST = ["resources.precision=bf16", "model.freeze_embeddings=true", "model.cache_frozen=true",
         "resources.length_buckets=true"]
@@ -42,7 +43,8 @@ PATHS = {"before (fp32, 6 frozen)": BEFORE,
          "fast path, 6 frozen": FAST + ["model.freeze_layers=6"],
          "fast path, 8 frozen": FAST + ["model.freeze_layers=8"]}
 COMMON = ["resources.use_gpu=false", "conl.gamma_quantile=0.8", "conl.batch_size=32", "conl.source_batch_size=16",
-          "source.batch_size=32", "ssl.batch_size=32", "ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.2", "source.eval_batch_size=64"]
+          "source.batch_size=32", "ssl.batch_size=32", "ssl.thresholding=class_quantile",
+          "ssl.threshold_quantile=0.2", "source.eval_batch_size=64"]
 
 
 def pairs(spec: str, lang: str, n: int, tokenizer, task):
@@ -72,7 +74,7 @@ def measure_path(name: str, overrides: list, data: dict, steps: int, log) -> dic
     from conlst_ray.algorithm.self_training import SelfTraining
     from conlst_ray.config import load_config
     from conlst_ray.models.encoder import apply_freezing, build_model
-    from conlst_ray.training.frozen_cache import compute_states
+    from conlst_ray.training.frozen_cache import FrozenRun, compute_states
     from conlst_ray.training.inference import predict_proba
     from conlst_ray.training.loop import StepModule
 
@@ -86,8 +88,10 @@ def measure_path(name: str, overrides: list, data: dict, steps: int, log) -> dic
     runner = StepModule(model, cfg.resources.precision)
     if cfg.model.cache_frozen:
         t0 = time.perf_counter()
-        source.frozen = compute_states(model, source, cfg.model.freeze_layers, "cpu", cfg.resources.precision)
-        target.frozen = compute_states(model, target, cfg.model.freeze_layers, "cpu", cfg.resources.precision)
+        source.frozen = compute_states(model, source, FrozenRun(cfg.model.freeze_layers, "cpu",
+                                                                cfg.resources.precision))
+        target.frozen = compute_states(model, target, FrozenRun(cfg.model.freeze_layers, "cpu",
+                                                                cfg.resources.precision))
         out["frozen_states_rows_per_s"] = (len(source) + len(target)) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     q = predict_proba(model, target, tok.pad_token_id, 64, "cpu", cfg.resources.precision)
@@ -110,15 +114,15 @@ def bare_step(layers_frozen: int, data: dict, steps: int, log) -> float:
     from conlst_ray.config import load_config
     from conlst_ray.models.encoder import apply_freezing, build_model
     from conlst_ray.models.frozen import run_upper
-    from conlst_ray.training.frozen_cache import compute_states
     from conlst_ray.training.batches import batch_of
+    from conlst_ray.training.frozen_cache import FrozenRun, compute_states
 
     cfg = load_config(REPO / "tune_configs" / "xnli_e5_small_cpu.yaml",
                       COMMON + FAST + [f"model.freeze_layers={layers_frozen}"])
     tok, source = data["tokenizer"], data["source"]
     model = build_model(cfg.model, tok)
     apply_freezing(model, cfg.model)
-    source.frozen = compute_states(model, source, layers_frozen, "cpu", "bf16")
+    source.frozen = compute_states(model, source, FrozenRun(layers_frozen, "cpu", "bf16"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-5)
     order = np.argsort(source.lengths(), kind="stable")
@@ -154,7 +158,7 @@ def zero_shot_accuracy(model_dir: str, rows_per_lang: int, langs: list, log) -> 
     from conlst_ray.data.task import Task
     from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder, read_meta
-    from conlst_ray.training.frozen_cache import compute_states
+    from conlst_ray.training.frozen_cache import FrozenRun, compute_states
     from conlst_ray.training.inference import accuracy_by_language, predict_proba
 
     tok = open_tokenizer(model_dir)
@@ -167,7 +171,7 @@ def zero_shot_accuracy(model_dir: str, rows_per_lang: int, langs: list, log) -> 
         for lang in langs:
             rows = pairs(f"xnli_tsv:{DATA}/xnli_test_a/test-{{lang}}.tsv", lang, rows_per_lang, tok, task)
             if frozen:
-                rows.frozen = compute_states(model, rows, frozen, "cpu", precision)
+                rows.frozen = compute_states(model, rows, FrozenRun(frozen, "cpu", precision))
             q = predict_proba(model, rows, tok.pad_token_id, 64, "cpu", precision)
             accs.update({k: 100 * v for k, v in accuracy_by_language(q, rows).items()})
             n += len(rows)

@@ -1,7 +1,7 @@
 """Every throughput ratio of issue 24, side by side in one run, as JSON.
 
-    python benchmarks/gpu_suite.py --out $OUT/gpu_suite.json                 # one GPU, <= 8 min
-    python benchmarks/gpu_suite.py --model tiny --parts pseudo_label         # the CPU part, here
+    python -m benchmarks.gpu_suite --out $OUT/gpu_suite.json                 # one GPU, <= 8 min
+    python -m benchmarks.gpu_suite --model tiny --parts pseudo_label         # the CPU part, here
 
 Parts (``--parts``, default all):
 
@@ -38,11 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from conlst_ray.config import load_config
 
-from conlst_ray.config import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 SHARED = REPO.parent / "shared" / "data"
 XNLI = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
@@ -130,7 +129,7 @@ def bare_loop(model_dir: str, tokens: Path, langs: list, cfg, device: str) -> fl
 
 def part_pseudo_label(cfg, model_dir: str, tmp: Path, rows: int, device: str) -> dict:
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 
     spec = repeated_xnli(tmp / "text", rows)
@@ -143,8 +142,8 @@ def part_pseudo_label(cfg, model_dir: str, tmp: Path, rows: int, device: str) ->
     progress: list[tuple[float, int]] = []
     with GpuSampler() as gpu:
         t3 = time.time()
-        report = pseudo_label(model_dir, tmp / "pl_corpus", manifests, tmp / "labels", cfg.resources,
-                              cfg.data.max_length, log=lambda *_: None,
+        report = pseudo_label(model_dir, CachedCorpus(tmp / "pl_corpus", manifests), tmp / "labels", cfg,
+                              log=lambda *_: None,
                               on_progress=lambda r: progress.append((time.time(), r.rows)))
         t4 = time.time()
     first_t, first_rows = progress[0]
@@ -159,11 +158,11 @@ def part_pseudo_label(cfg, model_dir: str, tmp: Path, rows: int, device: str) ->
 def target_labels(cfg, model_dir: str, tmp: Path) -> Path:
     """The CoNL part's target rows (XNLI dev of data.target_langs) and their pseudo-labels."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "target", cfg.data,
                                log=lambda *_: None)
-    pseudo_label(model_dir, tmp / "target", manifests, tmp / "target_labels", cfg.resources, cfg.data.max_length,
+    pseudo_label(model_dir, CachedCorpus(tmp / "target", manifests), tmp / "target_labels", cfg,
                  log=lambda *_: None)
     return tmp / "target_labels"
 
@@ -175,18 +174,20 @@ def steady(stage_dir: Path, batch: int) -> float:
 
 def part_stage(stage: str, cfg, model_dir: str, tmp: Path, device: str, labels: Path | None) -> dict:
     """A stage under Ray Train (1 worker) vs the plain loop, examples/s."""
-    from conlst_ray.ray_jobs.train import fit_plain, fit_stage
+    from conlst_ray.pipeline.rundir import stage_files
+    from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
 
     corpus = tmp / "corpus"
-    kwargs = {"target_corpus": str(tmp / "target"), "pseudo_labels": str(labels)} if stage == "conl" else {}
+    inputs = (StageInputs(target_corpus=str(tmp / "target"), pseudo_labels=str(labels), corpus_dir=str(corpus))
+              if stage == "conl" else StageInputs(corpus_dir=str(corpus)))
     batch = cfg.conl.batch_size if stage == "conl" else cfg.source.batch_size
     with GpuSampler() as gpu:
-        fit_stage(stage, cfg, tmp / f"{stage}_ray", model_dir, corpus_dir=str(corpus), log=lambda *_: None, **kwargs)
+        fit_stage(stage, cfg, stage_files(tmp / f"{stage}_ray"), model_dir, inputs, log=lambda *_: None)
     ray_rate = steady(tmp / f"{stage}_ray", batch)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     (tmp / f"{stage}_plain").mkdir(exist_ok=True)
-    fit_plain(stage, cfg, model_dir, corpus, device=device, steps_file=tmp / f"{stage}_plain" / "steps.jsonl", **kwargs)
+    fit_plain(stage, cfg, model_dir, corpus, inputs, device=device, steps_file=tmp / f"{stage}_plain" / "steps.jsonl")
     plain_rate = steady(tmp / f"{stage}_plain", batch)
     out = {"ray_per_s": ray_rate, "plain_per_s": plain_rate, "ratio_ray_vs_plain": ray_rate / plain_rate,
            "unit": "anchors" if stage == "conl" else "pairs", **gpu.summary()}
@@ -217,9 +218,10 @@ def main() -> None:
         f"data.target_train=xnli_tsv:{SHARED}/xnli/dev-{{lang}}.tsv",
         "data.source_dev=null", "data.target_dev=null", "data.target_test=null",
         f"data.max_source_rows={args.source_rows}", "data.eval_during_training=false", "source.epochs=1",
-        f"resources.use_gpu={str(gpu).lower()}", "resources.num_workers=1",
+        f"resources.use_gpu={str(gpu).lower()}", "resources.num_workers=1", "resources.trainer=ray_train",
         f"resources.cpus_per_worker={4 if gpu else args.threads}",
-        f"resources.gpus_per_actor={1 if gpu else 0}", f"resources.cpus_per_actor={2 if gpu else 1}",  # CPU: 1 core left for the read tasks
+        # CPU: 1 core left for the read tasks
+        f"resources.gpus_per_actor={1 if gpu else 0}", f"resources.cpus_per_actor={2 if gpu else 1}",
         f"resources.torch_threads={args.threads}", f"resources.inference_batch_size={256 if gpu else 64}",
         f"resources.tokenize_tasks={4 if gpu else 1}", f"resources.precision={'bf16' if gpu else 'fp32'}"])
     torch.set_num_threads(args.threads)

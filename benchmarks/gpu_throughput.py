@@ -1,7 +1,7 @@
 """Throughput on a GPU, side by side in one run: each Ray stage against a
 plain bf16 PyTorch loop of the same model and batches.
 
-    python benchmarks/gpu_throughput.py [--model multilingual-e5-small] [--langs fr de zh ur]
+    python -m benchmarks.gpu_throughput [--model multilingual-e5-small] [--langs fr de zh ur]
 
 - source stage: Ray Train (1 GPU worker, steady state from steps.jsonl) vs
   the same algorithm object in the same step loop without Ray (``fit_plain``);
@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.conl_step_throughput import plain_loop as conl_plain_loop
+from conlst_ray.config import load_config
+from conlst_ray.data.token_files import tokenizer_stamp
+from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer
+from conlst_ray.pipeline.rundir import stage_files
+from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data
+from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
+from conlst_ray.training.inference import predict_proba
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from conl_step_throughput import plain_loop as conl_plain_loop  # noqa: E402
-
-from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer  # noqa: E402
-from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data  # noqa: E402
-from conlst_ray.ray_jobs.train import fit_plain, fit_stage  # noqa: E402
-from conlst_ray.data.token_files import tokenizer_stamp  # noqa: E402
-from conlst_ray.training.inference import predict_proba  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -53,9 +51,9 @@ def worker_peak(stage_dir: Path) -> float:
 
 def stage_rows(cfg, model_dir: str, corpus: Path, target_corpus=None):
     """The token files the Ray stages made under ``corpus`` (cached)."""
-    tokens = prepare_stage_tokens("conl", cfg, model_dir, corpus, target_corpus and str(target_corpus), None, None,
-                                  log=lambda *_: None)
-    return read_stage_data({"tokens": tokens}, tokenizer_stamp(model_dir, cfg.data.max_length))
+    inputs = StageInputs(target_corpus=target_corpus and str(target_corpus), corpus_dir=str(corpus))
+    tokens = prepare_stage_tokens("conl", cfg, model_dir, inputs, log=lambda *_: None)
+    return read_stage_data(tokens, tokenizer_stamp(model_dir, cfg.data.max_length))
 
 
 def plain_source(cfg, model_dir: str, corpus: Path) -> tuple[float, float]:
@@ -78,7 +76,7 @@ def main() -> None:
     import ray
 
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     xnli = f"xnli_tsv:{SHARED}/xnli/dev-{{lang}}.tsv"
     cfg = load_config(None, [
@@ -96,14 +94,14 @@ def main() -> None:
         tok = build_tokenizer(cfg.model, cfg.data)
         model_dir = str(build_model(cfg.model, tok).save(tmp / "model", tok))
         out = {}
-        fit_stage("source", cfg, tmp / "source", model_dir)
+        fit_stage("source", cfg, stage_files(tmp / "source"), model_dir)
         out["source_ray"], out["source_ray_peak"] = steady(tmp / "source", 32), worker_peak(tmp / "source")
         out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tmp / "corpus")
         trained = str(tmp / "source" / "model")
         manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
                                    log=lambda *_: None)
         t0 = time.time()
-        report = pseudo_label(trained, tmp / "corpus", manifests, tmp / "pl", cfg.resources, cfg.data.max_length,
+        report = pseudo_label(trained, CachedCorpus(tmp / "corpus", manifests), tmp / "pl", cfg,
                               log=lambda *_: None)
         out["pl_ray"], out["pl_rows"] = report.rows / (time.time() - t0), report.rows
         _, target = stage_rows(cfg, trained, tmp / "corpus", tmp / "corpus")
@@ -115,7 +113,8 @@ def main() -> None:
         torch.cuda.synchronize()
         out["pl_plain"] = len(target) / (time.time() - t0)
         del model
-        fit_stage("conl", cfg, tmp / "conl", trained, target_corpus=str(tmp / "corpus"), pseudo_labels=str(tmp / "pl"))
+        fit_stage("conl", cfg, stage_files(tmp / "conl"), trained, StageInputs(target_corpus=str(tmp / "corpus"),
+                                                                  pseudo_labels=str(tmp / "pl")))
         out["conl_ray"], out["conl_ray_peak"] = steady(tmp / "conl", 32), worker_peak(tmp / "conl")
         ray.shutdown()
         torch.cuda.reset_peak_memory_stats()
@@ -125,7 +124,8 @@ def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; ray {ray.__version__}; "
           f"model {args.model}, bf16 autocast; batch 32; targets {args.langs}")
     for name, unit in (("source", "pairs/s"), ("conl", "anchors/s")):
-        print(f"{name:7s} plain bf16 loop {out[f'{name}_plain']:8.1f} {unit} (peak {out[f'{name}_plain_peak']:.2f} GiB) | "
+        print(f"{name:7s} plain bf16 loop {out[f'{name}_plain']:8.1f} {unit} "
+              f"(peak {out[f'{name}_plain_peak']:.2f} GiB) | "
               f"Ray Train {out[f'{name}_ray']:8.1f} {unit} (peak {out[f'{name}_ray_peak']:.2f} GiB) | "
               f"ratio {out[f'{name}_ray'] / out[f'{name}_plain']:.2f}")
     print(f"pseudo-labels ({out['pl_rows']} rows): bare bf16 loop {out['pl_plain']:8.1f} rows/s | Ray Data job "

@@ -1,7 +1,7 @@
 """Pseudo-labelling throughput and memory, measured side by side in one run.
 
-    python benchmarks/pseudo_label_throughput.py            # everything (~15 min on 2 cores)
-    python benchmarks/pseudo_label_throughput.py --skip-memory
+    python -m benchmarks.pseudo_label_throughput            # everything (~15 min on 2 cores)
+    python -m benchmarks.pseudo_label_throughput --skip-memory
 
 Throughput on the real XNLI dev text of all 15 languages (37,350 pairs), the
 real mBERT tokenizer and a BERT with random weights and mBERT's vocabulary:
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -31,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.config import load_config
+from conlst_ray.data.readers import read_languages
+from conlst_ray.models.encoder import ConlstEncoder, wordpiece_tokenizer
+from conlst_ray.training.batches import collate, encode_table, length_sorted_batches
 
-from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.data.readers import read_languages  # noqa: E402
-from conlst_ray.models.encoder import ConlstEncoder, wordpiece_tokenizer  # noqa: E402
-from conlst_ray.training.batches import collate, encode_table, length_sorted_batches  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 XNLI = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
 
@@ -82,13 +81,13 @@ def padded_dataloader(model, tokenizer, table, batch_size) -> float:
 def ray_pipeline(cfg, model_dir, root, langs) -> tuple[float, float, int]:
     """(a): ingest, then pseudo-label; returns (pairs/s of labelling, pairs/s incl. ingest, rows)."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     t0 = time.perf_counter()
     manifests = ingest_corpora(cfg.data.target_train, langs, root / "corpus", cfg.data, log=lambda *_: None)
     t1 = time.perf_counter()
-    report = pseudo_label(str(model_dir), root / "corpus", manifests, root / "out", cfg.resources,
-                          cfg.data.max_length, log=lambda *_: None)
+    report = pseudo_label(str(model_dir), CachedCorpus(root / "corpus", manifests), root / "out", cfg,
+                          log=lambda *_: None)
     t2 = time.perf_counter()
     return report.rows / (t2 - t1), report.rows / (t2 - t0), report.rows
 
@@ -135,7 +134,8 @@ def memory_run(rows_per_lang: int, tmp: Path) -> tuple[int, int]:
     """Peak RSS (bytes) of pseudo-labelling 4 x rows_per_lang synthetic pairs."""
     import ray
 
-    from conlst_ray.models.encoder import build_model as build_tiny, build_tokenizer
+    from conlst_ray.models.encoder import build_model as build_tiny
+    from conlst_ray.models.encoder import build_tokenizer
 
     cfg = load_config(None, [f"data.synthetic.n_unlabelled={rows_per_lang}", "data.shard_rows=10000",
                              "resources.torch_threads=2", "resources.cpus_per_actor=1"])

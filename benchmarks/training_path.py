@@ -1,7 +1,7 @@
 """The training path on CPU, measured in one full pipeline run of the
 embedded default:
 
-    python benchmarks/training_path.py          # ~5 min on 2 cores; nothing else should run
+    python -m benchmarks.training_path          # ~5 min on 2 cores; nothing else should run
 
 (1) Tokenise once: every corpus row's tokenisations, counted. The Ray tasks
     of ray_jobs/tokens.py log each shard they tokenise
@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 WARMUP = 5
 

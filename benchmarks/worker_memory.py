@@ -1,8 +1,8 @@
 """Training-worker memory: 100k vs 1M target rows, token lists vs mapped
 token files, side by side in one run.
 
-    python benchmarks/worker_memory.py                 # 100k and 1M rows (~6 min on 2 cores)
-    python benchmarks/worker_memory.py --rows 20000 200000
+    python -m benchmarks.worker_memory                 # 100k and 1M rows (~6 min on 2 cores)
+    python -m benchmarks.worker_memory --rows 20000 200000
 
 Rows: real XNLI dev pairs (15 languages) repeated, the real mBERT
 vocabulary, max_length 128. For each corpus size a fresh process does what a training worker does with
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 SHARED = REPO.parent / "shared" / "data"
@@ -71,12 +70,16 @@ def tokenizer_dir(root: Path) -> str:
 
 def tokenize_once(corpus: Path, tok_dir: str) -> Path:
     """What ray_jobs/tokens.py does per shard, here without Ray."""
-    from conlst_ray.data.token_files import open_tokenizer
-
     import pyarrow.parquet as pq
 
+    from conlst_ray.data.token_files import (
+        TOKENIZER_FILE,
+        open_tokenizer,
+        special_ids,
+        tokenize_pairs,
+        write_token_file,
+    )
     from conlst_ray.ray_jobs.tokens import tokens_root
-    from conlst_ray.data.token_files import TOKENIZER_FILE, special_ids, tokenize_pairs, write_token_file
 
     out = tokens_root(corpus, tok_dir, 128)
     tok = open_tokenizer(tok_dir)
@@ -89,7 +92,6 @@ def tokenize_once(corpus: Path, tok_dir: str) -> Path:
 WORKER = r"""
 import json, resource, sys, time
 import numpy as np
-sys.path.insert(0, {repo!r})
 from conlst_ray.training.batches import batch_of
 mode, corpus, tokens, tok_dir, with_model = {args!r}
 t0 = time.time()
@@ -128,7 +130,7 @@ print(json.dumps({{"peak_rss_mib": kib("VmHWM") / 1024, "rss_anon_mib": kib("Rss
 
 
 def measure(mode: str, corpus: Path, tokens: Path, tok_dir: str, with_model: bool) -> dict:
-    code = WORKER.format(repo=str(REPO), args=(mode, str(corpus), str(tokens), tok_dir, with_model))
+    code = WORKER.format(args=(mode, str(corpus), str(tokens), tok_dir, with_model))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

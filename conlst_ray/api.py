@@ -44,7 +44,6 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
     ``config`` (the embedded default when None) with ``overrides`` (dotted
     keys: ``{"seed": 1, "conl.gamma": 0.8}``). Returns where everything is."""
     from conlst_ray.commands import run as run_command
-    from conlst_ray.pipeline.rundir import RunDir
     from conlst_ray.reporting.report import finished_models
 
     argv = (["--config", str(config)] if config else []) + [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
@@ -54,19 +53,19 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
     if status != 0:
         raise RuntimeError(f"python -m conlst_ray.run {' '.join(argv)} ended with status {status}")
     run_dir, cfg = state["run"], state["cfg"]
-    results = run_dir.stage("results")
-    chosen = json.loads((results / "handed_back.json").read_text()) if (results / "handed_back.json").is_file() else {}
-    return RunResult(run_dir.root, RunDir(run_dir.root).handed_back if chosen else None, chosen.get("stage"),
-                     chosen.get("reason", ""), finished_models(cfg, run_dir), _accuracy(results))
+    record = run_dir.handed_back_record
+    chosen = json.loads(record.read_text()) if record.is_file() else {}
+    return RunResult(run_dir.root, run_dir.handed_back if chosen else None, chosen.get("stage"),
+                     chosen.get("reason", ""), finished_models(cfg, run_dir), _accuracy(run_dir))
 
 
 def _value(v) -> str:
     return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
 
 
-def _accuracy(results: Path) -> dict:
+def _accuracy(run) -> dict:
     from conlst_ray.reporting.tables import read_rows
 
     return {split: {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
-                    for r in read_rows(results / f"accuracy_{split}.csv")}
-            for split in ("dev", "test") if (results / f"accuracy_{split}.csv").is_file()}
+                    for r in read_rows(run.accuracy_table(split))}
+            for split in ("dev", "test") if run.accuracy_table(split).is_file()}

@@ -46,7 +46,7 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     from conlst_ray.data.token_files import open_tokenizer, tokenizer_stamp
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_eval_rows, read_stage_data
+    from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens, read_eval_rows, read_stage_data
     from conlst_ray.training.optim import seed_everything
 
     if not ray.is_initialized():
@@ -60,13 +60,13 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     target_root = corpus_dir / CORPUS_FOLDERS["data.target_train"]
     ingest_corpora(cfg.data.target_train, cfg.data.target_langs, target_root, cfg.data, cfg.resources.cpus_per_task,
                    log, max_rows=target_rows or corpus_max_rows(cfg, "data.target_train"))
-    tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), corpus_dir, str(target_root), None,
-                                  list(cfg.data.target_langs), log)
+    inputs = StageInputs(target_corpus=str(target_root), langs=list(cfg.data.target_langs), corpus_dir=str(corpus_dir))
+    tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), inputs, log)
     tokens["test"] = test_tokens(cfg, corpus_dir, init_dir, log)
     stamp = tokenizer_stamp(str(init_dir), cfg.data.max_length)
-    source, target = read_stage_data({"tokens": tokens}, stamp)
-    evals = read_eval_rows({"tokens": tokens}, stamp)
-    test = read_eval_rows({"tokens": {"eval": [tokens["test"]]}}, stamp)[0]
+    source, target = read_stage_data(tokens, stamp)
+    evals = read_eval_rows(tokens, stamp)
+    test = read_eval_rows({"eval": [tokens["test"]]}, stamp)[0]
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
     if cfg.model.cache_frozen:
         from conlst_ray.ray_jobs.stage_data import attach_frozen
@@ -153,9 +153,11 @@ def load(model_dir, cfg, stage: str, device):
 
 def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
     """Source fine-tuning, kept at its best epoch on the English dev set (no
-    target label read): the model every row starts from, and the curve."""
+    target label read): the model every row starts from, and the curve. The
+    pipeline's own end-of-epoch hooks: dev accuracy, then the kept epoch."""
     from conlst_ray.algorithm.base import SourceTraining
-    from conlst_ray.training.loop import StepModule, fit
+    from conlst_ray.training.epoch_hooks import EvaluateDev, KeepBestEpoch, run_epochs
+    from conlst_ray.training.loop import StepModule
 
     cfg, model_out = shared.cfg, out / f"seed{shared.cfg.seed}" / "source" / "model"
     done = model_out.parent / "DONE.json"
@@ -163,20 +165,32 @@ def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
         return model_out, json.loads(done.read_text())["curve"]
     model = load(shared.init_dir, cfg, "source", shared.device)
     algo = SourceTraining(model, cfg, shared.tokenizer, shared.device, shared.source)
-    curve, best, t0 = [], None, time.time()
-    for epoch, step, logs in fit(algo, StepModule(model, cfg.resources.precision),
-                                 prefetch_depth=cfg.resources.prefetch_batches):
-        en = source_dev(shared, model)  # puts the model back in train mode: the next epoch has dropout
-        curve.append({"epoch": epoch, "step": step, "loss": logs.get("loss"), "source_dev_acc": en,
-                      "seconds": time.time() - t0})
-        log(f"[source] epoch {epoch}: loss {logs.get('loss', float('nan')):.3f}, English dev {en:.1f} "
-            f"({time.time() - t0:.0f} s)")
-        if best is None or en > best[0]:
-            best = (en, epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-    model.load_state_dict(best[2])
-    model.save(model_out, shared.tokenizer)
-    done.write_text(json.dumps({"curve": curve, "best_epoch": best[1]}))
-    return model_out, curve
+    curve = Curve(log)
+    best = KeepBestEpoch(model, cfg, model_out, shared.tokenizer)
+    run_epochs(algo, StepModule(model, cfg.resources.precision),
+               [EvaluateDev(model, shared.evals, shared.tokenizer.pad_token_id, cfg, shared.device), best, curve],
+               prefetch_depth=cfg.resources.prefetch_batches)
+    done.write_text(json.dumps({"curve": curve.points, "best_epoch": best_epoch(curve.points)}))
+    return model_out, curve.points
+
+
+class Curve:
+    """An end-of-epoch hook: the source stage's loss and English dev accuracy (%)."""
+
+    def __init__(self, log):
+        self.log, self.points, self.t0 = log, [], time.time()
+
+    def after_epoch(self, epoch: int, step: int, record: dict) -> None:
+        en, seconds = 100 * record["source_dev_acc"], time.time() - self.t0
+        self.points.append({"epoch": epoch, "step": step, "loss": record.get("loss"), "source_dev_acc": en,
+                            "seconds": seconds})
+        self.log(f"[source] epoch {epoch}: loss {record.get('loss', float('nan')):.3f}, English dev {en:.1f} "
+                 f"({seconds:.0f} s)")
+
+
+def best_epoch(points: list) -> int:
+    """The first epoch with the best dev accuracy (the one KeepBestEpoch kept)."""
+    return max(points, key=lambda p: (p["source_dev_acc"], -p["epoch"]))["epoch"]
 
 
 def weight_change(before: dict, model, steps: int) -> dict:
@@ -205,24 +219,38 @@ def trained_label_accuracy(algo) -> Optional[float]:
     return float((algo.pred[sel] == gold[sel]).mean()) if len(sel) else None
 
 
+class EpochLog:
+    """An end-of-epoch hook keeping each epoch's logs (without the stage,
+    epoch and step tags) and, for self-training, the accuracy of the labels
+    the iteration trained on."""
+
+    def __init__(self, ssl_algo=None):
+        self.ssl_algo, self.records = ssl_algo, []
+
+    def after_epoch(self, epoch: int, step: int, record: dict) -> None:
+        logs = {k: v for k, v in record.items() if k not in ("stage", "epoch", "step")}
+        if self.ssl_algo is not None:
+            logs["trained_label_acc"] = trained_label_accuracy(self.ssl_algo)
+        self.records.append(logs)
+
+
 def train_row(shared: Shared, stage: str, cls, start_dir: Path, overrides: dict, steps_file: Path,
               save_to: Optional[Path] = None) -> tuple[object, dict]:
     """One row: ``cls`` (a stage object or a probe subclass) trained from the
     model in ``start_dir`` under the study's config plus ``overrides``.
     Returns the trained model and what was measured."""
-    from conlst_ray.training.loop import StepModule, fit
+    from conlst_ray.training.epoch_hooks import run_epochs
+    from conlst_ray.training.loop import StepModule
 
     cfg = with_values(shared.cfg, overrides)
     model = load(start_dir, cfg, stage, shared.device)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     extra = (shared.q_source,) if stage == "conl" else ()
     algo = cls(model, cfg, shared.tokenizer, shared.device, shared.source, shared.target, *extra)
-    epochs, t0, step = [], time.time(), 0
-    for epoch, step, logs in fit(algo, StepModule(model, cfg.resources.precision),
-                                 prefetch_depth=cfg.resources.prefetch_batches, steps_file=steps_file):
-        if stage == "ssl":
-            logs["trained_label_acc"] = trained_label_accuracy(algo)
-        epochs.append(logs)
+    epochs, t0 = EpochLog(algo if stage == "ssl" else None), time.time()
+    last = run_epochs(algo, StepModule(model, cfg.resources.precision), [epochs],
+                      prefetch_depth=cfg.resources.prefetch_batches, steps_file=steps_file)
+    step, epochs = last.get("step", 0), epochs.records
     seconds = time.time() - t0
     if stage == "conl":
         epochs[-1].update({f"pool_{k}": v for k, v in algo.pool.stats.items()})

@@ -88,7 +88,8 @@ def mechanism_rows(by_seed: dict, names: list) -> tuple[list, list]:
         if res is None:
             continue
         epochs = res["epochs"]
-        fmt = lambda key: " / ".join(f"{100 * e[key]:.0f}" for e in epochs if e.get(key) is not None)  # noqa: E731
+        def fmt(key, epochs=epochs):
+            return " / ".join(f"{100 * e[key]:.0f}" for e in epochs if e.get(key) is not None)
         rows.append([name, res["steps"], res["seconds"], f"{res['change_encoder']:.2e}",
                      f"{res['change_classifier']:.2e}", f"{res['change_contrastive_head']:.2e}",
                      f"{res['encoder_step_per_weight']:.2e}"]
@@ -122,8 +123,8 @@ def rule_rows(by_seed: dict, names: list, chain_of, cfg) -> tuple[list, list, tu
             hits, total = hits + hit, total + 1
             rows.append([seed, " -> ".join(chain), " / ".join(f"{s.source_dev_acc:.1f}" for s in signals),
                          " / ".join(f"{100 * s.target_confidence:.1f}" for s in signals),
-                         " / ".join("" if s.agreement_with_previous is None else f"{100 * s.agreement_with_previous:.1f}"
-                                    for s in signals), chain[pick], chain[best], "yes" if hit else "no"])
+                         " / ".join(_agreement(s) for s in signals), chain[pick], chain[best],
+                         "yes" if hit else "no"])
     return header, rows, (hits, total)
 
 
@@ -150,7 +151,7 @@ def write_report(cfg, by_seed: dict, names: list, chain_of, docs: Path, argv: li
     findings = docs / "real_gain_findings.md"
     text = [
         "# Does each stage improve a real model?\n",
-        f"Made by `python experiments/real_gain.py {' '.join(argv)}` on {device}, {seconds:.0f} s. "
+        f"Made by `python -m experiments.real_gain {' '.join(argv)}` on {device}, {seconds:.0f} s. "
         f"Model `{cfg.model.name_or_path}` (frozen lower layers: {cfg.model.freeze_layers}, precision "
         f"{cfg.resources.precision}); source `{cfg.data.source_train}` "
         f"(cap {cfg.data.max_source_rows or 'none'}); targets {', '.join(cfg.data.target_langs)} "
@@ -182,3 +183,8 @@ def write_report(cfg, by_seed: dict, names: list, chain_of, docs: Path, argv: li
     atomic_write_text(docs / "real_gain.json", json.dumps({str(s): r for s, r in by_seed.items()}, indent=1,
                                                            default=float))
     return out
+
+
+def _agreement(signals) -> str:
+    a = signals.agreement_with_previous
+    return "" if a is None else f"{100 * a:.1f}"

@@ -24,9 +24,9 @@ signals (source dev accuracy, mean confidence and agreement with the start
 model on the target rows) and whether the label-free rule
 (reporting/selection.py) picks the truly best stage of the row's chain.
 
-    python experiments/real_gain.py                       # the GPU study (~8 min on one H100)
-    python experiments/real_gain.py --seeds 0 1 2 --rows "CoNL (paper" # chosen rows, three seeds
-    python experiments/real_gain.py --tiny --out /tmp/g --docs /tmp/g  # a tiny BERT on a few hundred
+    python -m experiments.real_gain                       # the GPU study (~8 min on one H100)
+    python -m experiments.real_gain --seeds 0 1 2 --rows "CoNL (paper" # chosen rows, three seeds
+    python -m experiments.real_gain --tiny --out /tmp/g --docs /tmp/g  # a tiny BERT on a few hundred
                                                           # real rows, CPU, about a minute (tests run it)
 
 Extra ``key=value`` arguments change the study's config for every row.
@@ -43,14 +43,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.algorithm.conl import CoNL
+from conlst_ray.algorithm.self_training import SelfTraining
+from conlst_ray.config import load_config, with_values
+from experiments.gain_variants import ClcsOnlyCoNL, OracleSelfTraining, PaperStepsCoNL, ZeroRateCoNL
 
-from conlst_ray.algorithm.conl import CoNL  # noqa: E402
-from conlst_ray.algorithm.self_training import SelfTraining  # noqa: E402
-from conlst_ray.config import load_config, with_values  # noqa: E402
-from experiments.gain_variants import (ClcsOnlyCoNL, OracleSelfTraining, PaperStepsCoNL,  # noqa: E402
-                                      ZeroRateCoNL)
+REPO = Path(__file__).resolve().parents[1]
+
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small.yaml"
 DATA = REPO.parent / "shared" / "data"
@@ -66,7 +65,8 @@ STUDY = [f"data.source_train=xnli_mt_tsv:{DATA}/mnli_25k/multinli.train.{{lang}}
 # buckets; 835 scored test rows per language, 500 unlabelled rows per language (--target-rows)
 CPU = ["resources.use_gpu=false", "resources.precision=bf16", "model.freeze_embeddings=true",
        "model.freeze_layers=8", "model.cache_frozen=true", "resources.length_buckets=true",
-       "data.max_rows=835", "data.max_source_rows=24511", "source.epochs=3", "source.lr=1e-4", "source.eval_batch_size=128"]
+       "data.max_rows=835", "data.max_source_rows=24511", "source.epochs=3", "source.lr=1e-4",
+       "source.eval_batch_size=128"]
 TINY = ["model.name_or_path=tiny-bert", f"model.tokenizer={DATA}/vocab/bert-base-multilingual-cased-vocab.txt",
         "data.target_langs=[de,sw]", "data.max_rows=48", "data.max_source_rows=1500", "source.epochs=3",
         "source.lr=1e-3", "conl.batch_size=16", "conl.source_batch_size=16", "ssl.batch_size=8",
@@ -148,8 +148,8 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
     (the seeds then vary the stages' own draws, not the source model)."""
     import numpy as np
 
-    from experiments import gain_harness as h
     from conlst_ray.reporting.selection import StageSignals
+    from experiments import gain_harness as h
 
     source_cfg = cfg if source_seed is None else with_values(cfg, {"seed": source_seed})
     shared = h.prepare(source_cfg, out, log, target_rows)
@@ -201,7 +201,8 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
                                        default=float))
         on_row()
         log(f"[study] {row.name}: {info['seconds']:.0f} s, target avg "
-            f"{mean_target(results[row.name]['scores'], cfg):.1f} (zero-shot {mean_target(results[ZS]['scores'], cfg):.1f})")
+            f"{mean_target(results[row.name]['scores'], cfg):.1f} "
+            f"(zero-shot {mean_target(results[ZS]['scores'], cfg):.1f})")
     on_row()  # rows read back from disk too
     return results
 

@@ -10,8 +10,8 @@ that the real-data path works end to end and what each stage costs, not the
 paper's numbers. No offline MT model exists here either, so the strong view
 is random masking only.
 
-    .venv/bin/python experiments/real_text.py ssl.iterations=1   # the run in docs/REAL_TEXT.md: ~35 min on 2 CPU cores
-    .venv/bin/python experiments/real_text.py ssl.iterations=1 data.max_rows=500   # a quicker look
+    .venv/bin/python -m experiments.real_text ssl.iterations=1   # the run in docs/REAL_TEXT.md: ~35 min on 2 CPU cores
+    .venv/bin/python -m experiments.real_text ssl.iterations=1 data.max_rows=500   # a quicker look
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import csv
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.data.files import atomic_write_text
 
-from conlst_ray.data.files import atomic_write_text  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 CONFIG = REPO / "tune_configs" / "xnli_real_text.yaml"
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     (docs / "figures").mkdir(parents=True, exist_ok=True)
     (docs / "figures" / "real_text_calibration.png").write_bytes((results / "calibration_hist.png").read_bytes())
     overrides = " ".join(args.overrides)
-    text = TEMPLATE.format(command=f"python experiments/real_text.py {overrides}".strip(), minutes=minutes,
+    text = TEMPLATE.format(command=f"python -m experiments.real_text {overrides}".strip(), minutes=minutes,
                            dev=(results / "accuracy_dev.md").read_text(),
                            calibration=(results / "calibration.md").read_text(),
                            costs=(results / "stage_costs.md").read_text())

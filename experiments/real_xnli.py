@@ -14,8 +14,8 @@ each resumable stage by stage (rerun this script to continue):
                     a selection that cannot set a class threshold to 0
 5. ``selftrain_cq`` the same from run 1's source model: self-training without CoNL
 
-    .venv/bin/python experiments/real_xnli.py                 # ~1 h on 2 CPU cores
-    .venv/bin/python experiments/real_xnli.py data.max_rows=100 data.max_source_rows=200   # a quick look
+    .venv/bin/python -m experiments.real_xnli                 # ~1 h on 2 CPU cores
+    .venv/bin/python -m experiments.real_xnli data.max_rows=100 data.max_source_rows=200   # a quick look
 
 Extra ``key=value`` arguments go to every run.
 """
@@ -27,13 +27,13 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.config import load_config
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.models.e5 import E5_LABEL
+from conlst_ray.reporting.tables import read_rows, write_language_table
 
-from conlst_ray.data.files import atomic_write_text  # noqa: E402
-from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.models.e5 import E5_LABEL  # noqa: E402
-from conlst_ray.reporting.tables import read_rows, write_language_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 CONFIG = REPO / "tune_configs" / "xnli_e5_small_cpu.yaml"
 CLASS_QUANTILE = ["ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"]
@@ -153,8 +153,8 @@ def own_class_lines(out: Path) -> list[str]:
     per-language gamma the CoNL stage used."""
     import numpy as np
 
-    from conlst_ray.reporting.analysis import own_class_negatives
     from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.reporting.analysis import own_class_negatives
 
     run = out / "conlst"
     metrics = run / "conl" / "metrics.jsonl"
@@ -180,13 +180,14 @@ def write_doc(cfg, out: Path, docs: Path, overrides: str, per_lang: int) -> None
     hist = out / "conlst" / "results" / "calibration_hist.png"
     if hist.is_file():
         (docs / "figures" / "real_xnli_calibration.png").write_bytes(hist.read_bytes())
-    costs = [out / name / "results" / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq", "selftrain_cq")]
+    costs = [out / name / "results" / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq",
+                                                                     "selftrain_cq")]
     seconds = sum(float(r["seconds"]) for path in costs if path.is_file() for r in read_rows(path))
     mt_done = out / "mt" / "source" / "DONE.json"
     mt_seconds = json.loads(mt_done.read_text())["seconds"] if mt_done.is_file() else 0.0
     seconds += mt_seconds
     text = TEMPLATE.format(
-        label=E5_LABEL, command=f"python experiments/real_xnli.py {overrides}".strip(), minutes=seconds / 60,
+        label=E5_LABEL, command=f"python -m experiments.real_xnli {overrides}".strip(), minutes=seconds / 60,
         langs=", ".join(cfg.data.target_langs), n_target=cfg.data.max_rows, n_source=cfg.data.max_source_rows,
         per_lang=per_lang, accuracy=accuracy_table(cfg, out, docs),
         calibration=(out / "conlst" / "results" / "calibration.md").read_text(),

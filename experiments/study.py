@@ -10,8 +10,8 @@ system (``translation.model=synthetic``), so "w/o back-translation" changes
 something. Training runs in-process (``resources.num_workers=0``): same
 algorithm, no Ray Train start-up per stage.
 
-    .venv/bin/python experiments/study.py                  # 3 seeds, about 40 minutes on 2 CPU cores
-    .venv/bin/python experiments/study.py --seeds 0 --quick   # a few minutes: checks the script, not the method
+    .venv/bin/python -m experiments.study                  # 3 seeds, about 40 minutes on 2 CPU cores
+    .venv/bin/python -m experiments.study --seeds 0 --quick   # a few minutes: checks the script, not the method
 
 Runs live under --out (default runs/study; finished runs are reused, so an
 interrupted study continues where it stopped).
@@ -27,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.config import load_config
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg
+from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown
+from conlst_ray.reporting.report import full_report
+from conlst_ray.reporting.tables import read_rows, to_markdown
 
-from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown  # noqa: E402
-from conlst_ray.data.files import atomic_write_text  # noqa: E402
-from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.reporting.report import full_report  # noqa: E402
-from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg  # noqa: E402
-from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
-from conlst_ray.pipeline.rundir import RunDir  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 BASE = ["translation.model=synthetic", "translation.pivot_lang=src", "resources.num_workers=0"]
 QUICK = ["data.synthetic.n_source_train=800", "data.synthetic.n_unlabelled=240", "data.synthetic.n_dev=90",
@@ -194,8 +194,8 @@ def own_class_table(run_dirs: list[Path]) -> str:
     """Per language, mean over seeds: the expected share of a confident
     anchor's negatives that share its gold class (conl.complementary=set, the
     run's gamma), for anchors with wrong and with right pseudo-labels."""
-    from conlst_ray.reporting.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.reporting.analysis import own_class_by_language
 
     per_lang: dict[str, list] = {}
     for d in run_dirs:
@@ -347,7 +347,7 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
     selection = selection_table({"CoNLST": base, **{n: [runs[s][n] for s in seeds] for n in names[1:]
                                                     if "conl.enabled=false" in VARIANTS[n] or n in (CQ, PER_LANG)}})
     text = RESULTS_TEMPLATE.format(
-        command=" ".join(["python experiments/study.py"] + (["--quick"] if args.quick else [])),
+        command=" ".join(["python -m experiments.study"] + (["--quick"] if args.quick else [])),
         seeds=", ".join(map(str, seeds)), minutes=minutes,
         dev=language_table(main_rows, "dev", langs), test=language_table(main_rows, "test", langs),
         ablation=ablation_md, paper3="\n".join(f"| {k} | {v} |" for k, v in PAPER_TABLE3.items()),

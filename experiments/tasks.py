@@ -6,7 +6,7 @@ default settings otherwise (seed 0). It shows the pipeline on tasks other
 than NLI and measures what the number of classes does to Eq. 4/5: the share
 of a confident anchor's negatives that belong to its own gold class.
 
-    .venv/bin/python experiments/tasks.py          # about 12 minutes on 2 CPU cores
+    .venv/bin/python -m experiments.tasks          # about 12 minutes on 2 CPU cores
 
 Runs live under --out (default runs/tasks); finished runs are reused. A
 "## Discussion" section written into the document by hand is kept.
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conlst_ray.config import load_config
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.reporting.tables import read_rows, to_markdown
 
-from conlst_ray.data.files import atomic_write_text  # noqa: E402
-from conlst_ray.config import load_config  # noqa: E402
-from conlst_ray.reporting.tables import read_rows, to_markdown  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 TASKS = {
     "NLI (pairs, 3 classes; the default)": [],
@@ -52,8 +52,8 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
     """Mean over target languages: expected share of a confident anchor's
     negatives whose gold class is the anchor's own (wrong / right
     pseudo-labels), and the share of confident anchors that are wrong."""
-    from conlst_ray.reporting.analysis import own_class_by_language
     from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.reporting.analysis import own_class_by_language
 
     cfg = load_config(run_dir / "config.yaml")
     shares = own_class_by_language(read_outputs(run_dir / "pseudo_labels" / "source"),
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         shares.append([title, classes, f"{100 / (classes - 1):.0f} %", f"{100 * w:.1f} %", f"{100 * r:.1f} %",
                        f"{100 * wrong:.1f} %"])
     doc = ["# The embedded benchmark as three tasks", "",
-           "Produced by `.venv/bin/python experiments/tasks.py` (seed 0, default settings otherwise: "
+           "Produced by `.venv/bin/python -m experiments.tasks` (seed 0, default settings otherwise: "
            "6,000 source rows, 2,000 unlabelled rows and 600 dev/test rows per language, tiny BERT, "
            "one Ray Train worker; 2 CPU cores).", "",
            "## Eq. 4/5 and the number of classes", "",

@@ -25,8 +25,13 @@ def tiny_translation_model(path, family: str, words: Optional[Sequence[str]] = N
     codes, built from a config (no download): its output is meaningless but it
     exercises the real translation pipeline. ``arch``: mbart or m2m100."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
-                              MBartForConditionalGeneration, PreTrainedTokenizerFast)
+    from transformers import (
+        M2M100Config,
+        M2M100ForConditionalGeneration,
+        MBartConfig,
+        MBartForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     codes = sorted(set(CODE_TABLES[family].values()))

@@ -77,17 +77,21 @@ def s3_files(fs, prefix: str) -> list[str]:
 def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dict:
     """A source stage whose last worker dies in its second epoch: the group
     restarts from the epoch-1 checkpoint in storage."""
+    from faults import KillOnce
+
     from conlst_ray.config import load_config
     from conlst_ray.data import storage
-    from conlst_ray.ray_jobs.train import fit_stage
-    from faults import KillOnce
+    from conlst_ray.pipeline.rundir import stage_files
+    from conlst_ray.ray_jobs.train import StageInputs, fit_stage
 
     cfg = load_config(None, SMALL + [f"output_dir={out_dir}", "source.epochs=2"])
     stage_dir = storage.mirror(storage.join(out_dir, run, "killed"))
     init = storage.mirror(storage.join(out_dir, run, "init", "model"))
     marker = out / "killed"
-    metrics = fit_stage("source", cfg, stage_dir, str(init), corpus_dir=str(stage_dir.parent / "corpus"),
-                        step_hook=KillOnce(step=11, marker=str(marker), after_s=5.0), log=lambda *_: None)
+    metrics = fit_stage("source", cfg, stage_files(stage_dir), str(init),
+                        StageInputs(corpus_dir=str(stage_dir.parent / "corpus"),
+                                    before_step=KillOnce(step=11, marker=str(marker), after_s=5.0)),
+                        log=lambda *_: None)
     steps = [json.loads(line) for line in storage.fetch(stage_dir / "steps.jsonl").read_text().splitlines()]
     return {"killed": marker.exists(), "killed_at": marker.stat().st_mtime if marker.exists() else None,
             "final_step": metrics.get("step"), "steps": [[r["step"], r["time"]] for r in steps],

@@ -5,8 +5,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conlst_ray.reporting.analysis import (LabelledPredictions, band_stats, calibration_markdown, calibration_rows,
-                                 join_with_gold, weighted_accuracy)
+from conlst_ray.reporting.analysis import (
+    LabelledPredictions,
+    band_stats,
+    calibration_markdown,
+    calibration_rows,
+    join_with_gold,
+    weighted_accuracy,
+)
 
 # confidence, correct -- worked out by hand below
 CONF = [0.95, 0.91, 0.90, 0.70, 0.50, 0.49, 0.34, 0.99]

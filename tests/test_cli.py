@@ -24,8 +24,8 @@ def test_every_entry_point_has_help(module, expected):
 @pytest.mark.slow
 def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session, capsys):
     from conlst_ray.config import load_config
-    from conlst_ray.pipeline.stages import stage_source
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.pipeline.stages import stage_source
 
     args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300",
             "data.synthetic.n_source_train=600",

@@ -49,9 +49,8 @@ def test_setup_installs_this_project_and_keeps_auth_on(name):
 
 
 def test_cloud_image_is_built_from_the_pinned_ray_image_with_the_pinned_torch():
-    import tomllib
-
     import ray
+    import tomllib
 
     raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -112,7 +112,8 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["conl.gamma=0.75", "data.target_langs=[fr]", "tune.search_space={conl.gamma: {type: uniform, low: 0.5, high: 0.9}}"])
+    cfg = load_config(None, ["conl.gamma=0.75", "data.target_langs=[fr]",
+                             "tune.search_space={conl.gamma: {type: uniform, low: 0.5, high: 0.9}}"])
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert again == cfg

@@ -12,8 +12,8 @@ import torch
 from conlst_ray.config import load_config
 from conlst_ray.config.sections import ConfigError
 from conlst_ray.models.encoder import apply_freezing, build_model
-from conlst_ray.training.frozen_cache import cached_states, compute_states
 from conlst_ray.training.batches import Encoded, batch_of
+from conlst_ray.training.frozen_cache import FrozenRun, cached_states, compute_states
 
 
 def tiny(freeze: int = 1, extra=()):
@@ -41,7 +41,7 @@ def test_cached_states_give_the_outputs_of_the_full_encoder():
     index = np.arange(5, 25)
     with torch.no_grad():
         full = model(**batch_of(rows, index, 0))
-        rows.frozen = compute_states(model, rows, 1, "cpu", "fp32", batch_size=7)
+        rows.frozen = compute_states(model, rows, FrozenRun(1, batch_size=7))
         batch = batch_of(rows, index, 0)
         assert "frozen_hidden" in batch
         cached = model(**batch)
@@ -51,7 +51,7 @@ def test_cached_states_give_the_outputs_of_the_full_encoder():
 def test_rows_a_view_changed_run_the_frozen_layers_again():
     _, _, model = tiny()
     rows = random_rows()
-    rows.frozen = compute_states(model, rows, 1, "cpu", "fp32")
+    rows.frozen = compute_states(model, rows, FrozenRun(1))
     model.eval()
     index = np.arange(0, 12)
     batch = batch_of(rows, index, 0)
@@ -71,7 +71,7 @@ def test_rows_a_view_changed_run_the_frozen_layers_again():
 def test_a_training_step_from_the_cache_trains_only_the_upper_layers():
     _, _, model = tiny(extra=["model.dropout=0.0"])
     rows = random_rows()
-    rows.frozen = compute_states(model, rows, 1, "cpu", "fp32")
+    rows.frozen = compute_states(model, rows, FrozenRun(1))
     model.train()
     batch = batch_of(rows, np.arange(16), 0)
     loss = torch.nn.functional.cross_entropy(model(**batch), torch.as_tensor(rows.labels[:16]))
@@ -85,18 +85,18 @@ def test_a_training_step_from_the_cache_trains_only_the_upper_layers():
 def test_the_cache_file_is_keyed_by_the_frozen_weights(tmp_path):
     cfg, _, model = tiny()
     rows = random_rows()
-    first = cached_states(model, rows, 1, tmp_path, "cpu", "fp32", langs=["de", "sw"], log=lambda *_: None)
+    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
     files = sorted(tmp_path.glob("frozen-*.bin"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    again = cached_states(model, rows, 1, tmp_path, "cpu", "fp32", langs=["de", "sw"], log=lambda *_: None)
+    again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
     assert files[0].stat().st_mtime_ns == stamp                      # read back, not recomputed
     assert torch.equal(again.flat, first.flat)
     model.encoder.encoder.layer[1].output.dense.weight.data.add_(1.0)  # an upper layer: same frozen part
-    cached_states(model, rows, 1, tmp_path, "cpu", "fp32", langs=["de", "sw"], log=lambda *_: None)
+    cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
     assert len(list(tmp_path.glob("frozen-*.bin"))) == 1
     model.encoder.encoder.layer[0].output.dense.weight.data.add_(1.0)  # a frozen layer: other states
-    changed = cached_states(model, rows, 1, tmp_path, "cpu", "fp32", langs=["de", "sw"], log=lambda *_: None)
+    changed = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
     assert len(list(tmp_path.glob("frozen-*.bin"))) == 2
     assert not torch.equal(changed.flat, first.flat)
     assert not list(tmp_path.glob(".*tmp"))                           # nothing half-written left
@@ -179,9 +179,9 @@ def test_the_real_encoder_scores_the_same_from_its_cache(shared_data):
                            task=Task.of(cfg.data.task))
     rows = encode_table(tok, table, 128)
     full = predict_proba(model, rows, tok.pad_token_id, 16, "cpu", "fp32")
-    rows.frozen = compute_states(model, rows, 8, "cpu", "fp32")
+    rows.frozen = compute_states(model, rows, FrozenRun(8))
     cached = predict_proba(model, rows, tok.pad_token_id, 16, "cpu", "fp32")
     np.testing.assert_allclose(cached, full, atol=1e-4)
-    rows.frozen = compute_states(model, rows, 8, "cpu", "bf16")
+    rows.frozen = compute_states(model, rows, FrozenRun(8, "cpu", "bf16"))
     fast = predict_proba(model, rows, tok.pad_token_id, 16, "cpu", "bf16")
     assert (fast.argmax(-1) == full.argmax(-1)).mean() >= 0.9

@@ -43,8 +43,9 @@ def ours(model_dir, tokenizer):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
 def test_a_saved_model_loads_with_the_auto_classes_with_its_labels_and_logits(tmp_path, mbert_tokenizer, pooling):
-    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
 
     model_dir = trained_like(tmp_path, mbert_tokenizer, pooling)
     hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -96,8 +97,9 @@ print(m.config.id2label)
 
 
 def test_predict_labels_a_corpus_as_the_auto_model_does(tmp_path, mbert_tokenizer, shared_data):
-    import conlst_ray.hf  # noqa: F401
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import conlst_ray.hf  # noqa: F401
 
     model_dir = trained_like(tmp_path, mbert_tokenizer, "cls")
     out = tmp_path / "pred.parquet"

@@ -3,6 +3,7 @@ points down the layers of the README's "Layout" section, no module over
 400 lines, and the algorithm and training layers free of Ray."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "conlst_ray"
@@ -76,3 +77,73 @@ def test_the_algorithm_and_training_layers_do_not_import_ray():
             names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
             assert not [n for n in names if n == "ray" or n.startswith("ray.")], path
+
+
+def package_docstrings() -> dict[str, str]:
+    return {init.parent.name: ast.get_docstring(ast.parse(init.read_text())) or ""
+            for init in ROOT.glob("*/__init__.py")}
+
+
+def test_package_docstrings_name_the_modules_they_hold_and_no_other():
+    """A package docstring that lists modules lists each module it holds, and
+    names none it does not."""
+    for package, doc in package_docstrings().items():
+        named = set(re.findall(r"\b([a-z_0-9]+)\.py\b", doc))
+        held = {p.stem for p in (ROOT / package).glob("*.py")} - {"__init__"}
+        assert named <= held, f"{package}/__init__.py names {sorted(named - held)}"
+        if named:
+            assert held <= named, f"{package}/__init__.py does not list {sorted(held - named)}"
+
+
+def ray_importers() -> set[str]:
+    """The packages with a module that imports Ray (anywhere in the file)."""
+    found = set()
+    for path in ROOT.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        if any(n == "ray" or n.startswith("ray.") for n in names):
+            found.add(path.relative_to(ROOT).parts[0])
+    return found
+
+
+def test_package_docstrings_say_true_things_about_ray():
+    users = ray_importers()
+    for package, doc in package_docstrings().items():
+        if "no Ray" in doc:
+            assert package not in users, f"{package}/__init__.py says 'no Ray' but imports it"
+        if "only Ray" in doc:
+            assert users == {package}, f"{package}/__init__.py claims the only Ray code; also {users - {package}}"
+
+
+# What a run directory, a trial and a search hold (pipeline/rundir.py): files by name, folders by name
+LAYOUT_FILES = {"config.yaml", "DONE.json", "FINGERPRINT.json", "metrics.jsonl", "steps.jsonl", "handed_back.json",
+                "trial.json", "best_config.yaml", "best.json", "phases.json"}
+LAYOUT_FOLDERS = {"model", "results", "analysis", "corpus", "checkpoint", "ray_train", "thresholds", "tensorboard",
+                  "init", "targets", "translations", "pseudo_labels", "source", "conl", "ssl"}
+
+
+def layout_spellings(path: Path) -> list[str]:
+    """Where a module spells a run-layout name: a layout file name anywhere,
+    a layout folder name joined onto a path (``p / "model"``,
+    ``p.with_name(...)``, ``p.joinpath(...)``, ``run.stage(...)``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and node.value in LAYOUT_FILES:
+            found.append(f"{node.lineno}: {node.value!r}")
+        joined = None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant):
+            joined = node.right.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
+              and node.func.attr in ("with_name", "joinpath", "stage") and isinstance(node.args[0], ast.Constant)):
+            joined = node.args[0].value
+        if joined in LAYOUT_FOLDERS | LAYOUT_FILES:
+            found.append(f"{node.lineno}: / {joined!r}")
+    return found
+
+
+def test_only_the_run_directory_spells_the_run_layout():
+    spelled = {str(p.relative_to(ROOT)): s for p in ROOT.rglob("*.py")
+               if p.name != "rundir.py" and (s := layout_spellings(p))}
+    assert not spelled, spelled
+    assert layout_spellings(ROOT / "pipeline" / "rundir.py")  # the check sees the names where they are spelled

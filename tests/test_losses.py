@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from conlst_ray.algorithm.losses import (NL_EPS, clcs_loss, conl_loss, contrastive_negative_loss, mixup,
-                                         negative_learning_loss, pairwise_similarity, random_complementary_labels,
-                                         ssl_loss, supervised_loss, unlabelled_loss)
+from conlst_ray.algorithm.losses import (
+    NL_EPS,
+    clcs_loss,
+    conl_loss,
+    contrastive_negative_loss,
+    mixup,
+    negative_learning_loss,
+    pairwise_similarity,
+    random_complementary_labels,
+    ssl_loss,
+    supervised_loss,
+    unlabelled_loss,
+)
 
 
 def logits_of(probs):

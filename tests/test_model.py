@@ -44,8 +44,9 @@ def test_dropout_makes_two_views_and_eval_is_deterministic(tiny, synthetic_token
 
 
 def test_save_load_is_a_hugging_face_classifier_directory(tiny, synthetic_tokenizer, tmp_path):
-    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import conlst_ray.hf  # noqa: F401 -- registers model_type conlst
 
     tiny.save(tmp_path / "m", synthetic_tokenizer)
     assert (tmp_path / "m" / "model.safetensors").is_file()
@@ -100,8 +101,8 @@ def test_hf_sequence_classification_checkpoint_keeps_its_head(synthetic_tokenize
 
 def test_source_checkpoint_replaces_the_source_stage(tmp_path):
     from conlst_ray.config import load_config
-    from conlst_ray.pipeline.stages import stage_source
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.pipeline.stages import stage_source
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", f"model.source_checkpoint={tmp_path}/ckpt"])
     assert stage_source(cfg, RunDir.create(cfg), log=lambda *_: None) == f"{tmp_path}/ckpt"

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from conlst_ray.algorithm.augment import random_token_mask
-from conlst_ray.algorithm.negatives import NegativePool, complementary_labels, unique_negatives
-from conlst_ray.algorithm.thresholds import ClassQuantileThresholds, FixedThresholds, FlexMatchThresholds, make_thresholds
+from conlst_ray.algorithm.negatives import NegativePool, Predictions, complementary_labels, unique_negatives
+from conlst_ray.algorithm.thresholds import (
+    ClassQuantileThresholds,
+    FixedThresholds,
+    FlexMatchThresholds,
+    make_thresholds,
+)
 from conlst_ray.config import SSLConfig
-
 
 # -- Eq. 4 -----------------------------------------------------------------------------
 
@@ -51,7 +55,8 @@ def make_pool(seed=0, min_members=1):
     labels = np.array([0,    0,    1,    1,    2,    0,    1,    2])
     conf = np.array([0.95, 0.97, 0.99, 0.50, 0.92, 0.91, 0.93, 0.40])
     langs = ["fr", "fr", "fr", "fr", "fr", "de", "de", "de"]
-    return NegativePool(np.arange(8), labels, conf, 0.9, 3, langs, seed=seed, min_members=min_members), labels
+    return NegativePool(np.arange(8), Predictions(labels, conf, langs), 0.9, 3, seed=seed,
+                        min_members=min_members), labels
 
 
 def test_pool_keeps_confident_members_by_language_and_pooled():
@@ -153,7 +158,7 @@ def test_relative_gamma_and_tau_follow_the_models_confidences():
     rows, by_lang = relative_gamma(conf, langs, 0.8)
     assert by_lang == pytest.approx({"fr": 0.62, "ur": 0.82})
     assert rows[0] == pytest.approx(0.62) and rows[-1] == pytest.approx(0.82)
-    pool = NegativePool(np.arange(202), np.zeros(202, int), conf, rows, 3, langs)
+    pool = NegativePool(np.arange(202), Predictions(np.zeros(202, int), conf, langs), rows, 3)
     assert pool.size("fr") == 21 and pool.size("ur") == 21   # the top fifth of each language
     assert relative_tau(conf, 0.5) == pytest.approx(np.median(conf))
 

@@ -3,6 +3,7 @@ TensorBoard events, read from the stage's steps.jsonl / metrics.jsonl."""
 
 import json
 
+from conlst_ray.pipeline.rundir import stage_files
 from conlst_ray.training.progress import StageWatcher
 
 
@@ -11,7 +12,7 @@ def test_the_watcher_prints_progress_and_writes_tensorboard_events(tmp_path):
 
     lines = []
     steps, metrics = tmp_path / "steps.jsonl", tmp_path / "metrics.jsonl"
-    watcher = StageWatcher(tmp_path, "ssl", epochs=2, interval=0.0, log=lines.append)
+    watcher = StageWatcher(stage_files(tmp_path), "ssl", epochs=2, interval=0.0, log=lines.append)
     with steps.open("w") as fh:
         for step in range(1, 4):
             fh.write(json.dumps({"iteration": 0, "step": step, "epoch_steps": 10, "loss": 1.0 / step,

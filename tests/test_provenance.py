@@ -89,7 +89,8 @@ def test_an_edited_input_file_makes_finished_stages_stale(shared_data, tmp_path,
     lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()
     corpus = tmp_path / "dev-near.tsv"
     corpus.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
-    args = SMALL + [f"output_dir={tmp_path}", "data.target_langs=[near]", f"data.target_train=xnli_tsv:{tmp_path}/dev-{{lang}}.tsv"]
+    args = SMALL + [f"output_dir={tmp_path}", "data.target_langs=[near]",
+                    f"data.target_train=xnli_tsv:{tmp_path}/dev-{{lang}}.tsv"]
     assert run_mod.main(args + ["--stop-after", "conl"]) == 0
     corpus.write_text("\n".join(lines[40:80]) + "\n", encoding="utf-8")   # same size class, other rows
     capsys.readouterr()

@@ -16,7 +16,7 @@ from conlst_ray.data.readers import read_languages
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
 from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
+from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label, read_pseudo_labels
 from conlst_ray.training.batches import encode_table
 from conlst_ray.training.inference import predict_proba
 
@@ -43,8 +43,7 @@ def job(tmp_path_factory, shared_data, mbert_tokenizer, ray_session):
 
 def run(job, out, **kwargs):
     cfg, root, manifests = job
-    return pseudo_label(str(root / "model"), root / "corpus", manifests, out, cfg.resources,
-                        cfg.data.max_length, **kwargs)
+    return pseudo_label(str(root / "model"), CachedCorpus(root / "corpus", manifests), out, cfg, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conlst_ray.data.hub import rows_from_hf_dataset
-from conlst_ray.data.readers import (read_corpus, read_jsonl, read_languages, read_parquet,
-                                     read_xnli_mt_tsv, read_xnli_tsv)
+from conlst_ray.data.readers import (
+    read_corpus,
+    read_jsonl,
+    read_languages,
+    read_parquet,
+    read_xnli_mt_tsv,
+    read_xnli_tsv,
+)
 from conlst_ray.data.schema import ROW_SCHEMA, CorpusError
 from tests.conftest import MNLI_LANGS, XNLI_LANGS
 from tests.helpers import parse_label, without_labels
@@ -105,7 +111,8 @@ def test_a_latin1_file_is_an_error_naming_file_line_and_byte(shared_data, tmp_pa
     lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()
     path.write_bytes(("\n".join(lines[:6]) + "\n").encode("latin-1", errors="replace"))
     bad_line = next(i for i, line in enumerate(lines[:6], 1) if line != line.encode("ascii", "ignore").decode())
-    with pytest.raises(CorpusError, match=rf"{path}:{bad_line}: not UTF-8 text \(byte \d+ of the line is 0x[0-9a-f]{{2}}\)"):
+    with pytest.raises(CorpusError,
+                       match=rf"{path}:{bad_line}: not UTF-8 text \(byte \d+ of the line is 0x[0-9a-f]{{2}}\)"):
         read_xnli_tsv(path)
     with pytest.raises(CorpusError, match="not UTF-8"):  # not a malformed row: skip does not hide it
         read_xnli_tsv(path, on_malformed="skip")
@@ -204,7 +211,8 @@ def test_hf_column_mapping_on_local_datasets():
     mnli = datasets.Dataset.from_dict({"promptID": [1, 2], "pairID": ["31193n", "31194e"], "premise": ["a", "b"],
                                        "hypothesis": ["c", "d"], "genre": ["slate", "travel"], "label": [1, -1]})
     table, _ = rows_from_hf_dataset(mnli, "en", "nyu-mll/multi_nli::train")
-    assert table.column("id").to_pylist() == ["en-nyu-mll_multi_nli::train-31193n", "en-nyu-mll_multi_nli::train-31194e"]
+    assert table.column("id").to_pylist() == ["en-nyu-mll_multi_nli::train-31193n",
+                                              "en-nyu-mll_multi_nli::train-31194e"]
     assert table.column("label").to_pylist() == [1, -1]
 
 

@@ -5,7 +5,6 @@ target text (data.target_train) are different files, and no scored pair
 appears in the unlabelled text. A config that scores its unlabelled text
 is warned about in preflight and labelled transductive in the report."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +35,7 @@ def pairs_in(path: str) -> set:
 
 
 def study_configs():
-    sys.path.insert(0, str(REPO))
-    from experiments import real_gain
+    from experiments import real_gain  # the repository root is on sys.path under python -m pytest
 
     class Args:
         tiny = False
@@ -72,7 +70,8 @@ def test_scored_rows_are_never_the_unlabelled_rows(name, shared_data):
         assert not scored & unlabelled, f"{name}: data.{key} is the unlabelled text"
         local = [f for f in scored if not f.startswith("hf:") and Path(f).is_file()]
         for scored_file in local:  # the same pair must not sit in both files either
-            lang_file = next(u for u in unlabelled if Path(u).name.split("-")[-1] == Path(scored_file).name.split("-")[-1])
+            suffix = Path(scored_file).name.split("-")[-1]
+            lang_file = next(u for u in unlabelled if Path(u).name.split("-")[-1] == suffix)
             assert not pairs_in(scored_file) & pairs_in(lang_file), f"{name}: {scored_file} shares pairs"
     if name.startswith("study") or "e5" in name:
         assert "xnli_test_a" in (cfg.data.target_test or ""), f"{name}: real e5 runs score on xnli_test_a"

@@ -6,7 +6,6 @@ rows on disk. The study itself is a GPU job; this is what keeps it from
 being debugged there."""
 
 import json
-import sys
 
 import pytest
 
@@ -15,10 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, ray_session, shared_data):
-    from tests.conftest import REPO
-
-    sys.path.insert(0, str(REPO))
-    from experiments import real_gain
+    from experiments import real_gain  # the repository root is on sys.path under python -m pytest
 
     out = tmp_path_factory.mktemp("gain")
     args = ["--tiny", "--out", str(out / "runs"), "--docs", str(out / "docs")]

@@ -85,8 +85,8 @@ def test_wrong_pseudo_labels_sit_in_the_high_confidence_band_too(finished_run):
 
 
 def test_without_self_training_switch_skips_the_stage(finished_run, tmp_path):
-    from conlst_ray.pipeline.stages import run_pipeline
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
 
     run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["ssl.enabled=false"])
@@ -107,8 +107,8 @@ def test_bad_override_exits_with_a_message(capsys):
 
 
 def test_without_conl_switch_self_trains_from_the_source_model(finished_run):
-    from conlst_ray.pipeline.stages import run_pipeline
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
 
     run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["conl.enabled=false", "ssl.enabled=false"])
@@ -229,7 +229,8 @@ def test_the_run_hands_back_the_stage_model_its_label_free_rule_prefers(finished
         save_file({k: torch.randn_like(v) if k.startswith("classifier.") else v for k, v in original.items()}, heads)
         assert report_mod.main([str(run_dir)]) == 0
         broken = json.loads((run_dir / "results" / "handed_back.json").read_text())
-        assert broken["stage"] == "zero-shot" and "CoNL lost" in broken["reason"] and "CoNLST built on it" in broken["reason"]
+        assert broken["stage"] == "zero-shot"
+        assert "CoNL lost" in broken["reason"] and "CoNLST built on it" in broken["reason"]
         assert (run_dir / "model").resolve() == (run_dir / "source" / "model").resolve()
     finally:
         save_file(original, heads)

@@ -119,6 +119,7 @@ def test_a_user_error_in_a_training_worker_is_shown_first(shared_data, tmp_path,
     from conlst_ray.commands.common import guarded
     from conlst_ray.config import load_config
     from conlst_ray.models.encoder import build_model, build_tokenizer
+    from conlst_ray.pipeline.rundir import stage_files
     from conlst_ray.ray_jobs.train import fit_stage
 
     lines = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").splitlines()[:30]
@@ -129,6 +130,7 @@ def test_a_user_error_in_a_training_worker_is_shown_first(shared_data, tmp_path,
                              "resources.max_failures=0"])
     tok = build_tokenizer(cfg.model, cfg.data)
     init = str(build_model(cfg.model, tok).save(tmp_path / "init", tok))
-    assert guarded(lambda argv: fit_stage("source", cfg, tmp_path / "source", init, num_workers=2), []) == 2
+    files = stage_files(tmp_path / "source")
+    assert guarded(lambda argv: fit_stage("source", cfg, files, init, num_workers=2), []) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # (after transformers' progress bars)
     assert last.startswith(f"error: {tmp_path}/train-src.tsv:12: unknown label 'maybe' (expected one of")

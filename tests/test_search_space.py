@@ -20,16 +20,20 @@ def test_every_distribution_parses():
 
 
 @pytest.mark.parametrize("space, message", [
-    ({"conl.gamma": {"type": "normal", "low": 0, "high": 1}}, "tune.search_space.conl.gamma: unknown distribution 'normal'"),
-    ({"conl.gamma": {"type": "uniform", "low": 0.9, "high": 0.5}}, r"tune.search_space.conl.gamma: low \(0.9\) must be below high \(0.5\)"),
+    ({"conl.gamma": {"type": "normal", "low": 0, "high": 1}},
+     "tune.search_space.conl.gamma: unknown distribution 'normal'"),
+    ({"conl.gamma": {"type": "uniform", "low": 0.9, "high": 0.5}},
+     r"tune.search_space.conl.gamma: low \(0.9\) must be below high \(0.5\)"),
     ({"conl.lambda_clcs": {"type": "loguniform", "low": 0, "high": 1}}, "loguniform needs low > 0"),
-    ({"conl.gama": {"type": "uniform", "low": 0.5, "high": 0.9}}, "unknown config key 'conl.gama'; did you mean 'conl.gamma'"),
+    ({"conl.gama": {"type": "uniform", "low": 0.5, "high": 0.9}},
+     "unknown config key 'conl.gama'; did you mean 'conl.gamma'"),
     ({"conl.gamma": {"type": "uniform", "low": 0.5}}, r"missing \['high'\]"),
     ({"conl.gamma": {"type": "uniform", "low": 0.5, "high": 1.5}}, r"conl.gamma: value 1.5 is invalid"),
     ({"conl.num_negatives": {"type": "choice", "values": []}}, "non-empty list"),
     ({"conl.num_negatives": {"type": "randint", "low": 0, "high": 4}}, "value 0.0 is invalid"),
     # a real-valued draw on an integer key would only fail when a trial applies it
-    ({"conl.num_negatives": {"type": "uniform", "low": 2, "high": 8}}, "'uniform' draws real numbers but conl.num_negatives is an integer"),
+    ({"conl.num_negatives": {"type": "uniform", "low": 2, "high": 8}},
+     "'uniform' draws real numbers but conl.num_negatives is an integer"),
     ({"data.max_rows": {"type": "loguniform", "low": 10, "high": 100}}, "data.max_rows is an integer"),
 ])
 def test_malformed_entries_fail_naming_the_key(space, message):
@@ -69,8 +73,8 @@ def test_num_samples_on_the_command_line_is_checked_like_the_key(tmp_path, capsy
 def test_demo_config_space_is_the_built_in_default():
     from pathlib import Path
 
-    from conlst_ray.config import load_config
     from conlst_ray.commands.tune import DEFAULT_SPACE
+    from conlst_ray.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "tune_configs" / "demo.yaml")
     assert cfg.tune.search_space == DEFAULT_SPACE

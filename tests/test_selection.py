@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conlst_ray.algorithm.negatives import NegativePool, relative_gamma
+from conlst_ray.algorithm.negatives import NegativePool, Predictions, relative_gamma
 from conlst_ray.reporting.selection import StageSignals, agreement, choose_stage
 
 
@@ -54,9 +54,9 @@ def test_per_class_gamma_gives_the_under_confident_class_confident_members():
     conf = np.where(labels == 1, rng.uniform(0.35, 0.55, 900), rng.uniform(0.6, 0.99, 900))
     langs = ["sw"] * 900
     by_lang, _ = relative_gamma(conf, langs, 0.8)
-    assert NegativePool(np.arange(900), labels, conf, by_lang, 3, langs).size("sw", 1) == 0
+    assert NegativePool(np.arange(900), Predictions(labels, conf, langs), by_lang, 3).size("sw", 1) == 0
     by_class, groups = relative_gamma(conf, langs, 0.8, classes=labels)
-    pool = NegativePool(np.arange(900), labels, conf, by_class, 3, langs)
+    pool = NegativePool(np.arange(900), Predictions(labels, conf, langs), by_class, 3)
     assert set(groups) == {"sw/0", "sw/1", "sw/2"}
     assert [pool.size("sw", c) for c in range(3)] == [60, 60, 60]     # the top fifth of each class
 
@@ -74,7 +74,8 @@ def test_sgd_moves_weights_in_proportion_to_the_gradient_where_adam_moves_them_b
         opt.step()
         return float(model.weight.detach().abs().mean())
 
-    assert first_step("adamw", 1e-3) == pytest.approx(first_step("adamw", 1.0), rel=1e-3) == pytest.approx(1e-3, rel=1e-2)
+    assert first_step("adamw", 1e-3) == pytest.approx(first_step("adamw", 1.0), rel=1e-3) == pytest.approx(1e-3,
+                                                                                                           rel=1e-2)
     assert first_step("sgd", 1e-3) == pytest.approx(first_step("sgd", 1.0) * 1e-3, rel=1e-3)
 
 

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conlst_ray.algorithm.negatives import NegativePool
-from conlst_ray.algorithm.steps import SslBatch, conl_step, source_step, ssl_step, strong_view
+from conlst_ray.algorithm.negatives import NegativePool, Predictions
+from conlst_ray.algorithm.steps import SslBatch, TokenIds, conl_step, source_step, ssl_step, strong_view
 from conlst_ray.config import CoNLConfig, ModelConfig, SSLConfig
 from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.models.encoder import build_model
 from conlst_ray.training.batches import batch_of, encode_table
 from tests.helpers import make_conl_batch
-
 
 BENCH = SyntheticBenchmark(seed=5, n_source_train=64, n_unlabelled=40, n_dev=30, n_test=30)
 
@@ -55,7 +54,8 @@ def model_with_counter(tok):
 
 def conl_batch(setup, cfg, tok, with_source=True):
     target, source, q = setup
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), cfg.gamma, 3, target.langs, seed=0)
+    pool = NegativePool(np.arange(len(target)), Predictions(q.argmax(-1), q.max(-1), target.langs), cfg.gamma, 3,
+                        seed=0)
     g = torch.Generator().manual_seed(0)
     return make_conl_batch(target, np.arange(16), q, pool, cfg, tok.pad_token_id, g,
                            source if with_source else None, np.arange(8) if with_source else None)
@@ -121,7 +121,8 @@ def test_make_conl_batch_draws_negatives_from_the_complementary_set(setup, synth
     target, _, q = setup
     cfg = CoNLConfig(gamma=0.7, num_negatives=6, negative_bank=bank)
     batch = conl_batch(setup, cfg, synthetic_tokenizer)
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), q.max(-1), cfg.gamma, 3, target.langs, seed=0)
+    pool = NegativePool(np.arange(len(target)), Predictions(q.argmax(-1), q.max(-1), target.langs), cfg.gamma, 3,
+                        seed=0)
     # rebuild the drawn sample ids from the unique bank to check their pseudo-labels
     g = torch.Generator().manual_seed(0)
     again = make_conl_batch(target, np.arange(16), q, pool, cfg, synthetic_tokenizer.pad_token_id, g)
@@ -204,10 +205,13 @@ ORIGINAL = _rows([[2, 10 + i, 11 + i, 12 + i, 3] for i in range(0, 600, 3)])
 BACKTRANSLATED = _rows([[2, 1000 + i, 1001 + i, 3] for i in range(200)])
 
 
+IDS = TokenIds(pad=0, special=[0, 2, 3], mask=4)
+
+
 def test_strong_view_gives_each_row_exactly_one_augmentation():
     idx = np.arange(200)
     cfg = SSLConfig(mask_rate=0.9)
-    view, mixup_rows, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, cfg, [0, 2, 3], 4,
+    view, mixup_rows, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, IDS, cfg,
                                          torch.Generator().manual_seed(0))
     ids = view["input_ids"].tolist()
     is_bt = np.array([row[1] >= 1000 for row in ids])
@@ -227,13 +231,13 @@ def test_strong_view_gives_each_row_exactly_one_augmentation():
 def test_strong_view_switches_and_stacking():
     idx = np.arange(4)
     g = torch.Generator().manual_seed(0)
-    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, SSLConfig(use_masking=False, use_mixup=False),
-                                  [0, 2, 3], 4, g)
+    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, IDS, SSLConfig(use_masking=False, use_mixup=False),
+                                  g)
     assert view["input_ids"][:, 1].min() >= 1000 and logs["aug_backtranslation"] == 1.0 and not mix.any()
-    view, mix, logs = strong_view(ORIGINAL, None, idx, 0, SSLConfig(use_mixup=False, mask_rate=0.99), [0, 2, 3], 4, g)
+    view, mix, logs = strong_view(ORIGINAL, None, idx, IDS, SSLConfig(use_mixup=False, mask_rate=0.99), g)
     assert view["input_ids"][0].tolist() == [2, 4, 4, 4, 3] and logs["aug_masking"] == 1.0
     stack = SSLConfig(augmentation="stack", mask_rate=0.99)
-    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, 0, stack, [0, 2, 3], 4, g)
+    view, mix, logs = strong_view(ORIGINAL, BACKTRANSLATED, idx, IDS, stack, g)
     assert view["input_ids"][0].tolist() == [2, 4, 4, 3] and mix.all()  # back-translated, masked and mixed
     assert logs == {"aug_backtranslation": 1.0, "aug_masking": 1.0, "aug_mixup": 1.0}
 
@@ -251,7 +255,8 @@ def test_source_step_is_cross_entropy(setup, synthetic_tokenizer):
 def test_algorithm_layer_does_not_import_ray():
     code = ("import sys\n"
             "import conlst_ray.algorithm.losses, conlst_ray.algorithm.negatives, conlst_ray.algorithm.thresholds\n"
-            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.steps, conlst_ray.models.encoder, conlst_ray.training\n"
+            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.steps, conlst_ray.models.encoder\n"
+            "import conlst_ray.training\n"
             "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules), 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-STUDY = Path(__file__).resolve().parents[1] / "experiments" / "study.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_quick_study_writes_results_with_tables_and_figures(tmp_path):
     docs = tmp_path / "docs"
     nl_only = "w/o contrastive learning (NL with cross-entropy)"
-    proc = subprocess.run([sys.executable, str(STUDY), "--seeds", "0", "--quick", "--out", str(tmp_path / "runs"),
-                           "--docs", str(docs), "--variants", nl_only], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "experiments.study", "--seeds", "0", "--quick",
+                           "--out", str(tmp_path / "runs"), "--docs", str(docs), "--variants", nl_only],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (docs / "RESULTS.md").read_text()
     for row in ("| zero-shot |", "| CoNLST |", "| w/o self-training (ST) |", f"| {nl_only} |"):

@@ -15,8 +15,8 @@ from conlst_ray.data.hub import rows_from_hf_dataset
 from conlst_ray.data.readers import read_corpus, read_languages
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.synthetic import TARGET_LANGS, SyntheticBenchmark
-from tests.helpers import cue_visibility
 from conlst_ray.data.task import NLI, Task
+from tests.helpers import cue_visibility
 
 STARS = Task("single", ("1", "2", "3", "4", "5"))
 PAWS = Task("pair", ("different", "paraphrase"))

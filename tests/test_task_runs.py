@@ -9,9 +9,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conlst_ray.models.encoder import read_meta
-
 from conlst_ray.commands import run as run_mod
+from conlst_ray.models.encoder import read_meta
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conlst_ray.data.token_files import AlignedRows, Ragged, TokenRows, open_token_rows, tokenizer_stamp, write_token_file
+from conlst_ray.data.token_files import (
+    AlignedRows,
+    Ragged,
+    TokenRows,
+    open_token_rows,
+    tokenizer_stamp,
+    write_token_file,
+)
 
 
 def token_table(rows, start=0, lang="xx"):

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from faults import KillOnce
 
 from conlst_ray.config import load_config
 from conlst_ray.models.encoder import build_model, build_tokenizer
-from conlst_ray.ray_jobs.train import fit_stage
-from faults import KillOnce
+from conlst_ray.pipeline.rundir import stage_files
+from conlst_ray.ray_jobs.train import StageInputs, fit_stage
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,9 @@ SMALL = ["data.synthetic.n_source_train=256", "data.synthetic.n_unlabelled=96", 
 
 
 def init_model(tmp_path, cfg):
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the head's initialisation: the same model in every test run
     tok = build_tokenizer(cfg.model, cfg.data)
     return str(build_model(cfg.model, tok).save(tmp_path / "init", tok))
 
@@ -30,19 +34,64 @@ def steps(stage_dir):
 
 def test_source_stage_in_process(tmp_path, ray_session):
     cfg = load_config(None, SMALL)
-    metrics = fit_stage("source", cfg, tmp_path / "source", init_model(tmp_path, cfg), num_workers=0)
+    metrics = fit_stage("source", cfg, stage_files(tmp_path / "source"), init_model(tmp_path, cfg), num_workers=0)
     assert (tmp_path / "source" / "model" / "model.safetensors").is_file()
     log = steps(tmp_path / "source")
     assert len(log) == 2 * (256 // 32) and log[-1]["step"] == 16
-    assert log[-1]["loss"] < log[0]["loss"]
+    assert np.mean([r["loss"] for r in log[-4:]]) < np.mean([r["loss"] for r in log[:4]])
     assert metrics["epoch"] == 1 and 0 <= metrics["target_dev_acc"] <= 1
+
+
+class FailOnce:
+    """Raises once before optimizer step ``step``: the in-process stage dies
+    with its process's caller, as a Ctrl+C or a crash would stop it."""
+
+    def __init__(self, step: int):
+        self.step, self.failed = step, False
+
+    def __call__(self, step: int) -> None:
+        if step == self.step and not self.failed:
+            self.failed = True
+            raise RuntimeError("injected failure")
+
+
+def test_one_cpu_worker_trains_in_process_and_a_rerun_resumes_from_its_checkpoint(tmp_path, monkeypatch, ray_session):
+    """resources.trainer=auto with one worker and no GPU: no Ray Train (a
+    TorchTrainer built here fails the test), the epoch's checkpoint is a file in
+    the stage folder, and a rerun after a failure in epoch 2 restores epoch 1:
+    it ends at the same step, runs the lost steps once more and logs each step once."""
+    import ray.train.torch
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", None)  # any use of Ray Train would raise TypeError
+    cfg = load_config(None, SMALL)
+    init, stage_dir = init_model(tmp_path, cfg), tmp_path / "source"
+    fail = FailOnce(step=10)  # before the 11th optimizer step, in epoch 2
+    with pytest.raises(RuntimeError, match="injected failure"):
+        fit_stage("source", cfg, stage_files(stage_dir), init, StageInputs(before_step=fail), num_workers=1)
+    assert (stage_dir / "checkpoint" / "train_state.pt").is_file() and not (stage_dir / "ray_train").exists()
+    assert [r["step"] for r in steps(stage_dir)] == list(range(1, 11))
+    first_run = {r["step"]: r["time"] for r in steps(stage_dir)}
+    metrics = fit_stage("source", cfg, stage_files(stage_dir), init, StageInputs(before_step=fail), num_workers=1)
+    log = steps(stage_dir)
+    assert metrics["step"] == 16 and [r["step"] for r in log] == list(range(1, 17))
+    assert all(r["time"] == first_run[r["step"]] for r in log if r["step"] <= 8)   # epoch 1 restored, not redone
+    assert all(r["time"] > max(first_run.values()) for r in log if r["step"] > 8)
+    assert (stage_dir / "model" / "model.safetensors").is_file()
+
+
+def test_trials_hold_the_cpus_of_the_stages_they_run_in_process():
+    from conlst_ray.ray_jobs.tune import DRIVER_RESOURCES, trial_resources
+
+    assert trial_resources(load_config(None, ["resources.cpus_per_worker=2"])) == {"cpu": 2.0}
+    assert trial_resources(load_config(None, ["resources.num_workers=2"])) == DRIVER_RESOURCES
+    assert trial_resources(load_config(None, ["resources.trainer=ray_train"])) == DRIVER_RESOURCES
 
 
 def test_keep_best_epoch_hands_on_the_epoch_with_the_best_source_dev_accuracy(tmp_path, ray_session):
     from conlst_ray.reporting.report import evaluate
 
     cfg = load_config(None, SMALL + ["source.keep_best_epoch=true", "source.epochs=3"])
-    fit_stage("source", cfg, tmp_path / "source", init_model(tmp_path, cfg), num_workers=0)
+    fit_stage("source", cfg, stage_files(tmp_path / "source"), init_model(tmp_path, cfg), num_workers=0)
     records = [json.loads(line) for line in (tmp_path / "source" / "metrics.jsonl").read_text().splitlines()]
     accs = [r["source_dev_acc"] for r in records]
     assert [r["best_source_dev_acc"] for r in records] == list(np.maximum.accumulate(accs))
@@ -52,7 +101,7 @@ def test_keep_best_epoch_hands_on_the_epoch_with_the_best_source_dev_accuracy(tm
 
 
 def test_best_epoch_saves_only_improvements_and_survives_a_restart():
-    from conlst_ray.ray_jobs.train import BestEpoch
+    from conlst_ray.training.epoch_hooks import KeepBestEpoch
 
     class Model:
         saved = []
@@ -61,33 +110,34 @@ def test_best_epoch_saves_only_improvements_and_survives_a_restart():
             self.saved.append(self.epoch)
 
     cfg = load_config(None, ["source.keep_best_epoch=true"])
-    loop_cfg = {"stage": "source", "model_out": "unused"}
-    best, model = BestEpoch(loop_cfg, cfg, None, None), Model()
+    model = Model()
+    best = KeepBestEpoch(model, cfg, "unused", None)
     for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.7]):
         model.epoch = epoch
-        best.consider(model, epoch, {"source_dev_acc": acc})
+        best.after_epoch(epoch, 0, {"source_dev_acc": acc})
     assert Model.saved == [0, 1] and best.kept and best.acc == 0.7
-    restarted = BestEpoch(loop_cfg, cfg, {"best_source_dev_acc": 0.7}, None)
+    restarted = KeepBestEpoch(model, cfg, "unused", None, restored_acc=0.7)
     model.epoch = 4
-    restarted.consider(model, 4, {"source_dev_acc": 0.65})
+    record = {"source_dev_acc": 0.65}
+    restarted.after_epoch(4, 0, record)
     assert Model.saved == [0, 1] and restarted.kept      # the model on disk is still epoch 1's
-    assert not BestEpoch({**loop_cfg, "stage": "conl"}, cfg, None, None).on
+    assert record["best_source_dev_acc"] == 0.7 and "kept_epoch" not in record
 
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, ray_session):
     """A source model, the sharded target corpus and its pseudo-labels."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     root = tmp_path_factory.mktemp("stages")
     cfg = load_config(None, SMALL + ["conl.batch_size=32", "conl.source_batch_size=16", "ssl.batch_size=16",
                                      "ssl.iterations=2", "ssl.threshold=0.6"])
-    fit_stage("source", cfg, root / "source", init_model(root, cfg), num_workers=0)
+    fit_stage("source", cfg, stage_files(root / "source"), init_model(root, cfg), num_workers=0)
     corpus = root / "corpus"
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data)
-    pseudo_label(str(root / "source" / "model"), corpus, manifests, root / "pl", cfg.resources,
-                 cfg.data.max_length, log=lambda *_: None)
+    pseudo_label(str(root / "source" / "model"), CachedCorpus(corpus, manifests), root / "pl", cfg,
+                 log=lambda *_: None)
     return cfg, root
 
 
@@ -95,8 +145,8 @@ def conl(cfg, root, name, overrides=(), workers=0):
     from conlst_ray.config import load_config as lc
 
     cfg2 = lc(None, SMALL + ["conl.batch_size=32", "conl.source_batch_size=16"] + list(overrides))
-    fit_stage("conl", cfg2, root / name, str(root / "source" / "model"), target_corpus=str(root / "corpus"),
-              pseudo_labels=str(root / "pl"), num_workers=workers)
+    fit_stage("conl", cfg2, stage_files(root / name), str(root / "source" / "model"),
+              StageInputs(target_corpus=str(root / "corpus"), pseudo_labels=str(root / "pl")), num_workers=workers)
     return steps(root / name)
 
 
@@ -117,8 +167,8 @@ def ssl(cfg, root, name, overrides=(), workers=0):
     from conlst_ray.config import load_config as lc
 
     cfg2 = lc(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=2", "ssl.threshold=0.34"] + list(overrides))
-    metrics = fit_stage("ssl", cfg2, root / name, str(root / "source" / "model"),
-                        target_corpus=str(root / "corpus"), num_workers=workers)
+    metrics = fit_stage("ssl", cfg2, stage_files(root / name), str(root / "source" / "model"),
+                        StageInputs(target_corpus=str(root / "corpus")), num_workers=workers)
     return steps(root / name), metrics
 
 
@@ -158,8 +208,8 @@ def test_one_and_two_workers_follow_the_same_loss_trajectory(source_run):
     the losses agree to 1e-3 relative (float reduction order only)."""
     cfg, root = source_run
     init = init_model(root / "w", cfg)
-    fit_stage("source", cfg, root / "w1", init, num_workers=1)
-    fit_stage("source", cfg, root / "w2", init, num_workers=2)
+    fit_stage("source", cfg, stage_files(root / "w1"), init, num_workers=1)
+    fit_stage("source", cfg, stage_files(root / "w2"), init, num_workers=2)
     one, two = steps(root / "w1"), steps(root / "w2")
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 17))
     np.testing.assert_allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-3)
@@ -181,8 +231,8 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
     cfg, root = source_run
     init = init_model(tmp_path, cfg)
     marker = tmp_path / "failed"
-    metrics = fit_stage("source", cfg, tmp_path / "killed", init, num_workers=2,
-                        step_hook=KillOnce(step=11, marker=str(marker), after_s=5.0))
+    metrics = fit_stage("source", cfg, stage_files(tmp_path / "killed"), init,
+                        StageInputs(before_step=KillOnce(step=11, marker=str(marker), after_s=5.0)), num_workers=2)
     assert marker.exists()                                   # the failure did happen
     log = steps(tmp_path / "killed")
     assert log[-1]["step"] == 16 and metrics["step"] == 16   # same count as uninterrupted
@@ -194,8 +244,8 @@ def test_killed_worker_restores_from_checkpoint_with_the_same_step_count(source_
 
 
 def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_session):
-    from conlst_ray.pipeline.stages import run_pipeline
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.pipeline.stages import run_pipeline
 
     cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "run_name=pl", "data.target_mode=per_language",
                                      "resources.num_workers=0", "source.epochs=1", "conl.source_batch_size=16",
@@ -226,7 +276,7 @@ def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shar
 
     from conlst_ray.models.encoder import ConlstEncoder, tiny_bert
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.translate import translate
+    from conlst_ray.ray_jobs.translate import CachedCorpus, TranslationJob, translate
     from tests.helpers import tiny_translation_model
 
     xnli = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
@@ -241,11 +291,12 @@ def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shar
     words = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").split()[:200]
     tr_cfg = load_config(None, [f"translation.model={tiny_translation_model(tmp_path / 'mt', 'mbart50', words)}",
                                 "translation.max_new_tokens=8"]).translation
-    translate(tr_cfg, manifests, tmp_path / "corpus", tmp_path / "bt", "back", log=lambda *_: None)
+    translate(TranslationJob(tr_cfg, CachedCorpus(tmp_path / "corpus", manifests), tmp_path / "bt", "back"),
+              log=lambda *_: None)
     for name, switch in (("with_bt", "ssl.use_backtranslation=true"), ("without_bt", "ssl.use_backtranslation=false")):
         cfg = load_config(None, base + [switch])
-        fit_stage("ssl", cfg, tmp_path / name, str(model_dir), target_corpus=str(tmp_path / "corpus"),
-                  translations=str(tmp_path / "bt"), num_workers=0)
+        fit_stage("ssl", cfg, stage_files(tmp_path / name), str(model_dir),
+                  StageInputs(target_corpus=str(tmp_path / "corpus"), translations=str(tmp_path / "bt")), num_workers=0)
     with_bt, without_bt = steps(tmp_path / "with_bt"), steps(tmp_path / "without_bt")
     assert with_bt and np.mean([r["aug_backtranslation"] for r in with_bt]) > 0.2  # one view of three
     assert without_bt and all(r["aug_backtranslation"] == 0.0 for r in without_bt)
@@ -257,13 +308,13 @@ def test_no_stage_moves_the_model_off_the_worker_device(source_run, monkeypatch)
     the device Ray Train hands the loop. The worker device is made distinct
     from the helpers' default ('cpu') as ``cpu:0``, which a CPU build accepts."""
     import torch
-    import ray.train.torch
 
     from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.ray_jobs import stage_run
 
     cfg, root = source_run
     worker_device = torch.device("cpu", 0)
-    monkeypatch.setattr(ray.train.torch, "get_device", lambda: worker_device)
+    monkeypatch.setattr(stage_run, "in_process_device", lambda cfg: worker_device)
     seen = []
     original = ConlstEncoder.to
 
@@ -272,7 +323,7 @@ def test_no_stage_moves_the_model_off_the_worker_device(source_run, monkeypatch)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ConlstEncoder, "to", spy)
-    fit_stage("source", cfg, root / "device_source", init_model(root / "device", cfg), num_workers=0)
+    fit_stage("source", cfg, stage_files(root / "device_source"), init_model(root / "device", cfg), num_workers=0)
     ssl(cfg, root, "device_ssl")
     assert seen and set(seen) == {worker_device}
 
@@ -292,8 +343,8 @@ def test_training_workers_never_tokenise_a_corpus(source_run, monkeypatch):
         raise AssertionError("a training worker tokenised corpus rows")
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", forbidden)
-    fit_stage("source", cfg, root / "no_tok_source", str(root / "source" / "model"), num_workers=0,
-              corpus_dir=str(root / "corpus"))
+    fit_stage("source", cfg, stage_files(root / "no_tok_source"), str(root / "source" / "model"),
+              StageInputs(corpus_dir=str(root / "corpus")), num_workers=0)
     assert len(conl(cfg, root, "no_tok_conl")) == (2 * 96) // 32
     log, _ = ssl(cfg, root, "no_tok_ssl")
     assert log and calls == []
@@ -314,7 +365,8 @@ def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
     init = init_model(tmp_path, cfg)
     for accum in (1, 4):
         fit_stage("source", lc(None, SMALL + ["source.epochs=1", f"source.grad_accum={accum}"]),
-                  tmp_path / f"src{accum}", init, num_workers=0, corpus_dir=str(root / "corpus"))
+                  stage_files(tmp_path / f"src{accum}"), init, StageInputs(corpus_dir=str(root / "corpus")),
+                  num_workers=0)
     whole, split = steps(tmp_path / "src1"), steps(tmp_path / "src4")
     assert len(whole) == len(split) == 256 // 32
     assert np.allclose([r["loss"] for r in whole], [r["loss"] for r in split], atol=1e-4)
@@ -324,5 +376,5 @@ def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
     plain, _ = ssl(cfg, root, "ssl_accum1")
     assert [r["step"] for r in log] == [r["step"] for r in plain]
     with pytest.raises(Exception, match="source.grad_accum=64"):
-        fit_stage("source", lc(None, SMALL + ["source.grad_accum=64"]), tmp_path / "too_many", init, num_workers=0,
-                  corpus_dir=str(root / "corpus"))
+        fit_stage("source", lc(None, SMALL + ["source.grad_accum=64"]), stage_files(tmp_path / "too_many"), init,
+                  StageInputs(corpus_dir=str(root / "corpus")), num_workers=0)

@@ -5,9 +5,9 @@ configs -- their output is meaningless, the pipeline is real."""
 import pytest
 
 from conlst_ray.config import TranslationConfig, load_config
-from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-from conlst_ray.ray_jobs.translate import translate
 from conlst_ray.models.translation import CODE_TABLES, TranslationConfigError, Translator, check_coverage, detect_family
+from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+from conlst_ray.ray_jobs.translate import CachedCorpus, TranslationJob, translate
 from tests.conftest import XNLI_LANGS
 from tests.helpers import read_translations, tiny_translation_model
 
@@ -63,7 +63,7 @@ def test_translator_returns_one_nonempty_sentence_per_input(corpus):
 def test_back_translation_job_with_fallback_and_cache(corpus):
     root, targets, _ = corpus
     cfg = TranslationConfig(model=str(root / "mbart"), on_uncovered="mask_only", max_new_tokens=6, batch_size=8)
-    report, fallback = translate(cfg, targets, root / "corpus", root / "bt", "back")
+    report, fallback = translate(TranslationJob(cfg, CachedCorpus(root / "corpus", targets), root / "bt", "back"))
     assert fallback == ["bg"]
     out = read_translations(root / "bt")
     ids = out.column("id").to_pylist()
@@ -71,14 +71,15 @@ def test_back_translation_job_with_fallback_and_cache(corpus):
     assert set(out.column("lang").to_pylist()) == {"fr", "sw"}
     assert out.column("source_id").to_pylist() == ids
     assert all(out.column("text").to_pylist()) and all(out.column("text_pair").to_pylist())
-    again, _ = translate(cfg, targets, root / "corpus", root / "bt", "back")
+    again, _ = translate(TranslationJob(cfg, CachedCorpus(root / "corpus", targets), root / "bt", "back"))
     assert again.computed == [] and len(again.skipped) == len(report.computed)  # reused from the cache
 
 
 def test_translate_train_into_several_targets_keeps_labels(corpus):
     root, _, source = corpus
     cfg = TranslationConfig(model=str(root / "nllb"), max_new_tokens=6, batch_size=8)
-    report, fallback = translate(cfg, source, root / "source_corpus", root / "mt", "train", targets=["fr", "bg"])
+    report, fallback = translate(TranslationJob(cfg, CachedCorpus(root / "source_corpus", source), root / "mt", "train",
+                                               targets=("fr", "bg")))
     assert fallback == [] and report.rows == 2 * ROWS
     out = read_translations(root / "mt")
     assert out.num_rows == 2 * ROWS and len(set(out.column("id").to_pylist())) == 2 * ROWS
@@ -96,10 +97,12 @@ def test_unknown_language_fails_at_start_up_before_any_work(corpus):
     root, targets, _ = corpus
     cfg = TranslationConfig(model=str(root / "mbart"))  # on_uncovered=error
     with pytest.raises(TranslationConfigError, match=r"\['bg'\] not covered"):
-        translate(cfg, targets, root / "corpus", root / "bt_err", "back")
+        translate(TranslationJob(cfg, CachedCorpus(root / "corpus", targets), root / "bt_err", "back"))
     assert not (root / "bt_err").exists()
     with pytest.raises(TranslationConfigError, match=r"\['xx'\] not covered"):
-        translate(TranslationConfig(model=str(root / "nllb")), {"en": {}}, root, root / "e", "train", targets=["xx"])
+        translate(TranslationJob(TranslationConfig(model=str(root / "nllb")), CachedCorpus(root, {"en": {}}),
+                                 root / "e",
+                                 "train", targets=("xx",)))
 
 
 def test_synthetic_translator_paraphrases_through_the_concepts():

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def search(two_node_search, ray_session):
-    """The smoke search of tests/two_node_job.py (2 trials, source stage
-    in-process, trials with one worker each), run once for this module and
+    """The smoke search of tests/two_node_job.py (2 trials, one worker each:
+    every stage in-process), run once for this module and
     test_two_node; its resume below runs on this session's single node."""
     out, args, proc = two_node_search
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -67,10 +67,10 @@ def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
     run = tmp_path / "r"
     # Ray Train worker groups where Ray's own SIGINT handler was the problem (a stage, and the
     # pseudo-labelling after one); later stages in-process (workers are an execution setting)
-    for stage, marker, workers in (("source", "source/steps.jsonl", 1),
-                                   ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", 1),
-                                   ("conl", "conl/FINGERPRINT.json", 0), ("ssl", "ssl/FINGERPRINT.json", 0)):
-        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.num_workers={workers}"]
+    for stage, marker, trainer in (("source", "source/steps.jsonl", "ray_train"),
+                                   ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", "ray_train"),
+                                   ("conl", "conl/FINGERPRINT.json", "auto"), ("ssl", "ssl/FINGERPRINT.json", "auto")):
+        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.trainer={trainer}"]
                                 + (["--resume"] if stage != "source" else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         deadline = time.time() + 240

@@ -12,13 +12,14 @@ import socket
 import sys
 from pathlib import Path
 
-# Each node has 3 logical CPUs and every training worker and inference actor
-# asks for 2, so no node can hold two of them: two trials running at once, or
-# the two actors of the pseudo-labelling pool, must sit on different nodes.
+# Each node has 3 logical CPUs and every trial (its stages run in its own
+# process: one worker, no GPU) and inference actor asks for 2, so no node can
+# hold two of them: two trials running at once, or the two actors of the
+# pseudo-labelling pool, must sit on different nodes.
 NODE_CPUS = 3
 ARGS = ["--smoke-test", "--num-samples", "2", "run_name=s",
-        "resources.num_workers=0",            # shared source stage in-process; trials get one worker each
-        "resources.cpus_per_worker=2", "resources.inference_actors=2", "resources.cpus_per_actor=2",
+        "resources.num_workers=1", "resources.cpus_per_worker=2",
+        "resources.inference_actors=2", "resources.cpus_per_actor=2",
         "tune.max_concurrent_trials=2",
         # the search runs on the embedded benchmark's single-text 5-class variant
         # (issue 15): the Tune path is task-agnostic, and the NLI default is run by test_run
@@ -49,8 +50,9 @@ def main(out: Path) -> int:
         rc = tune_cli.main(ARGS + [f"output_dir={out}", "--address", cluster.address])
         actors = list_actors(address=cluster.address, detail=True, limit=10_000, raise_on_missing_output=False)
         placed = [a for a in actors if a.node_id]  # an actor still pending when its job ended has no node
+        trials = (out / "tune" / "s-trials").glob("trial_*/trial.json")
         placement = {"rc": rc, "nodes": nodes,
-                     "train_workers": sorted({a.node_id for a in placed if a.class_name == "RayTrainWorker"}),
+                     "trials": sorted({json.loads(t.read_text())["node"] for t in trials}),
                      "inference_actors": sorted({a.node_id for a in placed if "Predictor" in a.class_name})}
         (out / "placement.json").write_text(json.dumps(placement, indent=1))
         return rc

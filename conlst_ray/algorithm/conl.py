@@ -56,8 +56,7 @@ class CoNL(StageAlgorithm):
             rows = np.arange(len(gbatch))[rank::size]
             anchor_parts = micro_batches(rows, c.grad_accum, "conl.grad_accum")
             source_parts = np.array_split(my_slice(src_idx), len(anchor_parts))
-            yield [(self.step_fn, (self._on_device(build_conl_batch(self.target, gbatch[a], comp[a], drawn[a], self.pad_id,
-                                                                 self.source, s)), c, g), len(a) / len(rows))
+            yield [(self.step_fn, (self._conl_batch(gbatch[a], comp[a], drawn[a], s), c, g), len(a) / len(rows))
                    for a, s in zip(anchor_parts, source_parts)]
 
     def end_epoch(self, epoch: int) -> dict:
@@ -65,6 +64,11 @@ class CoNL(StageAlgorithm):
         out.update(self.head_warmup if epoch == 0 else {})
         out["pool_size"] = self.pool.size()  # confident target samples negatives are drawn from (Eq. 5)
         return out
+
+    def _conl_batch(self, anchors, complementary, drawn, source_rows) -> ConlBatch:
+        """Eq. 8's inputs for one micro-batch, on the device."""
+        return self._on_device(build_conl_batch(self.target, anchors, complementary, drawn, self.pad_id, self.source,
+                                                source_rows))
 
     def _on_device(self, batch: ConlBatch) -> ConlBatch:
         batch.anchors = to_device(batch.anchors, self.device)
@@ -94,7 +98,8 @@ def fit_contrastive_head(algo: CoNL) -> dict:
     with torch.no_grad():
         for index in length_sorted_batches(algo.target.lengths(), algo.cfg.source.eval_batch_size):
             with autocast(algo.device, algo.cfg.resources.precision):
-                h[index] = model.embed(**to_device(batch_of(algo.target, index, algo.pad_id), algo.device)).float().cpu()
+                h[index] = model.embed(**to_device(batch_of(algo.target, index, algo.pad_id),
+                                                   algo.device)).float().cpu()
     model.train(was_training)
     head = model.contrastive_head
     optimizer = torch.optim.AdamW(head.parameters(), lr=c.head_warmup_lr)

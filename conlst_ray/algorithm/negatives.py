@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -66,6 +67,14 @@ def split_slots(k: int, n: int) -> list[int]:
     return [k // n + (j < k % n) for j in range(n)]
 
 
+@dataclass
+class Predictions:
+    """The pseudo-label and confidence of each sample, and its language."""
+    labels: Sequence[int]
+    confidence: Sequence[float]
+    langs: Optional[Sequence[str]] = None
+
+
 class NegativePool:
     """Eq. 5: the confident target samples (max q >= gamma), indexed by
     pseudo-label, so that K negatives with a given pseudo-label are drawn in
@@ -83,13 +92,12 @@ class NegativePool:
     are counted in ``stats`` and logged once per class.
     """
 
-    def __init__(self, sample_index: Sequence[int], pseudo_labels: Sequence[int], confidence: Sequence[float],
-                 gamma, num_classes: int, langs: Optional[Sequence[str]] = None, seed: int = 0,
+    def __init__(self, sample_index: Sequence[int], predicted: "Predictions", gamma, num_classes: int, seed: int = 0,
                  min_members: int = 1):
         idx = np.asarray(sample_index, dtype=np.int64)
-        labels = np.asarray(pseudo_labels, dtype=np.int64)
-        keep = np.asarray(confidence, dtype=np.float64) >= np.asarray(gamma)  # a scalar, or one per sample
-        lang_arr = np.asarray(langs) if langs is not None else np.full(len(idx), POOLED)
+        labels = np.asarray(predicted.labels, dtype=np.int64)
+        keep = np.asarray(predicted.confidence, dtype=np.float64) >= np.asarray(gamma)  # a scalar, or one per sample
+        lang_arr = np.asarray(predicted.langs) if predicted.langs is not None else np.full(len(idx), POOLED)
         self.num_classes, self.gamma, self.min_members = num_classes, gamma, min_members
         self.members: dict[tuple[str, int], np.ndarray] = {}
         for c in range(num_classes):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
-from conlst_ray.algorithm.steps import SslBatch, ssl_step, strong_view
+from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.training.batches import to_device
 from conlst_ray.training.distributed import all_gather_rows, micro_batches, my_slice, world
@@ -98,8 +98,8 @@ class SelfTraining(StageAlgorithm):
     def _batch(self, idx: np.ndarray, sidx: np.ndarray, g: torch.Generator) -> tuple[SslBatch, dict]:
         """Eq. 12's inputs for target rows ``idx`` (one strong view each) and source rows ``sidx``."""
         s, tok = self.cfg.ssl, self.tokenizer
-        view, mixup_rows, aug_logs = strong_view(self.target, self.backtranslated, idx, self.pad_id, s,
-                                                 self.special_ids, tok.mask_token_id, g)
+        ids = TokenIds(self.pad_id, self.special_ids, tok.mask_token_id)
+        view, mixup_rows, aug_logs = strong_view(self.target, self.backtranslated, idx, ids, s, g)
         source, labels = self.labelled_batch(sidx)
         batch = SslBatch(source=source, source_labels=labels, strong=to_device(view, self.device),
                          pseudo_labels=torch.as_tensor(self.pred[idx], device=self.device),

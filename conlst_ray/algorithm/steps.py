@@ -9,18 +9,34 @@ which is how a run shows what an ablation switched off.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from conlst_ray.algorithm.augment import random_token_mask
-from conlst_ray.algorithm.losses import (clcs_loss, conl_loss, contrast_space, eq6_effect, eq6_logits, eq6_loss,
-                                         mixup,
-                                         negative_learning_loss, ssl_loss, supervised_loss, unlabelled_loss)
-from conlst_ray.algorithm.negatives import (NegativePool, complementary_labels, complementary_sets, relative_gamma,
-                                            unique_negatives)
+from conlst_ray.algorithm.losses import (
+    clcs_loss,
+    conl_loss,
+    contrast_space,
+    eq6_effect,
+    eq6_logits,
+    eq6_loss,
+    mixup,
+    negative_learning_loss,
+    ssl_loss,
+    supervised_loss,
+    unlabelled_loss,
+)
+from conlst_ray.algorithm.negatives import (
+    NegativePool,
+    Predictions,
+    complementary_labels,
+    complementary_sets,
+    relative_gamma,
+    unique_negatives,
+)
 from conlst_ray.training.batches import Encoded, batch_of, collate
 
 
@@ -45,8 +61,8 @@ def conl_pool(target: Encoded, q: np.ndarray, cfg, num_classes: int,
     classes = q.argmax(-1) if cfg.gamma_groups == "class" else None
     gamma, by_lang = (relative_gamma(conf, target.langs, cfg.gamma_quantile, classes) if cfg.gamma_quantile
                       else (None, {}))
-    pool = NegativePool(np.arange(len(target)), q.argmax(-1), conf, cfg.gamma if gamma is None else gamma,
-                        num_classes, target.langs, seed=seed)
+    pool = NegativePool(np.arange(len(target)), Predictions(q.argmax(-1), conf, target.langs),
+                        cfg.gamma if gamma is None else gamma, num_classes, seed=seed)
     return pool, gamma, by_lang
 
 
@@ -144,8 +160,16 @@ def enabled_augmentations(cfg, have_backtranslation: bool) -> list[str]:
     return [name for name, enabled in on.items() if enabled]
 
 
-def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, pad_id: int, cfg,
-                special_ids: Iterable[int], mask_id: int, generator: Optional[torch.Generator] = None):
+class TokenIds(NamedTuple):
+    """The tokenizer's ids a view needs: padding, the special tokens masking
+    leaves alone, and the mask token."""
+    pad: int
+    special: Iterable[int]
+    mask: int
+
+
+def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, ids: TokenIds, cfg,
+                generator: Optional[torch.Generator] = None):
     """The strong views A(x) of Eq. 14 for rows ``target[index]``.
 
     ``ssl.augmentation=one_per_row`` (default, the paper's set-up): each row
@@ -164,10 +188,10 @@ def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.nd
     use_bt = chosen.get(BACKTRANSLATION, np.zeros(n, dtype=bool))
     rows = [(backtranslated if bt else target, i) for bt, i in zip(use_bt, index)]
     types = None if target.token_type_ids is None else [src.token_type_ids[i] for src, i in rows]
-    view = collate([src.input_ids[i] for src, i in rows], types, pad_id)
+    view = collate([src.input_ids[i] for src, i in rows], types, ids.pad)
     if MASKING in chosen:
         maskable = view["attention_mask"] * torch.as_tensor(chosen[MASKING], dtype=torch.long)[:, None]
-        view["input_ids"] = random_token_mask(view["input_ids"], maskable, special_ids, mask_id, cfg.mask_rate,
+        view["input_ids"] = random_token_mask(view["input_ids"], maskable, ids.special, ids.mask, cfg.mask_rate,
                                               generator)
     frozen = getattr(target, "frozen", None)
     if frozen is not None:  # cached states of the rows' own tokens; a changed row runs the frozen layers again

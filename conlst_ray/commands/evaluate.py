@@ -10,8 +10,8 @@ written as ``STEM.md`` and ``STEM.csv``.
 
     python -m conlst_ray.evaluate runs/x/source/model runs/x/ssl/model \\
         --corpus 'xnli_tsv:../shared/data/xnli/dev-{lang}.tsv' --langs en fr zh ur --out runs/x/xnli_dev
-    python -m conlst_ray.evaluate runs/x/ssl/model --corpus 'csv:test.csv?text=sentence1&text_pair=sentence2&label=gold' \\
-        --langs de
+    python -m conlst_ray.evaluate runs/x/ssl/model \\
+        --corpus 'csv:test.csv?text=sentence1&text_pair=sentence2&label=gold' --langs de
 
 The corpus is read as the task the models were trained for (``data.task``,
 recorded in their ``config.json``: single texts or pairs, the label names);
@@ -77,7 +77,6 @@ def task_of(model_dirs: list[Path]):
 
 def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
     from conlst_ray.data.token_files import open_tokenizer
-
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.inference import accuracy_on, default_device
 

@@ -34,7 +34,8 @@ def summary(table, labels=("entailment", "neutral", "contradiction")) -> str:
     for lang in dict.fromkeys(langs.tolist()):
         sel = langs == lang
         share = np.bincount(predicted[sel], minlength=len(labels)) / sel.sum()
-        lines.append(f"| {lang} | {sel.sum()} | {conf[sel].mean():.3f} | " + " | ".join(f"{s:.1%}" for s in share) + " |")
+        shares = " | ".join(f"{s:.1%}" for s in share)
+        lines.append(f"| {lang} | {sel.sum()} | {conf[sel].mean():.3f} | {shares} |")
     return "\n".join(lines)
 
 
@@ -51,14 +52,13 @@ def main(argv=None) -> int:
     run = RunDir.create(cfg, resume=True, recompute=args.recompute)
     init_ray(args.address)
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label, read_pseudo_labels
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label, read_pseudo_labels
 
     corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task)
     out = Path(args.out) if args.out else run.pseudo_labels("cli")
-    pseudo_label(str(model_dir), corpus, manifests, out, cfg.resources, cfg.data.max_length,
-                 recompute=args.recompute)
+    pseudo_label(str(model_dir), CachedCorpus(Path(corpus), manifests), out, cfg, recompute=args.recompute)
     print(f"\npseudo-labels under {out}\n")
     print(summary(read_pseudo_labels(out), cfg.data.task.labels))
     return 0

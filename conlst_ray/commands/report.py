@@ -28,10 +28,9 @@ from pathlib import Path
 
 from conlst_ray.commands.common import add_debug, entry_point, init_ray
 from conlst_ray.config import ConfigError, load_config
-from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
 from conlst_ray.reporting.ablation import ablation_table
 from conlst_ray.reporting.report import full_report
-
 
 # -- command line --------------------------------------------------------------------------
 
@@ -70,11 +69,11 @@ def main(argv=None) -> int:
         parser.error("give RUN_DIR or --ablation")
 
     folder = Path(args.run_dir)
-    if (folder / "best_config.yaml").is_file():
-        print(search_summary(folder))
+    if SearchDir.is_search(folder):
+        print(search_summary(SearchDir.of(folder)))
         return 0
     run = RunDir(folder)
-    trial = trial_models(folder)
+    trial = trial_models(run)
     try:
         cfg = load_config(run.config_file)
     except (ConfigError, FileNotFoundError) as exc:
@@ -87,39 +86,39 @@ def main(argv=None) -> int:
     return 0
 
 
-def search_summary(folder: Path) -> str:
+def search_summary(search: SearchDir) -> str:
     """A search directory of ``python -m conlst_ray.tune``: its trials, the
     best configuration and model, the best trial's tables (all written by
     the search; nothing is recomputed)."""
     import json
 
+    folder = search.root
     parts = [f"Search {folder}"]
     for name, title in (("trials.md", "Trials"), ("best_accuracy_dev.md", "Best trial, accuracy (%), dev"),
                         ("best_accuracy_test.md", "Best trial, accuracy (%), test")):
         if (folder / name).is_file():
             parts.append(f"{title}:\n\n{(folder / name).read_text()}")
-    if (folder / "best.json").is_file():
-        best = json.loads((folder / "best.json").read_text())
+    if search.best_record.is_file():
+        best = json.loads(search.best_record.read_text())
         parts.append(f"Best trial: {best['trial']}, its model: {best['model_dir']}\n"
-                     f"(report it alone: python -m conlst_ray.report {Path(best['model_dir']).parent.parent})")
-    parts.append(f"Best configuration: {folder / 'best_config.yaml'} (python -m conlst_ray.run --config ...)")
+                     f"(report it alone: python -m conlst_ray.report {trial_of_model(best['model_dir']).root})")
+    parts.append(f"Best configuration: {search.best_config} (python -m conlst_ray.run --config ...)")
     return "\n\n".join(parts)
 
 
-def trial_models(folder: Path) -> dict | None:
-    """A trial directory of a search (its ``trial.json``): the shared
-    zero-shot model and the trial's own stage models; None otherwise."""
+def trial_models(run: RunDir) -> dict | None:
+    """A trial directory of a search (its record of the shared model): the
+    shared zero-shot model and the trial's own stage models; None otherwise."""
     import json
 
     from conlst_ray.models.encoder import WEIGHTS_FILE
 
-    described = folder / "trial.json"
-    if not described.is_file():
+    if not run.trial_record.is_file():
         return None
-    models = {"zero-shot": json.loads(described.read_text())["source_model"]}
+    models = {"zero-shot": json.loads(run.trial_record.read_text())["source_model"]}
     for name, stage in (("CoNL", "conl"), ("CoNLST", "ssl")):
-        if (folder / stage / "model" / WEIGHTS_FILE).is_file():
-            models[name] = str(folder / stage / "model")
+        if (run.model(stage) / WEIGHTS_FILE).is_file():
+            models[name] = str(run.model(stage))
     return models
 
 

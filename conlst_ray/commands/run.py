@@ -27,7 +27,8 @@ def build_parser():
                          "Run the CoNLST pipeline (source fine-tuning -> pseudo-labels -> CoNL -> "
                          "self-training -> per-language tables) on the embedded benchmark by default.")
     parser.add_argument("--resume", action="store_true", help="continue the run directory, skipping finished stages")
-    parser.add_argument("--stop-after", choices=("source", "conl"), help="stop after this stage (resume later with --resume)")
+    parser.add_argument("--stop-after", choices=("source", "conl"),
+                        help="stop after this stage (resume later with --resume)")
     add_recompute(parser)
     add_ray_address(parser)
     return parser

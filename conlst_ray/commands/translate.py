@@ -28,9 +28,9 @@ def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.translate import resolve_family, translate
     from conlst_ray.models.translation import TranslationConfigError, check_coverage
+    from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
+    from conlst_ray.ray_jobs.translate import CachedCorpus, TranslationJob, resolve_family, translate
 
     # Fail on an uncovered language before starting Ray or reading anything.
     langs = cfg.data.target_langs if args.mode == "back" else [cfg.data.source_lang] + list(cfg.data.target_langs)
@@ -50,10 +50,10 @@ def main(argv=None) -> int:
         manifests = ingest_corpora(cfg.data.source_train, [cfg.data.source_lang], corpus, cfg.data,
                                    cfg.resources.cpus_per_task)
     out = Path(args.out) if args.out else run.translations(args.mode)
-    report, fallback = translate(cfg.translation, manifests, corpus, out, args.mode,
-                                 targets=cfg.data.target_langs, cpus_per_task=cfg.resources.cpus_per_task,
-                                 recompute=args.recompute, benchmark_seed=cfg.data.synthetic.seed,
-                                 benchmark_classes=len(cfg.data.task.labels))
+    job = TranslationJob(cfg.translation, CachedCorpus(Path(corpus), manifests), out, args.mode,
+                         targets=tuple(cfg.data.target_langs), cpus_per_task=cfg.resources.cpus_per_task,
+                         recompute=args.recompute, synthetic=(cfg.data.synthetic.seed, len(cfg.data.task.labels)))
+    report, fallback = translate(job)
     print(f"\ntranslations under {out}: {report.rows} rows translated now, {len(report.skipped)} shard(s) reused")
     if fallback:
         print(f"masking-only augmentation for: {', '.join(fallback)}")

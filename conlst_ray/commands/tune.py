@@ -14,21 +14,23 @@ model, and Ray Tune's own files (TensorBoard event files per trial).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
-from conlst_ray.config import ConfigError, save_config, load_config
+from conlst_ray.config import ConfigError, load_config, save_config
 from conlst_ray.data import storage as stored
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.pipeline.preflight import preflight
-from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
 from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
 from conlst_ray.ray_jobs.search_space import apply, parse_search_space
 from conlst_ray.reporting.predictions import TargetPredictions
 from conlst_ray.reporting.report import accuracy_tables, calibration_report
-from conlst_ray.reporting.tables import write_table
+from conlst_ray.reporting.tables import to_markdown, write_table
 
 DEFAULT_SPACE = {
     "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},
@@ -83,6 +85,36 @@ def interrupted(results, cfg, dims) -> bool:
     return ended < len(results) or len(results) < expected_trials(cfg, dims)
 
 
+class Phases:
+    """Wall-clock seconds of each phase of the search, printed as each ends,
+    so that a slower default run shows where its time went."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.time()
+        yield
+        self.seconds[name] = round(time.time() - t0, 1)
+        print(f"[time] {name}: {self.seconds[name]:.1f} s")
+
+    def table(self, trial_rows: list) -> str:
+        rows = [[name, s] for name, s in self.seconds.items()] + trial_rows
+        return "Where the time went (s):\n\n" + to_markdown(["phase", "seconds"], rows, digits=1)
+
+
+def trial_stage_seconds(results) -> list:
+    """[trial: stage, seconds] of every stage a trial ran (its last report
+    carries the seconds of each stage so far)."""
+    rows = []
+    for r in results:
+        for key, label in (("seconds_conl", "CoNL"), ("seconds_ssl", "self-training")):
+            if key in (r.metrics or {}):
+                rows.append([f"{Path(r.path).name if r.path else '?'}: {label}", r.metrics[key]])
+    return rows
+
+
 def write_trials(header, rows, folder: Path) -> str:
     return write_table(folder / "trials", header, rows, digits=None)
 
@@ -93,7 +125,8 @@ def main(argv=None) -> int:
     if cfg is None:
         return 2
 
-    extra = (SMOKE if args.smoke_test else []) + ([f"tune.num_samples={args.num_samples}"] if args.num_samples is not None else [])
+    extra = (SMOKE if args.smoke_test else []) + (
+        [f"tune.num_samples={args.num_samples}"] if args.num_samples is not None else [])
     try:
         if extra:  # --num-samples is checked like the key it sets (>= 1)
             cfg = load_config(args.config, list(args.overrides) + extra)
@@ -106,58 +139,79 @@ def main(argv=None) -> int:
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts
     location = args.storage_path or stored.join(cfg.output_dir, "tune")
     storage = stored.mirror(location) if stored.is_uri(location) else Path(location).resolve()
-    name = cfg.run_name or "search"
-    init_ray(args.address, cfg=cfg)
-    from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
+    search, phases = SearchDir(storage, cfg.run_name or "search"), Phases()
+    with phases("Ray start-up"):
+        init_ray(args.address, cfg=cfg)
+    from conlst_ray.pipeline.search import trial
     from conlst_ray.ray_jobs.tune import run_search
 
-    # Shared work, once per search (and reused by --resume): RUN = storage/<name>-shared.
-    shared_cfg = apply(cfg, {"run_name": f"{name}-shared", "output_dir": str(storage)})
-    run = RunDir.create(shared_cfg, resume=True)
-    stage_corpora(shared_cfg, run)  # every corpus read in full: a bad row stops the search before training
-    source_model = stage_source(shared_cfg, run)
-    corpus, labels = stage_pseudo_labels(shared_cfg, run, source_model)
-    translations = stage_backtranslation(shared_cfg, run, corpus)
-    # Every corpus a trial reads, tokenised here once: trials only map the files
-    # (their stages would otherwise tokenise the same rows, each trial again).
-    prepare_stage_tokens("ssl", shared_cfg, source_model, run.corpus_dir, str(corpus),
-                         str(translations) if translations else None, list(cfg.data.target_langs))
-    shared = {"source_model": source_model, "corpus": str(corpus), "pseudo_labels": str(labels),
-              "translations": str(translations) if translations else None,
-              "corpus_dir": str(run.corpus_dir), "trials_dir": str(storage / f"{name}-trials")}
-    results = run_search(cfg, dims, shared, storage, name, resume=args.resume)
-
-    out = storage / name
+    run, shared = shared_work(cfg, search, phases)
+    with phases("trials (Ray Tune)"):
+        results = run_search(cfg, dims, trial, shared, search.storage, search.name, resume=args.resume)
     keys = [d.key for d in dims]
-    md = write_trials(*trials_table(results, cfg, keys), out)
+    md = write_trials(*trials_table(results, cfg, keys), search.root)
     if interrupted(results, cfg, dims):
         print(f"\nTrials so far:\n\n{md}\nThe search was interrupted before every trial ended; continue it with "
-              f"the same arguments plus --resume (state: {out}).", file=sys.stderr)
+              f"the same arguments plus --resume (state: {search.root}).", file=sys.stderr)
         return 130
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode)
     best_cfg = apply(cfg, {k: best.config[k] for k in keys})
-    save_config(best_cfg, out / "best_config.yaml")
-    models = {"zero-shot": source_model, "best trial": best.metrics["model_dir"]}
-    table = accuracy_tables(best_cfg, out, models, log=lambda *_: None, prefix="best_")
-    # the best trial's CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)
-    best_trial = Path(best.metrics["model_dir"]).parent.parent
-    calibration = calibration_report(best_cfg, run, str(best_trial / "conl" / "model"), out, log=print,
-                                     predictions=TargetPredictions(best_cfg, run, print,
-                                                                   out / "analysis" / best_trial.name))
+    save_config(best_cfg, search.best_config)
+    with phases("report"):
+        table, calibration = report_best(best_cfg, run, search, shared["source_model"], best.metrics["model_dir"])
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
-          f"{out / 'best_config.yaml'}\n")
+          f"{search.best_config}\n")
     best_model = stored.location(best.metrics["model_dir"])  # with object storage: its URI
     print(f"Best trial's model: {best_model}\n")
-    atomic_write_text(out / "best.json", json.dumps({"model_dir": best_model,
-                                                     "trial": Path(best.metrics["model_dir"]).parent.parent.name,
-                                                     cfg.tune.metric: best.metrics.get(cfg.tune.metric)}, indent=2))
-    stored.publish(out)  # object storage: the search's tables and figures beside Tune's state
+    atomic_write_text(search.best_record, json.dumps({"model_dir": best_model,
+                                                      "trial": trial_of_model(best.metrics["model_dir"]).root.name,
+                                                      cfg.tune.metric: best.metrics.get(cfg.tune.metric)}, indent=2))
+    print(phases.table(trial_stage_seconds(results)))
+    atomic_write_text(search.phases, json.dumps(phases.seconds, indent=2))
+    stored.publish(search.root)  # object storage: the search's tables and figures beside Tune's state
     print(table)
     if calibration:
-        print(f"Best trial, {calibration}\nHistograms: {out / 'calibration_hist.png'}")
+        print(f"Best trial, {calibration}\nHistograms: {search.root / 'calibration_hist.png'}")
     return 0
 
+
+def shared_work(cfg, search: SearchDir, phases: Phases) -> tuple[RunDir, dict]:
+    """The work every trial shares, once per search (and reused by --resume):
+    corpora, source model, pseudo-labels, back-translations, the trials'
+    token files; returns its run and what a trial reads."""
+    from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens
+
+    shared_cfg = apply(cfg, {"run_name": search.shared_run_name, "output_dir": str(search.storage)})
+    run = RunDir.create(shared_cfg, resume=True)
+    with phases("shared: corpora"):
+        stage_corpora(shared_cfg, run)  # every corpus read in full: a bad row stops the search before training
+    with phases("shared: source model"):
+        source_model = stage_source(shared_cfg, run)
+    with phases("shared: pseudo-labels"):
+        corpus, labels = stage_pseudo_labels(shared_cfg, run, source_model)
+    with phases("shared: back-translations, trial tokens"):
+        translations = stage_backtranslation(shared_cfg, run, corpus)
+        # Every corpus a trial reads, tokenised here once: trials only map the files
+        # (their stages would otherwise tokenise the same rows, each trial again).
+        inputs = StageInputs(target_corpus=str(corpus), translations=str(translations) if translations else None,
+                             langs=list(cfg.data.target_langs), corpus_dir=str(run.corpus_dir))
+        prepare_stage_tokens("ssl", shared_cfg, source_model, inputs)
+    return run, {"source_model": source_model, "corpus": str(corpus), "pseudo_labels": str(labels),
+                 "translations": inputs.translations, "corpus_dir": str(run.corpus_dir),
+                 "trials_dir": str(search.trials)}
+
+
+def report_best(best_cfg, run: RunDir, search: SearchDir, source_model: str, best_model: str) -> tuple[str, str]:
+    """The best trial against the zero-shot model (per-language tables) and
+    its CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)."""
+    models = {"zero-shot": source_model, "best trial": best_model}
+    table = accuracy_tables(best_cfg, search.root, models, log=lambda *_: None, prefix="best_")
+    best_trial = trial_of_model(best_model)
+    predictions = TargetPredictions(best_cfg, run, print, search.analysis(best_trial.root.name))
+    calibration = calibration_report(best_cfg, run, str(best_trial.model("conl")), search.root, log=print,
+                                     predictions=predictions)
+    return table, calibration
 
 if __name__ == "__main__":
     sys.exit(main())

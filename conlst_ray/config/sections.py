@@ -64,14 +64,18 @@ StrList = Annotated[list, BeforeValidator(_comma_list)]
 Dict = dict
 
 
-def param(default: Any = ..., *, factory: Any = None, ge=None, gt=None, le=None, lt=None, help: str = "",
-          path: Optional[str] = None, stages: tuple = ()) -> Any:
-    """A field with its range, help text, and metadata: ``path`` (corpus |
-    model | dir) and ``stages`` (the stages whose results depend on it)."""
+def param(default: Any = ..., *, factory: Any = None, help: str = "", path: Optional[str] = None,
+          stages: tuple = (), **bounds) -> Any:
+    """A field with its range (``bounds``: ge, gt, le, lt), help text, and
+    metadata: ``path`` (corpus | model | dir) and ``stages`` (the stages whose
+    results depend on it)."""
+    unknown = set(bounds) - {"ge", "gt", "le", "lt"}
+    if unknown:
+        raise TypeError(f"param: unknown bound(s) {sorted(unknown)}")
     extra = {"path": path, "stages": tuple(stages)}
     if factory is not None:
-        return Field(default_factory=factory, ge=ge, gt=gt, le=le, lt=lt, description=help, json_schema_extra=extra)
-    return Field(default, ge=ge, gt=gt, le=le, lt=lt, description=help, json_schema_extra=extra)
+        return Field(default_factory=factory, description=help, json_schema_extra=extra, **bounds)
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
 
 
 class Section(BaseModel):
@@ -264,7 +268,8 @@ class TranslationConfig(Section):
 
 
 class ResourcesConfig(Section):
-    num_workers: Int = param(1, ge=0, help="Ray Train workers (0 = in-process)")
+    num_workers: Int = param(1, ge=0, help="training workers (0 = in this process)")
+    trainer: Literal["auto", "ray_train"] = param("auto", help="auto = a stage with one worker and no GPU trains in this process (the run's driver, or the Tune trial's own process): no Ray Train start-up; more workers or a GPU per worker get Ray Train; ray_train = Ray Train for every num_workers >= 1 (a died worker restarted, resources.max_failures)")
     use_gpu: Bool = param(False, help="one GPU per training worker (refused at start-up when the cluster has none)")
     wait_for_resources: Bool = param(False, help="an autoscaling cluster: start although the cluster lacks the CPUs/GPUs asked for, saying what the run waits for (default: refuse, naming the key)")
     length_buckets: Bool = param(False, help="training batches of rows of similar length (drawn within windows of 50 batches, then shuffled): less padding, the same rows per epoch", stages=(SOURCE, CONL, SSL))

@@ -10,7 +10,6 @@ from conlst_ray.data.readers import read_corpus, read_languages
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
 
-
 # corpus key -> its folder in a run's corpus cache (RUN/corpus/<folder>, token files below)
 CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
                   "data.target_train": "target_train", "data.target_dev": "dev_target",

@@ -101,9 +101,9 @@ def read_delimited(fmt: str, location: str, lang: Optional[str] = None, on_malfo
             absent = ", ".join(f"{key}={i}" for key, i in col.items() if i >= len(row))
             sink.bad(where, f"no column {absent}: the row has {len(row)} columns (0..{len(row) - 1})")
             continue
-        get = lambda key: row[col[key]] if key in col else None  # noqa: E731
-        sink.add(where, get("text"), get("text_pair"), get("label"),
-                 row_id=get("id") or start + first_id, lang=get("lang"))
+        field = {key: row[i] for key, i in col.items()}
+        sink.add(where, field.get("text"), field.get("text_pair"), field.get("label"),
+                 row_id=field.get("id") or start + first_id, lang=field.get("lang"))
     return sink.table(), sink.report
 
 

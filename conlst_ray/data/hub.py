@@ -48,12 +48,13 @@ def _known_name(task: Task, name: str) -> bool:
         return False
 
 
-def read_hf(dataset: str, config: Optional[str], split: str, lang: Optional[str] = None,
-            on_malformed: str = "raise", max_rows: Optional[int] = None, task: Task = NLI,
-            given: Optional[dict] = None):
-    """A hub data set (downloads unless cached; fails fast with HF_HUB_OFFLINE=1)."""
+def read_hf(where: tuple, lang: Optional[str] = None, on_malformed: str = "raise", max_rows: Optional[int] = None,
+            task: Task = NLI, given: Optional[dict] = None):
+    """A hub data set, ``where`` = (dataset, config or "", split) (downloads
+    unless cached; fails fast with HF_HUB_OFFLINE=1)."""
     import datasets  # imported lazily: slow to import, and only this reader needs it
 
+    dataset, config, split = where
     try:
         ds = datasets.load_dataset(dataset, config or None, split=split)
     except Exception as exc:

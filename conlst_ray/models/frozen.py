@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 # -- the two halves of the encoder -----------------------------------------------------------
 
 def _parts(encoder: nn.Module, n: int) -> tuple[nn.Module, nn.ModuleList]:

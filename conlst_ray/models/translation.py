@@ -4,6 +4,7 @@ works with any Hugging Face seq2seq model (no Ray here; the Ray Data actor in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from conlst_ray.data.synthetic import _concepts, _lexicons
@@ -149,11 +150,22 @@ class SyntheticTranslator:
         return self.translate(self.translate(texts, lang, pivot), pivot, lang)
 
 
-def make_translator(model: str, family: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
-                    batch_size: int = 32, use_gpu: bool = False, benchmark_seed: int = 13,
-                    benchmark_classes: int = 3):
-    """A Hugging Face seq2seq translator, or the embedded benchmark's stand-in
-    (its lexicons depend on the benchmark's seed and number of classes)."""
-    if model == SYNTHETIC_MODEL:
-        return SyntheticTranslator(benchmark_seed, num_classes=benchmark_classes)
-    return Translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu)
+@dataclass(frozen=True)
+class TranslatorSpec:
+    """What a translator is built from: the model, its code table and its
+    generation settings."""
+    model: str
+    family: str = "auto"
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    batch_size: int = 32
+    use_gpu: bool = False
+    # the embedded benchmark's seed and class count: the stand-in translator's lexicons depend on them
+    synthetic: tuple = (13, 3)
+
+
+def make_translator(spec: TranslatorSpec):
+    """A Hugging Face seq2seq translator, or the embedded benchmark's stand-in."""
+    if spec.model == SYNTHETIC_MODEL:
+        return SyntheticTranslator(spec.synthetic[0], num_classes=spec.synthetic[1])
+    return Translator(spec.model, spec.family, spec.max_new_tokens, spec.num_beams, spec.batch_size, spec.use_gpu)

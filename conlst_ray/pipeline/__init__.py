@@ -1,3 +1,4 @@
-"""The driver side of a run: the stages in order (stages.py), the run
-directory that owns every path of a run (rundir.py), and the checks made
-before any expensive work (preflight.py)."""
+"""The driver side of a run: the stages in order (stages.py), one trial of a
+search (search.py), the run directory that owns every path of a run and of
+a search (rundir.py), and the checks made before any expensive work
+(preflight.py)."""

@@ -16,14 +16,29 @@ import json
 import time
 from pathlib import Path
 
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.config import save_config, with_values
-from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
+from conlst_ray.data import storage
+from conlst_ray.data.corpora import CORPUS_FOLDERS
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.training.stage_files import StageFiles
 
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
+MODEL = "model"
+HANDED_BACK_RECORD = "handed_back.json"
+TRIAL_RECORD = "trial.json"
+
+
+def stage_files(folder: str | Path, corpus: str | Path | None = None) -> StageFiles:
+    """The files of a training stage in ``folder`` (a stage of a run, a
+    trial, a test's folder); ``corpus``: the token cache (default: the
+    ``corpus`` folder beside the stage, as in a run)."""
+    folder = Path(folder)
+    return StageFiles(root=folder, model=folder / MODEL, metrics=folder / "metrics.jsonl",
+                      steps=folder / "steps.jsonl", checkpoint=folder / "checkpoint" / "train_state.pt",
+                      ray_train=folder / "ray_train", thresholds=folder / "thresholds",
+                      tensorboard=folder / "tensorboard", corpus=Path(corpus or folder.parent / "corpus"))
 
 
 class RunDir:
@@ -31,12 +46,18 @@ class RunDir:
 
         config.yaml                  the resolved config
         corpus/<name>/               cached corpora (target_train, source_train, dev_*) and their token files
-        <stage>/                     source, conl, ssl: model/, metrics.jsonl, steps.jsonl; init/model
+        <stage>/                     source, conl, ssl: model/, metrics.jsonl, steps.jsonl, checkpoint/
+                                     or ray_train/, thresholds/, tensorboard/ (stage_files); init/model
         pseudo_labels/<name>/        source = the source model's labels of target_train
         translations/<mode>/         back-translations, translate-train
         targets/<lang>/              a per-language sub-run (data.target_mode=per_language)
         results/, analysis/          the report and what its analysis computed
+                                     (results/handed_back.json: the selection rule's choice)
         model                        -> the stage model the selection rule hands back
+
+    A Tune trial's folder is laid out the same way (its conl/ and ssl/ stages,
+    its config.yaml, trial.json: the shared model it started from); a search's
+    folder is ``SearchDir``'s.
     """
 
     def __init__(self, root: str | Path, recompute: bool = False):
@@ -61,11 +82,35 @@ class RunDir:
         return self.corpus(CORPUS_FOLDERS["data.target_train"])
 
     def model(self, stage: str) -> Path:
-        return self.root / stage / "model"
+        return self.root / stage / MODEL
+
+    @property
+    def given_source_model(self) -> Path:
+        """model.source_checkpoint copied into the run (object storage: every node reads it there)."""
+        return self.root / "init" / "source_checkpoint"
+
+    def stage_files(self, stage: str) -> StageFiles:
+        return stage_files(self.root / stage, self.corpus_dir)
+
+    def done_file(self, stage: str) -> Path:
+        return self.root / stage / DONE_FILE
 
     @property
     def handed_back(self) -> Path:
-        return self.root / "model"
+        return self.root / MODEL
+
+    def accuracy_table(self, split: str) -> Path:
+        """The report's per-language accuracy table (CSV) of ``split``."""
+        return self.results / f"accuracy_{split}.csv"
+
+    @property
+    def handed_back_record(self) -> Path:
+        return self.results / HANDED_BACK_RECORD
+
+    @property
+    def trial_record(self) -> Path:
+        """A Tune trial's record of the shared model it started from."""
+        return self.root / TRIAL_RECORD
 
     def pseudo_labels(self, name: str = "source") -> Path:
         return self.root / "pseudo_labels" / name
@@ -150,7 +195,7 @@ class RunDir:
         return path
 
     def is_done(self, name: str) -> bool:
-        return storage.exists(self.root / name / DONE_FILE)
+        return storage.exists(self.done_file(name))
 
     def begin(self, name: str, fingerprint: dict) -> bool:
         """True when stage ``name`` is done and was made by ``fingerprint``;
@@ -174,3 +219,63 @@ class RunDir:
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))
         storage.publish(self.root / name / DONE_FILE)  # last: the stage's outputs are in storage already
+
+
+class SearchDir:
+    """A search's folders under its storage path (``python -m conlst_ray.tune``):
+
+        <name>-shared/               the shared work: a run (source, corpus, pseudo_labels, ...)
+        <name>-trials/trial_<id>/    one folder per trial, laid out as a run (conl/, ssl/, trial.json)
+        <name>/                      Ray Tune's state and the search's outputs: best_config.yaml,
+                                     best.json, phases.json, trials.{md,csv}, best_* tables, analysis/
+    """
+
+    def __init__(self, storage_path: Path, name: str):
+        self.storage, self.name = Path(storage_path), name
+        self.root = self.storage / name
+
+    @property
+    def shared_run_name(self) -> str:
+        return f"{self.name}-shared"
+
+    @property
+    def trials(self) -> Path:
+        return self.storage / f"{self.name}-trials"
+
+    def trial(self, trial_id: str) -> RunDir:
+        return trial_run(self.trials, trial_id)
+
+    @staticmethod
+    def is_search(folder: Path) -> bool:
+        return (Path(folder) / "best_config.yaml").is_file()
+
+    @property
+    def best_config(self) -> Path:
+        return self.root / "best_config.yaml"
+
+    @property
+    def best_record(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def phases(self) -> Path:
+        return self.root / "phases.json"
+
+    def analysis(self, trial: str) -> Path:
+        return self.root / "analysis" / trial
+
+    @staticmethod
+    def of(folder: Path) -> "SearchDir":
+        """The search whose output folder is ``folder``."""
+        folder = Path(folder)
+        return SearchDir(folder.parent, folder.name)
+
+
+def trial_of_model(model_dir: str | Path) -> RunDir:
+    """The trial (or run) folder that holds a stage model ``.../<stage>/model``."""
+    return RunDir(Path(model_dir).parent.parent)
+
+
+def trial_run(trials: Path, trial_id: str) -> RunDir:
+    """A trial's folder in a search's trials folder, named as Tune names the trial."""
+    return RunDir(Path(trials) / f"trial_{trial_id}")

@@ -15,7 +15,9 @@ rerun with ``--resume`` skips finished stages.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
@@ -30,27 +32,27 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
     if cfg.model.source_checkpoint:
         log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
         return _shared(run, cfg.model.source_checkpoint)
-    out = run.root / "source"
     langs = cfg.data.source_train_langs or [cfg.data.source_lang]
     if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
-        log(f"[source] done already: {out / 'model'}")
-        return str(out / "model")
+        log(f"[source] done already: {run.model('source')}")
+        return str(run.model("source"))
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.training.optim import seed_everything
 
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
-    init = build_model(cfg.model, tokenizer, cfg.data.task.labels, cfg.data.task.kind).save(run.stage("init") / "model", tokenizer)
+    init = build_model(cfg.model, tokenizer, cfg.data.task.labels, cfg.data.task.kind).save(run.model("init"),
+                                                                                              tokenizer)
     storage.publish(init)
     t0 = time.time()
-    metrics = fit_stage("source", cfg, out, str(init), corpus_dir=str(run.corpus_dir), log=log)
+    metrics = fit_stage("source", cfg, run.stage_files("source"), str(init), log=log)
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
     kept = (f" (the best epoch is kept: {100 * metrics['best_source_dev_acc']:.1f} %)"
             if "best_source_dev_acc" in metrics else "")
     log(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
         f"{100 * metrics.get('source_dev_acc', float('nan')):.1f} %{kept}")
-    return str(out / "model")
+    return str(run.model("source"))
 
 
 def _shared(run: RunDir, model: str) -> str:
@@ -60,7 +62,7 @@ def _shared(run: RunDir, model: str) -> str:
         return model
     import shutil
 
-    copy = run.root / "init" / "source_checkpoint"
+    copy = run.given_source_model
     if not storage.exists(copy / "config.json"):
         shutil.copytree(model, storage.here(copy), dirs_exist_ok=True)
         storage.publish(copy)
@@ -69,7 +71,7 @@ def _shared(run: RunDir, model: str) -> str:
 
 def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, ingest_corpora
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
@@ -77,19 +79,18 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
     out = run.pseudo_labels("source")
     inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
     if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
-        report = pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log,
+        report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log,
                               recompute=run.recompute)
         run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds})
     return corpus, out
 
 
 def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
-    """A Ray Train stage over the target languages of ``cfg``, skipped when
+    """A training stage over the target languages of ``cfg``, skipped when
     done with the same settings, input model and upstream outputs."""
     from conlst_ray.ray_jobs.sharded import output_stamp
-    from conlst_ray.ray_jobs.train import fit_stage
+    from conlst_ray.ray_jobs.train import StageInputs, fit_stage
 
-    out = run.root / name
     inputs = {"model weights": weights_stamp(model_dir),
               "pseudo-labels": output_stamp(fit_kwargs.get("pseudo_labels")),
               "translations": output_stamp(fit_kwargs.get("translations"))}
@@ -98,11 +99,12 @@ def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
     if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
         t0 = time.time()
-        metrics = fit_stage(name, cfg, out, model_dir, target_corpus=str(corpus), corpus_dir=str(corpus.parent),
-                            langs=list(cfg.data.target_langs), log=log, **fit_kwargs)
+        inputs = StageInputs(target_corpus=str(corpus), corpus_dir=str(corpus.parent),
+                             langs=list(cfg.data.target_langs), **fit_kwargs)
+        metrics = fit_stage(name, cfg, run.stage_files(name), model_dir, inputs, log=log)
         run.mark_done(name, {"seconds": time.time() - t0, **metrics})
         log(f"[{name}] {time.time() - t0:.1f}s")
-    return str(out / "model")
+    return str(run.model(name))
 
 
 def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
@@ -116,17 +118,17 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
         log("[translate] translation.model is not set: the strong view is random masking only")
         return None
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, read_manifest
-    from conlst_ray.ray_jobs.translate import translate
+    from conlst_ray.ray_jobs.translate import CachedCorpus, TranslationJob, translate
 
     out = run.translations("back")
     manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
     if not run.begin("backtranslation", stage_fingerprint("backtranslation", cfg,
                                                           {"corpus": corpus_digest(manifests)})):
         t0 = time.time()
-        report, fallback = translate(cfg.translation, manifests, corpus, out, "back",
-                                     cpus_per_task=cfg.resources.cpus_per_task, log=log,
-                                     benchmark_seed=cfg.data.synthetic.seed, recompute=run.recompute,
-                                     benchmark_classes=len(cfg.data.task.labels))
+        job = TranslationJob(cfg.translation, CachedCorpus(Path(corpus), manifests), out, "back",
+                             cpus_per_task=cfg.resources.cpus_per_task, recompute=run.recompute,
+                             synthetic=(cfg.data.synthetic.seed, len(cfg.data.task.labels)))
+        report, fallback = translate(job, log)
         run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0})
     return out
 
@@ -136,39 +138,48 @@ def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=
                          translations=str(translations) if translations else None)
 
 
-def target_stages(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
-                  stop_after: str | None = None) -> dict[str, str]:
+@dataclass(frozen=True)
+class SharedWork:
+    """What the target stages start from: the source model, the sharded
+    unlabelled target corpus, its pseudo-labels and back-translations."""
+    source_model: str
+    corpus: str
+    labels: str
+    translations: Optional[str] = None
+
+
+def target_stages(cfg, run: RunDir, shared: SharedWork, log=print, stop_after: str | None = None) -> dict[str, str]:
     """CoNL then self-training for the target languages of ``cfg``; without
     CoNL (conl.enabled=false) self-training starts from the source model."""
-    models = {"CoNL": stage_conl(cfg, run, source_model, corpus, labels, log)} if cfg.conl.enabled else {}
+    corpus = Path(shared.corpus)
+    models = ({"CoNL": stage_conl(cfg, run, shared.source_model, corpus, Path(shared.labels), log)}
+              if cfg.conl.enabled else {})
     if stop_after != "conl" and cfg.ssl.enabled:
         name = "CoNLST" if cfg.conl.enabled else "self-training"
-        models[name] = stage_ssl(cfg, run, models.get("CoNL", source_model), corpus, translations, log)
+        models[name] = stage_ssl(cfg, run, models.get("CoNL", shared.source_model), corpus, shared.translations, log)
     return models
 
 
-def _one_language(cfg, root: str, lang: str, source_model: str, corpus: str, labels: str, translations,
-                  stop_after: str | None, recompute: bool = False) -> dict[str, str]:
+def _one_language(cfg, root: str, lang: str, shared: SharedWork, stop_after: str | None,
+                  recompute: bool = False) -> dict[str, str]:
     """One target language's independent run under RUN/targets/<lang>/."""
     sub = RunDir(storage.here(root), recompute=recompute).target_run(lang)  # this node's mirror of the run
     sub.root.mkdir(parents=True, exist_ok=True)
     cfg_l = with_values(cfg, {"data.target_langs": [lang]})
-    return target_stages(cfg_l, sub, source_model, Path(corpus), Path(labels), translations,
-                         log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
+    return target_stages(cfg_l, sub, shared, log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
 
 
-def per_language(cfg, run: RunDir, source_model: str, corpus: Path, labels: Path, translations, log=print,
+def per_language(cfg, run: RunDir, shared: SharedWork, log=print,
                  stop_after: str | None = None) -> dict[str, dict[str, str]]:
     """The paper's setting: one independent CoNL + SSL run per target language,
     sharing the source model and the pseudo-labels. With
     resources.parallel_targets > 1 the languages run as Ray tasks, each
-    driving its own TorchTrainer (they take no CPU themselves, so their
+    driving its own training stages (they take no CPU themselves, so their
     workers get the cores), scheduled across the cluster."""
     import ray
 
     langs = list(cfg.data.target_langs)
-    args = (str(run.root), source_model, str(corpus), str(labels),
-            str(translations) if translations else None, stop_after, run.recompute)
+    args = (str(run.root), shared, stop_after, run.recompute)
     if cfg.resources.parallel_targets > 1:
         task = ray.remote(num_cpus=0.01)(_one_language)
         pending, results = list(langs), {}
@@ -209,5 +220,6 @@ def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> 
     corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
     translations = stage_backtranslation(cfg, run, corpus, log) if stop_after != "conl" else None
     stages = per_language if cfg.data.target_mode == "per_language" else target_stages
-    models.update(stages(cfg, run, models["zero-shot"], corpus, labels, translations, log, stop_after))
+    shared = SharedWork(models["zero-shot"], str(corpus), str(labels), str(translations) if translations else None)
+    models.update(stages(cfg, run, shared, log, stop_after))
     return models

@@ -10,6 +10,7 @@ task per language, never on the driver.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.config.provenance import fingerprint, spec_files, digest, differences
+from conlst_ray.config.provenance import differences, digest, fingerprint, spec_files
 from conlst_ray.data import storage
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.files import atomic_write_text
@@ -25,6 +26,14 @@ from conlst_ray.data.readers import no_rows, read_corpus
 from conlst_ray.data.schema import CorpusError
 
 MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class CachedCorpus:
+    """A corpus sharded into the cache: its folder and, per language, the
+    manifest ``ingest_corpora`` returned."""
+    root: Path
+    manifests: dict
 
 
 def lang_dir(root: Path, lang: str) -> Path:

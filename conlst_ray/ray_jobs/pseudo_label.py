@@ -21,7 +21,8 @@ import ray
 from conlst_ray.config.provenance import fingerprint, weights_stamp
 from conlst_ray.data import storage
 from conlst_ray.data.token_files import load_tokenizer
-from conlst_ray.ray_jobs.sharded import JobReport, read_outputs, run_sharded_job
+from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
+from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, read_outputs, run_sharded_job
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
@@ -99,15 +100,18 @@ class Predictor:
         return out.append_column("q", pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), n))
 
 
-def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, dict], out_root: str | Path,
-                 res_cfg, max_length: int, log=print,
+def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg, log=print,
                  on_progress: Optional[Callable[[JobReport], None]] = None, recompute: bool = False) -> JobReport:
-    """Pseudo-label every cached shard of ``manifests`` whose output is
-    missing, from the corpus tokenised once (by the model's tokenizer). The
-    output folder is tied to the model's weights and tokenizer, the corpus
-    and the settings: labels of another model are never reused."""
+    """Pseudo-label every shard of ``corpus`` whose output is missing, from
+    the corpus tokenised once (by the model's tokenizer), with
+    ``cfg.resources``' inference actors. The output folder is tied to the
+    model's weights and tokenizer, the corpus and the settings: labels of
+    another model are never reused."""
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
+
+    corpus_root, manifests = corpus.root, corpus.manifests
+    res_cfg, max_length = cfg.resources, cfg.data.max_length
 
     weights = weights_stamp(model_dir)
     tokens = tokenize_cached_corpus(corpus_root, manifests, model_dir, max_length, res_cfg.cpus_per_task, log)
@@ -130,8 +134,9 @@ def pseudo_label(model_dir: str, corpus_root: str | Path, manifests: dict[str, d
                                                      "torch_threads": res_cfg.torch_threads,
                                                      "precision": res_cfg.precision})
 
-    return run_sharded_job("pseudo-label", manifests, corpus_root, out_root, stages, res_cfg.cpus_per_task,
-                           log, on_progress, provenance=provenance, recompute=recompute)
+    job = ShardedJob("pseudo-label", manifests, Path(corpus_root), Path(out_root), stages, res_cfg.cpus_per_task,
+                     provenance=provenance, recompute=recompute)
+    return run_sharded_job(job, log, on_progress)
 
 
 def read_pseudo_labels(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:

@@ -65,7 +65,8 @@ def parse_search_space(space: dict, base: Config) -> list[Dimension]:
         missing = [k for k in DISTRIBUTIONS[kind] if k not in spec]
         if missing or extra:
             raise ConfigError(f"{where}: '{kind}' takes {list(DISTRIBUTIONS[kind])}"
-                              + (f"; missing {missing}" if missing else "") + (f"; unexpected {sorted(extra)}" if extra else ""))
+                              + (f"; missing {missing}" if missing else "")
+                              + (f"; unexpected {sorted(extra)}" if extra else ""))
         if kind in ("choice", "grid"):
             values = spec["values"]
             if not isinstance(values, list) or not values:

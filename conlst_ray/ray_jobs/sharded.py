@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.config.provenance import StaleError, differences, read_json, digest
+from conlst_ray.config.provenance import StaleError, differences, digest, read_json
 from conlst_ray.data import storage
 from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
@@ -83,43 +83,70 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
     storage.remove(tmp_root / key)
 
 
-def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path,
-                    stages: Callable, cpus_per_task: float, log=print,
-                    on_progress: Optional[Callable[[JobReport], None]] = None,
-                    rows_per_input: int = 1, provenance: Optional[dict[str, dict]] = None,
-                    recompute: bool = False) -> JobReport:
-    """Run ``stages`` (Dataset of {"path"} -> Dataset with id, pos, path
-    columns) over every shard whose output is missing, and finalize shards.
-    ``rows_per_input``: output rows per input row (e.g. one per target
-    language of translate-train). ``provenance``: language -> what makes that
-    language's output (see ``check_provenance``)."""
-    corpus_root, out_root = Path(corpus_root), Path(out_root)
-    if provenance is not None:
-        check_provenance(name, out_root, provenance, recompute, log)
-    tmp_root = out_root / TMP
-    expected, files = {}, {}
+@dataclass
+class ShardedJob:
+    """A Ray Data job over cached corpus shards: ``stages`` (Dataset of
+    {"path"} -> Dataset with id, pos, path columns) runs over every shard of
+    ``manifests`` (language -> manifest) under ``corpus_root`` whose output
+    under ``out_root`` is missing."""
+    name: str
+    manifests: dict
+    corpus_root: Path
+    out_root: Path
+    stages: Callable
+    cpus_per_task: float = 0.25
+    rows_per_input: int = 1                 # output rows per input row (one per target language of translate-train)
+    provenance: Optional[dict] = None       # language -> what makes its output (see check_provenance)
+    recompute: bool = False                 # output made otherwise: start afresh instead of refusing
+
+
+def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
+    """Run ``job`` over its pending shards and finalize each as it completes."""
+    out_root = Path(job.out_root)
+    if job.provenance is not None:
+        check_provenance(job.name, out_root, job.provenance, job.recompute, log)
     report = JobReport()
-    for lang, manifest in manifests.items():
-        finished = set(storage.listdir(lang_dir(out_root, lang)))
+    expected, files = _pending_shards(job, report)
+    if not expected:
+        log(f"[{job.name}] all {len(report.skipped)} shard(s) complete: nothing to do")
+        return report
+    tmp_root = out_root / TMP
+    storage.remove(tmp_root)  # parts of an interrupted attempt are not trusted
+    log(f"[{job.name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
+    # One block per shard (read_parquet would fold small files into one block).
+    ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
+    ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=job.cpus_per_task,
+                                    fn_kwargs={"tmp_root": str(tmp_root)})
+    _collect(ds, expected, (tmp_root, out_root), report, Progress(job.name, log, on_progress))
+    missing = [k for k in expected if k not in report.computed]
+    if missing:
+        raise RuntimeError(f"{job.name} ended with incomplete shards: {missing[:5]}")
+    storage.remove(tmp_root)
+    log(f"[{job.name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
+    return report
+
+
+def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
+    """Shard key -> expected output rows and -> input file, of every shard
+    without output; the finished ones go to ``report.skipped``."""
+    expected, files = {}, {}
+    for lang, manifest in job.manifests.items():
+        finished = set(storage.listdir(lang_dir(Path(job.out_root), lang)))
         for shard in manifest["shards"]:
             key = f"lang={lang}/{Path(shard['file']).stem}"
             if f"{Path(shard['file']).stem}.parquet" in finished:
                 report.skipped.append(key)
             else:
-                expected[key] = shard["rows"] * rows_per_input
-                files[key] = str(lang_dir(corpus_root, lang) / shard["file"])
-    if not expected:
-        log(f"[{name}] all {len(report.skipped)} shard(s) complete: nothing to do")
-        return report
-    storage.remove(tmp_root)  # parts of an interrupted attempt are not trusted
-    log(f"[{name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
+                expected[key] = shard["rows"] * job.rows_per_input
+                files[key] = str(lang_dir(Path(job.corpus_root), lang) / shard["file"])
+    return expected, files
 
-    t0, last = time.time(), 0.0
-    # One block per shard (read_parquet would fold small files into one block).
-    ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
-    ds = stages(ds)
-    ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task,
-                        fn_kwargs={"tmp_root": str(tmp_root)})
+
+def _collect(ds, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:
+    """Count the rows written per shard; a shard is finalized (merged,
+    renamed into place) once all its rows are written."""
+    tmp_root, out_root = roots
+    t0 = time.time()
     counts = dict.fromkeys(expected, 0)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for key, rows in zip(batch.column("shard").to_pylist(), batch.column("rows").to_pylist()):
@@ -129,21 +156,23 @@ def run_sharded_job(name: str, manifests: dict[str, dict], corpus_root: str | Pa
                 finalize_shard(tmp_root, out_root, key, expected[key])
                 report.computed.append(key)
         report.seconds = time.time() - t0
-        if report.seconds - last > 10:
-            last = report.seconds
-            log(f"[{name}] {len(report.computed)}/{len(expected)} shards, {report.rows} rows, "
-                f"{report.rows_per_second:.0f} rows/s")
-        if on_progress is not None:
-            on_progress(report)
-    missing = [k for k in expected if k not in report.computed]
-    if missing:
-        raise RuntimeError(f"{name} ended with incomplete shards: {missing[:5]}")
-    storage.remove(tmp_root)
+        progress(report)
     report.seconds = time.time() - t0
-    log(f"[{name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
-    return report
 
 
+class Progress:
+    """A progress line at most every 10 s, and the caller's callback."""
+
+    def __init__(self, name: str, log, on_progress):
+        self.name, self.log, self.on_progress, self.logged = name, log, on_progress, 0.0
+
+    def __call__(self, report: JobReport) -> None:
+        if report.seconds - self.logged > 10:
+            self.logged = report.seconds
+            self.log(f"[{self.name}] {len(report.computed)} shards done, {report.rows} rows, "
+                     f"{report.rows_per_second:.0f} rows/s")
+        if self.on_progress is not None:
+            self.on_progress(report)
 
 
 PROVENANCE = "_provenance.json"

@@ -15,18 +15,18 @@ tokenizer on corpus rows, and none holds the token lists as Python objects:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conlst_ray.config.provenance import read_json
 from conlst_ray.config.keys import get
+from conlst_ray.config.provenance import read_json
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
-
 
 # -- driver ----------------------------------------------------------------------------------
 
@@ -44,15 +44,26 @@ def _cached_tokens(key: str, cfg, corpus_dir: Path, tokenizer_dir: str, log) -> 
     return [str(tokens), list(manifests)]
 
 
-def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, target_corpus: Optional[str],
-                         translations: Optional[str], langs: Optional[list], log=print) -> dict:
-    """Tokenise (or find tokenised) everything ``stage`` reads; returns the
-    ``tokens`` entry of the workers' loop config: name -> [folder, languages]."""
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage reads besides its starting model."""
+    target_corpus: Optional[str] = None     # the sharded unlabelled target rows (CoNL, self-training)
+    pseudo_labels: Optional[str] = None     # the source model's q of those rows (CoNL)
+    translations: Optional[str] = None      # their back-translations (self-training, when set)
+    langs: Optional[list] = None            # target languages read (default: every one in the corpus)
+    corpus_dir: Optional[str] = None        # the token cache (fit_stage's default: the run's corpus/)
+    before_step: Optional[Callable[[int], None]] = None  # a test's seam: runs before every step (faults)
+
+
+def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, inputs: StageInputs, log=print) -> dict:
+    """Tokenise (or find tokenised) everything ``stage`` reads, cached under
+    ``inputs.corpus_dir``; returns name -> [token folder, languages]."""
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
     from conlst_ray.ray_jobs.sharded import PROVENANCE
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus, tokenize_corpus
 
-    d, corpus_dir = cfg.data, Path(corpus_dir)
+    d, corpus_dir = cfg.data, Path(inputs.corpus_dir)
+    target_corpus, translations, langs = inputs.target_corpus, inputs.translations, inputs.langs
     out = {"source": _cached_tokens("data.source_train", cfg, corpus_dir, tokenizer_dir, log)}
     if target_corpus:
         root = Path(target_corpus)
@@ -75,10 +86,10 @@ def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, corpus_dir: Path, 
 
 # -- worker ----------------------------------------------------------------------------------
 
-def read_stage_data(loop_cfg: dict, stamp: str) -> tuple[TokenRows, Optional[TokenRows]]:
+def read_stage_data(tokens: dict, stamp: str) -> tuple[TokenRows, Optional[TokenRows]]:
     """Source rows (labelled) and target rows (labels hidden: ``gold`` keeps
-    them for analysis only, never trained on), memory-mapped."""
-    tokens = loop_cfg["tokens"]
+    them for analysis only, never trained on), memory-mapped; ``tokens``:
+    what ``prepare_stage_tokens`` returned."""
     source = open_token_rows(*tokens["source"], expect_stamp=stamp).labelled()
     target = None
     if "target" in tokens:
@@ -88,8 +99,8 @@ def read_stage_data(loop_cfg: dict, stamp: str) -> tuple[TokenRows, Optional[Tok
     return source, target
 
 
-def read_eval_rows(loop_cfg: dict, stamp: str) -> list[TokenRows]:
-    return [open_token_rows(*entry, expect_stamp=stamp) for entry in loop_cfg["tokens"].get("eval", [])]
+def read_eval_rows(tokens: dict, stamp: str) -> list[TokenRows]:
+    return [open_token_rows(*entry, expect_stamp=stamp) for entry in tokens.get("eval", [])]
 
 
 def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, log=print) -> None:
@@ -99,11 +110,11 @@ def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, lo
     if rows is None or not cfg.model.cache_frozen or not len(rows):
         return
     from conlst_ray.data import storage
-    from conlst_ray.training.frozen_cache import cached_states
+    from conlst_ray.training.frozen_cache import FrozenRun, cached_states
 
     folder, langs = entry
-    rows.frozen = cached_states(model, rows, cfg.model.freeze_layers, storage.here(folder), device,
-                                cfg.resources.precision, cfg.source.eval_batch_size, langs, log)
+    run = FrozenRun(cfg.model.freeze_layers, device, cfg.resources.precision, cfg.source.eval_batch_size)
+    rows.frozen = cached_states(model, rows, storage.here(folder), run, langs, log)
 
 
 def row_positions(ids: pa.ChunkedArray, of: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -125,10 +136,10 @@ def read_q(path: str, ids: pa.ChunkedArray) -> np.ndarray:
     return q.flatten().to_numpy().reshape(len(q), -1).astype(np.float32)[pos]
 
 
-def read_backtranslations(loop_cfg: dict, target: TokenRows, stamp: str) -> Optional[AlignedRows]:
+def read_backtranslations(tokens: dict, target: TokenRows, stamp: str) -> Optional[AlignedRows]:
     """Back-translated token ids aligned with ``target`` rows; rows without a
     translation (an uncovered language) keep their own."""
-    entry = loop_cfg["tokens"].get("translations")
+    entry = tokens.get("translations")
     if entry is None:
         return None
     translated = open_token_rows(*entry, expect_stamp=stamp)

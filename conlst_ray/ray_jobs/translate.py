@@ -12,6 +12,7 @@ Columns: id, lang, pos, source_id, text, text_pair (null for single texts), labe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,8 +22,16 @@ import ray
 
 from conlst_ray.config.provenance import fingerprint, weights_stamp
 from conlst_ray.data import storage
-from conlst_ray.models.translation import (SYNTHETIC_MODEL, TranslationConfigError, check_coverage, detect_family, make_translator)
-from conlst_ray.ray_jobs.sharded import JobReport, run_sharded_job
+from conlst_ray.models.translation import (
+    SYNTHETIC_MODEL,
+    TranslationConfigError,
+    TranslatorSpec,
+    check_coverage,
+    detect_family,
+    make_translator,
+)
+from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
+from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, run_sharded_job
 
 TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
 
@@ -39,11 +48,8 @@ def read_shards(paths: pa.Table) -> pa.Table:
 class TranslateActor:
     """Holds one translation model; translates the rows of a batch, grouped by language."""
 
-    def __init__(self, model: str, family: str, mode: str, pivot: str, targets: Sequence[str],
-                 max_new_tokens: int, num_beams: int, batch_size: int, use_gpu: bool, benchmark_seed: int = 13,
-                 benchmark_classes: int = 3):
-        self.translator = make_translator(model, family, max_new_tokens, num_beams, batch_size, use_gpu,
-                                          benchmark_seed, benchmark_classes)
+    def __init__(self, spec: TranslatorSpec, mode: str, pivot: str, targets: Sequence[str]):
+        self.translator = make_translator(spec)
         self.mode, self.pivot, self.targets = mode, pivot, list(targets)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -88,8 +94,8 @@ def resolve_family(tr_cfg) -> str:
     """The code table, read from the model's config when family is 'auto'
     (cheap: no weights are loaded)."""
     if not tr_cfg.model:
-        raise TranslationConfigError("translation.model is not set: name a seq2seq model "
-                                     "(e.g. facebook/mbart-large-50-many-to-many-mmt or facebook/nllb-200-distilled-600M)")
+        raise TranslationConfigError("translation.model is not set: name a seq2seq model (e.g. "
+                                     "facebook/mbart-large-50-many-to-many-mmt or facebook/nllb-200-distilled-600M)")
     if tr_cfg.model == SYNTHETIC_MODEL:
         return "synthetic"
     if tr_cfg.family != "auto":
@@ -104,48 +110,64 @@ def resolve_family(tr_cfg) -> str:
     return detect_family(config, tokenizer)
 
 
-def translate(tr_cfg, manifests: dict[str, dict], corpus_root: str | Path, out_root: str | Path, mode: str,
-              targets: Sequence[str] = (), cpus_per_task: float = 0.25, log=print,
-              on_progress: Optional[Callable[[JobReport], None]] = None,
-              benchmark_seed: int = 13, recompute: bool = False,
-              benchmark_classes: int = 3) -> tuple[JobReport, list]:
-    """Back-translate (mode 'back') the languages of ``manifests``, or
-    translate them (mode 'train', source rows) into ``targets``. Languages
-    the model does not cover are checked before any work starts. Returns
-    (report, languages that fall back to masking-only augmentation)."""
+@dataclass(frozen=True)
+class TranslationJob:
+    """Back-translate (mode 'back') every language of ``corpus``, or
+    translate its rows (mode 'train', labelled source rows) into ``targets``,
+    with the model of ``tr_cfg`` (the config's translation section)."""
+    tr_cfg: object
+    corpus: CachedCorpus
+    out_root: Path
+    mode: str = "back"
+    targets: tuple = ()
+    cpus_per_task: float = 0.25
+    recompute: bool = False             # output made otherwise: start afresh instead of refusing
+    synthetic: tuple = (13, 3)          # the embedded benchmark's seed and class count (its stand-in translator)
+
+
+def translate(job: TranslationJob, log=print,
+              on_progress: Optional[Callable[[JobReport], None]] = None) -> tuple[JobReport, list]:
+    """Run ``job``. Languages the model does not cover are checked before any
+    work starts. Returns (report, languages that fall back to masking-only
+    augmentation)."""
+    tr_cfg, mode = job.tr_cfg, job.mode
     if mode not in ("back", "train"):
         raise ValueError(f"mode must be 'back' or 'train', got {mode!r}")
     family = resolve_family(tr_cfg)
-    if mode == "back":
-        covered, fallback = check_coverage(family, list(manifests), tr_cfg.on_uncovered, log)
-        check_coverage(family, [tr_cfg.pivot_lang], "error", log)
-        manifests = {lang: m for lang, m in manifests.items() if lang in covered}
-        targets = []
-    else:
-        check_coverage(family, list(manifests), "error", log)
-        targets, fallback = check_coverage(family, list(targets), tr_cfg.on_uncovered, log)
+    manifests, targets, fallback = _covered(job, family, log)
     if not manifests or (mode == "train" and not targets):
         return JobReport(), fallback
+    spec = TranslatorSpec(tr_cfg.model, family, tr_cfg.max_new_tokens, tr_cfg.num_beams, tr_cfg.batch_size,
+                          tr_cfg.gpus_per_actor > 0, tuple(job.synthetic))
 
     def stages(ds):
-        ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task)
+        ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=job.cpus_per_task)
         return ds.map_batches(TranslateActor, batch_format="pyarrow", batch_size=tr_cfg.batch_size * 4,
                               compute=ray.data.ActorPoolStrategy(size=tr_cfg.actors),
                               num_cpus=tr_cfg.cpus_per_actor, num_gpus=tr_cfg.gpus_per_actor,
-                              fn_constructor_kwargs={
-                                  "model": tr_cfg.model, "family": family, "mode": mode,
-                                  "pivot": tr_cfg.pivot_lang, "targets": targets,
-                                  "max_new_tokens": tr_cfg.max_new_tokens, "num_beams": tr_cfg.num_beams,
-                                  "batch_size": tr_cfg.batch_size, "use_gpu": tr_cfg.gpus_per_actor > 0,
-                                  "benchmark_seed": benchmark_seed, "benchmark_classes": benchmark_classes})
+                              fn_constructor_args=(spec, mode, tr_cfg.pivot_lang, targets))
 
-    name = "back-translate" if mode == "back" else "translate-train"
-    report = run_sharded_job(name, manifests, corpus_root, out_root, stages, cpus_per_task, log, on_progress,
-                             rows_per_input=1 if mode == "back" else len(targets),
-                             provenance=_provenance(tr_cfg, manifests, mode, targets,
-                                                    {"benchmark_seed": benchmark_seed, "benchmark_classes": benchmark_classes}),
-                             recompute=recompute)
-    return report, fallback
+    sharded = ShardedJob("back-translate" if mode == "back" else "translate-train", manifests, Path(job.corpus.root),
+                         Path(job.out_root), stages, job.cpus_per_task,
+                         rows_per_input=1 if mode == "back" else len(targets),
+                         provenance=_provenance(tr_cfg, manifests, mode, targets,
+                                                {"benchmark_seed": job.synthetic[0],
+                                                 "benchmark_classes": job.synthetic[1]}),
+                         recompute=job.recompute)
+    return run_sharded_job(sharded, log, on_progress), fallback
+
+
+def _covered(job: TranslationJob, family: str, log) -> tuple[dict, list, list]:
+    """(the manifests of the languages to translate, the target languages,
+    the languages that fall back to masking-only augmentation)."""
+    tr_cfg, manifests = job.tr_cfg, job.corpus.manifests
+    if job.mode == "back":
+        covered, fallback = check_coverage(family, list(manifests), tr_cfg.on_uncovered, log)
+        check_coverage(family, [tr_cfg.pivot_lang], "error", log)
+        return {lang: m for lang, m in manifests.items() if lang in covered}, [], fallback
+    check_coverage(family, list(manifests), "error", log)
+    targets, fallback = check_coverage(family, list(job.targets), tr_cfg.on_uncovered, log)
+    return manifests, targets, fallback
 
 
 def _provenance(tr_cfg, manifests: dict, mode: str, targets, benchmark: dict) -> dict:

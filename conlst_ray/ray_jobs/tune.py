@@ -1,11 +1,13 @@
-"""Ray Tune search over CoNLST's hyperparameters (Train V2 driver pattern).
+"""Ray Tune search over CoNLST's hyperparameters: the search space as Tune
+domains, what a trial holds, the Tuner with ASHA.
 
 The shared work -- source model, sharded target corpus, initial
-pseudo-labels -- is computed once, before any trial. A trial is a function
-that drives the CoNL and self-training stages (each a ``TorchTrainer``) from
+pseudo-labels -- is computed once, before any trial. A trial
+(``pipeline/search.trial``) drives the CoNL and self-training stages from
 that shared state and reports after each; ASHA stops weak trials between
-reports. Drivers reserve almost no CPU (``{"cpu": 0.01}``), so on a small
-machine the trials' training workers get the cores.
+reports. A trial whose stages run in its own process (one worker, no GPU)
+reserves that worker's CPUs; a trial that drives Ray Train worker groups
+reserves almost none (``{"cpu": 0.01}``), so its workers get the cores.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conlst_ray.data import storage
-
-from conlst_ray.ray_jobs.search_space import Dimension, apply
+from conlst_ray.ray_jobs.search_space import Dimension
 
 DRIVER_RESOURCES = {"cpu": 0.01}
 
@@ -37,58 +38,14 @@ def to_tune_domains(dims: list[Dimension]) -> dict:
     return space
 
 
-def trial(params: dict, base: dict, shared: dict) -> None:
-    """One trial: CoNL then self-training from the shared source model and
-    pseudo-labels, reporting the selection metric after each stage."""
-    import ray.tune
+def trial_resources(cfg) -> dict:
+    """What a trial holds: the worker's CPUs when its stages run in the
+    trial's process, else only its driver's share."""
+    from conlst_ray.ray_jobs.stage_run import in_process
 
-    from conlst_ray.ray_jobs.train import fit_stage
-
-    cfg = apply(base, params)
-    # Train V2 rejects ray.train calls made in-process inside a Tune trial, so
-    # a trial's stages always get a worker group of their own.
-    if cfg.resources.num_workers == 0:
-        cfg = apply(cfg, {"resources.num_workers": 1})
-    trial_dir = storage.here(shared["trials_dir"]) / f"trial_{ray.tune.get_context().get_trial_id()}"  # as Tune names it
-    describe_trial(trial_dir, cfg, shared)
-    metrics = fit_stage("conl", cfg, trial_dir / "conl", shared["source_model"],
-                        target_corpus=shared["corpus"], pseudo_labels=shared["pseudo_labels"],
-                        langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
-    ray.tune.report(trial_report(metrics, cfg, 1, trial_dir / "conl" / "model"))
-    if cfg.ssl.enabled:
-        metrics = fit_stage("ssl", cfg, trial_dir / "ssl", str(trial_dir / "conl" / "model"),
-                            target_corpus=shared["corpus"], translations=shared.get("translations"),
-                            langs=list(cfg.data.target_langs), corpus_dir=shared["corpus_dir"])
-        ray.tune.report(trial_report(metrics, cfg, 2, trial_dir / "ssl" / "model"))
-
-
-def describe_trial(trial_dir: Path, cfg, shared: dict) -> None:
-    """The trial's resolved config and the shared model it starts from, so
-    that ``python -m conlst_ray.report TRIAL_DIR`` can report it alone."""
-    import json
-
-    from conlst_ray.config import save_config
-    from conlst_ray.data.files import atomic_write_text
-
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, trial_dir / "config.yaml")
-    atomic_write_text(trial_dir / "trial.json", json.dumps({"source_model": shared["source_model"]}, indent=2))
-    for name in ("config.yaml", "trial.json"):
-        storage.publish(trial_dir / name)
-
-
-def trial_report(metrics: dict, cfg, stage: int, model_dir: Path) -> dict:
-    """What a trial reports after a stage: the search metric first (Tune's
-    live table shows the first metrics reported), accuracies in percent
-    like every other table, then the stage's other numbers."""
-    numeric = {k: 100 * v if is_accuracy(k) else v for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    first = {cfg.tune.metric: numeric.pop(cfg.tune.metric)} if cfg.tune.metric in numeric else {}
-    return {**first, "stage": stage, **numeric, "model_dir": str(model_dir)}
-
-
-def is_accuracy(key: str) -> bool:
-    return key.endswith("_acc") or key.startswith("acc_")
+    if in_process(cfg, cfg.resources.num_workers):
+        return {"cpu": cfg.resources.cpus_per_worker}
+    return DRIVER_RESOURCES
 
 
 def concurrency(cfg) -> int:
@@ -102,12 +59,14 @@ def concurrency(cfg) -> int:
     return max(1, int(cpus // per_trial))
 
 
-def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, name: str, resume: bool = False):
-    """Fit (or resume) the Tuner; returns its ResultGrid."""
+def run_search(cfg, dims: list[Dimension], trial_fn, shared: dict, storage_path: Path, name: str,
+               resume: bool = False):
+    """Fit (or resume) the Tuner; returns its ResultGrid. ``trial_fn(params,
+    base, shared)`` runs one trial (``pipeline/search.trial``)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    fn = tune.with_resources(tune.with_parameters(trial, base=cfg, shared=shared), DRIVER_RESOURCES)
+    fn = tune.with_resources(tune.with_parameters(trial_fn, base=cfg, shared=shared), trial_resources(cfg))
     path = storage_path / name
     where = storage.remote(storage_path)  # object storage: Tune keeps its state there
     fs, state = (where[0], f"{where[1]}/{name}") if where else (None, str(path))
@@ -115,7 +74,8 @@ def run_search(cfg, dims: list[Dimension], shared: dict, storage_path: Path, nam
         return tune.Tuner.restore(state, fn, resume_errored=True, storage_filesystem=fs).fit()
     max_t = 2 if cfg.ssl.enabled else 1
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                              grace_period=min(cfg.tune.grace_period, max_t), reduction_factor=cfg.tune.reduction_factor)
+                              grace_period=min(cfg.tune.grace_period, max_t),
+                              reduction_factor=cfg.tune.reduction_factor)
     tuner = tune.Tuner(
         fn, param_space=to_tune_domains(dims),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,

@@ -1,3 +1,10 @@
-"""Reports of finished runs: per-language and per-class tables, calibration
-before -> after CoNL, stage costs (report.py), the ablation table
-(ablation.py), their analyses, figures and table writers."""
+"""Reports of finished runs:
+
+report.py       per-language and per-class tables, calibration before -> after CoNL, stage costs
+ablation.py     the ablation table over several runs
+analysis.py     what the tables are computed from: recall per class, confidence bands, transitions
+selection.py    which stage model a run hands back, chosen without target labels
+predictions.py  every stage model's predictions on the target rows (runs a pseudo-labelling job)
+figures.py      the calibration histograms
+tables.py       markdown and CSV table writers
+"""

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.tables import read_rows, write_table
 
 
 def final_row(run_dir: Path) -> str:
     """The last model of a run's table: its CoNLST (or self-training, or CoNL) row."""
-    return read_rows(run_dir / "results" / "accuracy_dev.csv")[-1]["model"]
+    return read_rows(RunDir(run_dir).accuracy_table("dev"))[-1]["model"]
 
 
 def read_avg(run_dir: Path, split: str, row: str) -> float:
-    path = run_dir / "results" / f"accuracy_{split}.csv"
+    path = RunDir(run_dir).accuracy_table(split)
     for r in read_rows(path):
         if r["model"] == row:
             return float(r["avg"])
@@ -28,8 +29,8 @@ def parse_ablation_spec(spec: str) -> tuple[str, Path, str | None]:
     name, _, rest = spec.partition("=") if "=" in spec else (None, "", spec)
     path, _, row = rest.partition(":")
     run_dir = Path(path)
-    if not (run_dir / "results" / "accuracy_dev.csv").is_file():
-        raise ValueError(f"--ablation {spec!r}: {run_dir}/results/accuracy_dev.csv not found "
+    if not RunDir(run_dir).accuracy_table("dev").is_file():
+        raise ValueError(f"--ablation {spec!r}: {RunDir(run_dir).accuracy_table('dev')} not found "
                          f"(run python -m conlst_ray.report {run_dir} first)")
     return name or run_dir.name, run_dir, row or None
 
@@ -47,7 +48,7 @@ def ablation_table(specs: list[str], stem: Path) -> str:
         cells = [name, len(runs)]
         for split in ("dev", "test"):
             vals = [read_avg(d, split, row) for d, row in runs
-                    if (d / "results" / f"accuracy_{split}.csv").is_file()]
+                    if RunDir(d).accuracy_table(split).is_file()]
             cells += [float(np.mean(vals)) if vals else float("nan"),
                       float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")]
         rows.append(cells)

@@ -180,7 +180,8 @@ def band_transitions(before: pa.Table, after: pa.Table, corpus: pa.Table, langs:
     wrong_high_corrected is the share of wrong high-band rows whose
     pseudo-label becomes the gold label."""
     gold = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
-    after_by_id = {i: (p, c) for i, p, c in zip(after.column("id").to_pylist(), after.column("pseudo_label").to_pylist(),
+    after_by_id = {i: (p, c) for i, p, c in zip(after.column("id").to_pylist(),
+                                                after.column("pseudo_label").to_pylist(),
                                                  after.column("confidence").to_pylist())}
     rows = []
     for lang in langs:

@@ -62,13 +62,13 @@ def _labels_by_job(cfg, run: RunDir, model, out: Path, log) -> Path:
     weights that made it: new weights relabel (an analysis cache is
     recomputed, never refused)."""
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
-    from conlst_ray.ray_jobs.pseudo_label import pseudo_label
+    from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     corpus = run.target_corpus
     for lang, model_dir in by_language(model):
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
-        pseudo_label(model_dir, corpus, manifests, out, cfg.resources, cfg.data.max_length, log, recompute=True)
+        pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log, recompute=True)
     return out
 
 
@@ -77,8 +77,8 @@ def _labels_in_driver(cfg, corpus, model):
     language under its own model), in this process."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    from conlst_ray.data.token_files import open_tokenizer
 
+    from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.batches import encode_table
     from conlst_ray.training.inference import default_device, predict_proba

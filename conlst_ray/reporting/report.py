@@ -15,11 +15,19 @@ from conlst_ray.data import storage
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.data.token_files import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.analysis import (
+    band_transitions,
+    calibration_markdown,
+    calibration_rows,
+    class_markdown,
+    class_rows,
+    join_with_gold,
+    recall_by_class,
+    transitions_markdown,
+)
 from conlst_ray.reporting.predictions import TargetPredictions
 from conlst_ray.reporting.selection import hand_back
-from conlst_ray.reporting.analysis import (recall_by_class, band_transitions, calibration_markdown, calibration_rows, class_markdown, class_rows, join_with_gold, transitions_markdown)
 from conlst_ray.reporting.tables import write_language_table, write_table
-
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
@@ -50,7 +58,6 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
     """A labelled split, tokenised once per report for every model that
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
     from conlst_ray.data.token_files import open_tokenizer
-
     from conlst_ray.training.batches import encode_table
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))
@@ -70,14 +77,14 @@ def _with_frozen_states(cfg, model, data) -> None:
     model runs only its upper layers on them."""
     if not cfg.model.cache_frozen:
         return
-    from conlst_ray.training.frozen_cache import compute_states, frozen_stamp
+    from conlst_ray.training.frozen_cache import FrozenRun, compute_states, frozen_stamp
     from conlst_ray.training.inference import default_device
 
     n = cfg.model.freeze_layers
     stamp = frozen_stamp(model.encoder, n, cfg.resources.precision)
     if getattr(data, "frozen_stamp", None) != stamp:
-        data.frozen = compute_states(model, data, n, default_device(), cfg.resources.precision,
-                                     cfg.source.eval_batch_size)
+        data.frozen = compute_states(model, data, FrozenRun(n, default_device(), cfg.resources.precision,
+                                                            cfg.source.eval_batch_size))
         data.frozen_stamp = stamp
     model.frozen_layers = n
 
@@ -160,8 +167,8 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
     model (a directory, or lang -> directory); None (and a log line) when
     there is no CoNL model or the target corpus has no gold labels."""
-    from conlst_ray.reporting.figures import class_histograms, confidence_histograms
     from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.reporting.figures import class_histograms, confidence_histograms
 
     before_dir = run.pseudo_labels("source")
     if not conl or not run.is_done("pseudo_labels"):
@@ -206,7 +213,7 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
     rows = []
     for prefix, root in roots:
         for stage, batch_of in STAGES:
-            done = storage.fetch(root / stage / "DONE.json")
+            done = storage.fetch(RunDir(root).done_file(stage))
             if not done.is_file():
                 continue
             info = json.loads(done.read_text())
@@ -225,7 +232,8 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
 def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibration: bool = True) -> str:
     """Every table and figure of one run under RUN/results; returns the text."""
     models = models if models is not None else finished_models(cfg, run)
-    out = run.stage("results")
+    out = run.results
+    out.mkdir(parents=True, exist_ok=True)
     scores: dict = {}
     parts = [accuracy_tables(cfg, out, models, log, scores=scores)]
     predictions = TargetPredictions(cfg, run, log)

@@ -100,7 +100,7 @@ def stage_signals(cfg, models: dict, dev_results: dict, predictions) -> list[Sta
 
 def hand_back(cfg, run, models: dict, dev_results: dict, predictions, out, log=print) -> str:
     """Choose the stage model to hand back; write ``out/stage_selection.{md,csv}``
-    and ``out/handed_back.json``, point ``RUN/model`` at it (joint mode),
+    and the run's record of the choice, point ``RUN/model`` at it (joint mode),
     and return the report's paragraph."""
     signals = stage_signals(cfg, models, dev_results, predictions)
     index, reason = choose_stage(signals, cfg.selection.rule, cfg.selection.source_dev_tolerance)
@@ -111,7 +111,7 @@ def hand_back(cfg, run, models: dict, dev_results: dict, predictions, out, log=p
     md = write_table(out / "stage_selection", ["stage", "source dev acc (%)", "target mean confidence (%)",
                                                "target agreement with previous stage (%)", "handed back"], rows)
     model = models[chosen]
-    atomic_write_text(out / "handed_back.json", json.dumps(
+    atomic_write_text(run.handed_back_record, json.dumps(
         {"stage": chosen, "model": model, "rule": cfg.selection.rule, "reason": reason,
          "stored_at": storage.location(model) if isinstance(model, str) else None,
          "signals": [asdict(s) for s in signals]}, indent=2))

@@ -17,7 +17,6 @@ class Classifier:
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_length: int = 128):
         from conlst_ray.data.token_files import open_tokenizer
-
         from conlst_ray.models.encoder import ConlstEncoder
         from conlst_ray.training.inference import default_device
 

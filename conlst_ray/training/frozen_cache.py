@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -41,14 +42,25 @@ def frozen_stamp(encoder: nn.Module, n: int, precision: str) -> str:
     return h.hexdigest()[:16]
 
 
-def compute_states(model, rows, n: int, device, precision: str, batch_size: int = 64) -> FrozenStates:
+@dataclass(frozen=True)
+class FrozenRun:
+    """How the frozen layers are run: the lower ``layers`` of the encoder, on
+    ``device``, at ``precision`` (which is also the storage precision)."""
+    layers: int
+    device: object = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 64
+
+
+def compute_states(model, rows, run: FrozenRun) -> FrozenStates:
     """The states of every row of ``rows`` (TokenRows or Encoded), computed
     over length-sorted batches."""
+    n, device, precision = run.layers, run.device, run.precision
     lengths = rows.lengths()
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = torch.zeros((int(offsets[-1]), model.encoder.config.hidden_size), dtype=storage_dtype(precision))
     pad_id = 0  # padded positions are masked and never stored
-    for index in length_sorted_batches(lengths, batch_size):
+    for index in length_sorted_batches(lengths, run.batch_size):
         batch = to_device(batch_of(rows, index, pad_id), device)
         with autocast(device, precision):
             hidden = run_lower(model.encoder, n, batch["input_ids"], batch["attention_mask"],
@@ -60,11 +72,11 @@ def compute_states(model, rows, n: int, device, precision: str, batch_size: int 
     return FrozenStates(flat, offsets)
 
 
-def cached_states(model, rows, n: int, folder: Path, device, precision: str, batch_size: int = 64,
-                  langs: Sequence[str] = (), log=print) -> FrozenStates:
+def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str] = (), log=print) -> FrozenStates:
     """The states of ``rows`` from ``folder`` (the token folder the rows were
     read from, which keys them), computed and written there first if absent.
     The file is written under a temporary name and renamed when complete."""
+    n, precision = run.layers, run.precision
     stamp = frozen_stamp(model.encoder, n, precision)
     offsets = np.concatenate([[0], np.cumsum(rows.lengths())])
     which = hashlib.sha256(f"{list(langs)} {len(rows)} {int(offsets[-1])}".encode()).hexdigest()[:8]
@@ -77,7 +89,7 @@ def cached_states(model, rows, n: int, folder: Path, device, precision: str, bat
         if meta.get("tokens") == int(offsets[-1]):
             return FrozenStates(_map(path, dtype, hidden), offsets)
     t0 = time.time()
-    states = compute_states(model, rows, n, device, precision, batch_size)
+    states = compute_states(model, rows, run)
     raw = states.flat.view(torch.int16) if dtype == torch.bfloat16 else states.flat
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     raw.numpy().tofile(tmp)

@@ -72,20 +72,21 @@ def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: 
                                 data)
 
 
-def dev_metrics(model, eval_rows: list, pad_id: int, device, batch_size: int, precision: str,
-                source_lang: str, target_langs: list) -> dict:
+def dev_metrics(model, eval_rows: list, pad_id: int, device, cfg) -> dict:
     """Dev accuracy per language (``acc_xx``), its mean over the target
     languages (``target_dev_acc``, Tune's metric) and the source language's
     (``source_dev_acc``), computed on ``device``: the model must not leave the
-    worker's device in the middle of a stage."""
+    worker's device in the middle of a stage. ``cfg``: the run's config
+    (evaluation batch size, precision, languages)."""
     accs = {}
     for rows in eval_rows:
-        accs.update(accuracy_by_language(predict_proba(model, rows, pad_id, batch_size, device, precision), rows))
+        q = predict_proba(model, rows, pad_id, cfg.source.eval_batch_size, device, cfg.resources.precision)
+        accs.update(accuracy_by_language(q, rows))
     model.train()
-    targets = [accs[lang] for lang in target_langs if lang in accs]
+    targets = [accs[lang] for lang in cfg.data.target_langs if lang in accs]
     out = {f"acc_{lang}": acc for lang, acc in accs.items()}
     if targets:
         out["target_dev_acc"] = float(np.mean(targets))
-    if source_lang in accs:
-        out["source_dev_acc"] = accs[source_lang]
+    if cfg.data.source_lang in accs:
+        out["source_dev_acc"] = accs[cfg.data.source_lang]
     return out

@@ -32,7 +32,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
     scale, so every weight moves by about ``lr`` per step however small the
     loss; SGD moves it in proportion to the gradient."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 else decay).append(p)

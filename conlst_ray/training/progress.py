@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from conlst_ray.data import storage
+from conlst_ray.training.stage_files import StageFiles
 
 # the terms a progress line shows when a step logs them
 SHOWN = ("loss", "loss_cl", "loss_clcs", "loss_sup", "loss_u", "selected_rate", "lr")
@@ -16,7 +17,9 @@ SHOWN = ("loss", "loss_cl", "loss_clcs", "loss_sup", "loss_u", "selected_rate", 
 
 def eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def unit(stage: str) -> str:
@@ -93,18 +96,19 @@ class StageWatcher:
     """The driver's view of a training stage that runs in Ray Train workers:
     a thread tails the stage's steps.jsonl and metrics.jsonl (written by
     rank 0), prints a progress line at most every ``interval`` seconds, and
-    writes both as TensorBoard event files under ``stage_dir/tensorboard``.
+    writes both as TensorBoard event files under ``files.tensorboard``.
     Worker output does not reach the driver (log_to_driver is off: it is
     mostly third-party noise), so this is how a user sees a stage move."""
 
-    def __init__(self, stage_dir: Path, stage: str, epochs: int, interval: float = 10.0, log=print,
+    def __init__(self, files: StageFiles, stage: str, epochs: int, interval: float = 10.0, log=print,
                  tensorboard: bool = True):
         import threading
 
-        self.stage_dir, self.stage = Path(stage_dir), stage
+        self.files, self.stage = files, stage
         self.progress = Progress(stage, epochs, interval, lambda line: _flushed(log, line))
-        self.tb = TensorBoard(self.stage_dir / "tensorboard", stage) if tensorboard else None
-        self.offsets = {"steps.jsonl": 0, "metrics.jsonl": 0}
+        self.tb = TensorBoard(files.tensorboard, stage) if tensorboard else None
+        self.logs = {"steps": files.steps, "metrics": files.metrics}
+        self.offsets = {name: 0 for name in self.logs}
         self.fetched_at = {name: -1e9 for name in self.offsets}
         self.copies = None  # object storage: the logs are fetched to a private folder
         self.epoch = None
@@ -121,7 +125,7 @@ class StageWatcher:
         self.poll()  # the last lines
         if self.tb is not None:
             self.tb.close()
-            storage.publish(self.stage_dir / "tensorboard")
+            storage.publish(self.files.tensorboard)
         if self.copies is not None:
             import shutil
 
@@ -130,7 +134,7 @@ class StageWatcher:
     def _fetched(self, name: str) -> Path:
         """The local copy of a log rank 0 writes: with object storage, fetched
         again at most every ``interval`` seconds (and at the end)."""
-        path = self.stage_dir / name
+        path = self.logs[name]
         if not storage.is_remote(path):
             return path
         if self.copies is None:
@@ -149,7 +153,7 @@ class StageWatcher:
             self.poll()
 
     def poll(self) -> None:
-        for record in self._new("steps.jsonl"):
+        for record in self._new("steps"):
             epoch = record.get("epoch", record.get("iteration", 0))
             if epoch != self.epoch:
                 self.epoch = epoch
@@ -157,7 +161,7 @@ class StageWatcher:
             self.progress.step(record)
             if self.tb is not None:
                 self.tb.step(int(record.get("step", 0)), record)
-        for record in self._new("metrics.jsonl"):
+        for record in self._new("metrics"):
             if self.tb is not None:
                 self.tb.epoch(int(record.get("step", 0)), record)
             self.progress.log(epoch_line(self.stage, record, self.progress.epochs))

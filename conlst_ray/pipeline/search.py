@@ -1,0 +1,72 @@
+"""One trial of the Ray Tune search (``ray_jobs/tune.run_search`` runs it):
+CoNL then self-training from the search's shared source model and
+pseudo-labels, in the trial's own folder (``SearchDir.trial``), reporting
+the selection metric after each stage so that ASHA can stop it early."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+from conlst_ray.config import save_config
+from conlst_ray.data import storage
+from conlst_ray.data.files import atomic_write_text
+from conlst_ray.pipeline.rundir import RunDir, trial_run
+from conlst_ray.ray_jobs.search_space import apply
+
+
+def trial(params: dict, base, shared: dict) -> None:
+    """One trial. ``shared``: source_model, corpus, pseudo_labels,
+    translations, corpus_dir and trials_dir, as the search computed them."""
+    import ray.tune
+
+    from conlst_ray.ray_jobs.train import StageInputs, fit_stage
+
+    cfg = apply(base, params)
+    run = trial_run(storage.here(shared["trials_dir"]), ray.tune.get_context().get_trial_id())
+    describe_trial(run, cfg, shared)
+    # One worker without a GPU: the stages run in the trial's own process (the
+    # trial holds the worker's CPUs, see ray_jobs/tune.trial_resources); otherwise
+    # each stage gets a Ray Train worker group.
+    inputs = StageInputs(target_corpus=shared["corpus"], langs=list(cfg.data.target_langs),
+                         corpus_dir=shared["corpus_dir"])
+    t0 = time.time()
+    metrics = fit_stage("conl", cfg, run.stage_files("conl"), shared["source_model"],
+                        replace(inputs, pseudo_labels=shared["pseudo_labels"]))
+    seconds = {"seconds_conl": round(time.time() - t0, 1)}  # each report carries every stage's so far
+    ray.tune.report({**trial_report(metrics, cfg, 1, run.model("conl")), **seconds})
+    if cfg.ssl.enabled:
+        t0 = time.time()
+        metrics = fit_stage("ssl", cfg, run.stage_files("ssl"), str(run.model("conl")),
+                            replace(inputs, translations=shared.get("translations")))
+        seconds["seconds_ssl"] = round(time.time() - t0, 1)
+        ray.tune.report({**trial_report(metrics, cfg, 2, run.model("ssl")), **seconds})
+
+
+def describe_trial(run: RunDir, cfg, shared: dict) -> None:
+    """The trial's resolved config, the shared model it starts from and the
+    node it ran on, so that ``python -m conlst_ray.report TRIAL_DIR`` can
+    report it alone."""
+    import ray
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config_file)
+    where = {"source_model": shared["source_model"], "node": ray.get_runtime_context().get_node_id()}
+    atomic_write_text(run.trial_record, json.dumps(where, indent=2))
+    for path in (run.config_file, run.trial_record):
+        storage.publish(path)
+
+
+def trial_report(metrics: dict, cfg, stage: int, model_dir) -> dict:
+    """What a trial reports after a stage: the search metric first (Tune's
+    live table shows the first metrics reported), accuracies in percent
+    like every other table, then the stage's other numbers."""
+    numeric = {k: 100 * v if is_accuracy(k) else v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    first = {cfg.tune.metric: numeric.pop(cfg.tune.metric)} if cfg.tune.metric in numeric else {}
+    return {**first, "stage": stage, **numeric, "model_dir": str(model_dir)}
+
+
+def is_accuracy(key: str) -> bool:
+    return key.endswith("_acc") or key.startswith("acc_")
