@@ -156,8 +156,8 @@ def zero_shot_accuracy(model_dir: str, rows_per_lang: int, langs: list, log) -> 
     """xnli_test_a accuracy (%) per language with fp32 and with the fast path."""
     from conlst_ray.config import load_config
     from conlst_ray.data.task import Task
-    from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder, read_meta
+    from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.frozen_cache import FrozenRun, compute_states
     from conlst_ray.training.inference import accuracy_by_language, predict_proba
 

@@ -1,4 +1,4 @@
-"""Every throughput ratio of issue 24, side by side in one run, as JSON.
+"""Every throughput ratio of the GPU path, side by side in one run, as JSON.
 
     python -m benchmarks.gpu_suite --out $OUT/gpu_suite.json                 # one GPU, <= 8 min
     python -m benchmarks.gpu_suite --model tiny --parts pseudo_label         # the CPU part, here
@@ -108,8 +108,9 @@ def repeated_xnli(folder: Path, rows: int) -> str:
 
 def bare_loop(model_dir: str, tokens: Path, langs: list, cfg, device: str) -> float:
     """Rows/s of forward passes over the token rows in this process."""
-    from conlst_ray.data.token_files import open_token_rows, tokenizer_stamp
+    from conlst_ray.data.token_files import open_token_rows
     from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.models.tokenizers import tokenizer_stamp
     from conlst_ray.training.inference import predict_proba
 
     rows = open_token_rows(tokens, langs, tokenizer_stamp(model_dir, cfg.data.max_length))

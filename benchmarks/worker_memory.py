@@ -72,13 +72,8 @@ def tokenize_once(corpus: Path, tok_dir: str) -> Path:
     """What ray_jobs/tokens.py does per shard, here without Ray."""
     import pyarrow.parquet as pq
 
-    from conlst_ray.data.token_files import (
-        TOKENIZER_FILE,
-        open_tokenizer,
-        special_ids,
-        tokenize_pairs,
-        write_token_file,
-    )
+    from conlst_ray.data.token_files import TOKENIZER_FILE, tokenize_pairs, write_token_file
+    from conlst_ray.models.tokenizers import open_tokenizer, special_ids
     from conlst_ray.ray_jobs.tokens import tokens_root
 
     out = tokens_root(corpus, tok_dir, 128)

@@ -10,22 +10,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from conlst_ray.training.classifier import Classifier
 
-__all__ = ["Classifier", "RunResult", "load_model", "run"]
+__all__ = ["Classifier", "RunError", "RunResult", "load_model", "run"]
 
 
 def load_model(model_dir: str | Path, device: Optional[str] = None, max_length: int = 128) -> Classifier:
     """A saved model (a stage's ``model/`` or a run's ``model`` link, or
     either in object storage: ``s3://bucket/runs/r/ssl/model``), ready to predict."""
-    from conlst_ray.data import storage
+    from conlst_ray.storage import mirror as storage
+    from conlst_ray.training.classifier import check_model_dir
 
+    if model_dir is None or not str(model_dir).strip():
+        check_model_dir(model_dir, max_length)  # the one-line error, before any lookup
     return Classifier(storage.fetch(storage.mirror(model_dir)), device, max_length)
+
+
+class RunError(RuntimeError):
+    """A run that ended with an error; ``reason`` is the one line the command printed."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Tee:
+    """Writes to the real stream and keeps a copy (the command's error line)."""
+
+    def __init__(self, stream):
+        self.stream, self.lines = stream, []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 @dataclass
@@ -49,9 +76,13 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
     argv = (["--config", str(config)] if config else []) + [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
     argv += (["--address", address] if address else []) + (["--resume"] if resume else [])
     state: dict = {}
-    status = run_command.main(argv, state=state)
+    tee = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(tee):
+        status = run_command.main(argv, state=state)
     if status != 0:
-        raise RuntimeError(f"python -m conlst_ray.run {' '.join(argv)} ended with status {status}")
+        said = [line for line in "".join(tee.lines).splitlines() if line.startswith("error: ")]
+        reason = said[-1][len("error: "):] if said else f"exit status {status}"
+        raise RunError(f"python -m conlst_ray.run {' '.join(argv)}: {reason}", reason)
     run_dir, cfg = state["run"], state["cfg"]
     record = run_dir.handed_back_record
     chosen = json.loads(record.read_text()) if record.is_file() else {}
@@ -60,6 +91,10 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
 
 
 def _value(v) -> str:
+    """An override's value as its command-line text: sequences (lists,
+    tuples) and mappings as JSON, which the config reads as YAML."""
+    if isinstance(v, (tuple, set, frozenset)):
+        v = list(v)
     return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
 
 

@@ -43,8 +43,8 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     model.cache_frozen every row's frozen-layer states are computed here once."""
     import ray
 
-    from conlst_ray.data.token_files import open_tokenizer, tokenizer_stamp
     from conlst_ray.models.encoder import build_model, build_tokenizer
+    from conlst_ray.models.tokenizers import open_tokenizer, tokenizer_stamp
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens, read_eval_rows, read_stage_data
     from conlst_ray.training.optim import seed_everything

@@ -11,9 +11,9 @@ import math
 import platform
 from pathlib import Path
 
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.reporting.selection import StageSignals, choose_stage
 from conlst_ray.reporting.tables import to_markdown
+from conlst_ray.storage.files import atomic_write_text
 
 LOSSES = ("loss_cl", "loss_clcs", "loss_nl_target", "loss_sup", "loss_u", "negatives_missing")
 

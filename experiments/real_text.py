@@ -21,7 +21,7 @@ import csv
 import sys
 from pathlib import Path
 
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 

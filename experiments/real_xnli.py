@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from conlst_ray.config import load_config
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.models.e5 import E5_LABEL
 from conlst_ray.reporting.tables import read_rows, write_language_table
+from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.config import load_config
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg
 from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown
 from conlst_ray.reporting.report import full_report
 from conlst_ray.reporting.tables import read_rows, to_markdown
+from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ VARIANTS = {
     "w/o mixup": ["ssl.use_mixup=false"],
     "w/o back-translation": ["ssl.use_backtranslation=false"],
     "w/o masking": ["ssl.use_masking=false"],
-    # the selection rule (issue 12): per-class quantiles instead of FlexMatch, with and without CoNL
+    # the selection rule: per-class quantiles instead of FlexMatch, with and without CoNL
     CQ: ["ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"],
     CQ_NO_CONL: ["conl.enabled=false", "ssl.thresholding=class_quantile", "ssl.threshold_quantile=0.5"],
     # the paper's setting: CoNL and self-training one target language at a time

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.config import load_config
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.reporting.tables import read_rows, to_markdown
+from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 

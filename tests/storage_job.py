@@ -23,13 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # faults.py
 
-NODE_CPUS = 3  # workers and actors ask for 2: one per node, 1 CPU left for tasks
+NODE_CPUS = 3  # Ray Train workers and actors ask for 2: one per node, 1 CPU left for tasks
 BUCKET = "conlst-test"
 SMALL = ["seed=0", "data.synthetic.n_source_train=256", "data.synthetic.n_unlabelled=96", "data.synthetic.n_dev=60",
          "data.target_langs=[near,far]", "source.batch_size=32", "source.epochs=1", "conl.source_batch_size=16",
          "ssl.batch_size=16", "ssl.iterations=1", "data.shard_rows=48",
-         "resources.num_workers=2", "resources.cpus_per_worker=2", "resources.inference_actors=2",
-         "resources.cpus_per_actor=2", "resources.max_failures=1"]
+         "resources.cpus_per_worker=2", "resources.inference_actors=2", "resources.cpus_per_actor=2",
+         "resources.max_failures=1"]
+# The pipeline's stages train in the driver (one worker): both nodes still read from storage through the
+# pseudo-labelling actors and the corpus tasks; the killed-worker stage below is a Ray Train group across them.
+PIPELINE = ["resources.num_workers=1"]
+KILLED_STAGE_WORKERS = 2
 
 
 def free_port() -> int:
@@ -80,9 +84,9 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
     from faults import KillOnce
 
     from conlst_ray.config import load_config
-    from conlst_ray.data import storage
     from conlst_ray.pipeline.rundir import stage_files
     from conlst_ray.ray_jobs.train import StageInputs, fit_stage
+    from conlst_ray.storage import mirror as storage
 
     cfg = load_config(None, SMALL + [f"output_dir={out_dir}", "source.epochs=2"])
     stage_dir = storage.mirror(storage.join(out_dir, run, "killed"))
@@ -91,7 +95,7 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
     metrics = fit_stage("source", cfg, stage_files(stage_dir), str(init),
                         StageInputs(corpus_dir=str(stage_dir.parent / "corpus"),
                                     before_step=KillOnce(step=11, marker=str(marker), after_s=5.0)),
-                        log=lambda *_: None)
+                        num_workers=KILLED_STAGE_WORKERS, log=lambda *_: None)
     steps = [json.loads(line) for line in storage.fetch(stage_dir / "steps.jsonl").read_text().splitlines()]
     return {"killed": marker.exists(), "killed_at": marker.stat().st_mtime if marker.exists() else None,
             "final_step": metrics.get("step"), "steps": [[r["step"], r["time"]] for r in steps],
@@ -123,7 +127,8 @@ def main(out: Path) -> int:
         from conlst_ray.commands import run as run_cli
 
         t0 = time.time()
-        result["rc"] = run_cli.main(SMALL + [f"output_dir={out_dir}", "run_name=r", "--address", cluster.address])
+        result["rc"] = run_cli.main(SMALL + PIPELINE + [f"output_dir={out_dir}", "run_name=r",
+                                                        "--address", cluster.address])
         result["pipeline_s"] = time.time() - t0
         result["files"] = [p[len(BUCKET) + 1:] for p in s3_files(fs, f"{BUCKET}/runs")]
         if result["rc"] == 0:

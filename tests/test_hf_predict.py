@@ -1,4 +1,4 @@
-"""Issue 25: a saved stage model is a Hugging Face classifier (Auto
+"""A saved stage model is a Hugging Face classifier (Auto
 classes, its labels, the same logits as conlst_ray's loader), labels new
 text from the command line and from Python."""
 
@@ -138,6 +138,31 @@ def test_predict_writes_csv_and_jsonl_and_refuses_bad_arguments_in_one_line(tmp_
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_predict_never_writes_over_its_input_or_into_a_folder_and_keeps_the_umask(tmp_path, mbert_tokenizer, capsys):
+    """--out equal to the corpus being labelled, or naming a folder: one line
+    before the model is loaded, the corpus intact. A written file has the
+    mode the umask gives any new file (0644 under 022), not 0600."""
+    import os
+    import stat
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls", labels=("negative", "positive"), kind="single")
+    corpus = tmp_path / "reviews.jsonl"
+    text = "".join(json.dumps({"text": t}) + "\n" for t in ("great phone", "broke after a day"))
+    corpus.write_text(text)
+    (tmp_path / "folder.csv").mkdir()
+    for out, expected in ((corpus, "is the corpus being labelled"), (tmp_path / "folder.csv", "is a folder")):
+        assert predict.main([str(model_dir), "--corpus", f"jsonl:{corpus}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out") and expected in err and "Traceback" not in err
+    assert corpus.read_text() == text
+    previous = os.umask(0o022)
+    try:
+        assert predict.main([str(model_dir), "--corpus", f"jsonl:{corpus}", "--out", str(tmp_path / "l.csv")]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "l.csv").stat().st_mode) == 0o644
+
+
 def test_the_python_api_predicts_texts_with_label_names(tmp_path, mbert_tokenizer):
     model_dir = trained_like(tmp_path, mbert_tokenizer, "mean")
     model = load_model(model_dir, device="cpu")
@@ -147,3 +172,39 @@ def test_the_python_api_predicts_texts_with_label_names(tmp_path, mbert_tokenize
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in out)
     with pytest.raises(ValueError, match="texts and text_pairs"):
         model.predict(PAIRS[0])
+
+
+def test_the_python_api_answers_as_the_command_line_does(tmp_path, mbert_tokenizer):
+    """load_model refuses what predict refuses, in one line naming the folder,
+    before any hub lookup; predict reads one string as one row, gives an empty
+    result for empty input and refuses a batch size below 1."""
+    import time
+
+    from transformers import BertConfig, BertModel
+
+    from conlst_ray.models.encoder import ModelError
+
+    BertModel(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "plain")
+    for folder, said in ((tmp_path / "plain", "not a model conlst_ray trained"), (tmp_path / "missing", "no such"),
+                         (None, "model_dir: give the folder")):
+        start = time.time()
+        with pytest.raises(ModelError, match=said):
+            load_model(folder)
+        assert time.time() - start < 5                               # no hub retries
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls", labels=("negative", "positive"), kind="single")
+    with pytest.raises(ModelError, match="max_length 100000: .* positions"):
+        load_model(model_dir, max_length=100_000)
+    model = load_model(model_dir, device="cpu")
+    assert len(model.predict("hello")) == 1                           # a string is one row, not five
+    assert model.predict([]) == []
+    with pytest.raises(ValueError, match="batch_size -1"):
+        model.predict(["hello"], batch_size=-1)
+
+
+def test_a_failed_run_raises_with_its_reason(tmp_path):
+    from conlst_ray.api import RunError, run
+
+    with pytest.raises(RunError, match="conl.gamma") as failed:
+        run(overrides={"conl.gamma": 1.5, "output_dir": str(tmp_path)})
+    assert "conl.gamma" in failed.value.reason

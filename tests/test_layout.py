@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1] / "conlst_ray"
 COMMANDS = ("run", "tune", "evaluate", "report", "pseudo_label", "translate", "predict")
 # other modules at the package root: the Auto-class registration sits on the models, the Python API on top
 ROOT_MODULES = {"hf": "models", "api": None}
-LAYERS = ["data", "config", "models", "training", "algorithm", "ray_jobs", "pipeline", "reporting", "commands"]
+LAYERS = ["storage", "data", "config", "models", "training", "algorithm", "ray_jobs", "pipeline", "reporting",
+          "commands"]
 
 
 def modules() -> dict[str, Path]:

@@ -4,7 +4,7 @@ TensorBoard events, read from the stage's steps.jsonl / metrics.jsonl."""
 import json
 
 from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.training.progress import StageWatcher
+from conlst_ray.ray_jobs.progress import StageWatcher
 
 
 def test_the_watcher_prints_progress_and_writes_tensorboard_events(tmp_path):
@@ -31,3 +31,20 @@ def test_the_watcher_prints_progress_and_writes_tensorboard_events(tmp_path):
     found = scalars(tmp_path / "tensorboard")
     assert found["ssl/loss"] == [(1, 1.0), (2, 0.5), (3, 0.333333), (4, 0.2)]
     assert found["ssl/epoch/source_dev_acc"] == [(4, 0.9)]
+
+
+def test_a_term_a_step_could_not_compute_is_left_out_of_tensorboard_without_a_warning(tmp_path, capfd):
+    """CoNL logs NaN for L_CL on a batch without negatives: TensorBoard gets
+    the finite terms only, and nothing is printed for the NaN."""
+    from tensorboard_reader import scalars
+
+    from conlst_ray.ray_jobs.progress import TensorBoard
+
+    tb = TensorBoard(tmp_path / "tb", "conl")
+    tb.step(1, {"loss": 0.5, "loss_cl": float("nan")})
+    tb.step(2, {"loss": 0.4, "loss_cl": 0.3})
+    tb.close()
+    found = scalars(tmp_path / "tb")
+    assert found["conl/loss"] == [(1, 0.5), (2, 0.4)] and found["conl/loss_cl"] == [(2, 0.3)]
+    captured = capfd.readouterr()
+    assert "NaN or Inf" not in captured.out + captured.err

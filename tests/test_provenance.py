@@ -1,4 +1,4 @@
-"""Issue 16: a run directory always describes its own results. Stages,
+"""A run directory always describes its own results. Stages,
 cached corpora and job outputs record what made them; a rerun that differs
 is refused with what differs named (or redone with --recompute); problems
 with inputs are found before any work; errors are one line."""

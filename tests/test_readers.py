@@ -104,7 +104,7 @@ def test_skip_option_counts_malformed_rows(shared_data, tmp_path):
     assert f"first: {path}:5:" in summary                       # where
 
 
-# -- encodings, BOM, over-long lines, wrong kinds of path (issue 16) ----------------------------
+# -- encodings, BOM, over-long lines, wrong kinds of path -----------------------------------
 
 def test_a_latin1_file_is_an_error_naming_file_line_and_byte(shared_data, tmp_path):
     path = tmp_path / "dev-fr.tsv"

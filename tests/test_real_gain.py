@@ -1,4 +1,4 @@
-"""experiments/real_gain.py, the real-model study of issue 23, at tiny size
+"""experiments/real_gain.py, the real-model study, at tiny size
 on the CPU (a tiny BERT, the mBERT vocabulary, a few hundred real MultiNLI
 and XNLI rows): every row runs, the probes change what they claim to, the
 sanity row leaves the model bit for bit, and a rerun continues from the

@@ -106,13 +106,27 @@ def test_bad_override_exits_with_a_message(capsys):
     assert "conl.gamma" in capsys.readouterr().err
 
 
-def test_without_conl_switch_self_trains_from_the_source_model(finished_run):
+def test_without_conl_switch_self_trains_from_the_source_model(finished_run, tmp_path):
+    """conl.enabled=false: self-training alone, started from the source model
+    (its fingerprint records the source model's weights), named so in the
+    tables; with ssl.enabled=false too, the run holds the zero-shot model only."""
+    import json
+
+    from conlst_ray.config.provenance import weights_stamp
     from conlst_ray.pipeline.rundir import RunDir
-    from conlst_ray.pipeline.stages import run_pipeline
+    from conlst_ray.pipeline.stages import SharedWork, run_pipeline, target_stages
 
     run_dir, _, _, _ = finished_run
-    cfg = load_config(run_dir / "config.yaml", ["conl.enabled=false", "ssl.enabled=false"])
-    assert list(run_pipeline(cfg, RunDir(run_dir), log=lambda *_: None)) == ["zero-shot"]
+    done = RunDir(run_dir)
+    shared = SharedWork(str(done.model("source")), str(done.target_corpus), str(done.pseudo_labels("source")))
+    cfg = load_config(done.config_file, ["conl.enabled=false", "ssl.iterations=1"])
+    alone = RunDir(tmp_path / "alone")
+    models = target_stages(cfg, alone, shared, log=lambda *_: None)
+    assert list(models) == ["self-training"] and not (alone.root / "conl").exists()
+    started_from = json.loads((alone.root / "ssl" / "FINGERPRINT.json").read_text())["inputs"]["model weights"]
+    assert started_from == weights_stamp(str(done.model("source")))
+    cfg = load_config(done.config_file, ["conl.enabled=false", "ssl.enabled=false"])
+    assert list(run_pipeline(cfg, done, log=lambda *_: None)) == ["zero-shot"]
 
 
 def read_csv(path):
@@ -247,3 +261,30 @@ def test_the_python_api_returns_where_the_run_put_everything(finished_run):
 
     model = load_model(result.model, device="cpu")
     assert model.labels == ["entailment", "neutral", "contradiction"] and model.kind == "pair"
+
+
+def test_resume_redoes_a_damaged_stage_and_only_the_stages_that_read_it(finished_run, tmp_path, capsys):
+    """CoNL's weights cut short (a full disk, a copy interrupted): --resume
+    says so in one line and trains CoNL and self-training again, without
+    --recompute, leaving the source stage and the pseudo-labels as they were.
+    A model whose weights were deleted is named the same way."""
+    import shutil
+
+    from conlst_ray.pipeline.rundir import RunDir
+
+    run_dir = finished_run[0]
+    copy = tmp_path / "demo"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    done = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl", "ssl")}
+    weights = copy / "conl" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    assert run_mod.main([f"output_dir={tmp_path}", "run_name=demo", "seed=0", "--resume"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "cut short" in line]
+    assert len(said) == 1 and said[0].startswith("[conl]")
+    after = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in done}
+    assert after["source"] == done["source"] and after["pseudo_labels"] == done["pseudo_labels"]
+    assert after["conl"] != done["conl"] and after["ssl"] != done["ssl"]
+    assert RunDir(copy).damage("conl") is None and RunDir(copy).damage("ssl") is None
+    (copy / "source" / "model" / "model.safetensors").unlink()
+    assert RunDir(copy).damage("source") == "its model holds no model.safetensors"

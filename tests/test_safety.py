@@ -1,4 +1,4 @@
-"""Issue 16: what a run directory may contain is data, not code; and the
+"""What a run directory may contain is data, not code; and the
 checks that keep a run directory describing its own results."""
 
 import numpy as np
@@ -134,3 +134,31 @@ def test_a_user_error_in_a_training_worker_is_shown_first(shared_data, tmp_path,
     assert guarded(lambda argv: fit_stage("source", cfg, files, init, num_workers=2), []) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # (after transformers' progress bars)
     assert last.startswith(f"error: {tmp_path}/train-src.tsv:12: unknown label 'maybe' (expected one of")
+
+
+def test_the_error_log_is_the_users_own_and_never_masks_the_error(tmp_path, monkeypatch, capsys):
+    """The full traceback of a user error goes to a per-user file readable by
+    its owner only (it may quote paths and settings); where that file cannot
+    be written, the user still gets the one line, not a second traceback."""
+    import stat
+    import tempfile
+
+    from conlst_ray.commands import common
+    from conlst_ray.data.schema import CorpusError
+
+    def main(argv):
+        raise CorpusError("corpus.tsv:3: unknown label 'maybe'")
+
+    assert not str(common.ERROR_LOG).startswith(tempfile.gettempdir())  # not one file shared by every user
+    log = tmp_path / "state" / "conlst_ray" / "last-error.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("an older error")
+    log.chmod(0o644)
+    monkeypatch.setattr(common, "ERROR_LOG", log)
+    assert common.guarded(main, []) == 2
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and "unknown label" in log.read_text()
+    capsys.readouterr()
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(common, "ERROR_LOG", tmp_path / "a_file" / "last-error.log")  # cannot be created
+    assert common.guarded(main, []) == 2
+    assert capsys.readouterr().err == "error: corpus.tsv:3: unknown label 'maybe'\n"

@@ -3,7 +3,7 @@
 import pytest
 
 from conlst_ray.config import Config, ConfigError
-from conlst_ray.ray_jobs.search_space import apply, parse_search_space
+from conlst_ray.config.search_space import apply, parse_search_space
 
 
 def test_every_distribution_parses():

@@ -1,4 +1,4 @@
-"""Issue 23's switches and the label-free choice of the stage model a run
+"""The study's switches and the label-free choice of the stage model a run
 hands back: the rule itself on measured patterns, the per-class gamma that
 gives every class confident members, the SGD and frozen-head options."""
 

@@ -2,15 +2,12 @@
 localhost): two "nodes" are two cache roots (``CONLST_RAY_CACHE_DIR``)."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from storage_job import BUCKET, start_s3  # tests/ is on sys.path under pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from storage_job import BUCKET, start_s3  # noqa: E402
-
-from conlst_ray.data import storage  # noqa: E402
+from conlst_ray.storage import mirror as storage
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +125,36 @@ def test_a_restarted_worker_drops_replayed_and_cut_records(tmp_path):
     drop_replayed_records((tmp_path / "metrics.jsonl", tmp_path / "steps.jsonl"), step=2, epoch=1)
     assert [json.loads(x)["step"] for x in (tmp_path / "steps.jsonl").read_text().splitlines()] == [1, 2]
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_a_uri_with_credentials_is_refused_and_no_secret_is_printed_or_written(tmp_path, bucket, form):
+    """A secret in output_dir (as user:password@, or as access_key/secret_key
+    parameters) is refused in one line that shows it masked, before anything
+    is written: no printed line, no file under the user's home, cache or run
+    folders, no object in the bucket holds it. tune --storage-path alike."""
+    import subprocess
+    import sys
+
+    import pyarrow.fs as pafs
+
+    secret = "S3cr3tValue9"
+    base, query = bucket.split("?", 1)
+    uri = (base.replace("s3://", f"s3://AKIDEXAMPLE:{secret}@") + "?" + query if form == "userinfo"
+           else f"{bucket}&access_key=AKIDEXAMPLE&secret_key={secret}")
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state"),
+           storage.CACHE_ENV: str(tmp_path / "cache")}
+    for args in (["-m", "conlst_ray.run", f"output_dir={uri}", "run_name=r"],
+                 ["-m", "conlst_ray.tune", "--storage-path", uri, f"output_dir={tmp_path / 'local'}"]):
+        proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "***" in errors[0] and "credentials" in errors[0], proc.stderr[-2000:]
+        assert secret not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert written == []
+    endpoint = query.split("endpoint_override=")[1].split("&")[0]
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+    stored = fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True, allow_not_found=True))
+    assert not [i.path for i in stored if "runs/r" in i.path or secret in i.path]

@@ -7,14 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conlst_ray.data.token_files import (
-    AlignedRows,
-    Ragged,
-    TokenRows,
-    open_token_rows,
-    tokenizer_stamp,
-    write_token_file,
-)
+from conlst_ray.data.token_files import AlignedRows, Ragged, TokenRows, open_token_rows, write_token_file
+from conlst_ray.models.tokenizers import tokenizer_stamp
 
 
 def token_table(rows, start=0, lang="xx"):
@@ -119,7 +113,7 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
 
 
 def test_batches_pad_every_row_to_the_longest_with_its_own_tokens():
-    """Dynamic padding, vectorised (issue 24): each row keeps its tokens, in
+    """Dynamic padding, vectorised: each row keeps its tokens, in
     order, then padding; the mask marks exactly the tokens; the inference
     actor's gather over an Arrow list column gives the same ids."""
     from conlst_ray.ray_jobs.pseudo_label import pad_list_column

@@ -56,8 +56,10 @@ def corpus(tmp_path_factory, shared_data, ray_session):
 def test_translator_returns_one_nonempty_sentence_per_input(corpus):
     root, _, _ = corpus
     t = Translator(str(root / "mbart"), max_new_tokens=6, batch_size=4)
-    out = t.back_translate(["Le chat dort .", "Il pleut", "Bonjour"], "fr", "en")
+    sentences = ["Le chat dort .", "Il pleut", "Bonjour"]
+    out = t.back_translate(sentences, "fr", "en")
     assert len(out) == 3 and all(out)
+    assert all(o != s for o, s in zip(out, sentences))  # the model's generation, not its input handed back
 
 
 def test_back_translation_job_with_fallback_and_cache(corpus):
@@ -137,7 +139,8 @@ def test_back_translation_job_with_the_synthetic_translator(tmp_path, ray_sessio
     corpus = tmp_path / "corpus"
     manifests = ingest_corpora(cfg.data.target_train, ["near", "distant"], corpus, cfg.data)
     tr = TranslationConfig(model="synthetic", pivot_lang="src")
-    report, fallback = translate(tr, manifests, corpus, tmp_path / "bt", "back", log=lambda *_: None)
+    report, fallback = translate(TranslationJob(tr, CachedCorpus(corpus, manifests), tmp_path / "bt", "back"),
+                                 log=lambda *_: None)
     assert report.rows == 80 and fallback == []
     table = read_translations(tmp_path / "bt")
     assert sorted(set(table.column("lang").to_pylist())) == ["distant", "near"]

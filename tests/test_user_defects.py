@@ -1,6 +1,7 @@
-"""What a careful user hit on a fresh clone (issue 22): each case one line
-and exit 2 before any expensive work, Ctrl+C stopping every stage, caches
-that hit, nothing silently read twice or written where it should not be."""
+"""What a careful user meets on a fresh clone, by behaviour: a mistake is one
+line and exit 2 before any expensive work, Ctrl+C stops every stage and the
+resume completes, caches hit, nothing is silently read twice or written
+where it should not be."""
 
 import os
 import signal
@@ -34,7 +35,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-# 1 -- resources the cluster cannot give: refused, never a silent wait
+# -- Resources the cluster cannot give: refused, never a silent wait
 
 @pytest.mark.parametrize("override, key", [("resources.use_gpu=true", "resources.use_gpu"),
                                            ("resources.num_workers=16", "resources.num_workers")])
@@ -57,7 +58,7 @@ def test_an_autoscaling_run_says_what_it_waits_for():
         check_resources(load_config(None, ["resources.gpus_per_actor=1"]), {"CPU": 8.0})
 
 
-# 2 -- Ctrl+C stops every stage, exits 130 and says how to continue; the resume completes
+# -- Stopping: Ctrl+C stops every stage, exits 130 and says how to continue; the resume completes
 
 @pytest.mark.slow
 def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
@@ -90,7 +91,7 @@ def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
     assert (run / "results" / "accuracy_dev.md").is_file()
 
 
-# 3 -- the corpus cache hits in a second stage and a second run
+# -- Caches: the corpus cache hits in a second stage and a second run
 
 def test_a_second_stage_and_a_second_run_reuse_every_cached_corpus(tmp_path, ray_session):
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
@@ -108,7 +109,7 @@ def test_a_second_stage_and_a_second_run_reuse_every_cached_corpus(tmp_path, ray
     assert {p: p.stat().st_mtime_ns for p in shards} == shards  # nothing rewritten
 
 
-# 4 -- a file read for several languages must say which rows are whose
+# -- Corpora: a file read for several languages must say which rows are whose
 
 def test_a_file_read_for_several_languages_must_name_them(tmp_path, shared_data, tiny_model):
     one_file = f"xnli_tsv:{shared_data}/xnli/dev-en.tsv"
@@ -119,7 +120,7 @@ def test_a_file_read_for_several_languages_must_name_them(tmp_path, shared_data,
     assert "--corpus" in one_error_line(proc) and "{lang}" in proc.stderr
 
 
-# 5 -- a bad row anywhere is found before any training
+# -- Corpora: a bad row anywhere is found before any training
 
 def test_a_bad_row_anywhere_is_an_error_before_training(tmp_path, shared_data):
     lines = (shared_data / "xnli" / "dev-de.tsv").read_text(encoding="utf-8").splitlines()[:80]
@@ -132,7 +133,7 @@ def test_a_bad_row_anywhere_is_an_error_before_training(tmp_path, shared_data):
     assert not (out / "r" / "source" / "steps.jsonl").exists()   # no source step was trained
 
 
-# 6 -- configuration errors before Ray, a failed start that can be resumed
+# -- Configuration: errors before Ray, a failed start that can be resumed
 
 @pytest.mark.parametrize("override, key", [("model.tiny.num_heads=3", "model.tiny.num_heads"),
                                            ("data.max_length=512", "data.max_length")])
@@ -173,7 +174,7 @@ def test_an_unfinished_stage_restarts_with_the_fixed_value_and_a_finished_one_is
         RunDir.create(cfg, resume=True)
 
 
-# 7 -- run_name and output_dir
+# -- Configuration: run_name and output_dir
 
 @pytest.mark.parametrize("name", [".", "..", "../..", "/tmp/x", "a/b"])
 def test_run_name_is_one_folder_below_output_dir(name):
@@ -182,7 +183,7 @@ def test_run_name_is_one_folder_below_output_dir(name):
 
 
 def test_unreachable_object_storage_is_refused_in_one_line_and_nothing_is_written(tmp_path):
-    """output_dir may be object storage (issue 26); storage that cannot be
+    """output_dir may be object storage; storage that cannot be
     written is refused before any work, and no local mirror is started."""
     env = {"CONLST_RAY_CACHE_DIR": str(tmp_path / "cache")}
     proc = cli("run", "output_dir=foo://bucket/x", timeout=60, env=env)
@@ -200,7 +201,7 @@ def test_a_failed_preflight_writes_nothing_and_resume_needs_a_name(tmp_path):
     assert "run_name" in one_error_line(cli("run", f"output_dir={out}", "--resume", timeout=60))
 
 
-# 8 -- evaluate: every argument checked before scoring
+# -- evaluate: every argument checked before scoring
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
@@ -235,7 +236,7 @@ def test_evaluate_refuses_bad_arguments_before_scoring(case, expected, tiny_mode
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
 
 
-# 9 -- YAML 1.1 surprises
+# -- Configuration: YAML 1.1 surprises
 
 def test_yes_no_on_off_are_read_as_words(tmp_path):
     p = tmp_path / "c.yaml"
@@ -246,7 +247,7 @@ def test_yes_no_on_off_are_read_as_words(tmp_path):
         load_config(None, ["ssl.enabled=yes"])
 
 
-# 10 -- the smaller ones
+# -- Readers, messages and small commands
 
 def test_column_zero_is_a_column(tmp_path):
     from conlst_ray.data.readers import read_corpus
@@ -304,22 +305,41 @@ def test_an_unreachable_hub_fails_in_seconds_naming_the_key(tmp_path, monkeypatc
     assert os.environ.get("HF_HUB_OFFLINE") == "1"   # cached ids then load without retrying
 
 
-# 11 -- the tests ask their own cluster, whatever else runs on the machine
+# -- The tests themselves: each asks its own cluster, whatever else runs on the machine
 
-@pytest.mark.slow
-def test_the_state_api_is_asked_of_this_session_s_cluster_while_another_ray_runs(ray_session):
-    """test_pseudo_label's killed-actor test looked up "the" cluster and
-    failed when another Ray ran here; it now names its session's address."""
-    from ray.util.state import list_actors
+def test_every_state_api_call_in_the_tests_names_its_cluster():
+    """Other Ray instances may run on this machine: a test that asks Ray's state
+    API without an address fails with 'multiple active Ray instances' (as
+    test_pseudo_label's killed-actor test once did). Every call names one."""
+    import ast
 
-    other = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(num_cpus=1, include_dashboard=False); "
-                              "print('up', flush=True); sys.stdin.read()"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert other.stdout.readline().strip() == "up"
-        with pytest.raises(ConnectionError, match="multiple active Ray instances"):
-            list_actors()                                                    # as the test did
-        assert isinstance(list_actors(address=ray_session.get_runtime_context().gcs_address), list)
-    finally:
-        other.stdin.close()  # the other driver exits normally and shuts its cluster down
-        other.wait(timeout=60)
+    unnamed = []
+    for path in Path(__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name in ("list_actors", "list_nodes", "list_tasks") and all(k.arg != "address" for k in node.keywords):
+                unnamed.append(f"{path.name}:{node.lineno}")
+    assert not unnamed, unnamed
+
+
+# -- Configuration: languages and typed override values
+
+def test_a_language_no_corpus_has_is_refused_before_anything_is_written(tmp_path):
+    """data.target_langs=[nera] (a typo of near): one line naming the key and
+    the languages there are, before Ray starts; no run folder is left for
+    the corrected command to trip on."""
+    line = one_error_line(cli("run", "data.target_langs=[nera]", f"output_dir={tmp_path}", "run_name=r"))
+    assert "data.target_train" in line and "'nera'" in line and "near" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_override_values_take_the_type_of_their_key():
+    from conlst_ray.api import _value
+
+    assert load_config(None, ["run_name=0123"]).run_name == "0123"           # not YAML 1.1's octal 83
+    assert load_config(None, ["run_name=2024"]).run_name == "2024"           # text, not a refused int
+    assert load_config(None, ["model.tokenizer=null"]).model.tokenizer is None
+    langs = ("near", "far")                                                  # the Python API's tuple
+    assert load_config(None, [f"data.target_langs={_value(langs)}"]).data.target_langs == ["near", "far"]

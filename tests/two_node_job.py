@@ -21,8 +21,8 @@ ARGS = ["--smoke-test", "--num-samples", "2", "run_name=s",
         "resources.num_workers=1", "resources.cpus_per_worker=2",
         "resources.inference_actors=2", "resources.cpus_per_actor=2",
         "tune.max_concurrent_trials=2",
-        # the search runs on the embedded benchmark's single-text 5-class variant
-        # (issue 15): the Tune path is task-agnostic, and the NLI default is run by test_run
+        # the search runs on the embedded benchmark's single-text 5-class variant:
+        # the Tune path is task-agnostic, and the NLI default is run by test_run
         "data.task.kind=single", "data.task.labels=[very_bad, bad, mixed, good, very_good]"]
 
 

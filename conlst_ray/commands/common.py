@@ -11,7 +11,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,16 +20,32 @@ from conlst_ray.config.provenance import StaleError
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
 
-ERROR_LOG = Path(tempfile.gettempdir()) / "conlst_ray-last-error.log"
+# per user, readable by its owner only: a traceback may quote paths and settings
+ERROR_LOG = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conlst_ray" / "last-error.log"
+
+
+def keep_traceback(exc: BaseException) -> Optional[Path]:
+    """The full traceback in ERROR_LOG (mode 0600); None where it cannot be
+    written (the error itself is still reported)."""
+    try:
+        ERROR_LOG.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(ERROR_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file keeps its mode on O_TRUNC
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
+        return ERROR_LOG
+    except OSError:
+        return None
 
 
 def user_error_types() -> tuple:
     from conlst_ray.models.e5 import E5Error
     from conlst_ray.models.encoder import ModelError
     from conlst_ray.models.translation import TranslationConfigError
+    from conlst_ray.storage.mirror import CredentialsInURI
 
     return (ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, ModelError, UserError,
-            FileExistsError)
+            FileExistsError, CredentialsInURI)
 
 
 def find_user_error(exc: BaseException) -> Optional[BaseException]:
@@ -85,7 +100,7 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         cause = find_user_error(exc)
         if cause is None or debug:
             raise
-        ERROR_LOG.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        keep_traceback(exc)
         print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
 

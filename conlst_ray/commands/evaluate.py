@@ -76,8 +76,8 @@ def task_of(model_dirs: list[Path]):
 
 
 def score(model_dir: Path, table, max_length: int, batch_size: int) -> dict:
-    from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.inference import accuracy_on, default_device
 
     if not model_dir.is_dir():

@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 
 from conlst_ray.commands.common import add_debug, entry_point
-from conlst_ray.data.files import atomic_write_bytes
 from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
+from conlst_ray.storage.files import atomic_write_bytes
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -68,11 +68,28 @@ def check_arguments(args) -> str:
     fmt = FORMATS.get(Path(args.out).suffix.lower())
     if fmt is None:
         raise UserError(f"--out {args.out}: name a .csv, .jsonl or .parquet file")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; name a .csv, .jsonl or .parquet file in it")
+    read = [f for f in corpus_files(args.corpus, args.langs) if f == Path(args.out).resolve()]
+    if read:
+        raise UserError(f"--out {args.out}: is the corpus being labelled ({read[0]}); write elsewhere")
     problem = writable_dir_problem("--out", Path(args.out).absolute().parent)
     if problem:
         raise UserError(problem)
     check_language_template(args.corpus, args.langs, "--corpus")
     return fmt
+
+
+def corpus_files(spec: str, langs: list) -> list[Path]:
+    """The local files a corpus spec reads for ``langs`` (none for the
+    embedded benchmark or a hub data set)."""
+    from conlst_ray.data.readers import parse_spec
+
+    fmt, location = parse_spec(spec)
+    if fmt in ("synthetic", "hf"):
+        return []
+    path = location.split("?", 1)[0]
+    return [Path(path.replace("{lang}", lang)).resolve() for lang in langs]
 
 
 def predictions_table(classifier, table, batch_size: int):

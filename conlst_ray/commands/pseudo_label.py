@@ -10,6 +10,7 @@ import numpy as np
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, entry_point, init_ray, parse
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.tables import to_markdown
 
 
 def build_parser():
@@ -27,16 +28,15 @@ def build_parser():
 
 def summary(table, labels=("entailment", "neutral", "contradiction")) -> str:
     """Per language: rows, mean confidence and the share given each of the task's labels."""
-    lines = ["| lang | rows | mean confidence | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
+    rows = []
     langs = np.asarray(table.column("lang").to_pylist())
     predicted = np.asarray(table.column("pseudo_label").to_pylist())
     conf = np.asarray(table.column("confidence").to_pylist())
     for lang in dict.fromkeys(langs.tolist()):
         sel = langs == lang
         share = np.bincount(predicted[sel], minlength=len(labels)) / sel.sum()
-        shares = " | ".join(f"{s:.1%}" for s in share)
-        lines.append(f"| {lang} | {sel.sum()} | {conf[sel].mean():.3f} | {shares} |")
-    return "\n".join(lines)
+        rows.append([f"{lang}", f"{sel.sum()}", f"{conf[sel].mean():.3f}", *(f"{s:.1%}" for s in share)])
+    return to_markdown(["lang", "rows", "mean confidence", *labels], rows).rstrip("\n")
 
 
 @entry_point

@@ -31,6 +31,7 @@ from conlst_ray.config import ConfigError, load_config
 from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
 from conlst_ray.reporting.ablation import ablation_table
 from conlst_ray.reporting.report import full_report
+from conlst_ray.storage import mirror as storage
 
 # -- command line --------------------------------------------------------------------------
 
@@ -68,7 +69,9 @@ def main(argv=None) -> int:
     if not args.run_dir:
         parser.error("give RUN_DIR or --ablation")
 
-    folder = Path(args.run_dir)
+    folder = storage.mirror(args.run_dir)  # a run in object storage: this machine's mirror of it
+    for path in (SearchDir.of(folder).best_config, RunDir(folder).config_file, RunDir(folder).trial_record):
+        storage.fetch(path)
     if SearchDir.is_search(folder):
         print(search_summary(SearchDir.of(folder)))
         return 0

@@ -12,12 +12,12 @@ import shlex
 import sys
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, init_ray, parse
-from conlst_ray.data import storage
 from conlst_ray.data.task import Task
 from conlst_ray.pipeline.preflight import UserError, preflight
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.pipeline.stages import run_pipeline
 from conlst_ray.reporting.report import full_report
+from conlst_ray.storage import mirror as storage
 
 STAGES = ("source", "pseudo_labels", "conl", "ssl")
 

@@ -22,15 +22,15 @@ from pathlib import Path
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
 from conlst_ray.config import ConfigError, load_config, save_config
-from conlst_ray.data import storage as stored
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.config.search_space import apply, parse_search_space
 from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
 from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
-from conlst_ray.ray_jobs.search_space import apply, parse_search_space
-from conlst_ray.reporting.predictions import TargetPredictions
+from conlst_ray.reporting.labelling_job import TargetPredictions
 from conlst_ray.reporting.report import accuracy_tables, calibration_report
 from conlst_ray.reporting.tables import to_markdown, write_table
+from conlst_ray.storage import mirror as stored
+from conlst_ray.storage.files import atomic_write_text
 
 DEFAULT_SPACE = {
     "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},

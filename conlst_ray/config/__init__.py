@@ -1,7 +1,8 @@
 """The typed configuration (pydantic): sections.py (every key, its range,
 help and metadata), loading.py (YAML, overrides, one-line errors, paths,
 --help), keys.py (the keys as data), provenance.py (what made an artefact:
-config keys by stage, input stamps)."""
+config keys by stage, input stamps), search_space.py (the Tune search space
+over the keys, checked like them)."""
 
 from conlst_ray.config.loading import (
     FILE_FORMATS,

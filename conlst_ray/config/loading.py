@@ -15,9 +15,9 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from conlst_ray.config.keys import base_type, find, get, is_section, keys
+from conlst_ray.config.keys import base_type, find, get, keys
 from conlst_ray.config.sections import Config, ConfigError
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.storage.files import atomic_write_text
 
 # keys that moved: the old name gets a pointer to the new one
 MOVED_KEYS = {"model.num_labels": "the number of classes is the length of data.task.labels"}
@@ -37,17 +37,11 @@ def _unknown_key(prefix: str, key: str, valid: list[str], origin: str) -> Config
     return ConfigError(f"unknown config key '{full}'{where}{hint}")
 
 
-def _check_keys(cls, data: Any, prefix: str = "", origin: str = "") -> None:
-    """Every key known and every section a mapping, before values are read."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    fields = cls.model_fields
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise _unknown_key(prefix, unknown[0], list(fields), origin)
-    for name, value in data.items():
-        if is_section(fields[name].annotation):
-            _check_keys(base_type(fields[name].annotation), value, f"{prefix}{name}.", origin)
+def _section_fields(cls, loc: tuple) -> list[str]:
+    """The keys of the section at ``loc`` (the path to it) in model ``cls``."""
+    for part in loc:
+        cls = base_type(cls.model_fields[part].annotation)
+    return list(cls.model_fields)
 
 
 def _range_text(bounds: dict) -> str:
@@ -57,10 +51,16 @@ def _range_text(bounds: dict) -> str:
     return f"{low}, {high}"
 
 
-def _one_line(cls, error: dict) -> ConfigError:
-    """A pydantic error as today's one-line message naming the key."""
+def _one_line(cls, error: dict, origin: str = "") -> ConfigError:
+    """A pydantic error as a one-line message naming the key (and the file)."""
     key = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
     value, kind = error.get("input"), error["type"]
+    if kind == "extra_forbidden":  # Section's extra="forbid": a key no section has
+        *section, name = (str(p) for p in error["loc"])
+        prefix = "".join(f"{p}." for p in section)
+        return _unknown_key(prefix, name, _section_fields(cls, tuple(section)), origin)
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return ConfigError(f"{key or 'config'}: expected a mapping, got {value!r}")
     if kind == "value_error" and isinstance((error.get("ctx") or {}).get("error"), ConfigError):
         return error["ctx"]["error"]  # a section's own check (data.task) says it best
     try:
@@ -83,12 +83,16 @@ def _one_line(cls, error: dict) -> ConfigError:
 
 
 def build(cls, data: dict, origin: str = ""):
-    """Model ``cls`` from a nested dict, checking keys, types and ranges."""
-    _check_keys(cls, data, origin=origin)
+    """Model ``cls`` from a nested dict, checking keys, types and ranges; an
+    unknown key is named before any value error (it is the likelier slip)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {data!r}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise _one_line(cls, exc.errors()[0]) from None
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise _one_line(cls, first, origin) from None
 
 
 def config_from_dict(data: dict, cls=Config):
@@ -111,19 +115,30 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``conl.gamma=0.8`` -> (["conl", "gamma"], 0.8); the value is parsed as YAML."""
+def parse_override(text: str, cls=Config) -> tuple[list[str], Any]:
+    """``conl.gamma=0.8`` -> (["conl", "gamma"], 0.8): the value is parsed as
+    YAML, except for a text key, whose value is the text as given
+    (``run_name=0123`` stays '0123', not YAML 1.1's octal 83)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. conl.gamma=0.8)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
+    if _is_text_key(cls, key) and raw.strip() not in ("null", "~"):
+        return key.split("."), raw.strip()
     try:
         value = yaml_value(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
     return key.split("."), value
+
+
+def _is_text_key(cls, key: str) -> bool:
+    try:
+        return base_type(find(cls, key).field.annotation) is str
+    except KeyError:  # an unknown key: named when the config is built
+        return False
 
 
 def _nest(path: list[str], value: Any) -> dict:
@@ -197,7 +212,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         origin = str(path)
         build(cls, merged, origin=origin)  # errors name the file before overrides muddle them
     for text in overrides:
-        keys_, value = parse_override(text)
+        keys_, value = parse_override(text, cls)
         merged = _deep_merge(merged, _nest(keys_, value))
     cfg = build(cls, merged, origin=origin if not overrides else f"{origin or 'defaults'} + overrides")
     return absolute_paths(cfg) if isinstance(cfg, Config) else cfg

@@ -28,7 +28,7 @@ from conlst_ray import __version__
 from conlst_ray.config.keys import keys
 from conlst_ray.config.loading import FILE_FORMATS
 from conlst_ray.config.sections import Config
-from conlst_ray.data import storage
+from conlst_ray.storage import mirror as storage
 
 
 def stage_keys(stage: str) -> list[str]:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from pydantic_core import PydanticCustomError
 
 from conlst_ray.data.task import Task
+from conlst_ray.storage.mirror import credentials_problem
 
 # the pipeline's stages, as provenance names them
 SOURCE, PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL = "source", "pseudo_labels", "conl", "backtranslation", "ssl"
@@ -321,6 +322,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _paths_and_lengths(self) -> "Config":
+        secret = credentials_problem("output_dir", self.output_dir)
+        if secret:
+            raise ConfigError(secret)
         if self.run_name is not None and (not RUN_NAME.fullmatch(self.run_name) or set(self.run_name) == {"."}):
             raise ConfigError(f"run_name = {self.run_name!r}: a run is one folder below output_dir, named with "
                               f"letters, digits, '.', '_' or '-' (not '.', '..', a path or an absolute path)")

@@ -16,8 +16,6 @@ algorithm layer runs on either.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,73 +23,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from conlst_ray.data import storage
 from conlst_ray.data.schema import pair_texts
+from conlst_ray.storage import mirror as storage
 
 TOKENIZER_FILE = "_tokenizer.json"
-# files that define what a tokenizer does (others, e.g. README, do not)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "sentencepiece.bpe.model", "spiece.model", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
-    """What makes token ids: the tokenizer's files (content) and the
-    truncation length. Two model folders holding the same tokenizer have the
-    same stamp, so their stages share one tokenised corpus."""
-    h = hashlib.sha256(f"max_length={max_length}".encode())
-    tokenizer_dir = fetch_tokenizer(tokenizer_dir)
-    found = [Path(tokenizer_dir) / name for name in TOKENIZER_FILES if (Path(tokenizer_dir) / name).is_file()]
-    if not found:  # else every tokenizer would share one stamp
-        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...)")
-    for f in found:
-        h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def fetch_tokenizer(path) -> Path | str:
-    """This node's copy of a model folder's tokenizer files (object storage:
-    those files only, not the weights); a hub id as it is."""
-    if not storage.is_remote(path):
-        return path
-    return storage.fetch(path, names=(*TOKENIZER_FILES, "config.json"))  # one listing of the folder
-
-
-def open_tokenizer(path) -> object:
-    """The tokenizer of a model folder or hub id. A folder conlst_ray saved
-    declares model type ``conlst``, which transformers only knows after
-    ``import conlst_ray.hf``; its tokenizer is a standard one, so the
-    config is read without running the folder's model code (transformers
-    would otherwise stop to ask whether to run it)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(fetch_tokenizer(path)), trust_remote_code=False)
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str):
-    """One tokenizer per worker process (Ray reuses task workers)."""
-    return open_tokenizer(path)
-
-
-def keep_tokenizer_files(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src``'s tokenizer files over those ``save_pretrained`` wrote to
-    ``dst``. A stage does not change the tokenizer, but a re-save does change
-    its files (transformers adds fields), and with them the stamp: every row
-    would be tokenised again for the next stage."""
-    import shutil
-
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
-
-
-def special_ids(tokenizer) -> dict:
-    """The ids a training loop needs from the tokenizer (recorded next to the
-    token files, so a worker never has to load the tokenizer)."""
-    return {"pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            "mask_token_id": tokenizer.mask_token_id, "all_special_ids": list(tokenizer.all_special_ids)}
-
-
 def tokenize_pairs(tokenizer, table: pa.Table, max_length: int) -> pa.Table:
     """text (and text_pair) -> id, lang, pos, label, input_ids, token_type_ids:
     the one place corpus rows are tokenised (truncated, unpadded); a

@@ -29,7 +29,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from conlst_ray.data import storage
 from conlst_ray.data.task import NLI_LABELS
 from conlst_ray.models.e5 import is_e5_name
 from conlst_ray.models.e5 import resolve as resolve_e5
@@ -43,6 +42,7 @@ from conlst_ray.models.tokenizers import (  # noqa: F401
     synthetic_tokenizer,
     wordpiece_tokenizer,
 )
+from conlst_ray.storage import mirror as storage
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"

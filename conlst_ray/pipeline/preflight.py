@@ -107,7 +107,10 @@ def check_corpora(cfg) -> list[str]:
         except Exception as exc:  # noqa: BLE001 -- reported with the key
             problems.append(f"{key}: {exc}")
             continue
-        if fmt in ("hf", "synthetic"):  # generated (checked with its config) or remote
+        if fmt == "synthetic":  # generated: its languages are the benchmark's
+            problems += synthetic_languages(cfg, key, spec, langs)
+            continue
+        if fmt == "hf":  # remote: checked for its form only
             continue
         try:
             check_language_template(spec, langs, key, Task.of(d.task))
@@ -123,6 +126,17 @@ def check_corpora(cfg) -> list[str]:
                 problems.append(f"{key} ({lang}): {exc}")
                 break  # one language's error says what is wrong with the spec
     return problems
+
+
+def synthetic_languages(cfg, key: str, spec: str, langs: list) -> list[str]:
+    """A language the embedded benchmark does not generate, named with its key."""
+    from conlst_ray.data.synthetic import SyntheticBenchmark
+
+    known = SyntheticBenchmark.from_config(cfg.data.synthetic, cfg.data.task).languages
+    unknown = [lang for lang in langs if lang not in known]
+    if not unknown:
+        return []
+    return [f"{key}: {spec} has no language {unknown[0]!r}; the embedded benchmark has {list(known)}"]
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -203,7 +217,7 @@ def writable_dir_problem(key: str, path: str | os.PathLike) -> str | None:
 
 
 def check_output(cfg) -> list[str]:
-    from conlst_ray.data import storage
+    from conlst_ray.storage import mirror as storage
 
     if storage.is_uri(cfg.output_dir):
         problem = storage.write_problem("output_dir", cfg.output_dir)
@@ -222,7 +236,7 @@ def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from conlst_ray.data import storage
+    from conlst_ray.storage import mirror as storage
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2 or storage.is_uri(cfg.output_dir):

@@ -7,27 +7,47 @@ other settings is refused with the differing keys named, or, with
 is written only after that check, so it always describes the results.
 
 With ``output_dir`` in object storage the root is this machine's mirror of
-the run (``data/storage.py``): what is read is fetched first, what is
+the run (``storage/mirror.py``): what is read is fetched first, what is
 written is published, and listings come from storage."""
 
 from __future__ import annotations
 
 import json
+import struct
 import time
 from pathlib import Path
 
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
-from conlst_ray.data import storage
 from conlst_ray.data.corpora import CORPUS_FOLDERS
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.stage_files import StageFiles
 
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 MODEL = "model"
+TRAINED_STAGES = ("source", "conl", "ssl")
 HANDED_BACK_RECORD = "handed_back.json"
 TRIAL_RECORD = "trial.json"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read whole (its header unreadable, or
+    shorter than the tensors it declares); None when it is whole."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+    except (struct.error, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return f"its weights ({path.name}) are unreadable"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"its weights ({path.name}) are cut short: {size} of {8 + n + end} bytes"
+    return None
 
 
 def stage_files(folder: str | Path, corpus: str | Path | None = None) -> StageFiles:
@@ -197,12 +217,17 @@ class RunDir:
     def is_done(self, name: str) -> bool:
         return storage.exists(self.done_file(name))
 
-    def begin(self, name: str, fingerprint: dict) -> bool:
-        """True when stage ``name`` is done and was made by ``fingerprint``;
-        False when it must run (its fingerprint is then recorded). A stage
-        made otherwise raises StaleError, or is removed under ``recompute``;
-        one that never finished starts over."""
+    def begin(self, name: str, fingerprint: dict, log=print) -> bool:
+        """True when stage ``name`` is done, was made by ``fingerprint`` and
+        its outputs are intact; False when it must run (its fingerprint is
+        then recorded). A stage made otherwise raises StaleError, or is
+        removed under ``recompute``; one that never finished starts over; a
+        damaged one (its model deleted or cut short) is removed, with the
+        stages that read it, and runs again."""
         path = self.root / name
+        if self.is_done(name) and (problem := self.damage(name)):
+            log(f"[{name}] {path}: {problem}; training it again, and the stages after it")
+            self._remove(path)
         old = read_json(storage.fetch(path / FINGERPRINT_FILE))
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):
             changed = differences(old, fingerprint)
@@ -215,6 +240,18 @@ class RunDir:
         atomic_write_text(self.stage(name) / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, default=str))
         storage.publish(path / FINGERPRINT_FILE)
         return False
+
+    def damage(self, name: str) -> str | None:
+        """What is wrong with the model a finished training stage left (its
+        weights missing, unreadable or cut short); None when it is whole."""
+        from conlst_ray.models.encoder import WEIGHTS_FILE  # torch: imported only for a resume
+
+        if name not in TRAINED_STAGES:
+            return None
+        weights = storage.fetch(self.model(name) / WEIGHTS_FILE)
+        if not weights.is_file():
+            return f"its model holds no {WEIGHTS_FILE}"
+        return safetensors_problem(weights)
 
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))

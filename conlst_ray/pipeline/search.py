@@ -10,10 +10,10 @@ import time
 from dataclasses import replace
 
 from conlst_ray.config import save_config
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.config.search_space import apply
 from conlst_ray.pipeline.rundir import RunDir, trial_run
-from conlst_ray.ray_jobs.search_space import apply
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 
 
 def trial(params: dict, base, shared: dict) -> None:

@@ -22,9 +22,9 @@ from typing import Optional
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.data import storage
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.storage import mirror as storage
 
 
 def stage_source(cfg, run: RunDir, log=print) -> str:
@@ -33,7 +33,7 @@ def stage_source(cfg, run: RunDir, log=print) -> str:
         log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
         return _shared(run, cfg.model.source_checkpoint)
     langs = cfg.data.source_train_langs or [cfg.data.source_lang]
-    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
+    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs)), log):
         log(f"[source] done already: {run.model('source')}")
         return str(run.model("source"))
     from conlst_ray.models.encoder import build_model, build_tokenizer
@@ -78,7 +78,7 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
                                cfg.resources.cpus_per_task, log)
     out = run.pseudo_labels("source")
     inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
-    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
+    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs), log):
         report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log,
                               recompute=run.recompute)
         run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds})
@@ -97,7 +97,7 @@ def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log
     if name == "ssl":  # self-training also reads the labelled source corpus
         inputs["source files"] = spec_files(cfg.data.source_train,
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
-    if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
+    if not run.begin(name, stage_fingerprint(name, cfg, inputs), log):
         t0 = time.time()
         inputs = StageInputs(target_corpus=str(corpus), corpus_dir=str(corpus.parent),
                              langs=list(cfg.data.target_langs), **fit_kwargs)

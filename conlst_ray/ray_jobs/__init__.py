@@ -10,6 +10,6 @@ stage_data.py     what a training stage reads, tokenised once, memory-mapped
 stage_run.py      one training stage's body, in this process or on a Ray Train worker
 worker.py         what a Ray Train worker adds: DDP, checkpoints reported to Ray Train
 train.py          a stage's driver: in this process (one CPU worker) or a TorchTrainer
-search_space.py   the Tune search space, parsed and checked
+progress.py       the driver's thread that shows a stage move: progress lines, TensorBoard
 tune.py           the Ray Tune search: one trial = CoNL then self-training
 """

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import differences, digest, fingerprint, spec_files
-from conlst_ray.data import storage
 from conlst_ray.data.corpora import read_options
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.data.readers import no_rows, read_corpus
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 
 MANIFEST = "_manifest.json"
 

@@ -19,10 +19,10 @@ import pyarrow as pa
 import ray
 
 from conlst_ray.config.provenance import fingerprint, weights_stamp
-from conlst_ray.data import storage
-from conlst_ray.data.token_files import load_tokenizer
+from conlst_ray.models.tokenizers import load_tokenizer
 from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
 from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, read_outputs, run_sharded_job
+from conlst_ray.storage import mirror as storage
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import StaleError, differences, digest, read_json
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 
 TMP = "_parts"
 

@@ -109,7 +109,7 @@ def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, lo
     read from beside the token files or computed there once."""
     if rows is None or not cfg.model.cache_frozen or not len(rows):
         return
-    from conlst_ray.data import storage
+    from conlst_ray.storage import mirror as storage
     from conlst_ray.training.frozen_cache import FrozenRun, cached_states
 
     folder, langs = entry

@@ -20,10 +20,9 @@ import torch
 from conlst_ray.algorithm.base import SourceTraining
 from conlst_ray.algorithm.conl import CoNL
 from conlst_ray.algorithm.self_training import SelfTraining
-from conlst_ray.data import storage
-from conlst_ray.data.token_files import fetch_tokenizer, keep_tokenizer_files, open_tokenizer, tokenizer_stamp
 from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
+from conlst_ray.models.tokenizers import fetch_tokenizer, keep_tokenizer_files, open_tokenizer, tokenizer_stamp
 from conlst_ray.ray_jobs.stage_data import (
     StageInputs,
     attach_frozen,
@@ -33,6 +32,7 @@ from conlst_ray.ray_jobs.stage_data import (
     read_q,
     read_stage_data,
 )
+from conlst_ray.storage import mirror as storage
 from conlst_ray.training.distributed import world
 from conlst_ray.training.epoch_hooks import (
     Checkpoint,

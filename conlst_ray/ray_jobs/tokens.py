@@ -27,17 +27,11 @@ from typing import Optional
 import pyarrow.parquet as pq
 import ray
 
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_text
-from conlst_ray.data.token_files import (
-    TOKENIZER_FILE,
-    load_tokenizer,
-    special_ids,
-    tokenize_pairs,
-    tokenizer_stamp,
-    write_token_file,
-)
+from conlst_ray.data.token_files import TOKENIZER_FILE, tokenize_pairs, write_token_file
+from conlst_ray.models.tokenizers import load_tokenizer, special_ids, tokenizer_stamp
 from conlst_ray.ray_jobs.corpus_cache import corpus_task
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 
 SOURCE_FILE = "_source.json"
 LOG_ENV = "CONLST_RAY_TOKENIZE_LOG"

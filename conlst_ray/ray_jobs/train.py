@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Optional
 
-from conlst_ray.data import storage
+from conlst_ray.ray_jobs.progress import StageWatcher
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
 from conlst_ray.ray_jobs.stage_run import (
     StageInputs,
@@ -25,7 +25,7 @@ from conlst_ray.ray_jobs.stage_run import (
     run_in_process,
     run_stage,
 )
-from conlst_ray.training.progress import StageWatcher
+from conlst_ray.storage import mirror as storage
 from conlst_ray.training.stage_files import StageFiles
 
 __all__ = ["fit_stage", "train_loop_per_worker", "StageInputs", "freeze", "fit_plain"]

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import ray
 
 from conlst_ray.config.provenance import fingerprint, weights_stamp
-from conlst_ray.data import storage
 from conlst_ray.models.translation import (
     SYNTHETIC_MODEL,
     TranslationConfigError,
@@ -32,6 +31,7 @@ from conlst_ray.models.translation import (
 )
 from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
 from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, run_sharded_job
+from conlst_ray.storage import mirror as storage
 
 TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conlst_ray.data import storage
-from conlst_ray.ray_jobs.search_space import Dimension
+from conlst_ray.config.search_space import Dimension
+from conlst_ray.storage import mirror as storage
 
 DRIVER_RESOURCES = {"cpu": 0.01}
 

@@ -20,6 +20,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from conlst_ray.reporting.tables import to_markdown
 
 HIGH_EDGE, LOW_EDGE = 0.9, 0.5
 BANDS = ("high", "mid", "low")
@@ -70,18 +73,27 @@ def weighted_accuracy(stats: list[BandStats]) -> float:
 def join_with_gold(predictions: pa.Table, corpus: pa.Table) -> dict[str, LabelledPredictions]:
     """Per language: the predictions (id, lang, pseudo_label, confidence) whose
     corpus row carries a gold label (rows labelled -1 are left out)."""
-    gold = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
-    ids = predictions.column("id").to_pylist()
-    labels = np.asarray([gold.get(i, -1) for i in ids])
-    langs = np.asarray(predictions.column("lang").to_pylist())
-    pseudo = predictions.column("pseudo_label").to_numpy()
-    conf = predictions.column("confidence").to_numpy()
+    joined = with_gold(predictions.select(["id", "lang", "pseudo_label", "confidence"]), corpus)
+    labels = joined.column("label").to_numpy()
+    langs = np.asarray(joined.column("lang").to_pylist())
+    pseudo = joined.column("pseudo_label").to_numpy()
+    conf = joined.column("confidence").to_numpy()
     known = labels >= 0
     out = {}
     for lang in dict.fromkeys(langs[known].tolist()):
         sel = known & (langs == lang)
         out[lang] = LabelledPredictions(conf[sel], (pseudo == labels)[sel], pseudo[sel])
     return out
+
+
+def with_gold(table: pa.Table, corpus: pa.Table) -> pa.Table:
+    """``table`` (rows keyed by id) with the gold ``label`` of each row's
+    corpus row (-1 where the corpus has none), in ``table``'s row order."""
+    order = pa.array(np.arange(table.num_rows))
+    joined = table.append_column("_row", order).join(corpus.select(["id", "label"]), "id", join_type="left outer")
+    joined = joined.sort_by("_row").drop_columns(["_row"])
+    return joined.set_column(joined.schema.get_field_index("label"), "label",
+                             pc.fill_null(joined.column("label"), -1).cast(pa.int64()))
 
 
 def calibration_rows(before: dict[str, LabelledPredictions],
@@ -108,14 +120,12 @@ def calibration_markdown(header: list, rows: list, after_name: str = "CoNL") -> 
     def pct(v):
         return "-" if v != v else f"{100 * v:.1f}"
 
-    cols = ["High (>0.9)", "Mid (0.5-0.9)", "Low (<0.5)", "Acc Avg."]
-    lines = [f"Pseudo-label accuracy (%) [samples] per confidence band, before -> after {after_name}:", "",
-             "| lang | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    table = []
     for lang, bands in by_lang.items():
         cells = [f"{pct(r[3])} -> {pct(r[5])} [{r[2]} -> {r[4]}]" for r in (bands[b] for b in BANDS)]
-        cells.append(f"{pct(bands['all'][3])} -> {pct(bands['all'][5])}")
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([lang, *cells, f"{pct(bands['all'][3])} -> {pct(bands['all'][5])}"])
+    title = f"Pseudo-label accuracy (%) [samples] per confidence band, before -> after {after_name}:\n\n"
+    return title + to_markdown(["lang", "High (>0.9)", "Mid (0.5-0.9)", "Low (<0.5)", "Acc Avg."], table)
 
 
 # -- per class: what a task's labels see ---------------------------------------------------
@@ -153,12 +163,10 @@ def class_markdown(header: list, rows: list, after_name: str = "CoNL") -> str:
     def pct(v):
         return "-" if v != v else f"{100 * v:.1f}"
 
-    lines = [f"Pseudo-labels per class: precision (%) [rows given the class], before -> after {after_name}:", "",
-             "| lang | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for lang, by_label in by_lang.items():
-        cells = [f"{pct(r[3])} -> {pct(r[5])} [{r[2]} -> {r[4]}]" for r in (by_label[name] for name in labels)]
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    table = [[lang, *(f"{pct(r[3])} -> {pct(r[5])} [{r[2]} -> {r[4]}]" for r in (by_label[name] for name in labels))]
+             for lang, by_label in by_lang.items()]
+    title = f"Pseudo-labels per class: precision (%) [rows given the class], before -> after {after_name}:\n\n"
+    return title + to_markdown(["lang", *labels], table)
 
 
 def recall_by_class(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> list[float]:
@@ -179,22 +187,20 @@ def band_transitions(before: pa.Table, after: pa.Table, corpus: pa.Table, langs:
     rows that rise into the band and entered_acc their accuracy;
     wrong_high_corrected is the share of wrong high-band rows whose
     pseudo-label becomes the gold label."""
-    gold = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
-    after_by_id = {i: (p, c) for i, p, c in zip(after.column("id").to_pylist(),
-                                                after.column("pseudo_label").to_pylist(),
-                                                 after.column("confidence").to_pylist())}
+    cols = ["id", "lang", "pseudo_label", "confidence"]
+    after = after.select(["id", "pseudo_label", "confidence"]).rename_columns(["id", "after_label", "after_conf"])
+    paired = with_gold(before.select(cols), corpus)
+    order = pa.array(np.arange(paired.num_rows))
+    paired = paired.append_column("_row", order).join(after, "id", join_type="inner").sort_by("_row")
     rows = []
     for lang in langs:
-        keep = [(i, p, c) for i, lg, p, c in zip(before.column("id").to_pylist(), before.column("lang").to_pylist(),
-                                                 before.column("pseudo_label").to_pylist(),
-                                                 before.column("confidence").to_pylist())
-                if lg == lang and gold.get(i, -1) >= 0 and i in after_by_id]
-        if not keep:
+        mine = pc.and_(pc.equal(paired.column("lang"), lang), pc.greater_equal(paired.column("label"), 0))
+        keep = paired.filter(mine)
+        if not keep.num_rows:
             continue
-        y = np.asarray([gold[i] for i, _, _ in keep])
-        b_pred, b_conf = np.asarray([p for _, p, _ in keep]), np.asarray([c for _, _, c in keep])
-        a_pred = np.asarray([after_by_id[i][0] for i, _, _ in keep])
-        a_conf = np.asarray([after_by_id[i][1] for i, _, _ in keep])
+        y = keep.column("label").to_numpy()
+        b_pred, b_conf = keep.column("pseudo_label").to_numpy(), keep.column("confidence").to_numpy()
+        a_pred, a_conf = keep.column("after_label").to_numpy(), keep.column("after_conf").to_numpy()
         high, wrong, high_after = b_conf > HIGH_EDGE, b_pred != y, a_conf > HIGH_EDGE
         entered = ~high & high_after
 
@@ -210,13 +216,11 @@ def transitions_markdown(header: list, rows: list) -> str:
     def pct(v):
         return "-" if v != v else f"{100 * v:.1f}"
 
-    lines = ["| lang | high-band rows before | wrong among them | wrong that left the band | right that left "
-             "the band | rows that entered | accuracy of those entering | wrong ones corrected |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {pct(r[3])} % | {pct(r[4])} % | {r[5]} | {pct(r[6])} % | "
-                     f"{pct(r[7])} % |")
-    return "\n".join(lines) + "\n"
+    columns = ["lang", "high-band rows before", "wrong among them", "wrong that left the band",
+               "right that left the band", "rows that entered", "accuracy of those entering", "wrong ones corrected"]
+    table = [[f"{r[0]}", f"{r[1]}", f"{r[2]}", f"{pct(r[3])} %", f"{pct(r[4])} %", f"{r[5]}", f"{pct(r[6])} %",
+              f"{pct(r[7])} %"] for r in rows]
+    return to_markdown(columns, table)
 
 
 def own_class_negatives(pseudo: np.ndarray, confidence: np.ndarray, gold: np.ndarray, gamma: float,

@@ -11,9 +11,8 @@ import numpy as np
 
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
-from conlst_ray.data import storage
 from conlst_ray.data.corpora import eval_corpus
-from conlst_ray.data.token_files import tokenizer_stamp
+from conlst_ray.models.tokenizers import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.analysis import (
     band_transitions,
@@ -25,9 +24,10 @@ from conlst_ray.reporting.analysis import (
     recall_by_class,
     transitions_markdown,
 )
-from conlst_ray.reporting.predictions import TargetPredictions
+from conlst_ray.reporting.labelling_job import TargetPredictions
 from conlst_ray.reporting.selection import hand_back
 from conlst_ray.reporting.tables import write_language_table, write_table
+from conlst_ray.storage import mirror as storage
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
@@ -57,7 +57,7 @@ _EVAL_ROWS: dict = {}
 def _eval_rows(cfg, model_dir: str, split: str, log):
     """A labelled split, tokenised once per report for every model that
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
-    from conlst_ray.data.token_files import open_tokenizer
+    from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.batches import encode_table
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))

@@ -29,9 +29,9 @@ from typing import Optional
 
 import numpy as np
 
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_text
 from conlst_ray.reporting.tables import write_table
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_text
 
 STAGE_OF = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl"}
 

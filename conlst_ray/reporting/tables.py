@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 from typing import Callable
 
-from conlst_ray.data.files import atomic_write_text
+from conlst_ray.storage.files import atomic_write_text
 
 
 def _cell(v, digits: int | None) -> str:

@@ -8,6 +8,5 @@ loop.py         the one step loop that runs a stage's algorithm object
 epoch_hooks.py  what follows each epoch (dev scores, kept epoch, log, checkpoint)
 frozen_cache.py the frozen lower layers' states of each row, computed once
 classifier.py   a trained model with its tokenizer and labels, for labelling new text
-progress.py     a stage's progress lines and TensorBoard, read from its logs
 stage_files.py  where a stage writes (the run directory names the files)
 """

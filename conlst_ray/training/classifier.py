@@ -11,15 +11,38 @@ import numpy as np
 from conlst_ray.data.task import NLI_LABELS
 
 
+def check_model_dir(model_dir, max_length: int) -> None:
+    """What makes a folder a classifier conlst_ray can run, checked before
+    it is loaded; a ModelError naming the folder otherwise."""
+    from conlst_ray.models.encoder import WEIGHTS_FILE, ModelError, max_text_length, read_meta
+
+    if model_dir is None or not str(model_dir).strip():
+        raise ModelError("model_dir: give the folder of a trained model (a stage's model/ or a run's model link)")
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ModelError(f"{model_dir}: no such model folder")
+    if not read_meta(folder):
+        raise ModelError(f"{model_dir} is not a model conlst_ray trained (no classification head and labels "
+                         f"saved with it)")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{model_dir}: holds no {WEIGHTS_FILE}")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ModelError(f"max_length {max_length!r}: must be a whole number of at least 1")
+    limit = max_text_length(str(folder))
+    if limit is not None and max_length > limit:
+        raise ModelError(f"max_length {max_length}: {model_dir} has {limit} positions")
+
+
 class Classifier:
     """A saved conlst_ray model (any stage's ``model/`` folder or a run's
     ``model`` link) with its tokenizer and the names of its labels."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_length: int = 128):
-        from conlst_ray.data.token_files import open_tokenizer
         from conlst_ray.models.encoder import ConlstEncoder
+        from conlst_ray.models.tokenizers import open_tokenizer
         from conlst_ray.training.inference import default_device
 
+        check_model_dir(model_dir, max_length)
         self.model_dir = Path(model_dir)
         self.model = ConlstEncoder.load(self.model_dir)
         self.tokenizer = open_tokenizer(str(self.model_dir))
@@ -29,18 +52,25 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                       batch_size: int = 64) -> np.ndarray:
-        """[N, C] class probabilities, in the order of ``self.labels``."""
+        """[N, C] class probabilities, in the order of ``self.labels``; a
+        single string is one text (one pair with a single string pair)."""
         import pyarrow as pa
 
+        texts, text_pairs = as_rows(texts), (None if text_pairs is None else as_rows(text_pairs))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size {batch_size!r}: must be a whole number of at least 1")
         if (text_pairs is None) != (self.kind == "single"):
             need = "texts only" if self.kind == "single" else "texts and text_pairs"
             raise ValueError(f"{self.model_dir} classifies {self.kind} inputs: give {need}")
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         columns = {"id": [str(i) for i in range(len(texts))], "lang": [""] * len(texts), "text": list(texts),
                    "label": [-1] * len(texts)}
-        if text_pairs is not None:
-            columns["text_pair"] = list(text_pairs)
+        # the readers' schema: a single-text row has a null second text
+        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+        columns["text_pair"] = pa.array(pairs, pa.string())
         return self.proba_of(pa.table(columns), batch_size)
 
     def proba_of(self, table, batch_size: int = 64) -> np.ndarray:
@@ -57,3 +87,8 @@ class Classifier:
         q = self.predict_proba(texts, text_pairs, batch_size)
         return [{"label": self.labels[int(row.argmax())], "confidence": float(row.max()),
                  "probabilities": dict(zip(self.labels, map(float, row)))} for row in q]
+
+
+def as_rows(texts) -> list:
+    """A string is one row, not one row per character."""
+    return [texts] if isinstance(texts, str) else list(texts)

@@ -17,9 +17,9 @@ from typing import Callable, Iterable, Optional, Protocol
 
 import torch
 
-from conlst_ray.data import storage
-from conlst_ray.data.files import atomic_write_bytes, atomic_write_text
 from conlst_ray.models.card import stage_card
+from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_bytes, atomic_write_text
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import append_jsonl, fit

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from conlst_ray.data import storage
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.storage import mirror as storage
 
 # Up to this many target rows a model labels them in the driver: a Ray Data
 # job's start-up costs more (measured on 8,000 rows: about 10 s for the job,
@@ -78,8 +78,8 @@ def _labels_in_driver(cfg, corpus, model):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from conlst_ray.data.token_files import open_tokenizer
     from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.batches import encode_table
     from conlst_ray.training.inference import default_device, predict_proba
 

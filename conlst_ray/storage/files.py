@@ -7,6 +7,14 @@ import tempfile
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (a temporary file
+    is made 0600: its mode is set before the rename)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write via a temporary file in the same folder and rename: never half-written."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -20,6 +28,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), _file_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,11 +4,12 @@ TensorBoard, every step's logged quantities as event files."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
 
-from conlst_ray.data import storage
+from conlst_ray.storage import mirror as storage
 from conlst_ray.training.stage_files import StageFiles
 
 # the terms a progress line shows when a step logs them
@@ -85,7 +86,9 @@ class TensorBoard:
 
     def _scalars(self, prefix: str, step: int, logs: dict) -> None:
         for k, v in logs.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            # a term a step could not compute (NaN: CoNL's batch without negatives) is left out;
+            # tensorboardX would print a warning for each
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 self.writer.add_scalar(prefix + k, v, step)
 
     def close(self) -> None:

@@ -32,15 +32,47 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 MARK = "conlst-storage"
 CACHE_ENV = "CONLST_RAY_CACHE_DIR"
 LOG_ENV = "CONLST_RAY_STORAGE_LOG"  # a file: every fetch/publish appends "pid op local-path" (tests audit it)
 
 
+# query parameters pyarrow's filesystems take credentials from
+CREDENTIAL_PARAMS = {"access_key", "secret_key", "session_token", "password", "token", "credential", "sas_token",
+                     "account_key", "client_secret"}
+
+
+class CredentialsInURI(ValueError):
+    """A storage URI that carries a secret (it would be printed and stored)."""
+
+
 def is_uri(location: str | os.PathLike | None) -> bool:
     return "://" in str(location or "")
+
+
+def masked(uri: str) -> str | None:
+    """``uri`` with its credentials (user info, secret query parameters)
+    replaced by ``***``; None when it carries none."""
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [k for k, _ in query if k.lower() in CREDENTIAL_PARAMS]
+    if "@" not in parts.netloc and not secret:
+        return None
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    shown = "&".join(f"{k}={'***' if k.lower() in CREDENTIAL_PARAMS else v}" for k, v in query)
+    return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))
+
+
+def credentials_problem(key: str, location) -> str | None:
+    """One line naming ``key`` when ``location`` is a URI with credentials in
+    it (the secret masked); None otherwise."""
+    if not is_uri(location) or (shown := masked(str(location))) is None:
+        return None
+    return (f"{key} = {shown!r} carries credentials, which would be printed and stored with the run: remove "
+            f"them and give them as pyarrow reads them (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile "
+            f"in ~/.aws, an instance role)")
 
 
 def join(location: str, *parts: str) -> str:
@@ -62,6 +94,9 @@ def mirror(location: str | os.PathLike) -> Path:
     location = str(location)
     if not is_uri(location):
         return Path(location)
+    problem = credentials_problem("storage URI", location)
+    if problem:
+        raise CredentialsInURI(problem)
     parts = urlsplit(location)
     return _mirror_path(f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else ""),
                         parts.path.strip("/"))
@@ -113,7 +148,8 @@ def write_problem(key: str, uri: str) -> str | None:
             out.write(b"probe")
         fs.delete_file(probe)
     except Exception as exc:  # pyarrow raises OSError, ValueError, ArrowInvalid...: all mean "cannot write there"
-        return f"{key} = {uri!r}: cannot write to this storage ({str(exc).splitlines()[0][:200]})"
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]  # whole: a cut word can hide the cause
+        return f"{key} = {uri!r}: cannot write to this storage ({detail})"
     return None
 
 

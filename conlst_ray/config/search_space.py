@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from conlst_ray.config import Config, ConfigError, with_values
 from conlst_ray.config.keys import base_type, find, keys
+from conlst_ray.config.loading import with_values
+from conlst_ray.config.sections import Config, ConfigError
 
 DISTRIBUTIONS = {
     "choice": ("values",),

@@ -1,0 +1,5 @@
+"""Where a run's files live, for every package above it:
+
+mirror.py  a local mirror of object storage (fetch what is read, publish what is written)
+files.py   writes that land whole or not at all (a temporary name, then a rename)
+"""
