@@ -157,4 +157,6 @@ def test_a_uri_with_credentials_is_refused_and_no_secret_is_printed_or_written(t
     endpoint = query.split("endpoint_override=")[1].split("&")[0]
     fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
     stored = fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True, allow_not_found=True))
-    assert not [i.path for i in stored if "runs/r" in i.path or secret in i.path]
+    run_prefix = f"{BUCKET}/runs/r"
+    assert not [i.path for i in stored
+                if i.path == run_prefix or i.path.startswith(run_prefix + "/") or secret in i.path]
