@@ -53,12 +53,14 @@ def uninterrupted(job):
     return read_pseudo_labels(root / "full"), report
 
 
+@pytest.mark.slow
 def test_ingest_shards_every_language(job):
     _, root, manifests = job
     assert {lang: m["rows"] for lang, m in manifests.items()} == {lang: ROWS for lang in LANGS}
     assert all(len(m["shards"]) == 3 for m in manifests.values())
 
 
+@pytest.mark.slow
 def test_pipeline_equals_a_direct_forward_pass(job, uninterrupted, shared_data, mbert_tokenizer):
     cfg, root, _ = job
     out, report = uninterrupted
@@ -77,6 +79,7 @@ def test_pipeline_equals_a_direct_forward_pass(job, uninterrupted, shared_data, 
     np.testing.assert_allclose([conf[i] for i in table.column("id").to_pylist()], direct.max(-1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_recomputing(job, uninterrupted, tmp_path):
     def stop_after_first_shard(report):
         if report.computed:
@@ -100,6 +103,7 @@ def test_interrupted_run_resumes_without_recomputing(job, uninterrupted, tmp_pat
     assert again.computed == [] and len(again.skipped) == 9
 
 
+@pytest.mark.slow
 def test_killed_inference_actor_is_replaced_and_no_row_is_lost(job, uninterrupted, tmp_path):
     import ray
     from ray.util.state import list_actors

@@ -252,6 +252,7 @@ def test_source_step_is_cross_entropy(setup, synthetic_tokenizer):
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(model(**batch), labels).item(), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_algorithm_layer_does_not_import_ray():
     code = ("import sys\n"
             "import conlst_ray.algorithm.losses, conlst_ray.algorithm.negatives, conlst_ray.algorithm.thresholds\n"

@@ -127,6 +127,7 @@ def test_a_restarted_worker_drops_replayed_and_cut_records(tmp_path):
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["userinfo", "query"])
 def test_a_uri_with_credentials_is_refused_and_no_secret_is_printed_or_written(tmp_path, bucket, form):
     """A secret in output_dir (as user:password@, or as access_key/secret_key

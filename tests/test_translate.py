@@ -53,6 +53,7 @@ def corpus(tmp_path_factory, shared_data, ray_session):
     return root, targets, source
 
 
+@pytest.mark.slow
 def test_translator_returns_one_nonempty_sentence_per_input(corpus):
     root, _, _ = corpus
     t = Translator(str(root / "mbart"), max_new_tokens=6, batch_size=4)
@@ -62,6 +63,7 @@ def test_translator_returns_one_nonempty_sentence_per_input(corpus):
     assert out != sentences  # the model's generation: a translator handing back its input fails here
 
 
+@pytest.mark.slow
 def test_back_translation_job_with_fallback_and_cache(corpus):
     root, targets, _ = corpus
     cfg = TranslationConfig(model=str(root / "mbart"), on_uncovered="mask_only", max_new_tokens=6, batch_size=8)
@@ -77,6 +79,7 @@ def test_back_translation_job_with_fallback_and_cache(corpus):
     assert again.computed == [] and len(again.skipped) == len(report.computed)  # reused from the cache
 
 
+@pytest.mark.slow
 def test_translate_train_into_several_targets_keeps_labels(corpus):
     root, _, source = corpus
     cfg = TranslationConfig(model=str(root / "nllb"), max_new_tokens=6, batch_size=8)

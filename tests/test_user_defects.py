@@ -122,6 +122,7 @@ def test_a_file_read_for_several_languages_must_name_them(tmp_path, shared_data,
 
 # -- Corpora: a bad row anywhere is found before any training
 
+@pytest.mark.slow
 def test_a_bad_row_anywhere_is_an_error_before_training(tmp_path, shared_data):
     lines = (shared_data / "xnli" / "dev-de.tsv").read_text(encoding="utf-8").splitlines()[:80]
     lines[59] = "\t".join(lines[59].split("\t")[:2] + ["maybe"])
@@ -182,6 +183,7 @@ def test_run_name_is_one_folder_below_output_dir(name):
         load_config(None, [f"run_name={name}"])
 
 
+@pytest.mark.slow
 def test_unreachable_object_storage_is_refused_in_one_line_and_nothing_is_written(tmp_path):
     """output_dir may be object storage; storage that cannot be
     written is refused before any work, and no local mirror is started."""
@@ -193,6 +195,7 @@ def test_unreachable_object_storage_is_refused_in_one_line_and_nothing_is_writte
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_preflight_writes_nothing_and_resume_needs_a_name(tmp_path):
     out = tmp_path / "out"
     proc = cli("run", f"output_dir={out}", f"data.target_train=xnli_tsv:{tmp_path}/none-{{lang}}.tsv", timeout=60)
