@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config, with_values
 from conlst_ray.models.encoder import build_model, build_tokenizer
 from conlst_ray.pipeline.rundir import stage_files
@@ -65,7 +66,7 @@ def main() -> None:
                              f"model.tiny.intermediate_size={4 * args.hidden}",
                              f"resources.cpus_per_worker={args.threads}", "data.synthetic.n_unlabelled=1000",
                              "conl.batch_size=32", "conl.num_negatives=8", "source.epochs=2"])
-    ray.init(num_cpus=args.threads, log_to_driver=False)
+    init_ray(num_cpus=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tok = build_tokenizer(cfg.model, cfg.data)

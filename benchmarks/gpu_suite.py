@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +232,7 @@ def main() -> None:
               "torch": torch.__version__, "ray": ray.__version__, "model": args.model, "parts": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=None if gpu else args.threads, log_to_driver=False, include_dashboard=False)
+    init_ray(num_cpus=None if gpu else args.threads)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

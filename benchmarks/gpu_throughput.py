@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.conl_step_throughput import plain_loop as conl_plain_loop
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer
 from conlst_ray.models.tokenizers import tokenizer_stamp
@@ -88,7 +89,7 @@ def main() -> None:
         "source.epochs=1", "resources.use_gpu=true", "resources.num_workers=1", "resources.cpus_per_worker=4",
         "resources.gpus_per_actor=1", "resources.cpus_per_actor=2", "resources.inference_batch_size=256",
         "resources.tokenize_tasks=4", "resources.precision=bf16"])
-    ray.init(log_to_driver=False, include_dashboard=False)
+    init_ray()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tok = build_tokenizer(cfg.model, cfg.data)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 from conlst_ray.data.readers import read_languages
 from conlst_ray.models.encoder import ConlstEncoder, wordpiece_tokenizer
@@ -141,7 +142,7 @@ def memory_run(rows_per_lang: int, tmp: Path) -> tuple[int, int]:
                              "resources.torch_threads=2", "resources.cpus_per_actor=1"])
     tok = build_tokenizer(cfg.model, cfg.data)
     build_tiny(cfg.model, tok).save(tmp / "tiny", tok)
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    init_ray(num_cpus=2)
     try:
         with PeakMemory() as mem:
             _, _, rows = ray_pipeline(cfg, tmp / "tiny", tmp, cfg.data.target_langs)
@@ -186,7 +187,7 @@ def main() -> None:
                                      f"resources.torch_threads={args.threads}", "resources.cpus_per_actor=1",
                                      "resources.tokenize_tasks=1",
                                      f"resources.inference_batch_size={args.micro_batch}"])
-            ray.init(num_cpus=2, log_to_driver=False)
+            init_ray(num_cpus=2)
             try:
                 a, a_e2e, rows = ray_pipeline(cfg, tmp / "model", tmp, XNLI)
             finally:

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_max_rows
 
@@ -50,7 +51,7 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     from conlst_ray.training.optim import seed_everything
 
     if not ray.is_initialized():
-        ray.init(address="local", log_to_driver=False, include_dashboard=False)
+        init_ray()
     init_dir = out / f"seed{cfg.seed}" / "init" / "model"
     if not (init_dir / "config.json").is_file():
         seed_everything(cfg.seed)  # the head's initialisation: a seed changes the source model too

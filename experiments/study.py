@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)  # no ASHA here: no state API needed
+    init_ray(num_cpus=2)
     runs: dict[int, dict[str, Path]] = {}
     for seed in args.seeds:
         base = run_variant("CoNLST", seed, out, extra, None)
