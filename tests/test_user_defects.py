@@ -346,3 +346,34 @@ def test_override_values_take_the_type_of_their_key():
     assert load_config(None, ["model.tokenizer=null"]).model.tokenizer is None
     langs = ("near", "far")                                                  # the Python API's tuple
     assert load_config(None, [f"data.target_langs={_value(langs)}"]).data.target_langs == ["near", "far"]
+
+
+# -- One command at a time in a run directory
+
+@pytest.mark.slow
+def test_a_second_command_in_a_busy_run_directory_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    """Two real processes: while a run works in RUN, a --resume of RUN is
+    refused in one line naming the first process, and touches nothing; when
+    the first ends, its lock is gone. A lock left by a process that no longer
+    exists (kill -9) does not block the next command."""
+    args = [*T, f"output_dir={tmp_path}", "run_name=r"]
+    first = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO)
+    lock = tmp_path / "r" / ".lock"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert lock.exists(), "the first run never locked its directory"
+    line = one_error_line(cli("run", *args, "--resume", timeout=120))
+    assert f"in use by process {first.pid}" in line
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert not lock.exists()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import json
+    import socket
+
+    lock.write_text(json.dumps({"pid": int(ended.stdout), "host": socket.gethostname(), "started": 0}))
+    done = cli("run", *args, "--resume", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not lock.exists()
