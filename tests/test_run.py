@@ -187,7 +187,7 @@ def test_report_command_rebuilds_the_results_and_the_ablation_table(finished_run
 
     # Large corpora are relabelled by a Ray Data job, cached under RUN/analysis and tied to the CoNL
     # model's weights: new weights, new labels. (This corpus is small enough for the driver: force the job.)
-    from conlst_ray.reporting import predictions as predictions_lib
+    from conlst_ray.reporting import labelling_job as predictions_lib
 
     monkeypatch.setattr(predictions_lib, "DRIVER_INFERENCE_ROWS", 0)
     shards = lambda: {p: p.stat().st_mtime_ns  # noqa: E731
