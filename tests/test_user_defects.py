@@ -67,10 +67,11 @@ def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
             "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
     run = tmp_path / "r"
     # Ray Train worker groups where Ray's own SIGINT handler was the problem (a stage, and the
-    # pseudo-labelling after one); later stages in-process (workers are an execution setting)
+    # pseudo-labelling after one); later stages in-process (workers are an execution setting);
+    # CoNL once it trains, self-training as it starts
     for stage, marker, trainer in (("source", "source/steps.jsonl", "ray_train"),
                                    ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", "ray_train"),
-                                   ("conl", "conl/FINGERPRINT.json", "auto"), ("ssl", "ssl/FINGERPRINT.json", "auto")):
+                                   ("conl", "conl/steps.jsonl", "auto"), ("ssl", "ssl/FINGERPRINT.json", "auto")):
         proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.trainer={trainer}"]
                                 + (["--resume"] if stage != "source" else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
