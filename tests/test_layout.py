@@ -148,3 +148,18 @@ def test_only_the_run_directory_spells_the_run_layout():
                if p.name != "rundir.py" and (s := layout_spellings(p))}
     assert not spelled, spelled
     assert layout_spellings(ROOT / "pipeline" / "rundir.py")  # the check sees the names where they are spelled
+
+
+def test_no_function_takes_more_than_seven_parameters():
+    """Typed inputs (StageJob, StageInputs, ShardedJob, TranslationJob, ...)
+    instead of long parameter lists; ``self`` and ``cls`` do not count."""
+    long = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None) - (names[:1] in (["self"], ["cls"]))
+                if count > 7:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count})")
+    assert not long, long
