@@ -126,12 +126,10 @@ def score(shared: Shared, model) -> dict:
 
 def source_dev(shared: Shared, model) -> float:
     """Source dev accuracy (%): the kept source epoch and the label-free signal."""
-    from conlst_ray.training.inference import accuracy_by_language
+    from conlst_ray.training.inference import dev_metrics
 
-    accs = {}
-    for rows in shared.evals:
-        accs.update(accuracy_by_language(_q(shared, model, rows), rows))
-    return 100 * accs[shared.cfg.data.source_lang]
+    metrics = dev_metrics(model, shared.evals, shared.tokenizer.pad_token_id, shared.device, shared.cfg)
+    return 100 * metrics["source_dev_acc"]
 
 
 def target_predictions(shared: Shared, model) -> np.ndarray:

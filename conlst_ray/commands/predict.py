@@ -83,13 +83,9 @@ def check_arguments(args) -> str:
 def corpus_files(spec: str, langs: list) -> list[Path]:
     """The local files a corpus spec reads for ``langs`` (none for the
     embedded benchmark or a hub data set)."""
-    from conlst_ray.data.readers import parse_spec
+    from conlst_ray.config.provenance import spec_files
 
-    fmt, location = parse_spec(spec)
-    if fmt in ("synthetic", "hf"):
-        return []
-    path = location.split("?", 1)[0]
-    return [Path(path.replace("{lang}", lang)).resolve() for lang in langs]
+    return [Path(p).resolve() for p in spec_files(spec, langs)]
 
 
 def predictions_table(classifier, table, batch_size: int):

@@ -354,7 +354,7 @@ class SearchDir:
 
     @staticmethod
     def is_search(folder: Path) -> bool:
-        return (Path(folder) / "best_config.yaml").is_file()
+        return SearchDir.of(folder).best_config.is_file()
 
     @property
     def best_config(self) -> Path:

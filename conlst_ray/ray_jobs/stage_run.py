@@ -81,20 +81,28 @@ def stage_algorithm(job: StageJob, model, tokenizer, device, stamp: str):
     return SelfTraining(model, cfg, tokenizer, device, source, target, backtranslated)
 
 
+def build_stage(job: StageJob, device) -> tuple:
+    """The stage's model (loaded, frozen as configured, on ``device``, in
+    train mode), its tokenizer, the counts of the parameters it trains, the
+    tokenizer stamp and the algorithm object over the token files."""
+    torch.manual_seed(job.config.seed)
+    tokenizer = open_tokenizer(job.model_in)
+    model = ConlstEncoder.load(job.model_in)
+    frozen = freeze(model, job.config, job.stage)  # before DDP and the optimizer see the parameters
+    model.to(device).train()
+    # the corpora, tokenised once by the driver's Ray tasks, memory-mapped here
+    stamp = tokenizer_stamp(job.model_in, job.config.data.max_length)
+    return tokenizer, frozen, stamp, stage_algorithm(job, model, tokenizer, device, stamp)
+
+
 def run_stage(job: StageJob, session) -> dict:
     """Train ``job``'s stage under ``session`` (device, model wrapping,
     checkpoints) and save its model (rank 0); returns the last epoch's record."""
     cfg = job.config
-    torch.manual_seed(cfg.seed)
     rank, _ = world()
-    tokenizer = open_tokenizer(job.model_in)
-    model = ConlstEncoder.load(job.model_in)
-    frozen = freeze(model, cfg, job.stage)  # before DDP and the optimizer see the parameters
-    model.to(session.device).train()
+    tokenizer, frozen, stamp, algorithm = build_stage(job, session.device)
+    model = algorithm.model
     runner = session.wrap(StepModule(model, cfg.resources.precision))
-    # the corpora, tokenised once by the driver's Ray tasks, memory-mapped here
-    stamp = tokenizer_stamp(job.model_in, cfg.data.max_length)
-    algorithm = stage_algorithm(job, model, tokenizer, session.device, stamp)
     start, state = (0, 0), session.restore()
     if state is not None:
         algorithm.load_state_dict(state)
@@ -173,17 +181,10 @@ def fit_plain(stage: str, cfg, model_in: str, corpus_dir: Path, inputs: Optional
     (tokenises what is missing). Returns the trained algorithm object."""
     from conlst_ray.training.loop import fit
 
-    torch.manual_seed(cfg.seed)
-    tokenizer = open_tokenizer(model_in)
-    model = ConlstEncoder.load(model_in)
-    freeze(model, cfg, stage)
-    model.to(device).train()
     inputs = replace(inputs or StageInputs(), corpus_dir=str(corpus_dir), translations=None)
     tokens = prepare_stage_tokens(stage, cfg, model_in, inputs, log=lambda *_: None)
-    job = StageJob(stage, cfg, model_in, None, tokens, inputs)
-    stamp = tokenizer_stamp(model_in, cfg.data.max_length)
-    algorithm = stage_algorithm(job, model, tokenizer, torch.device(device), stamp)
-    for _ in fit(algorithm, StepModule(model, cfg.resources.precision), prefetch_depth=cfg.resources.prefetch_batches,
-                 steps_file=steps_file):
+    *_, algorithm = build_stage(StageJob(stage, cfg, model_in, None, tokens, inputs), torch.device(device))
+    runner = StepModule(algorithm.model, cfg.resources.precision)
+    for _ in fit(algorithm, runner, prefetch_depth=cfg.resources.prefetch_batches, steps_file=steps_file):
         pass
     return algorithm
