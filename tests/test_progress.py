@@ -48,3 +48,52 @@ def test_a_term_a_step_could_not_compute_is_left_out_of_tensorboard_without_a_wa
     assert found["conl/loss"] == [(1, 0.5), (2, 0.4)] and found["conl/loss_cl"] == [(2, 0.3)]
     captured = capfd.readouterr()
     assert "NaN or Inf" not in captured.out + captured.err
+
+
+def test_a_resumed_stage_shows_only_its_own_epochs(tmp_path):
+    """The epochs a killed or stopped command finished were shown by it: the
+    resume prints only the epochs and steps it adds, also after the worker
+    cut the log back to its checkpoint."""
+    lines = []
+    steps, metrics = tmp_path / "steps.jsonl", tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"epoch": e, "step": 4 * (e + 1)}) + "\n" for e in range(2)))
+    steps.write_text("".join(json.dumps({"epoch": 2, "step": s, "epoch_steps": 4}) + "\n" for s in (9, 10)))
+    watcher = StageWatcher(stage_files(tmp_path), "conl", epochs=3, interval=0.0, log=lines.append,
+                           tensorboard=False)
+    steps.write_text("")                                        # the restored checkpoint is at step 8
+    with steps.open("a") as fh:
+        for step in (9, 10, 11):
+            fh.write(json.dumps({"epoch": 2, "step": step, "epoch_steps": 4}) + "\n")
+    with metrics.open("a") as fh:
+        fh.write(json.dumps({"epoch": 2, "step": 12}) + "\n")
+    watcher.poll()
+    assert [line for line in lines if "done at" in line] == ["[conl] epoch 3/3 done at step 12"]
+    progress = [line for line in lines if "done at" not in line]
+    assert len(progress) == 1 and progress[0].startswith("[conl] epoch 3/3 step "), lines  # step 11 alone
+
+
+def test_a_full_disk_stops_the_tensorboard_files_with_one_line_and_never_blocks(tmp_path):
+    """A real full disk (a 64 KiB tmpfs in a private mount namespace): the
+    writes go on returning, and one line says the event files stopped."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        import pytest
+
+        pytest.skip("needs unshare -rm (user namespaces) to mount a small tmpfs")
+    script = ("import sys; from conlst_ray.ray_jobs.progress import TensorBoard\n"
+              "tb = TensorBoard(sys.argv[1], 'conl', log=lambda line: print('LINE', line))\n"
+              "tb.FLUSH_S = 0\n"
+              "for step in range(20000): tb.step(step, {'loss': 0.5, 'loss_cl': 0.25})\n"
+              "tb.close(); print('returned')\n")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$1" && '
+                           'exec "$2" -c "$3" "$1"', "sh", str(disk), sys.executable, script],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [line for line in proc.stdout.splitlines() if line.startswith("LINE")]
+    assert len(said) == 1 and "[conl] TensorBoard event files stopped" in said[0] and "No space left" in said[0]
+    assert proc.stdout.splitlines()[-1] == "returned"

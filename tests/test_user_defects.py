@@ -4,6 +4,7 @@ resume completes, caches hit, nothing is silently read twice or written
 where it should not be."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -378,3 +379,50 @@ def test_a_second_command_in_a_busy_run_directory_is_refused_and_a_dead_holders_
     done = cli("run", *args, "--resume", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not lock.exists()
+
+
+# -- A full disk: one line naming the file, nothing half-written, the resume finishes
+
+def _private_mounts() -> bool:
+    """Whether this machine lets a test mount a tmpfs of its own (a private
+    user and mount namespace: root is not needed)."""
+    import shutil
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _private_mounts(), reason="needs unshare -rm (user namespaces) to mount a small tmpfs")
+def test_a_full_disk_is_one_line_naming_the_file_and_the_resume_finishes(tmp_path):
+    """A real full disk: output_dir on a 2 MiB tmpfs, which the source model's
+    weights do not fit. The run ends in one line naming the file it could not
+    write and the command that continues it; no finished stage holds a
+    truncated model. With the disk grown, that --resume finishes the run."""
+    disk, run = tmp_path / "disk", tmp_path / "disk" / "r"
+    disk.mkdir()
+    args = [*T, f"output_dir={disk}", "run_name=r"]
+    run_cmd = [sys.executable, "-m", "conlst_ray.run", *args]
+    check = shlex.join([sys.executable, "-c", _DONE_CHECK, str(run)])
+    script = (f"mount -t tmpfs -o size=2m tmpfs {disk} || exit 99\n"
+              f"{shlex.join(run_cmd)} 2> {tmp_path / 'full.err'}; echo $? > {tmp_path / 'full.rc'}\n"
+              f"{check} > {tmp_path / 'after_full'}\n"
+              f"mount -o remount,size=200m {disk}\n"
+              f"{shlex.join(run_cmd + ['--resume'])} 2> {tmp_path / 'resume.err'}\n"
+              f"echo $? > {tmp_path / 'resume.rc'}; {check} > {tmp_path / 'after_resume'}\n")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    err = (tmp_path / "full.err").read_text()
+    full = one_error_line(subprocess.CompletedProcess([], int((tmp_path / "full.rc").read_text()), "", err))
+    assert f"no space left on the device writing {run}/" in full, full
+    assert "continue with: python -m conlst_ray.run" in full and "--resume" in full, full
+    assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.err").read_text()[-2000:]
+    assert (tmp_path / "after_full").read_text().strip() == "{}"  # the stage cut short is not done
+    assert (tmp_path / "after_resume").read_text().strip() == "{'source': None, 'conl': None, 'ssl': None}"
+
+
+# each finished training stage -> what is wrong with its model (RunDir.damage), run inside the
+# namespace that holds the disk
+_DONE_CHECK = ("import sys, pathlib; from conlst_ray.pipeline.rundir import RunDir; r = RunDir(pathlib.Path("
+               "sys.argv[1])); print({s: r.damage(s) for s in ('source', 'conl', 'ssl') if r.is_done(s)})")

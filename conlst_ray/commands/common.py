@@ -8,6 +8,7 @@ resume it (exit status 130)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from conlst_ray.config.provenance import StaleError
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # per user, readable by its owner only: a traceback may quote paths and settings
 ERROR_LOG = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conlst_ray" / "last-error.log"
 
@@ -49,25 +51,45 @@ def user_error_types() -> tuple:
             FileExistsError, CredentialsInURI, RunInUse)
 
 
-def find_user_error(exc: BaseException) -> Optional[BaseException]:
-    """The user error behind ``exc``: itself, or a cause wrapped by Ray (a
-    task error, a failed Train worker) or re-raised along the way."""
-    types, seen, stack = user_error_types(), set(), [exc]
+def _causes(exc: BaseException):
+    """``exc`` and every exception behind it, nearest first: causes, contexts,
+    what Ray wraps (a task error, a failed Train worker, its controller)."""
+    seen, stack = set(), [exc]
     while stack:
         e = stack.pop(0)
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, types):
-            inner = getattr(e, "cause", None)  # Ray's RayTaskError(X) carries the X it wraps
-            return inner if isinstance(inner, types) else e
+        yield e
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)]
         failures = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
         if isinstance(failures, dict):
             stack += list(failures.values())
         elif isinstance(failures, (list, tuple)):
             stack += [f for f in failures if isinstance(f, BaseException)]
+
+
+def find_user_error(exc: BaseException) -> Optional[BaseException]:
+    """The user error behind ``exc``: itself, or a cause wrapped by Ray (a
+    task error, a failed Train worker) or re-raised along the way."""
+    types = user_error_types()
+    for e in _causes(exc):
+        if isinstance(e, types):
+            inner = getattr(e, "cause", None)  # Ray's RayTaskError(X) carries the X it wraps
+            return inner if isinstance(inner, types) else e
     return None
+
+
+def disk_full(exc: BaseException) -> Optional[str]:
+    """What to tell the user when a write behind ``exc`` found its disk (or
+    quota) full; None otherwise. Files are written whole or not at all, so
+    the run directory holds nothing half-written and a resume continues it."""
+    full = next((e for e in _causes(exc) if isinstance(e, OSError) and e.errno in DISK_FULL), None)
+    if full is None:
+        return None
+    where = f" writing {full.filename}" if full.filename else ""
+    return (f"no space left on the device{where} ({full.strerror}): free space there, or set output_dir "
+            f"(or model.cache_dir) to a larger disk")
 
 
 def one_line(exc: BaseException) -> str:
@@ -99,10 +121,15 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         if isinstance(exc, SystemExit):
             raise
         cause = find_user_error(exc)
-        if cause is None or debug:
+        full = disk_full(exc) if cause is None else None
+        if (cause is None and full is None) or debug:
             raise
         keep_traceback(exc)
-        print(f"error: {one_line(cause)}", file=sys.stderr)
+        if full:  # where the run stopped and how to continue it, as after Ctrl+C
+            where = on_interrupt() if on_interrupt else ""
+            print(f"error: {full}{'; ' + where if where else ''}", file=sys.stderr)
+        else:
+            print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
     finally:
         from conlst_ray.pipeline.rundir import release_all

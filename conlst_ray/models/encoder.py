@@ -43,6 +43,7 @@ from conlst_ray.models.tokenizers import (  # noqa: F401
     wordpiece_tokenizer,
 )
 from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import atomic_write_bytes
 
 HEADS_FILE = "conlst_heads.safetensors"
 META_FILE = "conlst.json"
@@ -187,7 +188,7 @@ class ConlstEncoder(nn.Module):
         the model card says (``models/card.py``)."""
         import shutil
 
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = storage.here(path)  # object storage: the caller publishes the folder when complete
         path.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,8 @@ class ConlstEncoder(nn.Module):
             (path / earlier).unlink(missing_ok=True)
         self.hf_config().save_pretrained(path)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        # whole or not at all (a full disk leaves no truncated weights), and a failed write an OSError
+        atomic_write_bytes(path / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
         shutil.copyfile(Path(__file__).with_name(MODEL_CODE), path / MODEL_CODE)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)

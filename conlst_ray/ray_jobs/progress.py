@@ -70,13 +70,23 @@ def epoch_line(stage: str, record: dict, epochs: int) -> str:
 
 class TensorBoard:
     """Every step's logged terms under ``folder`` as TensorBoard event files
-    (tensorboardX, which Ray Tune installs); epoch records under ``epoch/``."""
+    (tensorboardX's format, which Ray Tune installs); epoch records under
+    ``epoch/``. Written by the calling thread, not tensorboardX's writer
+    thread: that thread dies on a full disk and leaves every later write
+    blocked on its queue (a hung run). A write that fails stops the event
+    files with one line; the stage goes on (and meets the full disk itself)."""
 
-    def __init__(self, folder: Path, stage: str):
-        from tensorboardX import SummaryWriter
+    FLUSH_S = 10.0
 
-        self.writer = SummaryWriter(logdir=str(folder), flush_secs=10)
-        self.stage = stage
+    def __init__(self, folder: Path, stage: str, log=print):
+        self.stage, self.log, self.writer, self.flushed = stage, log, None, time.monotonic()
+        self._guarded(lambda: self._open(folder))
+
+    def _open(self, folder: Path) -> None:
+        from tensorboardX.event_file_writer import EventsWriter
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.writer = EventsWriter(str(Path(folder) / "events"))
 
     def step(self, step: int, logs: dict) -> None:
         self._scalars(f"{self.stage}/", step, logs)
@@ -85,14 +95,34 @@ class TensorBoard:
         self._scalars(f"{self.stage}/epoch/", step, logs)
 
     def _scalars(self, prefix: str, step: int, logs: dict) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
         for k, v in logs.items():
             # a term a step could not compute (NaN: CoNL's batch without negatives) is left out;
             # tensorboardX would print a warning for each
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                self.writer.add_scalar(prefix + k, v, step)
+            if self.writer is not None and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and math.isfinite(v):
+                event = Event(wall_time=time.time(), step=step, summary=scalar(prefix + k, v))
+                self._guarded(lambda e=event: self.writer.write_event(e))
+        if time.monotonic() - self.flushed >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed = time.monotonic()
+        self._guarded(lambda: self.writer and self.writer.flush())
+
+    def _guarded(self, write) -> None:
+        try:
+            write()
+        except OSError as exc:  # a full disk, a folder gone: TensorBoard is a view, not the run
+            self.writer = None
+            self.log(f"[{self.stage}] TensorBoard event files stopped: {exc}")
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self._guarded(self.writer.close)
+            self.writer = None
 
 
 class StageWatcher:
@@ -109,14 +139,18 @@ class StageWatcher:
 
         self.files, self.stage = files, stage
         self.progress = Progress(stage, epochs, interval, lambda line: _flushed(log, line))
-        self.tb = TensorBoard(files.tensorboard, stage) if tensorboard else None
+        self.tb = TensorBoard(files.tensorboard, stage, log) if tensorboard else None
         self.logs = {"steps": files.steps, "metrics": files.metrics}
-        self.offsets = {name: 0 for name in self.logs}
-        self.fetched_at = {name: -1e9 for name in self.offsets}
+        self.fetched_at = {name: -1e9 for name in self.logs}
         self.copies = None  # object storage: the logs are fetched to a private folder
         self.epoch = None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{stage}")
+        self.offsets = {name: 0 for name in self.logs}
+        # what is there already (a resumed stage's finished epochs) was shown by the command that wrote it
+        self.seen: dict = {name: set() for name in self.logs}
+        for name in self.logs:
+            self._new(name)
 
     def __enter__(self):
         self.thread.start()
@@ -176,7 +210,7 @@ class StageWatcher:
         if not path.is_file():
             return []
         size = path.stat().st_size
-        if size < self.offsets[name]:  # rewritten after a restart: read it again
+        if size < self.offsets[name]:  # cut back to a restored checkpoint: read again, show what is new
             self.offsets[name] = 0
         with path.open("rb") as fh:
             fh.seek(self.offsets[name])
@@ -186,9 +220,13 @@ class StageWatcher:
         out = []
         for line in data[:complete].splitlines():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            key = (record.get("epoch", record.get("iteration")), record.get("step"))
+            if key not in self.seen[name]:  # each epoch and step shown once, whichever command wrote it
+                self.seen[name].add(key)
+                out.append(record)
         return out
 
 
