@@ -378,3 +378,50 @@ def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
     with pytest.raises(Exception, match="source.grad_accum=64"):
         fit_stage("source", lc(None, SMALL + ["source.grad_accum=64"]), stage_files(tmp_path / "too_many"), init,
                   StageInputs(corpus_dir=str(root / "corpus")), num_workers=0)
+
+
+def test_ray_train_workers_stop_when_their_command_loses_the_run_directory(tmp_path, ray_session):
+    """A command killed with kill -9 leaves its Ray Train workers training
+    until Ray notices, and a prompt --resume takes its lock over: the orphans
+    must not race it. Here another (living) process takes the lock over while
+    two workers train: they stop within seconds, before the stage's end, and
+    the stage fails rather than restart."""
+    import os
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    from conlst_ray.storage import lock as run_lock
+
+    cfg = load_config(None, SMALL + ["source.epochs=40", "resources.max_failures=0"])
+    run, init = tmp_path / "run", init_model(tmp_path, cfg)
+    run_lock.acquire(run)
+    ended: dict = {}
+
+    def fit():
+        try:
+            fit_stage("source", cfg, stage_files(run / "source"), init, num_workers=2)
+        except BaseException as exc:  # noqa: BLE001 -- the test reads it
+            ended["error"] = exc
+
+    trainer = threading.Thread(target=fit)
+    trainer.start()
+    log, deadline = run / "source" / "steps.jsonl", time.time() + 300
+    def logged() -> int:
+        return len(log.read_text().splitlines()) if log.is_file() else 0
+
+    while logged() < 3 and trainer.is_alive() and time.time() < deadline:
+        time.sleep(0.2)
+    other = subprocess.Popen(["sleep", "600"])  # the command that took the run directory over
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
+        at_takeover = logged()
+        trainer.join(timeout=120)
+        assert not trainer.is_alive() and "error" in ended, "the workers trained on after losing the run directory"
+        assert logged() - at_takeover <= 12, "steps went on after the takeover"
+        assert logged() < 40 * (256 // 32)
+    finally:
+        other.kill()
+        run_lock.release(run)
+    assert (run / ".lock").is_file() and os.getpid() != json.loads((run / ".lock").read_text())["pid"]

@@ -44,7 +44,7 @@ def user_error_types() -> tuple:
     from conlst_ray.models.e5 import E5Error
     from conlst_ray.models.encoder import ModelError
     from conlst_ray.models.translation import TranslationConfigError
-    from conlst_ray.pipeline.rundir import RunInUse
+    from conlst_ray.storage.lock import RunInUse
     from conlst_ray.storage.mirror import CredentialsInURI
 
     return (ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, ModelError, UserError,
@@ -132,7 +132,7 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
             print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
     finally:
-        from conlst_ray.pipeline.rundir import release_all
+        from conlst_ray.storage.lock import release_all
 
         release_all()  # the run directories this command locked, however it ended
 

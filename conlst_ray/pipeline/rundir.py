@@ -13,8 +13,6 @@ written is published, and listings come from storage."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import struct
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
 from conlst_ray.data.corpora import CORPUS_FOLDERS
+from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.stage_files import StageFiles
@@ -32,35 +31,6 @@ MODEL = "model"
 TRAINED_STAGES = ("source", "conl", "ssl")
 HANDED_BACK_RECORD = "handed_back.json"
 TRIAL_RECORD = "trial.json"
-LOCK_FILE = ".lock"
-_HELD: list = []  # the run directories this process has locked
-
-
-class RunInUse(RuntimeError):
-    """Another command works in this run directory."""
-
-
-def _this_process() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-
-
-def _running(holder: dict) -> bool:
-    """Whether the process that wrote a lock still runs (on another host: assumed)."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
-def release_all() -> None:
-    """Every lock this process holds (at the end of a command, however it ends)."""
-    for run in list(_HELD):
-        run.release()
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -200,42 +170,14 @@ class RunDir:
         return run
 
     def lock(self) -> None:
-        """One command at a time in a run directory: a second one (another
-        --resume, a report rebuilding while stages run) is refused in one line
-        naming the process that holds it. A lock left by a process that has
-        ended (kill -9, a lost node on this host) is taken over. In object
-        storage the check and the write are two requests, not one atomic step."""
-        path, me = self.root / LOCK_FILE, _this_process()
-        self.root.mkdir(parents=True, exist_ok=True)
-        holder = read_json(storage.fetch(path))
-        if holder is None and not storage.is_remote(path):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(json.dumps(me))
-                _HELD.append(self)
-                return
-            except FileExistsError:
-                holder = read_json(path)
-        if holder and holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
-            return  # this process holds it already (the Python API, a test)
-        if holder and _running(holder):
-            since = time.strftime("%H:%M:%S", time.localtime(holder.get("started", 0)))
-            raise RunInUse(f"run directory {self.root} is in use by process {holder.get('pid')} on "
-                           f"{holder.get('host')} (since {since}): wait for it to end or stop it; if that "
-                           f"process is gone, remove {path}")
-        atomic_write_text(path, json.dumps(me))
-        storage.publish(path)
-        _HELD.append(self)
+        """One command at a time in a run directory (``storage/lock.py``): a
+        second one (another --resume, a report rebuilding while stages run)
+        is refused in one line naming the process that holds it."""
+        run_lock.acquire(self.root)
 
     def release(self) -> None:
         """Give up this process's lock on the run directory."""
-        path = self.root / LOCK_FILE
-        holder = read_json(path) if path.is_file() else None
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            storage.remove(path)
-        if self in _HELD:
-            _HELD.remove(self)
+        run_lock.release(self.root)
 
     def check_settings(self, cfg) -> None:
         """Before anything is written: every stage already on disk that

@@ -32,10 +32,18 @@ __all__ = ["fit_stage", "train_loop_per_worker", "StageInputs", "freeze", "fit_p
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
-    """One stage on one Ray Train worker: ``loop_cfg["job"]``, a StageJob."""
-    from conlst_ray.ray_jobs.worker import RayTrainSession
+    """One stage on one Ray Train worker: ``loop_cfg["job"]``, a StageJob;
+    ``loop_cfg["lock"]``: the run directory's lock and its holder, the driver
+    (the worker stops when the driver is gone: ``worker.DriverWatch``)."""
+    from conlst_ray.ray_jobs.worker import DriverWatch, RayTrainSession
 
-    run_stage(loop_cfg["job"], RayTrainSession())
+    job = loop_cfg["job"]
+    if loop_cfg.get("lock"):
+        path, holder = loop_cfg["lock"]
+        watch = DriverWatch(path, holder, every_s=10.0 if storage.is_remote(path) else 1.0)
+        seam = job.inputs.before_step
+        job = replace(job, inputs=replace(job.inputs, before_step=lambda step: (watch(step), seam and seam(step))))
+    run_stage(job, RayTrainSession())
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -74,8 +82,11 @@ def _fit_ray_train(job: StageJob, workers: int) -> dict:
                                      storage_path=where[1] if where else str(files.ray_train),
                                      storage_filesystem=where[0] if where else None,
                                      failure_config=ray.train.FailureConfig(max_failures=res.max_failures))
-    trainer = _trainer_class()(train_loop_per_worker, train_loop_config={"job": job}, scaling_config=scaling,
-                               run_config=run_config)
+    from conlst_ray.storage.lock import covering_lock
+
+    lock = covering_lock(files.root)
+    trainer = _trainer_class()(train_loop_per_worker, scaling_config=scaling, run_config=run_config,
+                               train_loop_config={"job": job, "lock": lock and (str(lock[0]), lock[1])})
     return dict(fit_interruptibly(trainer).metrics or {})
 
 

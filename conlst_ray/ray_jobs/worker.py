@@ -4,7 +4,11 @@ restored from it."""
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +16,7 @@ import torch
 
 from conlst_ray.training.distributed import world
 
-__all__ = ["RayTrainSession", "STATE_FILE", "load_checkpoint", "save_checkpoint"]
+__all__ = ["RayTrainSession", "DriverWatch", "STATE_FILE", "load_checkpoint", "save_checkpoint"]
 
 STATE_FILE = "train_state.pt"  # in each checkpoint Ray Train keeps
 
@@ -35,6 +39,32 @@ class RayTrainSession:
 
     def report(self, state: dict, record: dict) -> None:
         save_checkpoint(state, record)
+
+
+@dataclass
+class DriverWatch:
+    """Before a step (at most every ``every_s`` seconds): does the command
+    that started this worker still hold its run directory's lock? A driver
+    killed with kill -9 leaves its workers training until Ray notices (4 s
+    here, longer on a loaded cluster), and a prompt --resume takes the lock
+    over: the orphan then stops at once, before it writes another step or
+    checkpoint (os._exit: the dead driver's Ray Train cannot restart it)."""
+    lock: str                    # RUN/.lock
+    holder: dict                 # what the driver wrote there
+    every_s: float = 1.0
+    checked: float = field(default=0.0)
+
+    def __call__(self, step: int) -> None:
+        from conlst_ray.storage.lock import lock_lost
+
+        now = time.monotonic()
+        if now - self.checked < self.every_s:
+            return
+        self.checked = now
+        why = lock_lost(Path(self.lock), self.holder)
+        if why:
+            print(f"[worker] stopping before step {step}: {why}", file=sys.stderr, flush=True)
+            os._exit(3)
 
 
 def save_checkpoint(state: dict, metrics: dict) -> None:
