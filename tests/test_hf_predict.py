@@ -202,6 +202,51 @@ def test_the_python_api_answers_as_the_command_line_does(tmp_path, mbert_tokeniz
         model.predict(["hello"], batch_size=-1)
 
 
+def test_a_model_folder_with_cut_weights_or_no_tokenizer_is_one_line_before_loading(tmp_path, mbert_tokenizer,
+                                                                                      capsys):
+    """A copy cut short (a full disk, an interrupted transfer) and a folder
+    copied without its tokenizer: predict says so in one line naming the
+    folder, and load_model raises the same ModelError."""
+    import shutil
+
+    from conlst_ray.models.encoder import WEIGHTS_FILE, ModelError
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls", labels=("negative", "positive"), kind="single")
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text(json.dumps({"text": "great phone"}) + "\n")
+    cut, bare = tmp_path / "cut", tmp_path / "bare"
+    shutil.copytree(model_dir, cut)
+    weights = (cut / WEIGHTS_FILE).read_bytes()
+    (cut / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special_tokens*"))
+    for folder, said in ((cut, "are cut short"), (bare, "holds no tokenizer files")):
+        capsys.readouterr()
+        assert predict.main([str(folder), "--corpus", f"jsonl:{corpus}", "--out", str(tmp_path / "x.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {folder}: ") and said in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+        with pytest.raises(ModelError, match=said):
+            load_model(folder)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_loading_a_saved_model_prints_no_transformers_warning(tmp_path, mbert_tokenizer):
+    """Its tokenizer is opened with the encoder's own config: transformers
+    neither warns of a ``conlst`` model read as another type nor asks about
+    the folder's model code."""
+    import subprocess
+    import sys
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls")
+    # a fresh process: transformers says each warning once per process
+    proc = subprocess.run([sys.executable, "-c", "import sys; from conlst_ray import load_model; "
+                           "print(type(load_model(sys.argv[1], device='cpu').tokenizer).__name__)", str(model_dir)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "instantiate a model of type" not in proc.stderr and "custom code" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "BertTokenizer"
+
+
 def test_a_failed_run_raises_with_its_reason(tmp_path):
     from conlst_ray.api import RunError, run
 

@@ -47,10 +47,32 @@ def open_tokenizer(path) -> object:
     declares model type ``conlst``, which transformers only knows after
     ``import conlst_ray.hf``; its tokenizer is a standard one, so the
     config is read without running the folder's model code (transformers
-    would otherwise stop to ask whether to run it)."""
+    would otherwise stop to ask whether to run it), as its encoder's own
+    config (else transformers warns of a ``conlst`` model read as another)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(fetch_tokenizer(path)), trust_remote_code=False)
+    folder = fetch_tokenizer(path)
+    encoder = _saved_encoder_config(folder)
+    extra = {"config": encoder} if encoder else {}
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **extra)
+
+
+def _saved_encoder_config(folder):
+    """The encoder config inside a folder conlst_ray saved (model type
+    ``conlst``); None for any other folder or a hub id."""
+    import json
+
+    config = Path(str(folder)) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except ValueError:
+        return None
+    encoder = data.get("encoder") if data.get("model_type") == "conlst" else None
+    if not isinstance(encoder, dict) or "model_type" not in encoder:
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**encoder)
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,7 +13,6 @@ written is published, and listings come from storage."""
 from __future__ import annotations
 
 import json
-import struct
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, 
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_text
+from conlst_ray.storage.files import atomic_write_text, safetensors_problem
 from conlst_ray.training.stage_files import StageFiles
 
 DONE_FILE = "DONE.json"
@@ -31,24 +30,6 @@ MODEL = "model"
 TRAINED_STAGES = ("source", "conl", "ssl")
 HANDED_BACK_RECORD = "handed_back.json"
 TRIAL_RECORD = "trial.json"
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be read whole (its header unreadable, or
-    shorter than the tensors it declares); None when it is whole."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(n)) if 8 + n <= size else None
-    except (struct.error, ValueError):
-        header = None
-    if not isinstance(header, dict):
-        return f"its weights ({path.name}) are unreadable"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        return f"its weights ({path.name}) are cut short: {size} of {8 + n + end} bytes"
-    return None
 
 
 def stage_files(folder: str | Path, corpus: str | Path | None = None) -> StageFiles:

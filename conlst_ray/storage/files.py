@@ -1,8 +1,11 @@
-"""Writing files so that nothing is ever half-written."""
+"""Writing files so that nothing is ever half-written, and telling a
+safetensors file cut short (written before that was so) from a whole one."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -38,3 +41,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read whole (its header unreadable, or
+    shorter than the tensors it declares); None when it is whole."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+    except (struct.error, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return f"its weights ({path.name}) are unreadable"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"its weights ({path.name}) are cut short: {size} of {8 + n + end} bytes"
+    return None

@@ -15,6 +15,8 @@ def check_model_dir(model_dir, max_length: int) -> None:
     """What makes a folder a classifier conlst_ray can run, checked before
     it is loaded; a ModelError naming the folder otherwise."""
     from conlst_ray.models.encoder import WEIGHTS_FILE, ModelError, max_text_length, read_meta
+    from conlst_ray.models.tokenizers import TOKENIZER_FILES
+    from conlst_ray.storage.files import safetensors_problem
 
     if model_dir is None or not str(model_dir).strip():
         raise ModelError("model_dir: give the folder of a trained model (a stage's model/ or a run's model link)")
@@ -26,6 +28,12 @@ def check_model_dir(model_dir, max_length: int) -> None:
                          f"saved with it)")
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelError(f"{model_dir}: holds no {WEIGHTS_FILE}")
+    damage = safetensors_problem(folder / WEIGHTS_FILE)
+    if damage:
+        raise ModelError(f"{model_dir}: {damage}; copy the model folder again, or rerun the stage that made it")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{model_dir}: holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy the "
+                         f"whole model folder, which conlst_ray saves with its tokenizer")
     if not isinstance(max_length, int) or max_length < 1:
         raise ModelError(f"max_length {max_length!r}: must be a whole number of at least 1")
     limit = max_text_length(str(folder))
