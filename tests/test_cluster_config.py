@@ -48,6 +48,12 @@ def test_setup_installs_this_project_and_keeps_auth_on(name):
     assert len(token) == 1 and raw["setup_commands"][0] == f"chmod 600 {token[0]}"  # not world-readable
 
 
+def test_ssh_is_open_to_one_address_not_to_the_internet():
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    ranges = [r["CidrIp"] for rule in raw["provider"]["security_group"]["IpPermissions"] for r in rule["IpRanges"]]
+    assert ranges and all(r.endswith("/32") and not r.startswith("0.0.0.0") for r in ranges)
+
+
 def test_cloud_image_is_built_from_the_pinned_ray_image_with_the_pinned_torch():
     import ray
     import tomllib
