@@ -161,3 +161,26 @@ def test_a_uri_with_credentials_is_refused_and_no_secret_is_printed_or_written(t
     run_prefix = f"{BUCKET}/runs/r"
     assert not [i.path for i in stored
                 if i.path == run_prefix or i.path.startswith(run_prefix + "/") or secret in i.path]
+
+
+def test_predict_reads_a_model_in_object_storage_as_load_model_does(tmp_path, monkeypatch, bucket, mbert_tokenizer):
+    """A stage model published to the bucket from one node; predict on
+    another node, given its URI, labels the corpus as the local folder does."""
+    import json
+    import shutil
+
+    from test_hf_predict import trained_like
+
+    from conlst_ray.commands import predict
+
+    model_dir = trained_like(tmp_path, mbert_tokenizer, "cls", labels=("negative", "positive"), kind="single")
+    uri = storage.join(bucket, "r9", "ssl", "model")
+    node(monkeypatch, tmp_path / "a")
+    shutil.copytree(model_dir, storage.mirror(uri))
+    storage.publish(storage.mirror(uri))
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("great phone", "broke after a day")))
+    node(monkeypatch, tmp_path / "b")
+    for model, out in ((uri, tmp_path / "remote.csv"), (str(model_dir), tmp_path / "local.csv")):
+        assert predict.main([model, "--corpus", f"jsonl:{corpus}", "--out", str(out)]) == 0
+    assert (tmp_path / "remote.csv").read_text() == (tmp_path / "local.csv").read_text()

@@ -426,3 +426,26 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_resume_finishes(tmp_pat
 # namespace that holds the disk
 _DONE_CHECK = ("import sys, pathlib; from conlst_ray.pipeline.rundir import RunDir; r = RunDir(pathlib.Path("
                "sys.argv[1])); print({s: r.damage(s) for s in ('source', 'conl', 'ssl') if r.is_done(s)})")
+
+
+def test_only_a_run_directorys_own_lock_covers_its_stages(tmp_path):
+    """What a Ray Train worker watches (storage/lock.py): the lock of the run
+    directory above its stage, never another tool's ``.lock`` (pytest keeps
+    one in its numbered folders), and it says when the holder lost it."""
+    import json
+    import socket
+
+    from conlst_ray.storage import lock as run_lock
+
+    (tmp_path / ".lock").write_text("12345")
+    run = tmp_path / "out" / "r"
+    assert run_lock.covering_lock(run / "conl") is None
+    run_lock.acquire(run)
+    try:
+        path, holder = run_lock.covering_lock(run / "targets" / "near" / "conl")
+        assert path == run / ".lock" and holder["pid"] == os.getpid()
+        assert run_lock.lock_lost(path, holder) is None
+        path.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+        assert "taken over by process" in run_lock.lock_lost(path, holder)
+    finally:
+        run_lock.release(run)

@@ -27,6 +27,7 @@ from pathlib import Path
 from conlst_ray.commands.common import add_debug, entry_point
 from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
+from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_bytes
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -56,6 +57,8 @@ def check_arguments(args) -> str:
                         ("--max-rows", args.max_rows)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
+    if storage.is_uri(args.model):  # object storage: this node's copy, as load_model reads it
+        args.model = str(storage.fetch(storage.mirror(args.model)))
     problems = check_model("MODEL_DIR", args.model, need_weights=True)
     if problems or not Path(args.model).is_dir():
         raise UserError(problems[0] if problems else f"MODEL_DIR: {args.model} is not a model folder")

@@ -26,11 +26,15 @@ class RunInUse(RuntimeError):
 
 
 def _read(path: Path) -> dict | None:
-    path = storage.fetch(path)
+    """The holder a lock file names; None for no file, or for a file that is
+    not one of ours (half-written by a process killed as it wrote, or another
+    tool's ``.lock``, such as pytest's in its numbered folders)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except ValueError:  # half-written by a process killed as it wrote: nobody holds it
+        path = storage.fetch(path)
+        holder = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid (a path above a mirror) is a ValueError
         return None
+    return holder if isinstance(holder, dict) and {"pid", "host"} <= holder.keys() else None
 
 
 def _this_process() -> dict:
@@ -101,6 +105,8 @@ def covering_lock(folder: Path, levels: int = 4) -> tuple[Path, dict] | None:
     """The lock of the run directory that holds ``folder`` (a stage folder, a
     per-language or trial sub-run) and its holder; None when none is held."""
     for parent in list(Path(folder).parents)[:levels]:
+        if storage.is_remote(parent) != storage.is_remote(folder):  # above the run's mirror folder
+            break
         holder = _read(parent / LOCK_FILE)
         if holder:
             return parent / LOCK_FILE, holder
