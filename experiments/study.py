@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 BASE = ["translation.model=synthetic", "translation.pivot_lang=src", "resources.num_workers=0"]
-QUICK = ["data.synthetic.n_source_train=800", "data.synthetic.n_unlabelled=240", "data.synthetic.n_dev=90",
-         "data.synthetic.n_test=90", "source.epochs=2", "ssl.iterations=1"]
+QUICK = ["data.synthetic.n_source_train=300", "data.synthetic.n_unlabelled=120", "data.synthetic.n_dev=60",
+         "data.synthetic.n_test=60", "source.epochs=1", "ssl.iterations=1"]
 PLAIN_ST = "self-training, fixed threshold, no CoNL"
 CQ = "CoNLST, class-quantile selection (q 0.5)"
 CQ_NO_CONL = "w/o CoNL, class-quantile selection (q 0.5)"
