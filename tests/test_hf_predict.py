@@ -230,6 +230,7 @@ def test_a_model_folder_with_cut_weights_or_no_tokenizer_is_one_line_before_load
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_loading_a_saved_model_prints_no_transformers_warning(tmp_path, mbert_tokenizer):
     """Its tokenizer is opened with the encoder's own config: transformers
     neither warns of a ``conlst`` model read as another type nor asks about
