@@ -106,7 +106,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
     def main(argv):
         raise KeyboardInterrupt
 
-    assert guarded(main, argv, on_interrupt=lambda: run_mod.where_it_stopped(run, argv)) == 130
+    assert guarded(main, argv, where_stopped=lambda: run_mod.where_it_stopped(run, argv)) == 130
     err = capsys.readouterr().err
     assert f"run {run.root} stopped in stage pseudo_labels" in err
     assert "continue with: python -m conlst_ray.run output_dir=/x conl.gamma=0.8 --resume run_name=r" in err

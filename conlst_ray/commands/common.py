@@ -102,8 +102,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def guarded(main: Callable[[list], int], argv: Optional[list] = None,
-            on_interrupt: Optional[Callable[[], str]] = None) -> int:
-    """Run a CLI's ``main`` and turn how it fails into an exit status and one line."""
+            where_stopped: Optional[Callable[[], str]] = None) -> int:
+    """Run a CLI's ``main`` and turn how it fails into an exit status and one line;
+    ``where_stopped``: where a run stopped and how to continue it (after Ctrl+C, a full disk)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if "--verbose" in argv:
@@ -114,7 +115,7 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
     try:
         return main(argv)
     except KeyboardInterrupt:
-        where = on_interrupt() if on_interrupt else ""
+        where = where_stopped() if where_stopped else ""
         print(f"\ninterrupted{': ' + where if where else ''}", file=sys.stderr)
         return 130
     except BaseException as exc:  # noqa: BLE001 -- classified below, re-raised when not ours
@@ -126,7 +127,7 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
             raise
         keep_traceback(exc)
         if full:  # where the run stopped and how to continue it, as after Ctrl+C
-            where = on_interrupt() if on_interrupt else ""
+            where = where_stopped() if where_stopped else ""
             print(f"error: {full}{'; ' + where if where else ''}", file=sys.stderr)
         else:
             print(f"error: {one_line(cause)}", file=sys.stderr)

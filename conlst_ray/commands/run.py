@@ -49,7 +49,7 @@ def main(argv=None, state: dict | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     state = {} if state is None else state
     return guarded(lambda a: _main(a, state), argv,
-                   on_interrupt=lambda: where_it_stopped(state["run"], argv) if "run" in state else "")
+                   where_stopped=lambda: where_it_stopped(state["run"], argv) if "run" in state else "")
 
 
 def _main(argv, state: dict) -> int:

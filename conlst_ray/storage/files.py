@@ -33,13 +33,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             os.fchmod(fh.fileno(), _file_mode())
         os.replace(tmp, p)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None:  # a failed write names no file: say which one (disk full)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: say which (disk full)
             raise OSError(exc.errno, exc.strerror, str(p)) from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
