@@ -91,3 +91,13 @@ def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Ta
     if lang is not None:
         table = table.filter(pc.equal(table.column("lang"), lang))
     return table
+
+
+def private_mounts() -> bool:
+    """Whether this machine lets a test mount a tmpfs of its own (a private
+    user and mount namespace: root is not needed): the full-disk tests."""
+    import shutil
+    import subprocess
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0

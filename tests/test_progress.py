@@ -75,11 +75,12 @@ def test_a_resumed_stage_shows_only_its_own_epochs(tmp_path):
 def test_a_full_disk_stops_the_tensorboard_files_with_one_line_and_never_blocks(tmp_path):
     """A real full disk (a 64 KiB tmpfs in a private mount namespace): the
     writes go on returning, and one line says the event files stopped."""
-    import shutil
     import subprocess
     import sys
 
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+    from helpers import private_mounts
+
+    if not private_mounts():
         import pytest
 
         pytest.skip("needs unshare -rm (user namespaces) to mount a small tmpfs")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import private_mounts
 
 from conlst_ray.commands import evaluate
 from conlst_ray.config import ConfigError, load_config
@@ -387,17 +388,8 @@ def test_a_second_command_in_a_busy_run_directory_is_refused_and_a_dead_holders_
 
 # -- A full disk: one line naming the file, nothing half-written, the resume finishes
 
-def _private_mounts() -> bool:
-    """Whether this machine lets a test mount a tmpfs of its own (a private
-    user and mount namespace: root is not needed)."""
-    import shutil
-
-    return bool(shutil.which("unshare")) and subprocess.run(
-        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _private_mounts(), reason="needs unshare -rm (user namespaces) to mount a small tmpfs")
+@pytest.mark.skipif(not private_mounts(), reason="needs unshare -rm (user namespaces) to mount a small tmpfs")
 def test_a_full_disk_is_one_line_naming_the_file_and_the_resume_finishes(tmp_path):
     """A real full disk: output_dir on a 2 MiB tmpfs, which the source model's
     weights do not fit. The run ends in one line naming the file it could not
