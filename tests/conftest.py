@@ -4,7 +4,9 @@ the repository); CONLST_SHARED_DATA overrides the location."""
 import os
 from pathlib import Path
 
+import jobs  # noqa: F401 -- registers the jobs with RUNNER
 import pytest
+from background import RUNNER
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CONLST_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -52,27 +54,71 @@ def ray_session():
     ray.shutdown()
 
 
+# -- End-to-end jobs that run beside the other tests (background.py, jobs.py) --------------------------
+
+def _job_folder(config, name: str) -> Path:
+    return config._tmp_path_factory.mktemp(name)
+
+
+def pytest_collection_finish(session):
+    """Start the jobs the selected tests need, in the order the tests will ask for them."""
+    first_use: dict[str, int] = {}
+    for index, item in enumerate(session.items):
+        for name in RUNNER.jobs:
+            if name in getattr(item, "fixturenames", ()):
+                first_use.setdefault(name, index)
+    order = sorted(first_use, key=first_use.get)
+    if order:
+        RUNNER.start([(name, _job_folder(session.config, name)) for name in order])
+
+
+def pytest_sessionfinish(session):
+    RUNNER.stop()
+
+
+def _job(request, name: str):
+    return RUNNER.result(name, lambda: _job_folder(request.config, name))
+
+
 @pytest.fixture(scope="session")
-def two_node_search(tmp_path_factory):
+def two_node_search(request):
     """A 2-trial smoke search on a real two-node Ray cluster (tests/two_node_job.py,
     in a subprocess so that its cluster does not meet ``ray_session``). Shared by
-    test_two_node (placement) and test_tune (outputs, resume): one search costs
-    about two minutes here. Returns (output_dir, the search's arguments, the
-    finished subprocess)."""
+    test_two_node (placement) and test_tune (outputs, resume). Returns
+    (output_dir, the search's arguments, the finished subprocess)."""
     import subprocess
-    import sys
 
-    out = tmp_path_factory.mktemp("two_node")
-    job = Path(__file__).with_name("two_node_job.py")
-    # Clients that join a token-authenticated cluster by address need the mode set.
-    env = {**os.environ, "RAY_AUTH_MODE": "token",
-           # Ray Data starts a pool's actors asynchronously: on a loaded machine a
-           # small corpus can be labelled before the second actor is placed. Wait for both.
-           "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}
-    proc = subprocess.run([sys.executable, str(job), str(out)], env=env, capture_output=True, text=True, timeout=900)
-    sys.path.insert(0, str(job.parent))
-    try:
-        from two_node_job import ARGS
-    finally:
-        sys.path.remove(str(job.parent))
+    from two_node_job import ARGS
+
+    job = _job(request, "two_node_search")
+    out = Path(job["out"])
+    proc = subprocess.CompletedProcess([], job["rc"], job["stdout"], job["stderr"])
     return out, ARGS + [f"output_dir={out}"], proc
+
+
+@pytest.fixture(scope="session")
+def storage_job(request):
+    """The pipeline on two nodes that share no files (tests/storage_job.py): (its folder, result.json)."""
+    job = _job(request, "storage_job")
+    assert job["rc"] == 0 and job["result"].get("rc") == 0, job["log"]
+    return Path(job["out"]), job["result"]
+
+
+@pytest.fixture(scope="session")
+def unshared_node(request):
+    return _job(request, "unshared_node")
+
+
+@pytest.fixture(scope="session")
+def quick_study(request):
+    return _job(request, "quick_study")
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(request):
+    return _job(request, "interrupted_run")
+
+
+@pytest.fixture(scope="session")
+def full_disk_run(request):
+    return _job(request, "full_disk_run")

@@ -3,27 +3,16 @@ S3-compatible server, a node-local cache per node, and a preflight that
 refuses a local output_dir some node cannot see.
 
 Both clusters live in subprocesses (tests/storage_job.py,
-tests/unshared_node_job.py) so they do not meet the session's Ray."""
+tests/unshared_node_job.py) so they do not meet the session's Ray; they
+run beside the other tests (tests/background.py) and conftest.py hands
+their results here."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import private_mounts
 
 pytestmark = pytest.mark.slow
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def storage_job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("storage")
-    proc = subprocess.run([sys.executable, str(HERE / "storage_job.py"), str(out)], capture_output=True, text=True,
-                          timeout=900, cwd=HERE.parent)
-    result = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
-    assert proc.returncode == 0 and result.get("rc") == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, result
 
 
 def storage_log(out: Path) -> list[tuple[int, str, str]]:
@@ -80,20 +69,13 @@ def test_a_killed_worker_resumes_from_the_checkpoint_in_storage(storage_job):
     assert result["restart_checkpoints"]
 
 
-def _can_unshare() -> bool:
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare(), reason="needs user and mount namespaces (unshare -rm) to hide a folder")
-def test_a_local_output_dir_a_node_cannot_see_is_refused_in_preflight(tmp_path):
-    proc = subprocess.run([sys.executable, str(HERE / "unshared_node_job.py"), str(tmp_path)], capture_output=True,
-                          text=True, timeout=300, cwd=HERE.parent)
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert proc.returncode == 0 and result["nodes"] == 2, proc.stderr[-3000:]
+@pytest.mark.skipif(not private_mounts(), reason="needs user and mount namespaces (unshare -rm) to hide a folder")
+def test_a_local_output_dir_a_node_cannot_see_is_refused_in_preflight(unshared_node):
+    result, out = unshared_node["result"], Path(unshared_node["out"])
+    assert unshared_node["rc"] == 0 and result["nodes"] == 2, unshared_node["stderr"][-3000:]
     assert result["rc"] == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: output_dir = {tmp_path / 'head-local' / 'runs'}")
+    errors = [line for line in unshared_node["stderr"].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: output_dir = {out / 'head-local' / 'runs'}")
     assert "do not see" in errors[0] and "s3://" in errors[0]
     assert result["left_behind"] == []                  # nothing written before the refusal
     assert result["visible_accepted"]                   # a folder every node sees passes

@@ -20,10 +20,14 @@ SMALL = ["data.synthetic.n_source_train=240", "data.synthetic.n_unlabelled=60", 
 
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, ray_session):
-    """A run stopped after CoNL (source, pseudo-labels and CoNL finished)."""
+    """A run stopped after CoNL (source, pseudo-labels and CoNL finished),
+    and an untouched copy of it in OUT/pristine (tests here change the run)."""
+    import shutil
+
     out = tmp_path_factory.mktemp("prov")
     args = SMALL + [f"output_dir={out}"]
     assert run_mod.main(args + ["--stop-after", "conl"]) == 0
+    shutil.copytree(out / "r", out / "pristine" / "r", symlinks=True)
     return out / "r", args
 
 
@@ -71,6 +75,35 @@ def test_pseudo_labels_of_another_model_are_refused_not_returned(stopped_run, ca
     from conlst_ray.config.provenance import weights_stamp
 
     assert prov["inputs"]["model weights"] == weights_stamp(run_dir / "conl" / "model")
+
+
+def test_resume_redoes_a_damaged_stage_and_only_the_stages_that_read_it(stopped_run, tmp_path, capsys):
+    """CoNL's weights cut short (a full disk, a copy interrupted): --resume
+    says so in one line and trains CoNL and self-training again, without
+    --recompute, leaving the source stage and the pseudo-labels as they were.
+    A model whose weights were deleted is named the same way."""
+    import shutil
+
+    from conlst_ray.pipeline.rundir import RunDir
+
+    run_dir, args = stopped_run
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir.parent / "pristine" / "r", copy, symlinks=True)
+    args = [a for a in args if not a.startswith("output_dir=")] + [f"output_dir={tmp_path}", "--resume"]
+    assert run_mod.main(args) == 0                                  # every stage done
+    done = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl", "ssl")}
+    weights = copy / "conl" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    assert run_mod.main(args) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "cut short" in line]
+    assert len(said) == 1 and said[0].startswith("[conl]")
+    after = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in done}
+    assert after["source"] == done["source"] and after["pseudo_labels"] == done["pseudo_labels"]
+    assert after["conl"] != done["conl"] and after["ssl"] != done["ssl"]
+    assert RunDir(copy).damage("conl") is None and RunDir(copy).damage("ssl") is None
+    (copy / "source" / "model" / "model.safetensors").unlink()
+    assert RunDir(copy).damage("source") == "its model holds no model.safetensors"
 
 
 def test_the_corpus_cache_follows_its_reading_options(tmp_path, ray_session):

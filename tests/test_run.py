@@ -261,30 +261,3 @@ def test_the_python_api_returns_where_the_run_put_everything(finished_run):
 
     model = load_model(result.model, device="cpu")
     assert model.labels == ["entailment", "neutral", "contradiction"] and model.kind == "pair"
-
-
-def test_resume_redoes_a_damaged_stage_and_only_the_stages_that_read_it(finished_run, tmp_path, capsys):
-    """CoNL's weights cut short (a full disk, a copy interrupted): --resume
-    says so in one line and trains CoNL and self-training again, without
-    --recompute, leaving the source stage and the pseudo-labels as they were.
-    A model whose weights were deleted is named the same way."""
-    import shutil
-
-    from conlst_ray.pipeline.rundir import RunDir
-
-    run_dir = finished_run[0]
-    copy = tmp_path / "demo"
-    shutil.copytree(run_dir, copy, symlinks=True)
-    done = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl", "ssl")}
-    weights = copy / "conl" / "model" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    capsys.readouterr()
-    assert run_mod.main([f"output_dir={tmp_path}", "run_name=demo", "seed=0", "--resume"]) == 0
-    said = [line for line in capsys.readouterr().out.splitlines() if "cut short" in line]
-    assert len(said) == 1 and said[0].startswith("[conl]")
-    after = {s: (copy / s / "DONE.json").stat().st_mtime_ns for s in done}
-    assert after["source"] == done["source"] and after["pseudo_labels"] == done["pseudo_labels"]
-    assert after["conl"] != done["conl"] and after["ssl"] != done["ssl"]
-    assert RunDir(copy).damage("conl") is None and RunDir(copy).damage("ssl") is None
-    (copy / "source" / "model" / "model.safetensors").unlink()
-    assert RunDir(copy).damage("source") == "its model holds no model.safetensors"

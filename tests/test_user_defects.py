@@ -4,8 +4,6 @@ resume completes, caches hit, nothing is silently read twice or written
 where it should not be."""
 
 import os
-import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import private_mounts
+from jobs import TINY
 
 from conlst_ray.commands import evaluate
 from conlst_ray.config import ConfigError, load_config
@@ -20,8 +19,7 @@ from conlst_ray.pipeline.preflight import UserError, preflight
 from conlst_ray.pipeline.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
-T = ["data.synthetic.n_source_train=300", "data.synthetic.n_unlabelled=100", "data.synthetic.n_dev=60",
-     "data.synthetic.n_test=60", "source.epochs=1", "ssl.iterations=1", "data.target_langs=[near]"]
+T = TINY  # a small run on the embedded benchmark
 
 
 def cli(module: str, *args, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,42 +58,35 @@ def test_an_autoscaling_run_says_what_it_waits_for():
         check_resources(load_config(None, ["resources.gpus_per_actor=1"]), {"CPU": 8.0})
 
 
-# -- Stopping: Ctrl+C stops every stage, exits 130 and says how to continue; the resume completes
+# -- Stopping: Ctrl+C stops every stage, exits 130 and says how to continue; the resume completes.
+#    One command at a time in a run directory. (One run, tests/jobs.py:interrupted_run.)
 
 @pytest.mark.slow
-def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(tmp_path):
-    args = ["data.synthetic.n_source_train=400", "data.synthetic.n_unlabelled=200", "data.synthetic.n_dev=60",
-            "data.target_test=null", "data.eval_during_training=false", "source.epochs=4", "conl.epochs=4",
-            "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={tmp_path}", "run_name=r"]
-    run = tmp_path / "r"
-    # Ray Train worker groups where Ray's own SIGINT handler was the problem (a stage, and the
-    # pseudo-labelling after one); later stages in-process (workers are an execution setting);
-    # CoNL once it trains, self-training as it starts
-    for stage, marker, trainer in (("source", "source/steps.jsonl", "ray_train"),
-                                   ("pseudo_labels", "pseudo_labels/FINGERPRINT.json", "ray_train"),
-                                   ("conl", "conl/steps.jsonl", "auto"), ("ssl", "ssl/FINGERPRINT.json", "auto")):
-        # SIGINT as a terminal delivers it, whatever this test runner inherited: a process started with
-        # SIGINT ignored (a shell script's background job, pytest-xdist's workers) keeps ignoring it,
-        # as every Python program does -- measured: the run then ends with rc 0
-        proc = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args, f"resources.trainer={trainer}"]
-                                + (["--resume"] if stage != "source" else []),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.time() + 240
-        while not (run / marker).exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, f"the run ended before {stage} could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 130, (stage, err[-2000:])
-        assert f"stopped in stage {stage}; continue with: python -m conlst_ray.run" in err, err[-1000:]
-        assert not (run / stage / "DONE.json").exists()
-    done = subprocess.run([sys.executable, "-m", "conlst_ray.run", *args, "--resume", "resources.num_workers=0"],
-                          capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert all((run / stage / "DONE.json").is_file() for stage in ("source", "pseudo_labels", "conl", "ssl"))
-    assert (run / "results" / "accuracy_dev.md").is_file()
+def test_ctrl_c_in_every_stage_exits_130_and_the_resume_completes(interrupted_run):
+    for stage, seen in interrupted_run["stages"].items():
+        assert seen["running_at_sigint"], f"the run ended before {stage} could be interrupted"
+        assert seen["rc"] == 130, (stage, seen["stderr"][-2000:])
+        assert f"stopped in stage {stage}; continue with: python -m conlst_ray.run" in seen["stderr"], stage
+        assert not seen["done"], stage
+    assert list(interrupted_run["stages"]) == ["source", "pseudo_labels", "conl", "ssl"]
+    done = interrupted_run["resume"]
+    assert done["rc"] == 0, done["stderr"][-2000:]
+    assert done["done"] == ["source", "pseudo_labels", "conl", "ssl"] and done["results"]
+
+
+@pytest.mark.slow
+def test_a_second_command_in_a_busy_run_directory_is_refused_and_a_dead_holders_lock_is_taken_over(interrupted_run):
+    """Two real processes: while a run works in RUN, a --resume of RUN is
+    refused in one line naming the first process. A command that ends, by
+    Ctrl+C or at its end, leaves no lock; a lock left by a process that no
+    longer exists (kill -9) does not block the next command."""
+    assert interrupted_run["locked"], "the first run never locked its directory"
+    second = interrupted_run["second"]
+    line = one_error_line(subprocess.CompletedProcess([], second["rc"], "", second["stderr"]))
+    assert f"in use by process {interrupted_run['first_pid']}" in line
+    assert not [stage for stage, seen in interrupted_run["stages"].items() if seen["lock_left"]]
+    done = interrupted_run["resume"]          # after a lock naming a process that is gone was left
+    assert done["rc"] == 0 and not done["lock_left"], done["stderr"][-2000:]
 
 
 # -- Caches: the corpus cache hits in a second stage and a second run
@@ -355,74 +346,24 @@ def test_override_values_take_the_type_of_their_key():
     assert load_config(None, [f"data.target_langs={_value(langs)}"]).data.target_langs == ["near", "far"]
 
 
-# -- One command at a time in a run directory
-
-@pytest.mark.slow
-def test_a_second_command_in_a_busy_run_directory_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    """Two real processes: while a run works in RUN, a --resume of RUN is
-    refused in one line naming the first process, and touches nothing; when
-    the first ends, its lock is gone. A lock left by a process that no longer
-    exists (kill -9) does not block the next command."""
-    args = [*T, f"output_dir={tmp_path}", "run_name=r"]
-    first = subprocess.Popen([sys.executable, "-m", "conlst_ray.run", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=REPO)
-    lock = tmp_path / "r" / ".lock"
-    deadline = time.time() + 120
-    while not lock.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert lock.exists(), "the first run never locked its directory"
-    line = one_error_line(cli("run", *args, "--resume", timeout=120))
-    assert f"in use by process {first.pid}" in line
-    _, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-2000:]
-    assert not lock.exists()
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import json
-    import socket
-
-    lock.write_text(json.dumps({"pid": int(ended.stdout), "host": socket.gethostname(), "started": 0}))
-    done = cli("run", *args, "--resume", timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert not lock.exists()
-
-
 # -- A full disk: one line naming the file, nothing half-written, the resume finishes
 
 @pytest.mark.slow
 @pytest.mark.skipif(not private_mounts(), reason="needs unshare -rm (user namespaces) to mount a small tmpfs")
-def test_a_full_disk_is_one_line_naming_the_file_and_the_resume_finishes(tmp_path):
-    """A real full disk: output_dir on a 2 MiB tmpfs, which the source model's
-    weights do not fit. The run ends in one line naming the file it could not
-    write and the command that continues it; no finished stage holds a
-    truncated model. With the disk grown, that --resume redoes the stage
-    (whole); the stages after it are any resume's (test_run)."""
-    disk, run = tmp_path / "disk", tmp_path / "disk" / "r"
-    disk.mkdir()
-    args = [*T, f"output_dir={disk}", "run_name=r"]
-    run_cmd = [sys.executable, "-m", "conlst_ray.run", *args]
-    check = shlex.join([sys.executable, "-c", _DONE_CHECK, str(run)])
-    script = (f"mount -t tmpfs -o size=2m tmpfs {disk} || exit 99\n"
-              f"{shlex.join(run_cmd)} 2> {tmp_path / 'full.err'}; echo $? > {tmp_path / 'full.rc'}\n"
-              f"{check} > {tmp_path / 'after_full'}\n"
-              f"mount -o remount,size=200m {disk}\n"
-              f"{shlex.join(run_cmd + ['--resume', '--stop-after', 'source'])} 2> {tmp_path / 'resume.err'}\n"
-              f"echo $? > {tmp_path / 'resume.rc'}; {check} > {tmp_path / 'after_resume'}\n")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    err = (tmp_path / "full.err").read_text()
-    full = one_error_line(subprocess.CompletedProcess([], int((tmp_path / "full.rc").read_text()), "", err))
-    assert f"no space left on the device writing {run}/" in full, full
+def test_a_full_disk_is_one_line_naming_the_file_and_the_resume_finishes(full_disk_run):
+    """A real full disk (tests/jobs.py:full_disk_run): output_dir on a 2 MiB
+    tmpfs, which the source model's weights do not fit. The run ends in one
+    line naming the file it could not write and the command that continues
+    it; no finished stage holds a truncated model. With the disk grown, that
+    --resume redoes the stage (whole); the stages after it are any resume's (test_run)."""
+    seen = full_disk_run
+    assert seen["rc"] == 0, seen["stderr"][-2000:]
+    full = one_error_line(subprocess.CompletedProcess([], int(seen["full_rc"]), "", seen["full_err"]))
+    assert f"no space left on the device writing {seen['run']}/" in full, full
     assert "continue with: python -m conlst_ray.run" in full and "--resume" in full, full
-    assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.err").read_text()[-2000:]
-    assert (tmp_path / "after_full").read_text().strip() == "{}"  # the stage cut short is not done
-    assert (tmp_path / "after_resume").read_text().strip() == "{'source': None}"
-
-
-# each finished training stage -> what is wrong with its model (RunDir.damage), run inside the
-# namespace that holds the disk
-_DONE_CHECK = ("import sys, pathlib; from conlst_ray.pipeline.rundir import RunDir; r = RunDir(pathlib.Path("
-               "sys.argv[1])); print({s: r.damage(s) for s in ('source', 'conl', 'ssl') if r.is_done(s)})")
+    assert seen["resume_rc"] == "0", seen["resume_err"][-2000:]
+    assert seen["after_full"] == "{}"  # the stage cut short is not done
+    assert seen["after_resume"] == "{'source': None}"
 
 
 def test_only_a_run_directorys_own_lock_covers_its_stages(tmp_path):

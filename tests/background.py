@@ -1,0 +1,108 @@
+"""End-to-end jobs that run beside the rest of the suite.
+
+Each job here is self-contained: it works in subprocesses of its own, each
+with a Ray of its own (a CLI run, a two-node cluster, a study), and returns
+what its tests assert on. On 2 cores the serial suite leaves about a third
+of the CPU idle (process and Ray start-ups wait more than they compute), so
+``conftest.py`` starts the jobs that the selected tests need, one after the
+other in one background thread, as soon as collection ends; a test waits
+for its job's result only when it gets there. A job no selected test needs
+never runs, and a fixture asked for outside that path runs its job itself.
+
+Jobs are named after the fixtures that return them (``conftest.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+JobFn = Callable[[Path], Any]
+
+
+class Runner:
+    """Runs jobs in order in one thread; ``result(name)`` waits for one."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobFn] = {}
+        self.done: dict[str, threading.Event] = {}
+        self.outcome: dict[str, tuple[bool, Any]] = {}
+        self.children: list[subprocess.Popen] = []
+        self.stopping = False
+
+    def register(self, name: str) -> Callable[[JobFn], JobFn]:
+        def add(fn: JobFn) -> JobFn:
+            self.jobs[name] = fn
+            return fn
+        return add
+
+    def start(self, order: list[tuple[str, Path]]) -> None:
+        """Run ``(job name, its folder)`` in this order in a daemon thread."""
+        for name, _ in order:
+            self.done[name] = threading.Event()
+        threading.Thread(target=self._run_all, args=(order,), daemon=True, name="background-jobs").start()
+
+    def _run_all(self, order: list[tuple[str, Path]]) -> None:
+        for name, out in order:
+            if self.stopping:
+                self.outcome[name] = (False, "the test session ended first")
+            else:
+                self._run_one(name, out)
+            self.done[name].set()
+
+    def _run_one(self, name: str, out: Path) -> None:
+        try:
+            self.outcome[name] = (True, self.jobs[name](out))
+        except BaseException:  # noqa: BLE001 -- handed to the test that asks, with its traceback
+            self.outcome[name] = (False, traceback.format_exc())
+
+    def result(self, name: str, out_if_not_started: Callable[[], Path]) -> Any:
+        """The job's result (waiting for it); a job not started in the
+        background runs here. A job that raised fails the asking test."""
+        if name not in self.done:
+            return self.jobs[name](out_if_not_started())
+        self.done[name].wait()
+        ok, value = self.outcome[name]
+        if not ok:
+            import pytest
+
+            pytest.fail(f"background job {name} failed:\n{value}", pytrace=False)
+        return value
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        """subprocess.Popen in a session of its own, stopped with the test session."""
+        proc = subprocess.Popen(*args, start_new_session=True, **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def run(self, cmd, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+        """subprocess.run through ``popen``: output captured as text."""
+        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            out, err = proc.communicate()
+            raise AssertionError(f"{cmd[:4]} ran past {timeout} s:\n{err[-3000:]}") from None
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the job's own subprocesses (Ray's) too
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        """At the session's end: no new job, and the running ones' processes killed."""
+        self.stopping = True
+        for proc in self.children:
+            if proc.poll() is None:
+                self.kill(proc)
+
+
+RUNNER = Runner()
