@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from background import RUNNER
-from helpers import private_mounts
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "tests"
@@ -93,6 +92,8 @@ def full_disk_run(out: Path) -> dict:
     """A run whose output_dir is a 2 MiB tmpfs (a private mount namespace),
     which the source model's weights do not fit; then, with the disk grown
     to 200 MiB, its --resume up to the stage the disk cut short."""
+    from helpers import private_mounts  # imports torch: not before conftest.py has set its environment
+
     if not private_mounts():
         return {}  # its test is skipped
     disk, run = out / "disk", out / "disk" / "r"
@@ -149,6 +150,8 @@ def two_node_search(out: Path) -> dict:
 @RUNNER.register("unshared_node")
 def unshared_node(out: Path) -> dict:
     """tests/unshared_node_job.py: a node that cannot see a local output_dir."""
+    from helpers import private_mounts
+
     if not private_mounts():
         return {}  # its test is skipped
     proc = RUNNER.run([sys.executable, str(HERE / "unshared_node_job.py"), str(out)], timeout=300, cwd=REPO)
