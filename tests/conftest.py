@@ -68,6 +68,13 @@ def _job_folder(config, name: str) -> Path:
     return config._tmp_path_factory.mktemp(name)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests that read a job's result run last (in their own order), so
+    that the in-process tests run while the jobs work instead of waiting for them."""
+    uses_job = [any(name in getattr(item, "fixturenames", ()) for name in RUNNER.jobs) for item in items]
+    items[:] = [i for i, job in zip(items, uses_job) if not job] + [i for i, job in zip(items, uses_job) if job]
+
+
 def pytest_collection_finish(session):
     """Start the jobs the selected tests need, in the order the tests will ask for them."""
     if session.config.option.collectonly:

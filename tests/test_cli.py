@@ -27,18 +27,18 @@ def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session
     from conlst_ray.pipeline.rundir import RunDir
     from conlst_ray.pipeline.stages import stage_source
 
-    args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=300",
-            "data.synthetic.n_source_train=600",
-            "resources.num_workers=0"]
+    args = [f"output_dir={tmp_path}", "run_name=r", "source.epochs=1", "data.synthetic.n_unlabelled=100",
+            "data.synthetic.n_source_train=240", "data.synthetic.n_dev=30", "data.synthetic.n_test=30",
+            "data.eval_during_training=false", "resources.num_workers=0"]
     assert pl_cli.main(args) == 2                       # no model yet: a clear error
     assert "run python -m conlst_ray.run first" in capsys.readouterr().err
     cfg = load_config(None, args)
     stage_source(cfg, RunDir.create(cfg), log=lambda *_: None)   # what `run` does first
     assert pl_cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "| far | 300 |" in out
+    assert "| far | 100 |" in out
     table = read_pseudo_labels(tmp_path / "r" / "pseudo_labels" / "cli")
-    assert table.num_rows == 4 * 300 and len(set(table.column("id").to_pylist())) == 4 * 300
+    assert table.num_rows == 4 * 100 and len(set(table.column("id").to_pylist())) == 4 * 100
 
 
 def test_translate_cli_rejects_an_uncovered_language_before_any_work(tmp_path, shared_data, capsys):
