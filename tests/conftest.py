@@ -77,8 +77,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """Start the jobs the selected tests need, in the order the tests will ask for them."""
-    if session.config.option.collectonly:
-        return
+    if session.config.option.collectonly or session.config.option.setupplan:
+        return  # nothing runs
     first_use: dict[str, int] = {}
     for index, item in enumerate(session.items):
         for name in RUNNER.jobs:
@@ -121,21 +121,16 @@ def storage_job(request):
     return Path(job["out"]), job["result"]
 
 
-@pytest.fixture(scope="session")
-def unshared_node(request):
-    return _job(request, "unshared_node")
+def _job_fixture(name: str, doc: str):
+    def fixture(request):
+        return _job(request, name)
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(fixture)
 
 
-@pytest.fixture(scope="session")
-def quick_study(request):
-    return _job(request, "quick_study")
-
-
-@pytest.fixture(scope="session")
-def interrupted_run(request):
-    return _job(request, "interrupted_run")
-
-
-@pytest.fixture(scope="session")
-def full_disk_run(request):
-    return _job(request, "full_disk_run")
+# what each returns: tests/jobs.py
+unshared_node = _job_fixture("unshared_node", "A node that cannot see a local output_dir (tests/unshared_node_job.py).")
+quick_study = _job_fixture("quick_study", "experiments/study.py at one seed, quick, with one ablation variant.")
+interrupted_run = _job_fixture("interrupted_run", "Ctrl+C in every stage of one run, and a second command refused.")
+full_disk_run = _job_fixture("full_disk_run", "A run on a 2 MiB disk, then its resume with the disk grown.")
