@@ -68,23 +68,22 @@ def _job_folder(config, name: str) -> Path:
     return config._tmp_path_factory.mktemp(name)
 
 
+def _jobs_of(item) -> list[str]:
+    """The background jobs whose results a test reads."""
+    return [name for name in RUNNER.jobs if name in getattr(item, "fixturenames", ())]
+
+
 def pytest_collection_modifyitems(config, items):
-    """The tests that read a job's result run last (in their own order), so
-    that the in-process tests run while the jobs work instead of waiting for them."""
-    uses_job = [any(name in getattr(item, "fixturenames", ()) for name in RUNNER.jobs) for item in items]
-    items[:] = [i for i, job in zip(items, uses_job) if not job] + [i for i, job in zip(items, uses_job) if job]
+    """The tests that read a job's result run last (in their own order: the sort
+    is stable), so that the in-process tests run while the jobs work instead of waiting for them."""
+    items.sort(key=lambda item: bool(_jobs_of(item)))
 
 
 def pytest_collection_finish(session):
     """Start the jobs the selected tests need, in the order the tests will ask for them."""
     if session.config.option.collectonly or session.config.option.setupplan:
         return  # nothing runs
-    first_use: dict[str, int] = {}
-    for index, item in enumerate(session.items):
-        for name in RUNNER.jobs:
-            if name in getattr(item, "fixturenames", ()):
-                first_use.setdefault(name, index)
-    order = sorted(first_use, key=first_use.get)
+    order = list(dict.fromkeys(name for item in session.items for name in _jobs_of(item)))
     if order:
         RUNNER.start([(name, _job_folder(session.config, name)) for name in order])
 

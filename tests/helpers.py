@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -93,9 +94,11 @@ def read_translations(out_root: str | Path, lang: Optional[str] = None) -> pa.Ta
     return table
 
 
+@functools.cache
 def private_mounts() -> bool:
     """Whether this machine lets a test mount a tmpfs of its own (a private
-    user and mount namespace: root is not needed): the full-disk tests."""
+    user and mount namespace: root is not needed): the full-disk tests and
+    the unshared node; asked once per session."""
     import shutil
     import subprocess
 
