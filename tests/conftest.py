@@ -51,10 +51,22 @@ def synthetic_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def tokenised_log(tmp_path_factory) -> Path:
+    """The session's tokenisation log (CONLST_RAY_TOKENIZE_LOG): every Ray task of
+    ``ray_session`` that tokenises a shard appends "pid rows shard" to it. Set for
+    the whole session because a runtime env of one test's own would start a pool
+    of new workers (measured: 25 s of a 2-core suite)."""
+    return tmp_path_factory.getbasetemp() / "tokenised.log"
+
+
+@pytest.fixture(scope="session")
+def ray_session(tokenised_log):
     """One local Ray instance for the whole test session (start-up costs seconds)."""
     import ray
 
+    from conlst_ray.ray_jobs.tokens import LOG_ENV
+
+    os.environ[LOG_ENV] = str(tokenised_log)  # the raylet's workers inherit the driver's environment
     if not ray.is_initialized():
         # "local": a new instance of its own, never a cluster another test or process started here
         ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=True)

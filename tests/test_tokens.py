@@ -68,17 +68,15 @@ def test_tokenizer_stamp_follows_the_tokenizer_files_and_the_length(tmp_path, mb
 
 @pytest.mark.slow
 def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_data, mbert_tokenizer, ray_session,
-                                                             monkeypatch):
+                                                             tokenised_log):
     """Real XNLI dev text, the real mBERT vocabulary: the token files hold
     exactly what the tokenizer gives; a rerun tokenises nothing, a rebuilt
     language again, another tokenizer writes elsewhere."""
     from conlst_ray.config import load_config
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.tokens import LOG_ENV, tokenize_corpus
+    from conlst_ray.ray_jobs.tokens import tokenize_corpus
     from conlst_ray.training.batches import encode_table
 
-    log = tmp_path / "tokenised.log"
-    monkeypatch.setenv(LOG_ENV, str(log))  # read by the Ray tasks through the spec's runtime env below
     cfg = load_config(None, [f"data.target_train=xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv", "data.max_rows=300",
                              "data.shard_rows=128"])
     tok_dir = tmp_path / "tok"
@@ -87,11 +85,8 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     manifests = ingest_corpora(cfg.data.target_train, ["fr", "zh"], corpus, cfg.data)
     made_from = {lang: m["fingerprint"] for lang, m in manifests.items()}
 
-    import ray
-
-    def job(**kw):
-        ref = ray.remote(tokenize_corpus).options(num_cpus=0.01, runtime_env={"env_vars": {LOG_ENV: str(log)}})
-        return ray.get(ref.remote(corpus, ["fr", "zh"], str(tok_dir), 64, made_from, log=lambda *_: None, **kw))
+    def job(**kw):  # as the pipeline calls it: the shards are tokenised by Ray tasks, which log them
+        return tokenize_corpus(corpus, ["fr", "zh"], str(tok_dir), 64, made_from, log=lambda *_: None, **kw)
 
     out = job()
     data = open_token_rows(out, ["fr", "zh"], expect_stamp=tokenizer_stamp(tok_dir, 64))
@@ -103,7 +98,11 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     assert all(data.input_ids[i].tolist() == direct.input_ids[i] for i in range(600))
     assert all(data.token_type_ids[i].tolist() == direct.token_type_ids[i] for i in range(0, 600, 7))
     assert data.meta["pad_token_id"] == mbert_tokenizer.pad_token_id
-    counted = lambda: sum(int(line.split()[1]) for line in log.read_text().splitlines())  # noqa: E731
+
+    def counted() -> int:  # rows tokenised from this test's corpus (the log is the session's)
+        lines = tokenised_log.read_text().splitlines() if tokenised_log.is_file() else []
+        return sum(int(line.split()[1]) for line in lines if line.split()[2].startswith(str(corpus)))
+
     assert counted() == 600                                   # every row once
     assert job() == out and counted() == 600                  # a rerun tokenises nothing
     made_from["zh"] = {"rebuilt": True}                       # zh's rows changed: zh again, fr not

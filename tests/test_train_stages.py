@@ -228,15 +228,6 @@ def test_two_workers_follow_one_workers_loss_trajectory_through_a_killed_worker(
     np.testing.assert_allclose([r["loss"] for r in one], [r["loss"] for r in two], rtol=1e-3)
 
 
-def test_two_workers_apply_identical_flexmatch_thresholds(source_run):
-    cfg, root = source_run
-    ssl(cfg, root, "ssl2", workers=2)
-    for it in (0, 1):
-        r0 = json.loads((root / "ssl2" / "thresholds" / f"iter{it}.rank0.json").read_text())
-        r1 = json.loads((root / "ssl2" / "thresholds" / f"iter{it}.rank1.json").read_text())
-        assert r0 == r1
-
-
 def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_session):
     from conlst_ray.pipeline.rundir import RunDir
     from conlst_ray.pipeline.stages import run_pipeline
@@ -374,12 +365,18 @@ def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
                   StageInputs(corpus_dir=str(root / "corpus")), num_workers=0)
 
 
-def test_ray_train_workers_stop_when_their_command_loses_the_run_directory(tmp_path, ray_session):
-    """A command killed with kill -9 leaves its Ray Train workers training
-    until Ray notices, and a prompt --resume takes its lock over: the orphans
-    must not race it. Here another (living) process takes the lock over while
-    two workers train: they stop within seconds, before the stage's end, and
-    the stage fails rather than restart."""
+def test_two_workers_apply_identical_flexmatch_thresholds_and_stop_when_their_command_loses_the_run_directory(
+        source_run, tmp_path):
+    """Two self-training workers (one Ray Train group for both checks: a group
+    costs about 20 s to start on 2 cores):
+
+    - FlexMatch's per-class thresholds come from statistics reduced over the
+      workers, so both apply the same ones in every iteration;
+    - a command killed with kill -9 leaves its Ray Train workers training
+      until Ray notices, and a prompt --resume takes its lock over: the
+      orphans must not race it. Here another (living) process takes the lock
+      over while the two workers train: they stop within seconds, before the
+      stage's end, and the stage fails rather than restart."""
     import os
     import socket
     import subprocess
@@ -388,24 +385,29 @@ def test_ray_train_workers_stop_when_their_command_loses_the_run_directory(tmp_p
 
     from conlst_ray.storage import lock as run_lock
 
-    cfg = load_config(None, SMALL + ["source.epochs=40", "resources.max_failures=0"])
-    run, init = tmp_path / "run", init_model(tmp_path, cfg)
+    _, root = source_run
+    cfg = load_config(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=30", "ssl.threshold=0.34",
+                                     "ssl.thresholding=flexmatch", "resources.max_failures=0"])
+    run = tmp_path / "run"
     run_lock.acquire(run)
     ended: dict = {}
 
     def fit():
         try:
-            fit_stage("source", cfg, stage_files(run / "source"), init, num_workers=2)
+            fit_stage("ssl", cfg, stage_files(run / "ssl"), str(root / "source" / "model"),
+                      StageInputs(target_corpus=str(root / "corpus")), num_workers=2)
         except BaseException as exc:  # noqa: BLE001 -- the test reads it
             ended["error"] = exc
 
     trainer = threading.Thread(target=fit)
     trainer.start()
-    log, deadline = run / "source" / "steps.jsonl", time.time() + 300
+    log, deadline = run / "ssl" / "steps.jsonl", time.time() + 300
+    thresholds = run / "ssl" / "thresholds"
+
     def logged() -> int:
         return len(log.read_text().splitlines()) if log.is_file() else 0
 
-    while logged() < 3 and trainer.is_alive() and time.time() < deadline:
+    while not (thresholds / "iter1.rank1.json").is_file() and trainer.is_alive() and time.time() < deadline:
         time.sleep(0.2)
     other = subprocess.Popen(["sleep", "600"])  # the command that took the run directory over
     try:
@@ -413,9 +415,12 @@ def test_ray_train_workers_stop_when_their_command_loses_the_run_directory(tmp_p
         at_takeover = logged()
         trainer.join(timeout=120)
         assert not trainer.is_alive() and "error" in ended, "the workers trained on after losing the run directory"
-        # the watch looks every second: a few seconds of steps at most (here about 10 a second), of 320
+        # the watch looks every second: a few seconds of steps at most (here about 10 a second), of 360
         assert logged() - at_takeover <= 80, "steps went on after the takeover"
     finally:
         other.kill()
         run_lock.release(run)
     assert (run / ".lock").is_file() and os.getpid() != json.loads((run / ".lock").read_text())["pid"]
+    for it in (0, 1):
+        r0, r1 = (json.loads((thresholds / f"iter{it}.rank{rank}.json").read_text()) for rank in (0, 1))
+        assert len(r0) == 3 and r0 == r1, it
