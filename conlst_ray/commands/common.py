@@ -42,7 +42,7 @@ def keep_traceback(exc: BaseException) -> Optional[Path]:
 
 def user_error_types() -> tuple:
     from conlst_ray.models.e5 import E5Error
-    from conlst_ray.models.encoder import ModelError
+    from conlst_ray.models.model_files import ModelError
     from conlst_ray.models.translation import TranslationConfigError
     from conlst_ray.storage.lock import RunInUse
     from conlst_ray.storage.mirror import CredentialsInURI

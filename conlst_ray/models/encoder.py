@@ -21,8 +21,6 @@ versions (the encoder's config + ``conlst_heads.safetensors`` +
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +30,21 @@ from torch import nn
 from conlst_ray.data.task import NLI_LABELS
 from conlst_ray.models.e5 import is_e5_name
 from conlst_ray.models.e5 import resolve as resolve_e5
+
+# what a model folder says about itself, read without torch (the preflight uses these); imported from here too
+from conlst_ray.models.model_files import (  # noqa: F401
+    FORMAT,
+    HEADS_FILE,
+    KNOWN_POSITIONS,
+    META_FILE,
+    MODEL_CODE,
+    POSITION_OFFSET,
+    WEIGHTS_FILE,
+    ModelError,
+    _json_object,
+    max_text_length,
+    read_meta,
+)
 from conlst_ray.models.modeling_conlst import ConlstConfig, pool
 
 # the tokenizers live in their own module; these names are imported from here by many callers
@@ -44,66 +57,6 @@ from conlst_ray.models.tokenizers import (  # noqa: F401
 )
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_bytes
-
-HEADS_FILE = "conlst_heads.safetensors"
-META_FILE = "conlst.json"
-WEIGHTS_FILE = "model.safetensors"
-MODEL_CODE = "modeling_conlst.py"
-FORMAT = 2  # config.json of model type conlst, one weights file
-
-
-def read_meta(path: str | Path) -> dict:
-    """What conlst_ray saved with a model (pooling, num_labels,
-    contrastive_dim, task, format); {} for a directory conlst_ray did not
-    write (or a hub id)."""
-    config = Path(path) / "config.json"
-    if config.is_file():
-        data = _json_object(config)
-        if data.get("model_type") == "conlst":
-            return {"pooling": data.get("pooling", "cls"), "num_labels": len(data.get("id2label") or {}),
-                    "contrastive_dim": data.get("contrastive_dim", 128), "task": data.get("task"), "format": FORMAT}
-    meta = Path(path) / META_FILE
-    if not meta.is_file():
-        return {}
-    return _json_object(meta)
-
-
-def _json_object(meta: Path) -> dict:
-    try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{meta}: not valid JSON ({exc}); save the model again") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{meta}: not valid (expected a JSON object); save the model again")
-    return data
-
-
-class ModelError(ValueError):
-    """A model folder that cannot be what it claims (the message names it)."""
-
-
-# positions of a model family beyond the text (RoBERTa and XLM-R keep 2 for padding offsets)
-POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
-KNOWN_POSITIONS = {"multilingual-e5-small": 512}
-
-
-def max_text_length(name_or_path: str) -> Optional[int]:
-    """How many tokens a model's position embeddings hold, when it can be
-    known without loading it (a local folder, a model named offline); None
-    for a hub id."""
-    if name_or_path in KNOWN_POSITIONS:
-        return KNOWN_POSITIONS[name_or_path]
-    config = Path(os.path.expanduser(name_or_path)) / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{config}: not valid JSON ({exc})") from None
-    if data.get("model_type") == "conlst":  # a saved stage model: its encoder's own config
-        data = data.get("encoder") or {}
-    positions = data.get("max_position_embeddings")
-    return positions - POSITION_OFFSET.get(data.get("model_type"), 0) if isinstance(positions, int) else None
 
 
 class ConlstEncoder(nn.Module):

@@ -79,7 +79,7 @@ def check_checkpoint_labels(cfg) -> list[str]:
     (or, worse, with matching sizes, train on the wrong meaning of each id)."""
     if not cfg.model.source_checkpoint or not Path(cfg.model.source_checkpoint).is_dir():
         return []
-    from conlst_ray.models.encoder import read_meta
+    from conlst_ray.models.model_files import read_meta
 
     saved = read_meta(cfg.model.source_checkpoint)
     if not saved:
@@ -263,7 +263,7 @@ def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
 
 def check_lengths(cfg) -> list[str]:
     """data.max_length within the positions of the model that will read it."""
-    from conlst_ray.models.encoder import max_text_length
+    from conlst_ray.models.model_files import max_text_length
 
     # the checkpoint, when given, is the model that reads the text; tiny-bert is checked with its config
     key = "model.source_checkpoint" if cfg.model.source_checkpoint else "model.name_or_path"
