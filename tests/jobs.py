@@ -48,7 +48,8 @@ def interrupted_run(out: Path) -> dict:
     the lock a killed command would leave names a process that is gone."""
     args = ["data.synthetic.n_source_train=400", "data.synthetic.n_unlabelled=200", "data.synthetic.n_dev=60",
             "data.target_test=null", "data.eval_during_training=false", "source.epochs=4", "conl.epochs=4",
-            "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={out}", "run_name=r"]
+            "ssl.iterations=3", "data.target_langs=[near]", f"output_dir={out}", "run_name=r",
+            "resources.driver_inference_rows=0"]  # pseudo-labelling as a Ray Data job: Ctrl+C in one too
     run = out / "r"
     seen: dict = {"run": str(run), "stages": {}}
     # Ray Train worker groups where Ray's own SIGINT handler was the problem (a stage, and the

@@ -33,7 +33,8 @@ def job(tmp_path_factory, shared_data, mbert_tokenizer, ray_session):
     root = tmp_path_factory.mktemp("pl")
     cfg = load_config(None, [f"data.target_train=xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv",
                              f"data.max_rows={ROWS}", "data.shard_rows=80",
-                             "resources.actor_batch_rows=40", "resources.inference_batch_size=16"])
+                             "resources.actor_batch_rows=40", "resources.inference_batch_size=16",
+                             "resources.driver_inference_rows=0"])  # the Ray Data job, whatever the size
     torch.manual_seed(0)
     model = ConlstEncoder(tiny_bert(len(mbert_tokenizer), cfg.model.tiny))
     model.save(root / "model", mbert_tokenizer)
@@ -126,6 +127,47 @@ def test_killed_inference_actor_is_replaced_and_no_row_is_lost(job, uninterrupte
     ids = out.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 3 * ROWS
     assert out.column("pseudo_label").to_pylist() == uninterrupted[0].column("pseudo_label").to_pylist()
+
+
+@pytest.mark.slow
+def test_a_small_corpus_is_labelled_in_the_driver_as_the_job_labels_it(job, uninterrupted, tmp_path):
+    """Up to resources.driver_inference_rows rows (one CPU actor), the same
+    two steps run in the driver, shard by shard: the same rows, labels and
+    q as the Ray Data job, no inference actor started, and an interrupted
+    run resumes where it stopped, as the job's does."""
+    import ray
+    from ray.util.state import list_actors
+
+    from conlst_ray.config import with_values
+
+    cfg, root, manifests = job
+    small = with_values(cfg, {"resources.driver_inference_rows": 3 * ROWS})
+    lines = []
+
+    def stop_after_first_shard(report):
+        if report.computed:
+            raise Interrupt()
+
+    def label(**kwargs):
+        return pseudo_label(str(root / "model"), CachedCorpus(root / "corpus", manifests), tmp_path, small,
+                            log=lines.append, **kwargs)
+
+    def actors() -> set:  # every inference actor this session's Ray has started, alive or not
+        listed = list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)
+        return {a.actor_id for a in listed if "MapWorker" in a.class_name}
+
+    before = actors()
+    with pytest.raises(Interrupt):
+        label(on_progress=stop_after_first_shard)
+    assert len(list(tmp_path.glob("lang=*/shard-*.parquet"))) == 1
+    report = label()
+    assert len(report.skipped) == 1 and len(report.computed) == 8
+    assert any("labelled in the driver" in line for line in lines) and actors() == before
+    out, full = read_pseudo_labels(tmp_path), uninterrupted[0]
+    assert out.column("id").to_pylist() == full.column("id").to_pylist()
+    assert out.column("pseudo_label").to_pylist() == full.column("pseudo_label").to_pylist()
+    np.testing.assert_allclose(np.asarray(out.column("q").to_pylist()), np.asarray(full.column("q").to_pylist()),
+                               atol=1e-5)
 
 
 def test_empty_language_and_missing_column_fail_with_names(job, tmp_path):

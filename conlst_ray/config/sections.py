@@ -280,6 +280,7 @@ class ResourcesConfig(Section):
     max_failures: Int = param(1, ge=0, help="worker failures a training run survives")
     parallel_targets: Int = param(1, ge=1, help="per_language mode: languages trained at once, each a Ray task driving its own TorchTrainer")
     inference_actors: Int = param(1, ge=1)
+    driver_inference_rows: Int = param(20_000, ge=0, help="pseudo-labelling with one inference actor and no GPU runs in the driver when the target corpus has at most this many rows: the same model and batches, without a Ray Data job's start-up (about 10 s); 0 = always the Ray Data job")
     cpus_per_actor: Float = param(0.5, gt=0.0)
     gpus_per_actor: Float = param(0.0, ge=0.0)
     inference_batch_size: Int = param(128, ge=1, help="pairs per forward pass (micro-batch) in an inference actor")

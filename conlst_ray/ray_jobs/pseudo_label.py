@@ -5,6 +5,9 @@
       -> predict q                actor pool (GPUs per actor from the config)
       -> write, finalize          see ray_jobs/sharded.py (resumable per shard)
 
+A small corpus with one CPU actor (``resources.driver_inference_rows``) runs
+the same two steps in the driver, shard by shard, with the same outputs.
+
 Output columns: id, lang, pos, pseudo_label, confidence, q (the full class
 distribution), under out_root/lang=xx/shard-NNNNN.parquet.
 """
@@ -134,9 +137,34 @@ def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg
                                                      "torch_threads": res_cfg.torch_threads,
                                                      "precision": res_cfg.precision})
 
+    rows = sum(m["rows"] for m in manifests.values())
+    in_driver = None
+    if res_cfg.inference_actors == 1 and res_cfg.gpus_per_actor == 0 and rows <= res_cfg.driver_inference_rows:
+        in_driver = InDriver(str(tokens), {"model_dir": model_dir, "micro_batch": res_cfg.inference_batch_size,
+                                           "precision": res_cfg.precision}, res_cfg.actor_batch_rows)
+        log(f"[pseudo-label] {rows} rows, labelled in the driver (at most resources.driver_inference_rows)")
     job = ShardedJob("pseudo-label", manifests, Path(corpus_root), Path(out_root), stages, res_cfg.cpus_per_task,
-                     provenance=provenance, recompute=recompute)
+                     provenance=provenance, recompute=recompute, in_driver=in_driver)
     return run_sharded_job(job, log, on_progress)
+
+
+class InDriver:
+    """The job's two steps (read token ids, predict) for one shard, in the
+    driver: a small corpus is labelled in less time than a Ray Data job takes
+    to start its actor (measured on 8,000 rows: under 1 s against about 10 s).
+    The rows reach the model in the actor's batches of ``actor_batch_rows``,
+    and the model is loaded on the first shard only (a finished job loads none)."""
+
+    def __init__(self, tokens: str, predictor_kwargs: dict, actor_batch_rows: int):
+        self.tokens, self.kwargs, self.batch_rows = tokens, predictor_kwargs, actor_batch_rows
+        self.predictor: Optional[Predictor] = None
+
+    def __call__(self, paths: pa.Table) -> pa.Table:
+        if self.predictor is None:  # torch_threads is the actors' setting, never the driver's
+            self.predictor = Predictor(**self.kwargs)
+        table = read_tokens(paths, self.tokens)
+        return pa.concat_tables([self.predictor(table.slice(start, self.batch_rows))
+                                 for start in range(0, table.num_rows, self.batch_rows)])
 
 
 def read_pseudo_labels(out_root: str | Path, langs: Optional[list] = None) -> pa.Table:

@@ -98,6 +98,7 @@ class ShardedJob:
     rows_per_input: int = 1                 # output rows per input row (one per target language of translate-train)
     provenance: Optional[dict] = None       # language -> what makes its output (see check_provenance)
     recompute: bool = False                 # output made otherwise: start afresh instead of refusing
+    in_driver: Optional[Callable] = None    # a small job: ``stages`` as a function of one batch, run here
 
 
 def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
@@ -113,11 +114,15 @@ def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[
     tmp_root = out_root / TMP
     storage.remove(tmp_root)  # parts of an interrupted attempt are not trusted
     log(f"[{job.name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
-    # One block per shard (read_parquet would fold small files into one block).
-    ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
-    ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=job.cpus_per_task,
-                                    fn_kwargs={"tmp_root": str(tmp_root)})
-    _collect(ds, expected, (tmp_root, out_root), report, Progress(job.name, log, on_progress))
+    if job.in_driver is not None:  # the same functions, shard by shard, in this process
+        batches = (write_parts(job.in_driver(pa.table({"path": [f]})), str(tmp_root)) for f in files.values())
+    else:
+        # One block per shard (read_parquet would fold small files into one block).
+        ds = ray.data.from_items([{"path": f} for f in files.values()], override_num_blocks=len(files))
+        ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None,
+                                        num_cpus=job.cpus_per_task, fn_kwargs={"tmp_root": str(tmp_root)})
+        batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    _collect(batches, expected, (tmp_root, out_root), report, Progress(job.name, log, on_progress))
     missing = [k for k in expected if k not in report.computed]
     if missing:
         raise RuntimeError(f"{job.name} ended with incomplete shards: {missing[:5]}")
@@ -142,13 +147,13 @@ def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
     return expected, files
 
 
-def _collect(ds, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:
-    """Count the rows written per shard; a shard is finalized (merged,
-    renamed into place) once all its rows are written."""
+def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:
+    """Count the rows written per shard (``batches``: tables of shard, rows);
+    a shard is finalized (merged, renamed into place) once all its rows are written."""
     tmp_root, out_root = roots
     t0 = time.time()
     counts = dict.fromkeys(expected, 0)
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in batches:
         for key, rows in zip(batch.column("shard").to_pylist(), batch.column("rows").to_pylist()):
             counts[key] += rows
             report.rows += rows
