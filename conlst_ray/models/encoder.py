@@ -35,13 +35,10 @@ from conlst_ray.models.e5 import resolve as resolve_e5
 from conlst_ray.models.model_files import (  # noqa: F401
     FORMAT,
     HEADS_FILE,
-    KNOWN_POSITIONS,
     META_FILE,
     MODEL_CODE,
-    POSITION_OFFSET,
     WEIGHTS_FILE,
     ModelError,
-    _json_object,
     max_text_length,
     read_meta,
 )

@@ -88,7 +88,9 @@ class ShardedJob:
     """A Ray Data job over cached corpus shards: ``stages`` (Dataset of
     {"path"} -> Dataset with id, pos, path columns) runs over every shard of
     ``manifests`` (language -> manifest) under ``corpus_root`` whose output
-    under ``out_root`` is missing."""
+    under ``out_root`` is missing. With ``in_driver`` (a table of {"path"} ->
+    the same columns) a small job runs in this process instead, shard by
+    shard, written and finalized by the same code."""
     name: str
     manifests: dict
     corpus_root: Path
