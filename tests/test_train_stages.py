@@ -366,7 +366,7 @@ def test_gradient_accumulation_trains_as_the_whole_batch(source_run, tmp_path):
 
 
 def test_two_workers_apply_identical_flexmatch_thresholds_and_stop_when_their_command_loses_the_run_directory(
-        source_run, tmp_path):
+        source_run):
     """Two self-training workers (one Ray Train group for both checks: a group
     costs about 20 s to start on 2 cores):
 
@@ -385,17 +385,15 @@ def test_two_workers_apply_identical_flexmatch_thresholds_and_stop_when_their_co
 
     from conlst_ray.storage import lock as run_lock
 
-    _, root = source_run
-    cfg = load_config(None, SMALL + ["ssl.batch_size=16", "ssl.iterations=30", "ssl.threshold=0.34",
-                                     "ssl.thresholding=flexmatch", "resources.max_failures=0"])
-    run = tmp_path / "run"
+    cfg, root = source_run
+    run = root / "locked"  # the stage's run directory, whose lock its workers watch
     run_lock.acquire(run)
     ended: dict = {}
 
     def fit():
         try:
-            fit_stage("ssl", cfg, stage_files(run / "ssl"), str(root / "source" / "model"),
-                      StageInputs(target_corpus=str(root / "corpus")), num_workers=2)
+            ssl(cfg, root, "locked/ssl", ["ssl.iterations=30", "ssl.thresholding=flexmatch",
+                                          "resources.max_failures=0"], workers=2)
         except BaseException as exc:  # noqa: BLE001 -- the test reads it
             ended["error"] = exc
 
