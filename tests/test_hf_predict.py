@@ -254,3 +254,48 @@ def test_a_failed_run_raises_with_its_reason(tmp_path):
     with pytest.raises(RunError, match="conl.gamma") as failed:
         run(overrides={"conl.gamma": 1.5, "output_dir": str(tmp_path)})
     assert "conl.gamma" in failed.value.reason
+
+
+def test_a_prior_corrected_model_applies_its_correction_in_predict_the_api_and_the_cards_auto_line(
+        tmp_path, mbert_tokenizer, shared_data):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import conlst_ray.hf  # noqa: F401
+    from conlst_ray.models.corrected import save_corrected
+
+    base = trained_like(tmp_path, mbert_tokenizer, "cls")
+    bias = {"fr": [12.0, -4.0, -8.0]}  # the tiny model is sure of one class: a bias that changes its labels
+    model_dir = save_corrected(base, bias, tmp_path / "corrected" / "model", "a test's correction")
+    card = (model_dir / "README.md").read_text()
+    line = "logits = model(**batch).logits + torch.tensor(model.config.language_bias[lang])"
+    assert line in card and "| fr | +12.000 | -4.000 | -8.000 |" in card
+    assert os.path.samefile(base / "model.safetensors", model_dir / "model.safetensors")  # linked, not copied
+    out = tmp_path / "pred.parquet"
+    spec = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
+    assert predict.main([str(model_dir), "--corpus", spec, "--langs", "fr", "sw", "--max-rows", "30",
+                         "--out", str(out)]) == 0
+    rows = pq.read_table(out).to_pylist()
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for lang in ("fr", "sw"):  # sw has no correction: the Auto class's plain logits
+        mine = [r for r in rows if r["lang"] == lang]
+        batch = tok([r["text"] for r in mine], [r["text_pair"] for r in mine], padding=True, truncation=True,
+                    max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            logits = hf(**batch).logits
+            if lang in hf.config.language_bias:
+                logits = logits + torch.tensor(hf.config.language_bias[lang])  # the card's one line
+            probs = logits.softmax(-1).numpy()
+        got = np.array([[r["p_entailment"], r["p_neutral"], r["p_contradiction"]] for r in mine])
+        np.testing.assert_allclose(got, probs, atol=1e-5)
+    # the correction moves French predictions: the same rows through the base model differ
+    plain = load_model(str(base)).predict_proba(PAIRS[0], PAIRS[1])
+    api = load_model(str(model_dir))
+    np.testing.assert_allclose(api.predict_proba(PAIRS[0], PAIRS[1], lang="sw"), plain, atol=1e-6)
+    fr = api.predict_proba(PAIRS[0], PAIRS[1], lang="fr")
+    assert (fr.argmax(1) != plain.argmax(1)).all()
+    np.testing.assert_allclose(np.log(fr) - np.log(fr).mean(1, keepdims=True),
+                               np.log(plain) - np.log(plain).mean(1, keepdims=True)
+                               + np.array(bias["fr"]) - np.mean(bias["fr"]), atol=1e-4)
+    with pytest.warns(UserWarning, match="pass lang="):
+        api.predict(PAIRS[0], PAIRS[1])

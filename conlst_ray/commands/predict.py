@@ -8,7 +8,9 @@ each of ``--langs`` (``{lang}`` in the spec; without ``--langs`` the spec is
 read once, language ``xx``). FILE gets one row per input row: ``id``,
 ``lang``, the text(s), ``label`` (the name), ``label_id``, ``confidence``
 and ``p_<label>`` for every label -- as CSV, JSON lines or Parquet by its
-suffix. Gold labels in the corpus, if any, are kept as ``gold``.
+suffix. Gold labels in the corpus, if any, are kept as ``gold``. A
+prior-corrected model (a run's ``prior`` candidates) applies its correction
+of each row's language (``--langs``).
 
     python -m conlst_ray.predict runs/x/model --corpus 'xnli_tsv:../shared/data/xnli/dev-{lang}.tsv' \\
         --langs fr sw --out fr_sw.csv
@@ -140,6 +142,10 @@ def main(argv=None) -> int:
     for report in reports:
         if report.skipped:
             print(f"[predict] {report.summary()}", file=sys.stderr)
+    corrected = [lang for lang in args.langs if lang in classifier.language_bias]
+    if classifier.language_bias:
+        print(f"[predict] class-prior correction applied for: {', '.join(corrected) or 'none of --langs'} "
+              f"(the model has one for {', '.join(classifier.language_bias)})", file=sys.stderr)
     out = predictions_table(classifier, table, args.batch_size)
     write(out, Path(args.out), fmt)
     counts = {name: 0 for name in classifier.labels}

@@ -128,6 +128,7 @@ class DataConfig(Section):
     task: TaskConfig = param(factory=TaskConfig, stages=READS_ANY)
     max_length: Int = param(128, ge=8, help="maximum tokens of a text (pair)", stages=READS_ANY)
     max_rows: Optional[Int] = param(None, ge=1, help="cap on rows read per corpus and language (smoke runs)", stages=READS_ANY)
+    source_dev_skip_rows: Int = param(0, ge=0, help="rows of data.source_dev skipped before reading (data.max_rows counts after them): where the unlabelled target text is a row-aligned translation of the source dev set (XNLI dev), the English rows that judge the stages must not be the originals of the unlabelled rows", stages=TRAINING)
     max_source_rows: Optional[Int] = param(None, ge=1, help="cap on labelled source training rows per language; overrides max_rows for that corpus", stages=READS_SOURCE)
     source_train_langs: Optional[StrList] = param(None, help="languages of the labelled training corpus ({lang} in source_train); null = [source_lang]; e.g. [en, fr, zh] with machine-translated copies = translate-train", stages=READS_SOURCE)
     eval_during_training: Bool = param(True, help="dev accuracy after every epoch inside the training stages (Tune's metric); false saves those passes on a small machine")
@@ -295,6 +296,7 @@ class SelectionConfig(Section):
     (reporting/selection.py)."""
     rule: Literal["label_free", "last"] = param("label_free", help="label_free = walk zero-shot -> CoNL -> self-training and stop before the first stage whose source dev accuracy falls more than selection.source_dev_tolerance below zero-shot's (a stage built on a refused one is refused too); last = the final stage, whatever it scores")
     source_dev_tolerance: Float = param(0.5, ge=0.0, help="accuracy points on the source dev set a stage may lose against the zero-shot model and still be handed back")
+    prior: Literal["source", "em", "off"] = param("source", help="the class-prior correction per target language whose corrected models are candidates (reporting/prior.py): source = the corpus has the source data's class shares and the model's excess of a class is its bias in that language; em = the EM estimate (Saerens et al. 2002), the model taken as calibrated in that language; off = none")
 
 
 class TuneConfig(Section):

@@ -31,12 +31,21 @@ def corpus_max_rows(cfg, key: str) -> Optional[int]:
     return cfg.data.max_source_rows if key == "data.source_train" else None
 
 
-def read_options(data_cfg, max_rows: Optional[int] = None) -> dict:
+def corpus_skip_rows(cfg, key: str) -> int:
+    """Rows a corpus key skips before reading (the source dev set may start
+    past the originals of the unlabelled target rows)."""
+    return cfg.data.source_dev_skip_rows if key == "data.source_dev" else 0
+
+
+def read_options(data_cfg, max_rows: Optional[int] = None, skip_rows: int = 0) -> dict:
     """The keyword arguments of ``read_corpus`` that ``data_cfg`` sets (the
-    task included); ``max_rows`` overrides ``data.max_rows``."""
-    return {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows if max_rows is None else max_rows,
-            "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes,
-            "task": Task.of(data_cfg.task)}
+    task included); ``max_rows`` overrides ``data.max_rows``. ``skip_rows``
+    appears only when set, so the caches made before it existed keep their
+    fingerprints."""
+    options = {"on_malformed": data_cfg.on_malformed, "max_rows": data_cfg.max_rows if max_rows is None else max_rows,
+               "synthetic_cfg": data_cfg.synthetic, "max_line_bytes": data_cfg.max_line_bytes,
+               "task": Task.of(data_cfg.task)}
+    return {**options, "skip_rows": skip_rows} if skip_rows else options
 
 
 def _log_reports(reports, log) -> None:
@@ -53,7 +62,8 @@ def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Tabl
     if spec is None:
         return None
     if split != "train":
-        table, report = read_corpus(spec, data_cfg.source_lang, **read_options(data_cfg))
+        table, report = read_corpus(spec, data_cfg.source_lang,
+                                    **read_options(data_cfg, skip_rows=data_cfg.source_dev_skip_rows))
         _log_reports([report], log)
         return table
     kwargs = read_options(data_cfg)

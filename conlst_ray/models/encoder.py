@@ -74,6 +74,8 @@ class ConlstEncoder(nn.Module):
         self.task: Optional[dict] = None
         # lower layers whose cached states a batch may carry (model.cache_frozen; 0 = none)
         self.frozen_layers = 0
+        # language -> logit bias of the class-prior correction (algorithm/prior.py); {} = none
+        self.language_bias: dict = {}
 
     @property
     def num_labels(self) -> int:
@@ -127,6 +129,7 @@ class ConlstEncoder(nn.Module):
         labels = list(self.task["labels"]) if self.task else [f"LABEL_{i}" for i in range(self.num_labels)]
         return ConlstConfig(encoder=self.encoder.config.to_dict(), pooling=self.pooling,
                             contrastive_dim=self.contrastive_head.out_features, task=self.task,
+                            language_bias=self.language_bias,
                             id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
                             architectures=["ConlstForSequenceClassification"],
                             auto_map={"AutoConfig": "modeling_conlst.ConlstConfig",
@@ -210,7 +213,19 @@ class ConlstEncoder(nn.Module):
         model.load_state_dict(load_file(str(weights)))
         if config.task and len(config.task.get("labels", ())) == model.num_labels:
             model.task = config.task
+        model.language_bias = language_bias_of(config, model.num_labels, path)
         return model
+
+
+def language_bias_of(config, num_labels: int, path) -> dict:
+    """The saved class-prior correction, checked: one number per label for
+    every language, or a ModelError naming the folder."""
+    bias = getattr(config, "language_bias", None) or {}
+    if not isinstance(bias, dict) or any(not isinstance(v, list) or len(v) != num_labels
+                                         or not all(isinstance(x, (int, float)) for x in v) for v in bias.values()):
+        raise ModelError(f"{path}: config.json's language_bias must map each language to {num_labels} numbers; "
+                         f"save the model again")
+    return {str(lang): [float(x) for x in v] for lang, v in bias.items()}
 
 
 def _import_classification_head(model: "ConlstEncoder", path: Path, pooling: Optional[str]) -> None:

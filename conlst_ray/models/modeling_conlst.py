@@ -33,12 +33,16 @@ class ConlstConfig(PretrainedConfig):
     model_type = "conlst"
 
     def __init__(self, encoder: Optional[dict] = None, pooling: str = "cls", contrastive_dim: int = 128,
-                 task: Optional[dict] = None, **kwargs):
+                 task: Optional[dict] = None, language_bias: Optional[dict] = None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = dict(encoder or {})  # the encoder's own config.json, model_type included
         self.pooling = pooling
         self.contrastive_dim = contrastive_dim
         self.task = task  # conlst_ray's task: {"kind": "pair" | "single", "labels": [...]}
+        # a class-prior correction per language ({"fr": [b_0, b_1, ...]}): the logits of a row in that
+        # language are logits + language_bias[lang]. forward() does not know a row's language, so it
+        # returns the uncorrected logits; the model card shows the one line that applies it
+        self.language_bias = dict(language_bias or {})
 
     def encoder_config(self, **overrides) -> PretrainedConfig:
         values = dict(self.encoder)

@@ -86,6 +86,10 @@ class RunDir:
     def model(self, stage: str) -> Path:
         return self.root / stage / MODEL
 
+    def prior_model(self, stage: str) -> Path:
+        """``stage``'s model with its class-prior correction per language (reporting/prior.py)."""
+        return self.root / "prior" / stage / MODEL
+
     @property
     def given_source_model(self) -> Path:
         """model.source_checkpoint copied into the run (object storage: every node reads it there)."""

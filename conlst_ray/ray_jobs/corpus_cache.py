@@ -105,7 +105,7 @@ def corpus_digest(manifests: dict[str, dict]) -> str:
 
 
 def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
-                   log=print, max_rows: Optional[int] = None) -> dict[str, dict]:
+                   log=print, max_rows: Optional[int] = None, skip_rows: int = 0) -> dict[str, dict]:
     """Shard every language's corpus under ``root``. Cached: a language whose
     manifest records the same spec, reading options and input files is not
     read again; one made otherwise (another ``data.max_rows``, an edited
@@ -117,7 +117,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     langs = list(dict.fromkeys(langs))
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
-    read_kwargs = read_options(data_cfg, max_rows)
+    read_kwargs = read_options(data_cfg, max_rows, skip_rows)
     manifests, pending = {}, []
     for lang in langs:
         manifest = read_manifest(root, lang)

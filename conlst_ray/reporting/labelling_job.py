@@ -36,6 +36,11 @@ class TargetPredictions:
             self._corpus = read_outputs(self.run.target_corpus)
         return self._corpus
 
+    def add(self, stage: str, table) -> None:
+        """Predictions made without the model (a corrected model's, derived
+        from its base model's)."""
+        self._made[stage] = table
+
     def of(self, stage: str, model) -> Optional[object]:
         """The predictions of ``stage``'s model (stage: source, conl, ssl);
         None when there is no target corpus to label."""
@@ -78,6 +83,7 @@ def _labels_in_driver(cfg, corpus, model):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from conlst_ray.algorithm.prior import by_language as correct_by_language
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.batches import encode_table
@@ -87,11 +93,13 @@ def _labels_in_driver(cfg, corpus, model):
     for lang, model_dir in by_language(model):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
         tokenizer = open_tokenizer(model_dir)
-        q = predict_proba(ConlstEncoder.load(model_dir), encode_table(tokenizer, rows, cfg.data.max_length),
-                          tokenizer.pad_token_id, cfg.source.eval_batch_size, default_device(),
-                          cfg.resources.precision)
+        encoder = ConlstEncoder.load(model_dir)
+        q = predict_proba(encoder, encode_table(tokenizer, rows, cfg.data.max_length), tokenizer.pad_token_id,
+                          cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
+        q = correct_by_language(q, rows.column("lang").to_pylist(), encoder.language_bias)
         parts.append(pa.table({"id": rows.column("id"), "lang": rows.column("lang"),
-                               "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1)}))
+                               "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1),
+                               "q": pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), q.shape[1])}))
     return pa.concat_tables(parts)
 
 

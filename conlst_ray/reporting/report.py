@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.algorithm.prior import by_language
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
 from conlst_ray.data.corpora import eval_corpus
@@ -25,6 +26,7 @@ from conlst_ray.reporting.analysis import (
     transitions_markdown,
 )
 from conlst_ray.reporting.labelling_job import TargetPredictions
+from conlst_ray.reporting.prior import corrected_name, prior_candidates
 from conlst_ray.reporting.selection import hand_back
 from conlst_ray.reporting.tables import write_language_table, write_table
 from conlst_ray.storage import mirror as storage
@@ -44,6 +46,7 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict 
     model = ConlstEncoder.load(model_dir)
     _with_frozen_states(cfg, model, data)
     q = predict_proba(model, data, pad_id, cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
+    q = by_language(q, data.langs, model.language_bias)  # a prior-corrected model: its correction per language
     if by_class is not None:
         target = np.isin(np.asarray(data.langs), list(cfg.data.target_langs))
         by_class.update(zip(cfg.data.task.labels, recall_by_class(q.argmax(-1)[target], data.labels[target],
@@ -159,6 +162,16 @@ def finished_models(cfg, run: RunDir) -> dict:
     return models
 
 
+def with_corrected(models: dict, corrected: dict) -> dict:
+    """The candidates in chain order: each prior-corrected model right after its base."""
+    out = {}
+    for name, model in models.items():
+        out[name] = model
+        if corrected_name(name) in corrected:
+            out[corrected_name(name)] = corrected[corrected_name(name)]
+    return out
+
+
 # -- calibration (Table 4, Fig. 3-4) ---------------------------------------------------------
 
 def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
@@ -235,8 +248,12 @@ def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibra
     out = run.results
     out.mkdir(parents=True, exist_ok=True)
     scores: dict = {}
-    parts = [accuracy_tables(cfg, out, models, log, scores=scores)]
     predictions = TargetPredictions(cfg, run, log)
+    corrected, prior_md = prior_candidates(cfg, run, models, predictions, out, log)
+    models = with_corrected(models, corrected)
+    parts = [accuracy_tables(cfg, out, models, log, scores=scores)]
+    if prior_md:
+        parts.append(prior_md)
     if calibration:
         md = calibration_report(cfg, run, models.get("CoNL"), out, log, predictions)
         if md:

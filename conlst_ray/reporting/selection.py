@@ -2,21 +2,24 @@
 
 A user of zero-shot transfer has no labelled target data to tell whether
 CoNL or self-training helped; measured on real XNLI they can lower target
-accuracy (docs/REAL_GAIN.md). What a run does have, per stage model:
+accuracy (docs/REAL_GAIN.md). What a run does have, per candidate:
 
 - its accuracy on the labelled *source* dev set (the one label-based
   signal that is allowed: no target label is read);
 - on the unlabelled target rows, its mean confidence and the share of rows
-  whose prediction agrees with the stage before it.
+  whose prediction agrees with the candidate before it.
 
-The ``label_free`` rule walks the chain zero-shot -> CoNL -> self-training
-and stops before the first stage whose source dev accuracy falls more than
-``selection.source_dev_tolerance`` points below the zero-shot model's; a
-stage trained from a refused model is refused with it. Confidence and
-agreement are reported beside the choice (they say how far a stage moved)
-but not used by the rule: whether any of the three tracks target accuracy
-on a real model is what experiments/real_gain.py measures (the rule's hit
-rate over its chains).
+The candidates are the stage models (zero-shot, CoNL, CoNLST or
+self-training) and the prior-corrected ones (reporting/prior.py). The
+``label_free`` rule judges each candidate against zero-shot *on its own*:
+one that falls more than ``selection.source_dev_tolerance`` points of
+source dev accuracy below zero-shot is refused, whatever came before it
+(a CoNL that lost does not veto the self-training built on it). Of the
+rest it hands back the best source dev accuracy; a prior-corrected model
+ties its base there (the source language is not corrected) and wins the tie,
+and then the later stage wins. Confidence and agreement are reported beside
+the choice but not used: experiments/real_gain.py measures how often the
+rule picks the truly best candidate of a chain (its hits and regret).
 """
 
 from __future__ import annotations
@@ -33,39 +36,66 @@ from conlst_ray.reporting.tables import write_table
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 
-STAGE_OF = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl"}
+STAGE_OF = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl",
+            "zero-shot + prior": "source + prior", "CoNLST + prior": "ssl + prior",
+            "self-training + prior": "ssl + prior"}
 
 
 @dataclass
 class StageSignals:
-    """What a run knows of one stage model without target labels."""
+    """What a run knows of one candidate model without target labels."""
     name: str
     source_dev_acc: Optional[float]        # percent, on data.source_dev
     target_confidence: Optional[float]     # mean max probability over the target rows
-    agreement_with_previous: Optional[float]  # share of target rows predicted as the stage before did
+    agreement_with_previous: Optional[float]  # share of target rows predicted as the candidate before did
+    corrected_from: Optional[str] = None   # a prior-corrected candidate: the model it corrects
 
 
 def choose_stage(signals: list[StageSignals], rule: str, tolerance: float) -> tuple[int, str]:
-    """The index of the stage to hand back and why, ``signals`` in chain
+    """The index of the candidate to hand back and why, ``signals`` in chain
     order (zero-shot first)."""
-    last = len(signals) - 1
+    index, reason, _ = judge(signals, rule, tolerance)
+    return index, reason
+
+
+def judge(signals: list[StageSignals], rule: str, tolerance: float) -> tuple[int, str, list[str]]:
+    """``choose_stage`` with one line per candidate saying how it was judged."""
+    trained = [i for i, s in enumerate(signals) if s.corrected_from is None]
+    last = trained[-1]
     if rule == "last":
-        return last, f"selection.rule=last: the final stage ({signals[last].name})"
+        return last, f"selection.rule=last: the final stage ({signals[last].name})", [
+            "the final stage" if i == last else "not the final stage" for i in range(len(signals))]
     base = signals[0].source_dev_acc
     if base is None:
-        return last, (f"no source dev set (data.source_dev) to judge the stages by: the final stage "
-                      f"({signals[last].name})")
-    chosen = 0
-    for i, s in enumerate(signals[1:], start=1):
-        if s.source_dev_acc is None or s.source_dev_acc < base - tolerance:
-            lost = "no score" if s.source_dev_acc is None else f"{base - s.source_dev_acc:.1f} points"
-            later = f"; {', '.join(t.name for t in signals[i + 1:])} built on it" if i < last else ""
-            return chosen, (f"{s.name} lost {lost} of source dev accuracy against zero-shot "
-                            f"({base:.1f}), more than selection.source_dev_tolerance={tolerance:g}{later}: "
-                            f"handing back {signals[chosen].name}")
-        chosen = i
-    return chosen, (f"no stage lost more than {tolerance:g} points of source dev accuracy against zero-shot "
-                    f"({base:.1f}): the final stage ({signals[chosen].name})")
+        reason = (f"no source dev set (data.source_dev) to judge the stages by: the final stage "
+                  f"({signals[last].name})")
+        return last, reason, ["no source dev accuracy"] * len(signals)
+    lines, accepted = [], []
+    for i, s in enumerate(signals):
+        if i == 0:
+            lines.append(f"the reference: source dev {base:.1f}")
+            accepted.append(i)
+        elif s.source_dev_acc is None:
+            lines.append("no source dev accuracy: refused")
+        elif s.source_dev_acc < base - tolerance:
+            lines.append(f"source dev {s.source_dev_acc:.1f}, {base - s.source_dev_acc:.1f} below zero-shot: "
+                         f"more than selection.source_dev_tolerance={tolerance:g}, refused")
+        else:
+            tie = f" (as {s.corrected_from}: the source language is not corrected)" if s.corrected_from else ""
+            lines.append(f"source dev {s.source_dev_acc:.1f}{tie}, {s.source_dev_acc - base:+.1f} against "
+                         f"zero-shot: accepted")
+            accepted.append(i)
+    best = max(accepted, key=lambda i: (round(signals[i].source_dev_acc, 6), signals[i].corrected_from is not None,
+                                        i))
+    lines[best] += "; the best accepted: handed back"
+    refused = [signals[i].name for i in range(len(signals)) if i not in accepted]
+    why = (f"{signals[best].name} has the best source dev accuracy ({signals[best].source_dev_acc:.1f}) of the "
+           f"candidates within selection.source_dev_tolerance={tolerance:g} of zero-shot ({base:.1f})")
+    if signals[best].corrected_from:
+        why += f"; its class-prior correction ties {signals[best].corrected_from} there and is preferred"
+    if refused:
+        why += f"; refused: {', '.join(refused)}"
+    return best, why, lines
 
 
 def agreement(a, b) -> Optional[float]:
@@ -85,15 +115,16 @@ def agreement(a, b) -> Optional[float]:
 
 
 def stage_signals(cfg, models: dict, dev_results: dict, predictions) -> list[StageSignals]:
-    """Signals of every stage model in ``models`` (name -> directory, in chain order)."""
+    """Signals of every candidate in ``models`` (name -> directory, in chain order)."""
     out, previous = [], None
     for name, model in models.items():
         stage = STAGE_OF.get(name)  # a row a study names otherwise has no stage predictions to reuse
         table = predictions.of(stage, model) if predictions is not None and stage else None
         acc = dev_results.get(name, {}).get(cfg.data.source_lang)
         conf = float(np.mean(table.column("confidence").to_numpy())) if table is not None else None
+        base = name[:-len(" + prior")] if name.endswith(" + prior") else None
         out.append(StageSignals(name, 100 * acc if acc is not None else None, conf,
-                                agreement(table, previous) if previous is not None else None))
+                                agreement(table, previous) if previous is not None else None, base))
         previous = table
     return out
 
@@ -103,18 +134,19 @@ def hand_back(cfg, run, models: dict, dev_results: dict, predictions, out, log=p
     and the run's record of the choice, point ``RUN/model`` at it (joint mode),
     and return the report's paragraph."""
     signals = stage_signals(cfg, models, dev_results, predictions)
-    index, reason = choose_stage(signals, cfg.selection.rule, cfg.selection.source_dev_tolerance)
+    index, reason, lines = judge(signals, cfg.selection.rule, cfg.selection.source_dev_tolerance)
     chosen = signals[index].name
     fmt = lambda v, scale=1.0: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v * scale  # noqa: E731
     rows = [[s.name, fmt(s.source_dev_acc), fmt(s.target_confidence, 100), fmt(s.agreement_with_previous, 100),
-             "yes" if s.name == chosen else ""] for s in signals]
-    md = write_table(out / "stage_selection", ["stage", "source dev acc (%)", "target mean confidence (%)",
-                                               "target agreement with previous stage (%)", "handed back"], rows)
+             "yes" if s.name == chosen else "", line] for s, line in zip(signals, lines)]
+    md = write_table(out / "stage_selection", ["candidate", "source dev acc (%)", "target mean confidence (%)",
+                                               "target agreement with previous candidate (%)", "handed back",
+                                               "why"], rows)
     model = models[chosen]
     atomic_write_text(run.handed_back_record, json.dumps(
         {"stage": chosen, "model": model, "rule": cfg.selection.rule, "reason": reason,
          "stored_at": storage.location(model) if isinstance(model, str) else None,
-         "signals": [asdict(s) for s in signals]}, indent=2))
+         "signals": [asdict(s) for s in signals], "why": dict(zip((s.name for s in signals), lines))}, indent=2))
     if isinstance(model, str):
         _point(run.handed_back, model)
     log(f"[report] handed back: {chosen} ({model}): {reason}")

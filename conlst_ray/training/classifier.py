@@ -59,9 +59,11 @@ class Classifier:
         self.device, self.max_length = device or default_device(), max_length
 
     def predict_proba(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, lang: Optional[str] = None) -> np.ndarray:
         """[N, C] class probabilities, in the order of ``self.labels``; a
-        single string is one text (one pair with a single string pair)."""
+        single string is one text (one pair with a single string pair).
+        ``lang``: the texts' language, whose class-prior correction a
+        prior-corrected model applies (``self.language_bias``)."""
         import pyarrow as pa
 
         texts, text_pairs = as_rows(texts), (None if text_pairs is None else as_rows(text_pairs))
@@ -74,7 +76,8 @@ class Classifier:
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        columns = {"id": [str(i) for i in range(len(texts))], "lang": [""] * len(texts), "text": list(texts),
+        self._check_lang(lang)
+        columns = {"id": [str(i) for i in range(len(texts))], "lang": [lang or ""] * len(texts), "text": list(texts),
                    "label": [-1] * len(texts)}
         # the readers' schema: a single-text row has a null second text
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
@@ -83,16 +86,34 @@ class Classifier:
 
     def proba_of(self, table, batch_size: int = 64) -> np.ndarray:
         """[N, C] probabilities of the rows of a corpus table (the readers' schema)."""
+        from conlst_ray.algorithm.prior import by_language
         from conlst_ray.training.batches import encode_table
         from conlst_ray.training.inference import predict_proba
 
         data = encode_table(self.tokenizer, table, self.max_length)
-        return predict_proba(self.model, data, self.tokenizer.pad_token_id, batch_size, self.device)
+        q = predict_proba(self.model, data, self.tokenizer.pad_token_id, batch_size, self.device)
+        return by_language(q, table.column("lang").to_pylist(), self.language_bias)
+
+    @property
+    def language_bias(self) -> dict:
+        """Language -> logit bias of a prior-corrected model ({} for a stage model)."""
+        return self.model.language_bias
+
+    def _check_lang(self, lang: Optional[str]) -> None:
+        if lang is not None and not isinstance(lang, str):
+            raise ValueError(f"lang {lang!r}: a language code such as 'fr'")
+        if self.language_bias and lang is None:
+            import warnings
+
+            warnings.warn(f"{self.model_dir} corrects its outputs per language "
+                          f"({', '.join(self.language_bias)}): pass lang= to apply it; uncorrected outputs given",
+                          stacklevel=3)
 
     def predict(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
-                batch_size: int = 64) -> list[dict]:
-        """Per text: the label, its probability, and every label's."""
-        q = self.predict_proba(texts, text_pairs, batch_size)
+                batch_size: int = 64, lang: Optional[str] = None) -> list[dict]:
+        """Per text: the label, its probability, and every label's; ``lang``
+        as in ``predict_proba``."""
+        q = self.predict_proba(texts, text_pairs, batch_size, lang)
         return [{"label": self.labels[int(row.argmax())], "confidence": float(row.max()),
                  "probabilities": dict(zip(self.labels, map(float, row)))} for row in q]
 

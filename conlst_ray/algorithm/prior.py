@@ -1,0 +1,102 @@
+"""The class prior of a target language, estimated without labels, and the
+correction of a classifier's outputs to it.
+
+Not an equation of the CoNLST paper: this is the free baseline every stage
+must beat. A source model trained on balanced English data carries the
+English class prior into languages where its inputs look different; on
+XNLI the zero-shot model over-predicts one class in every target language
+(docs/REAL_GAIN.md). Re-weighting its outputs per language costs no
+training at all.
+
+The correction is a per-language bias added to the logits, so a saved model
+carries it as one vector per language (``models/model_files.py``) and any
+Hugging Face user applies it in one line: ``logits + bias[lang]``.
+
+Two estimates of a language's prior, both from its unlabelled rows:
+
+- ``em_prior``: the EM of Saerens, Latinne and Decaestecker (2002), which
+  assumes the model's posteriors are calibrated in the target language
+  (pure label shift);
+- ``matched_prior``: the source prior itself, i.e. the corpus is assumed to
+  have the classes in the same shares as the labelled data, and the
+  model's excess of one class is its own bias in that language.
+
+With unlabelled text alone the two causes look the same (a corpus with
+more of a class, a model that leans to it in that language): which one a
+run assumes is ``prior.estimate``, and the report shows both estimates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def em_prior(q: np.ndarray, source_prior: np.ndarray, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:
+    """The target prior by EM (Saerens et al. 2002, their Eq. 2.6-2.7):
+    E-step, each row's posterior re-weighted by pi_t / pi_s and renormalised;
+    M-step, pi_t = the mean of those posteriors. ``q``: [N, C] posteriors of
+    the unlabelled rows under the source prior ``source_prior`` [C]."""
+    q = np.asarray(q, dtype=np.float64)
+    source = _normalised(source_prior)
+    prior = source.copy()
+    for _ in range(max_iter):
+        post = reweighted(q, prior / source)
+        new = post.mean(0)
+        if np.abs(new - prior).max() < tol:
+            return _normalised(new)
+        prior = new
+    return _normalised(prior)
+
+
+def reweighted(q: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Posteriors multiplied by a weight per class, renormalised per row."""
+    post = np.asarray(q, dtype=np.float64) * np.asarray(weights, dtype=np.float64)[None, :]
+    return post / np.maximum(post.sum(1, keepdims=True), EPS)
+
+
+def matching_bias(q: np.ndarray, prior: np.ndarray, max_iter: int = 200, tol: float = 1e-6) -> np.ndarray:
+    """The logit bias b [C] under which the rows' mean posterior equals
+    ``prior``: softmax(log q + b) averaged over the rows = prior. A fixed
+    point b <- b + log(prior / mean); its first step is "divide q by its
+    mean", the correction docs/REAL_GAIN.md measured."""
+    q = np.asarray(q, dtype=np.float64)
+    target = _normalised(prior)
+    bias = np.zeros(q.shape[1])
+    for _ in range(max_iter):
+        mean = reweighted(q, np.exp(bias)).mean(0)
+        if np.abs(mean - target).max() < tol:
+            break
+        bias = bias + np.log(np.maximum(target, EPS)) - np.log(np.maximum(mean, EPS))
+    return bias - bias.mean()
+
+
+def em_bias(prior: np.ndarray, source_prior: np.ndarray) -> np.ndarray:
+    """The logit bias of Saerens et al.'s correction: log(pi_t / pi_s)."""
+    bias = np.log(np.maximum(_normalised(prior), EPS)) - np.log(np.maximum(_normalised(source_prior), EPS))
+    return bias - bias.mean()
+
+
+def corrected(q: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Posteriors after adding ``bias`` to the logits (log q up to a constant)."""
+    return reweighted(q, np.exp(np.asarray(bias, dtype=np.float64)))
+
+
+def _normalised(p) -> np.ndarray:
+    p = np.maximum(np.asarray(p, dtype=np.float64), EPS)
+    return p / p.sum()
+
+
+def by_language(q: np.ndarray, langs, bias: dict) -> np.ndarray:
+    """Each row's posteriors corrected with its language's bias; rows of a
+    language without one (the source language) are left as they are."""
+    if not bias:
+        return q
+    langs = np.asarray(langs)
+    out = np.array(q, dtype=np.float64, copy=True)
+    for lang, b in bias.items():
+        rows = langs == lang
+        if rows.any():
+            out[rows] = corrected(out[rows], b)
+    return out.astype(np.asarray(q).dtype)

@@ -1,0 +1,141 @@
+"""The free baseline in every report: each target language's class prior,
+estimated from its unlabelled rows without labels, and the stage models
+corrected to it (algorithm/prior.py). A corrected model is a candidate of
+the hand-back like any stage, and a model folder of its own
+(``RUN/prior/<stage>/model``) that predict and the Auto classes can use.
+
+Which estimate the correction follows is ``selection.prior``:
+
+- ``source``: the corpus has the source data's class shares; the model's
+  excess of a class in a language is its own bias there (XNLI: the
+  zero-shot model over-predicts ``neutral`` in every target language);
+- ``em``: the EM estimate (Saerens et al. 2002): the model is taken as
+  calibrated in the target language and the excess as the corpus's own;
+- ``off``: no corrected candidates.
+
+Both estimates are reported whatever the choice, beside the model's own
+predicted shares, so a user who knows the corpus can tell which holds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from conlst_ray.algorithm.prior import corrected, em_bias, em_prior, matching_bias
+from conlst_ray.reporting.tables import write_table
+
+# the stage models whose corrections are candidates (name in the report -> stage folder)
+CORRECTED = {"zero-shot": "source", "CoNLST": "ssl", "self-training": "ssl"}
+SUFFIX = " + prior"
+
+
+def corrected_name(name: str) -> str:
+    return name + SUFFIX
+
+
+def source_prior(cfg, run) -> np.ndarray:
+    """The class shares of the labelled source training rows (the prior the
+    source model's posteriors carry)."""
+    from conlst_ray.data.corpora import CORPUS_FOLDERS
+    from conlst_ray.ray_jobs.sharded import read_outputs
+    from conlst_ray.storage import mirror as storage
+
+    n = len(cfg.data.task.labels)
+    folder = run.corpus(CORPUS_FOLDERS["data.source_train"])
+    if not storage.exists(folder):
+        return np.full(n, 1.0 / n)
+    labels = np.asarray(read_outputs(folder).column("label").to_numpy())
+    counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
+    return counts / counts.sum() if counts.sum() else np.full(n, 1.0 / n)
+
+
+def q_by_language(table, langs) -> dict[str, np.ndarray]:
+    """Language -> [N, C] posteriors of its rows in a predictions table."""
+    col = table.column("q").combine_chunks()
+    q = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1)
+    row_langs = np.asarray(table.column("lang").to_pylist())
+    return {lang: q[row_langs == lang] for lang in langs if (row_langs == lang).any()}
+
+
+def estimates(q: dict, prior_s: np.ndarray) -> dict[str, dict]:
+    """Per language: the model's predicted shares, its mean posterior, the
+    EM prior, and the logit bias of each correction."""
+    out = {}
+    for lang, ql in q.items():
+        em = em_prior(ql, prior_s)
+        out[lang] = {"predicted": np.bincount(ql.argmax(1), minlength=len(prior_s)) / len(ql),
+                     "mean_q": ql.mean(0), "em": em, "bias": {"em": em_bias(em, prior_s),
+                                                              "source": matching_bias(ql, prior_s)}}
+    return out
+
+
+def derived_predictions(table, bias: dict):
+    """A predictions table of the corrected model, from its base model's
+    (no second pass over the rows: the correction is a bias per language)."""
+    import pyarrow as pa
+
+    col = table.column("q").combine_chunks()
+    q = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float64)
+    langs = np.asarray(table.column("lang").to_pylist())
+    for lang, b in bias.items():
+        rows = langs == lang
+        q[rows] = corrected(q[rows], b)
+    q = q.astype(np.float32)
+    return pa.table({"id": table.column("id"), "lang": table.column("lang"),
+                     "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1),
+                     "q": pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), q.shape[1])})
+
+
+def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tuple[dict, Optional[str]]:
+    """The corrected candidates (name -> model folder), saved under RUN/prior,
+    and the report's class-prior table (None when there is nothing to
+    estimate from)."""
+    from conlst_ray.models.corrected import save_corrected
+    from conlst_ray.reporting.selection import STAGE_OF
+
+    how = cfg.selection.prior
+    langs = list(cfg.data.target_langs)
+    prior_s = source_prior(cfg, run)
+    found, text = {}, None
+    for name, stage in CORRECTED.items():
+        model = models.get(name)
+        if model is None or isinstance(model, dict):  # per_language mode: a model per language, not corrected
+            continue
+        table = predictions.of(STAGE_OF[name], model)
+        if table is None or "q" not in table.column_names:
+            continue
+        est = estimates(q_by_language(table, langs), prior_s)
+        if name == "zero-shot":
+            text = write_prior_table(cfg, est, prior_s, out)
+        if how == "off":
+            continue
+        bias = {lang: e["bias"][how].tolist() for lang, e in est.items()}
+        folder = save_corrected(model, bias, run.prior_model(stage), _HOW[how])
+        predictions.add(STAGE_OF[name] + SUFFIX, derived_predictions(table, bias))
+        found[corrected_name(name)] = str(folder)
+        log(f"[report] {corrected_name(name)}: {name} with a class-prior correction per language ({how}) -> {folder}")
+    return found, text
+
+
+_HOW = {"em": "the EM of Saerens, Latinne and Decaestecker (2002): the corpus's own class shares, taking the model "
+              "as calibrated in that language",
+        "source": "the source data's class shares, taking the model's excess of a class in that language as its "
+                  "own bias there"}
+
+
+def write_prior_table(cfg, est: dict, prior_s: np.ndarray, out) -> str:
+    """results/class_prior.{md,csv}: per target language and class, the
+    zero-shot model's predicted share, the EM estimate and the source prior."""
+    labels = list(cfg.data.task.labels)
+    rows = []
+    for lang, e in est.items():
+        for j, label in enumerate(labels):
+            rows.append([lang, label, 100 * e["predicted"][j], 100 * e["mean_q"][j], 100 * e["em"][j],
+                         100 * prior_s[j]])
+    md = write_table(out / "class_prior", ["language", "class", "zero-shot predicted share (%)",
+                                           "zero-shot mean posterior (%)", "EM estimate (%)", "source prior (%)"],
+                     rows)
+    return (f"Class prior per target language, estimated from the unlabelled rows without labels "
+            f"(the correction follows selection.prior={cfg.selection.prior}):\n\n{md}")
