@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from conlst_ray.algorithm.prior import by_language
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_max_rows
@@ -108,13 +109,16 @@ def _q(shared: Shared, model, rows) -> np.ndarray:
     return q
 
 
-def score(shared: Shared, model) -> dict:
+def score(shared: Shared, model, bias: Optional[dict] = None) -> dict:
     """Accuracy (%) per language on the test rows (data.target_test: English
     and every target), and recall (%) per gold class over the target
-    languages' test rows (``recall_<label>``)."""
+    languages' test rows (``recall_<label>``); ``bias``: a class-prior
+    correction per language applied to the model's outputs."""
     from conlst_ray.training.inference import accuracy_by_language
 
     q = _q(shared, model, shared.test)
+    if bias:
+        q = by_language(q, shared.test.langs, bias)
     out = {lang: 100 * acc for lang, acc in accuracy_by_language(q, shared.test).items()}
     pred, gold = q.argmax(-1), shared.test.labels
     targets = np.isin(np.asarray(shared.test.langs), list(shared.cfg.data.target_langs))
@@ -130,6 +134,20 @@ def source_dev(shared: Shared, model) -> float:
 
     metrics = dev_metrics(model, shared.evals, shared.tokenizer.pad_token_id, shared.device, shared.cfg)
     return 100 * metrics["source_dev_acc"]
+
+
+def prior_bias(shared: Shared, q: np.ndarray, how: str) -> dict:
+    """Per target language, the logit bias of the class-prior correction
+    (selection.prior ``how``) estimated from the unlabelled rows' ``q``, as
+    a run's report estimates it (reporting/prior.py)."""
+    from conlst_ray.reporting.prior import estimates
+
+    labels = np.asarray(shared.source.labels)
+    n = q.shape[1]
+    counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
+    langs = np.asarray(shared.target.langs)
+    est = estimates({lang: q[langs == lang] for lang in shared.cfg.data.target_langs}, counts / counts.sum())
+    return {lang: e["bias"][how] for lang, e in est.items()}
 
 
 def target_predictions(shared: Shared, model) -> np.ndarray:
@@ -150,14 +168,21 @@ def load(model_dir, cfg, stage: str, device):
     return model.to(device).train()
 
 
-def train_source(shared: Shared, out: Path, log=print) -> tuple[Path, list]:
+def train_source(shared: Shared, out: Path, log=print, given: Optional[str] = None) -> tuple[Path, list]:
     """Source fine-tuning, kept at its best epoch on the English dev set (no
     target label read): the model every row starts from, and the curve. The
-    pipeline's own end-of-epoch hooks: dev accuracy, then the kept epoch."""
+    pipeline's own end-of-epoch hooks: dev accuracy, then the kept epoch.
+    ``given``: a source model a run trained (its curve read from the run's
+    ``source/metrics.jsonl``), used as it is."""
     from conlst_ray.algorithm.base import SourceTraining
     from conlst_ray.training.epoch_hooks import EvaluateDev, KeepBestEpoch, run_epochs
     from conlst_ray.training.loop import StepModule
 
+    if given:
+        metrics = Path(given).parent / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        return Path(given), [{"epoch": r["epoch"], "source_dev_acc": 100 * r["source_dev_acc"], "given": given}
+                             for r in map(json.loads, lines) if "source_dev_acc" in r]
     cfg, model_out = shared.cfg, out / f"seed{shared.cfg.seed}" / "source" / "model"
     done = model_out.parent / "DONE.json"
     if done.is_file():

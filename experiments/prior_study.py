@@ -70,13 +70,16 @@ def study(cache: dict, source_prior: np.ndarray, n_unl: int, n_test: int) -> lis
                 iu, it = skewed(yu, shares, n_unl, 0), skewed(yt, shares, n_test, 1)
             qu, qt, yt = qu[iu], qt[it], yt[it]
             em = em_prior(qu, source_prior)
-            acc = lambda q: float((q.argmax(1) == yt).mean())  # noqa: E731
             rows.append({"corpus": skew, "lang": lang, "true": list(np.bincount(yu[iu], minlength=3) / len(iu)),
                          "em": list(em), "mean_q": list(qu.mean(0)),
                          "predicted": list(np.bincount(qu.argmax(1), minlength=3) / len(qu)),
-                         "acc": acc(qt), "acc_em": acc(corrected(qt, em_bias(em, source_prior))),
-                         "acc_source_prior": acc(corrected(qt, matching_bias(qu, source_prior)))})
+                         "acc": _acc(qt, yt), "acc_em": _acc(corrected(qt, em_bias(em, source_prior)), yt),
+                         "acc_source_prior": _acc(corrected(qt, matching_bias(qu, source_prior)), yt)})
     return rows
+
+
+def _acc(q: np.ndarray, y: np.ndarray) -> float:
+    return float((q.argmax(1) == y).mean())
 
 
 def main(argv=None) -> None:
@@ -95,7 +98,7 @@ def main(argv=None) -> None:
                  test_langs=test[2])
     cache = dict(np.load(cache_file))
     rows = study(cache, np.full(3, 1 / 3), args.unlabelled, 500)
-    (out / "prior_study.json").write_text(json.dumps(rows, indent=1))
+    (out / "prior_study.json").write_text(json.dumps(rows, indent=1, default=float))
     fmt = lambda v: "/".join(f"{100 * x:.0f}" for x in v)  # noqa: E731
     for r in rows:
         print(f"{r['corpus']:9s} {r['lang']} true {fmt(r['true'])} em {fmt(r['em'])} meanq {fmt(r['mean_q'])} "
@@ -104,8 +107,9 @@ def main(argv=None) -> None:
     for skew in SKEWS:
         sel = [r for r in rows if r["corpus"] == skew]
         err = np.mean([np.abs(np.array(r["em"]) - np.array(r["true"])).max() for r in sel])
-        print(f"{skew}: acc {np.mean([r['acc'] for r in sel]) * 100:.2f} em {np.mean([r['acc_em'] for r in sel]) * 100:.2f}"
-              f" srcprior {np.mean([r['acc_source_prior'] for r in sel]) * 100:.2f}; EM max share error {100 * err:.1f}")
+        accs = {k: 100 * np.mean([r[k] for r in sel]) for k in ("acc", "acc_em", "acc_source_prior")}
+        print(f"{skew}: acc {accs['acc']:.2f} em {accs['acc_em']:.2f} srcprior {accs['acc_source_prior']:.2f}; "
+              f"EM max share error {100 * err:.1f}")
 
 
 if __name__ == "__main__":

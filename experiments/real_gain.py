@@ -65,8 +65,10 @@ STUDY = [f"data.source_train=xnli_mt_tsv:{DATA}/mnli_25k/multinli.train.{{lang}}
 # buckets; 835 scored test rows per language, 500 unlabelled rows per language (--target-rows)
 CPU = ["resources.use_gpu=false", "resources.precision=bf16", "model.freeze_embeddings=true",
        "model.freeze_layers=8", "model.cache_frozen=true", "resources.length_buckets=true",
-       "data.max_rows=835", "data.max_source_rows=24511", "source.epochs=3", "source.lr=1e-4",
-       "source.eval_batch_size=128"]
+       "data.max_rows=835", "data.max_source_rows=24511", "source.epochs=2", "source.lr=1e-4",
+       "source.eval_batch_size=128",
+       # English dev rows 500-1334 judge the stages: rows 0-499 are the originals of the unlabelled rows
+       "data.source_dev_skip_rows=500"]
 TINY = ["model.name_or_path=tiny-bert", f"model.tokenizer={DATA}/vocab/bert-base-multilingual-cased-vocab.txt",
         "data.target_langs=[de,sw]", "data.max_rows=48", "data.max_source_rows=1500", "source.epochs=3",
         "source.lr=1e-3", "conl.batch_size=16", "conl.source_batch_size=16", "ssl.batch_size=8",
@@ -80,6 +82,12 @@ GAMMA_CLASS = {"conl.gamma_quantile": 0.7, "conl.gamma_groups": "class"}
 CONL_GAMMA_CLASS = "CoNL, gamma per language and class (top 30 %)"
 CONL_HEAD_FIRST = "CoNL, contrastive head fitted first (300 steps, encoder frozen)"
 CONLST_BALANCED = "CoNLST (paper CoNL, then clean self-training with equal counts per (language, class))"
+ST_BALANCED = "self-training, clean rows, equal counts per (language, class)"
+CONLST_DEFAULT = ("CoNLST (CoNL with gamma per (language, class), then clean self-training with equal counts per "
+                  "(language, class))")
+ZS_PRIOR = "zero-shot + prior (source prior)"
+ST_FROM_PRIOR = "self-training from prior-corrected pseudo-labels (ssl.prior=source)"
+CONL_UNCACHED = "CoNL, gamma per (language, class), uncached: dropout in all 12 layers"
 
 
 @dataclass
@@ -99,12 +107,11 @@ ROWS = [
     Row(CONLST_PAPER, "ssl", CONL_PAPER, SelfTraining, {"ssl.thresholding": "class_quantile"}),
     Row("self-training, clean rows (no masking, no mixup)", "ssl", ZS, SelfTraining,
         {**CLEAN, "ssl.thresholding": "class_quantile"}),
-    Row("self-training, clean rows, equal counts per (language, class)", "ssl", ZS, SelfTraining, BALANCED),
+    Row(ST_BALANCED, "ssl", ZS, SelfTraining, BALANCED),
     Row("CoNL, lambda_CLCS = 1", "conl", ZS, CoNL, {"conl.lambda_clcs": 1.0}),
     Row("CoNL, the paper's steps per language (1/6 of joint)", "conl", ZS, PaperStepsCoNL),
     Row(CONL_GAMMA_CLASS, "conl", ZS, CoNL, GAMMA_CLASS),
-    Row("CoNLST (CoNL with gamma per (language, class), then clean self-training with equal counts per "
-        "(language, class))", "ssl", CONL_GAMMA_CLASS, SelfTraining, BALANCED),
+    Row(CONLST_DEFAULT, "ssl", CONL_GAMMA_CLASS, SelfTraining, BALANCED),
     Row(CONLST_BALANCED, "ssl", CONL_PAPER, SelfTraining, BALANCED),
     Row(CONL_HEAD_FIRST, "conl", ZS, CoNL, {"conl.head_warmup_steps": 300}),
     Row("CoNLST (CoNL with its head fitted first, then clean self-training with equal counts per (language, class))",
@@ -123,6 +130,21 @@ ROWS = [
     Row("CoNL, classification head frozen", "conl", ZS, CoNL, {"conl.train_classifier": False}),
     Row("self-training, FlexMatch (no CoNL)", "ssl", ZS, SelfTraining,
         {"ssl.thresholding": "flexmatch", "ssl.threshold_quantile": 0.7}),
+    # the free baseline and what the method adds over it (issue 42): a "prior" row trains nothing, it
+    # corrects its start row's outputs per language (reporting/prior.py, selection.prior)
+    Row(ZS_PRIOR, "prior", ZS, None, {"selection.prior": "source"}),
+    Row("zero-shot + prior (EM)", "prior", ZS, None, {"selection.prior": "em"}),
+    Row("self-training + prior (source prior)", "prior", ST_BALANCED, None, {"selection.prior": "source"}),
+    Row("self-training, source term only (ssl.lambda_u=0)", "ssl", ZS, SelfTraining, {**BALANCED, "ssl.lambda_u": 0.0}),
+    Row(ST_FROM_PRIOR, "ssl", ZS, SelfTraining, {**BALANCED, "ssl.prior": "source"}),
+    Row("self-training from prior-corrected pseudo-labels, then + prior", "prior", ST_FROM_PRIOR, None,
+        {"selection.prior": "source"}),
+    Row("self-training, counts per the EM prior (ssl.prior=em)", "ssl", ZS, SelfTraining,
+        {**BALANCED, "ssl.prior": "em"}),
+    Row("CoNLST + prior (source prior)", "prior", CONLST_DEFAULT, None, {"selection.prior": "source"}),
+    # the dropout question (issue 43): CoNL's two views differ only by the upper layers' dropout under the cache
+    Row(CONL_UNCACHED, "conl", ZS, CoNL, {**GAMMA_CLASS, "model.cache_frozen": False}),
+    Row("CoNLST from the uncached CoNL", "ssl", CONL_UNCACHED, SelfTraining, BALANCED),
 ]
 
 
@@ -141,11 +163,13 @@ def chain_of(name: str) -> list[str]:
 
 def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, results: dict,
              on_row=lambda: None, log=print, target_rows: int | None = None,
-             source_seed: int | None = None) -> dict:
+             source_seed: int | None = None, given_source: str | None = None) -> dict:
     """Every row of one seed into ``results`` (finished rows read back from
     ``out``); ``on_row`` after each row, so that a run cut short has written
     what it measured. ``source_seed``: start from that seed's source model
-    (the seeds then vary the stages' own draws, not the source model)."""
+    (the seeds then vary the stages' own draws, not the source model).
+    ``given_source``: a source model trained elsewhere (a run's
+    ``source/model``), used instead of training one."""
     import numpy as np
 
     from conlst_ray.reporting.selection import StageSignals
@@ -155,17 +179,22 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
     shared = h.prepare(source_cfg, out, log, target_rows)
     seed_dir = out / f"seed{cfg.seed}"
     shared.cfg = source_cfg
-    source_dir, curve = h.train_source(shared, out, log)
+    source_dir, curve = h.train_source(shared, out, log, given_source)
     shared.cfg = cfg
     model_dirs = {ZS: source_dir}
 
-    def measure(name: str, model, start: str | None, info: dict) -> dict:
+    def measure(name: str, model, start: str | None, info: dict, prior: str | None = None) -> dict:
         q = h.target_predictions(shared, model)
+        bias = h.prior_bias(shared, q, prior) if prior else None
+        if bias:
+            q = h.by_language(q, shared.target.langs, bias)
         shared.predictions[name] = q.argmax(-1)
-        scores = h.score(shared, model)
+        scores = h.score(shared, model, bias)
         agree = float((q.argmax(-1) == shared.predictions[start]).mean()) if start else None
-        signals = StageSignals(name, h.source_dev(shared, model), float(q.max(-1).mean()), agree)
-        return {**info, "scores": scores, "signals": signals.__dict__}
+        signals = StageSignals(name, h.source_dev(shared, model), float(q.max(-1).mean()), agree,
+                               start if prior else None)
+        extra = {"bias": {k: list(v) for k, v in bias.items()}} if bias else {}
+        return {**info, **extra, "scores": scores, "signals": signals.__dict__}
 
     zs_model = h.load(source_dir, cfg, "source", shared.device)
     shared.q_source = h.target_predictions(shared, zs_model)
@@ -187,6 +216,17 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
             continue
         if time.time() - t_start > budget_s:
             log(f"[study] {row.name}: not run, --budget-s {budget_s:g} spent")
+            continue
+        if row.stage == "prior":  # trains nothing: its start's model, corrected per language
+            model = h.load(model_dirs[row.start], cfg, "source", shared.device)
+            results[row.name] = measure(row.name, model, row.start, {"stage": "prior", "start": row.start,
+                                                                      "overrides": row.overrides},
+                                        row.overrides["selection.prior"])
+            del model
+            row_file.parent.mkdir(parents=True, exist_ok=True)
+            row_file.write_text(json.dumps({**results[row.name],
+                                            "_predictions": shared.predictions[row.name].tolist()}, default=float))
+            on_row()
             continue
         save_to = seed_dir / "models" / slug(row.name) if keep else None
         model, info = h.train_row(shared, row.stage, row.cls, model_dirs[row.start], row.overrides,
@@ -231,6 +271,9 @@ def main(argv=None) -> int:
                         help="every seed starts from the source model of the first seed listed (the seeds then vary "
                              "CoNL's and self-training's draws)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--source-models", nargs="+", default=None, metavar="DIR",
+                        help="one source model per seed (e.g. the source/model of a run of the CPU config with that "
+                             "seed), used instead of training one: independent source models without paying twice")
     parser.add_argument("--rows", nargs="+", help="run only the rows whose names start with these (and their starts)")
     parser.add_argument("--budget-s", type=float, default=400.0,
                         help="start no row after this many seconds (a row takes up to ~50 s on one H100)")
@@ -251,10 +294,13 @@ def main(argv=None) -> int:
         write_report(cfg, by_seed, [ZS] + [r.name for r in rows], chain_of, Path(args.docs), command, time.time() - t0)
 
     target_rows = args.target_rows or (500 if args.cpu else None)
-    for seed in args.seeds:
+    if args.source_models and len(args.source_models) != len(args.seeds):
+        parser.error(f"--source-models: {len(args.source_models)} given for {len(args.seeds)} seeds")
+    for i, seed in enumerate(args.seeds):
         by_seed[seed] = {}
         run_seed(with_values(cfg, {"seed": seed}), rows, Path(args.out), args.budget_s, t0, by_seed[seed], report,
-                 target_rows=target_rows, source_seed=args.seeds[0] if args.share_source else None)
+                 target_rows=target_rows, source_seed=args.seeds[0] if args.share_source else None,
+                 given_source=args.source_models[i] if args.source_models else None)
     return 0
 
 

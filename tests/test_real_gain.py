@@ -68,11 +68,23 @@ def test_the_report_grades_the_label_free_rule_and_a_rerun_reuses_finished_rows(
     real_gain, out, args, rows = study
     text = (out / "docs" / "REAL_GAIN.md").read_text()
     assert "scores identical to zero-shot in every language" in text and "weight change exactly 0" in text
-    n_chains = len(real_gain.ROWS)
-    assert f"of {n_chains}** chains" in text
+    n_chains = len(real_gain.ROWS) - 1   # the prior-corrected zero-shot is a candidate in every other chain
+    assert f"of {n_chains}** chains" in text and "points of target average in all" in text
+    assert "zero-shot -> zero-shot + prior (source prior) -> self-training, clean rows" in text
     for row in real_gain.ROWS:
         assert row.name in text
     assert real_gain.main(args) == 0                                      # nothing left to train
     again = json.loads((out / "docs" / "real_gain.json").read_text())["0"]
     assert {n: r["scores"] for n, r in again.items()} == {n: r["scores"] for n, r in rows.items()}
     assert [r.get("seconds") for r in again.values()] == [r.get("seconds") for r in rows.values()]
+
+
+def test_a_prior_row_trains_nothing_and_corrects_its_start_per_target_language(study):
+    real_gain, _, _, rows = study
+    free, zero = rows[real_gain.ZS_PRIOR], rows["zero-shot"]
+    assert free["signals"]["source_dev_acc"] == zero["signals"]["source_dev_acc"]   # English is not corrected
+    assert free["scores"]["en"] == zero["scores"]["en"]
+    assert free["signals"]["corrected_from"] == "zero-shot"
+    assert set(free["bias"]) == {"de", "sw"} and all(len(b) == 3 for b in free["bias"].values())
+    assert "steps" not in free                                                        # no training
+    assert rows["self-training, source term only (ssl.lambda_u=0)"]["overrides"]["ssl.lambda_u"] == 0.0

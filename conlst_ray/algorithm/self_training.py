@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.prior import corrected, em_bias, em_prior, matching_bias
 from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.training.batches import to_device
@@ -46,6 +47,8 @@ class SelfTraining(StageAlgorithm):
         t0 = time.perf_counter()
         q = pseudo_label_in_workers(self.model, self.target, self.pad_id, self.cfg, self.device)
         label_seconds = time.perf_counter() - t0
+        if s.prior != "off":
+            q = self.prior_corrected(q)
         self.thresholds.observe(q)
         mask, _ = self.thresholds.mask(torch.as_tensor(q))
         self.pred, self.selected = q.argmax(-1), np.flatnonzero(mask.numpy())
@@ -57,6 +60,28 @@ class SelfTraining(StageAlgorithm):
         self.selection = {"selected": int(n), "selected_share": float(n / len(self.target)),
                           "pseudo_label_seconds": label_seconds, "pseudo_label_rows": len(self.target),
                           **self.thresholds.describe(), **selection_quality(self.target, self.pred, self.selected)}
+
+    def prior_corrected(self, q: np.ndarray) -> np.ndarray:
+        """``ssl.prior``: each language's q corrected to its estimated class
+        prior (algorithm/prior.py) before the rows are selected; under
+        lang_class_top the per-class counts follow that prior."""
+        n = q.shape[1]
+        labels = np.asarray(self.source.labels)
+        counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
+        source_prior = counts / counts.sum() if counts.sum() else np.full(n, 1.0 / n)
+        langs = np.asarray(self.target.langs)
+        out = q.astype(np.float64)
+        for lang in np.unique(langs):
+            rows = langs == lang
+            if self.cfg.ssl.prior == "em":
+                prior = em_prior(out[rows], source_prior)
+                out[rows] = corrected(out[rows], em_bias(prior, source_prior))
+            else:
+                prior = source_prior
+                out[rows] = corrected(out[rows], matching_bias(out[rows], source_prior))
+            if hasattr(self.thresholds, "shares"):
+                self.thresholds.shares[str(lang)] = prior
+        return out.astype(np.float32)
 
     def epoch_steps(self, epoch: int) -> int:
         return sum(map(len, self.plans))

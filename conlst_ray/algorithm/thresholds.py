@@ -174,6 +174,8 @@ class LanguageClassTop:
         self.langs = np.asarray(langs)
         self._selected = np.zeros(len(self.langs), dtype=bool)
         self._thresholds = torch.ones(num_classes)
+        # language -> class shares of the selection (ssl.prior: the estimated prior); default equal
+        self.shares: dict = {}
 
     def observe(self, q: np.ndarray) -> None:
         conf, pred = q.max(-1), q.argmax(-1)
@@ -181,8 +183,9 @@ class LanguageClassTop:
         lowest = np.ones(self.num_classes)
         for lang in np.unique(self.langs):
             rows = np.flatnonzero(self.langs == lang)
-            k = int((1 - self.quantile) * len(rows) / self.num_classes)
+            shares = self.shares.get(str(lang), np.full(self.num_classes, 1.0 / self.num_classes))
             for c in range(self.num_classes):
+                k = int((1 - self.quantile) * len(rows) * shares[c])
                 mine = rows[pred[rows] == c]
                 top = mine[np.argsort(-conf[mine], kind="stable")[:k]]
                 selected[top] = True

@@ -132,8 +132,8 @@ def write_prior_table(cfg, est: dict, prior_s: np.ndarray, out) -> str:
     rows = []
     for lang, e in est.items():
         for j, label in enumerate(labels):
-            rows.append([lang, label, 100 * e["predicted"][j], 100 * e["mean_q"][j], 100 * e["em"][j],
-                         100 * prior_s[j]])
+            rows.append([lang, label] + [round(100 * float(v[j]), 1) for v in (e["predicted"], e["mean_q"], e["em"],
+                                                                                prior_s)])
     md = write_table(out / "class_prior", ["language", "class", "zero-shot predicted share (%)",
                                            "zero-shot mean posterior (%)", "EM estimate (%)", "source prior (%)"],
                      rows)
