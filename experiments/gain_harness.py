@@ -16,10 +16,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from conlst_ray.algorithm.prior import by_language
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_max_rows
+from conlst_ray.models.language_bias import by_language
 
 
 @dataclass

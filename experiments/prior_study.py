@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.algorithm.prior import corrected, em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import bbse_prior, confusion, em_bias, em_prior, matching_bias
+from conlst_ray.models.language_bias import corrected
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -57,13 +58,18 @@ def skewed(labels: np.ndarray, shares, n: int, seed: int) -> np.ndarray:
 
 
 def study(cache: dict, source_prior: np.ndarray, n_unl: int, n_test: int) -> list[dict]:
+    """Per corpus (class shares) and language: the estimates and the
+    accuracy of each correction on the scored rows of the same shares."""
+    en_pool = np.r_[0:500, 1000:1245]       # English rows of the corpus (rows 500-999 are the source dev set)
+    dev_q, dev_y = cache["en_q"][500:1000], cache["en_y"][500:1000]
+    conf = confusion(dev_q.argmax(1), dev_y, 3)
     rows = []
     for skew, shares in SKEWS.items():
+        pick = np.arange(n_unl) if skew == "balanced" else skewed(cache["en_y"][en_pool], shares, 400, 0)
+        bbse = bbse_prior(cache["en_q"][en_pool][pick].argmax(1), conf)
         for lang in LANGS:
-            u = cache["dev_langs"] == lang
-            t = cache["test_langs"] == lang
-            qu, yu = cache["dev_q"][u], cache["dev_y"][u]
-            qt, yt = cache["test_q"][t], cache["test_y"][t]
+            u, t = cache["dev_langs"] == lang, cache["test_langs"] == lang
+            qu, yu, qt, yt = cache["dev_q"][u], cache["dev_y"][u], cache["test_q"][t], cache["test_y"][t]
             if skew == "balanced":
                 iu, it = np.arange(min(n_unl, len(qu))), np.arange(len(qt))
             else:
@@ -71,10 +77,12 @@ def study(cache: dict, source_prior: np.ndarray, n_unl: int, n_test: int) -> lis
             qu, qt, yt = qu[iu], qt[it], yt[it]
             em = em_prior(qu, source_prior)
             rows.append({"corpus": skew, "lang": lang, "true": list(np.bincount(yu[iu], minlength=3) / len(iu)),
-                         "em": list(em), "mean_q": list(qu.mean(0)),
+                         "em": list(em), "bbse": list(bbse), "mean_q": list(qu.mean(0)),
                          "predicted": list(np.bincount(qu.argmax(1), minlength=3) / len(qu)),
                          "acc": _acc(qt, yt), "acc_em": _acc(corrected(qt, em_bias(em, source_prior)), yt),
-                         "acc_source_prior": _acc(corrected(qt, matching_bias(qu, source_prior)), yt)})
+                         "acc_source_prior": _acc(corrected(qt, matching_bias(qu, source_prior)), yt),
+                         "acc_bbse": _acc(corrected(qt, matching_bias(qu, bbse)), yt),
+                         "acc_true_prior": _acc(corrected(qt, matching_bias(qu, np.array(shares))), yt)})
     return rows
 
 
@@ -96,20 +104,27 @@ def main(argv=None) -> None:
         test = posteriors(args.model, f"xnli_tsv:{DATA}/xnli_test_a/test-{{lang}}.tsv", LANGS, 1002)
         np.savez(cache_file, dev_q=dev[0], dev_y=dev[1], dev_langs=dev[2], test_q=test[0], test_y=test[1],
                  test_langs=test[2])
+    en_file = out / "en_dev.npz"
+    if not en_file.is_file():
+        q, y, _ = posteriors(args.model, f"xnli_tsv:{DATA}/xnli/dev-{{lang}}.tsv", ["en"], 1245)
+        np.savez(en_file, q=q, y=y)
     cache = dict(np.load(cache_file))
+    en = np.load(en_file)
+    cache["en_q"], cache["en_y"] = en["q"], en["y"]
     rows = study(cache, np.full(3, 1 / 3), args.unlabelled, 500)
     (out / "prior_study.json").write_text(json.dumps(rows, indent=1, default=float))
-    fmt = lambda v: "/".join(f"{100 * x:.0f}" for x in v)  # noqa: E731
-    for r in rows:
-        print(f"{r['corpus']:9s} {r['lang']} true {fmt(r['true'])} em {fmt(r['em'])} meanq {fmt(r['mean_q'])} "
-              f"pred {fmt(r['predicted'])} acc {100 * r['acc']:.1f} em {100 * r['acc_em']:.1f} "
-              f"srcprior {100 * r['acc_source_prior']:.1f}")
+    print("| target corpus (class shares) | zero-shot | + prior: EM | + prior: source | + prior: BBSE | "
+          "+ prior: true shares | EM estimate, largest error (points) | BBSE estimate | its largest error |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for skew in SKEWS:
         sel = [r for r in rows if r["corpus"] == skew]
-        err = np.mean([np.abs(np.array(r["em"]) - np.array(r["true"])).max() for r in sel])
-        accs = {k: 100 * np.mean([r[k] for r in sel]) for k in ("acc", "acc_em", "acc_source_prior")}
-        print(f"{skew}: acc {accs['acc']:.2f} em {accs['acc_em']:.2f} srcprior {accs['acc_source_prior']:.2f}; "
-              f"EM max share error {100 * err:.1f}")
+        accs = [100 * np.mean([r[k] for r in sel]) for k in ("acc", "acc_em", "acc_source_prior", "acc_bbse",
+                                                             "acc_true_prior")]
+        em_err = 100 * np.mean([np.abs(np.array(r["em"]) - np.array(r["true"])).max() for r in sel])
+        bbse = np.array(sel[0]["bbse"])
+        bbse_err = 100 * np.abs(bbse - np.array(sel[0]["true"])).max()
+        print(f"| {skew} | " + " | ".join(f"{a:.1f}" for a in accs) + f" | {em_err:.1f} | "
+              + "/".join(f"{100 * x:.0f}" for x in bbse) + f" | {bbse_err:.1f} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ it is given, a correction touches only its own language's rows."""
 
 import numpy as np
 
-from conlst_ray.algorithm.prior import by_language, corrected, em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
+from conlst_ray.models.language_bias import by_language, corrected
 
 
 def calibrated_posteriors(prior, n=6000, seed=0, separation=1.2):
@@ -57,3 +58,19 @@ def test_a_correction_touches_only_the_rows_of_its_language():
     assert out[0].argmax() == 0 and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-6)
     assert by_language(q, ["fr"] * 3, {}) is q
+
+
+def test_bbse_recovers_a_skewed_prior_from_a_miscalibrated_model_where_em_does_not():
+    from conlst_ray.algorithm.prior import bbse_prior, confusion
+
+    rng = np.random.default_rng(3)
+    # a model that leans to class 1 whatever the input: its posteriors are not calibrated
+    def model(y):
+        logits = 2.0 * np.eye(3)[y] + rng.normal(size=(len(y), 3)) + np.array([0.0, 1.0, 0.0])
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    dev_y = rng.choice(3, size=3000)                          # labelled, balanced (the source dev set)
+    conf = confusion(model(dev_y).argmax(1), dev_y, 3)
+    truth = np.array([0.6, 0.3, 0.1])
+    q = model(rng.choice(3, size=3000, p=truth))              # unlabelled rows of the same language
+    assert np.abs(bbse_prior(q.argmax(1), conf) - truth).max() < 0.04
+    assert np.abs(em_prior(q, np.full(3, 1 / 3)) - truth).max() > 0.1

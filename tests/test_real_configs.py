@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conlst_ray.config import load_config
+from conlst_ray.config import load_config, with_values
 from tests.conftest import REPO
 
 REAL = sorted(p for p in (REPO / "tune_configs").glob("*.yaml")
@@ -90,3 +90,23 @@ def test_a_config_that_scores_its_unlabelled_text_is_named_transductive():
     same = load_config(None, [f"data.target_train={spec}", f"data.target_test={spec}"])
     line = transductive_warning(same)
     assert "transductive" in line and "\n" not in line and "xnli/dev-{lang}.tsv" in line
+
+
+def test_the_label_free_signal_must_not_read_the_originals_of_the_unlabelled_rows(tmp_path):
+    from conlst_ray.data.corpora import source_corpus
+    from conlst_ray.pipeline.preflight import overlap_warning
+
+    spec = "xnli_tsv:../shared/data/xnli/dev-{lang}.tsv"
+    base = [f"data.target_train={spec}", "data.source_lang=en", "data.target_langs=[fr]",
+            "data.source_dev=xnli_tsv:../shared/data/xnli/dev-en.tsv", "data.max_rows=500"]
+    line = overlap_warning(load_config(None, base))
+    assert "originals" in line and "data.source_dev_skip_rows=500" in line and "\n" not in line
+    assert overlap_warning(load_config(None, base + ["data.source_dev_skip_rows=500"])) is None
+    # the CPU config a user runs: its English dev rows are 500-999, not 0-499
+    cfg = load_config(REPO / "tune_configs" / "xnli_e5_small_cpu.yaml", [])
+    assert overlap_warning(cfg) is None
+    rows = source_corpus(with_values(cfg, {"data.source_dev": str(cfg.data.source_dev).replace(
+        "../shared", str(REPO.parent / "shared"))}).data, "dev")
+    lines = (REPO.parent / "shared" / "data" / "xnli" / "dev-en.tsv").read_text().splitlines()
+    assert rows.num_rows == 500 and rows.column("text")[0].as_py() == lines[500].split("\t")[0]
+    assert rows.column("text")[-1].as_py() == lines[999].split("\t")[0]

@@ -6,6 +6,7 @@ self_training.py  self-training, stage 2 (Eq. 9-14): labelling, selection, stron
 losses.py         Eq. 1, 6, 7, 8, 9-11, 12, 13, 14
 negatives.py      complementary labels (Eq. 4), negative pool (Eq. 5)
 thresholds.py     selection rules behind one interface: fixed, FlexMatch, class quantiles
+prior.py          a target language's class prior without labels (EM, BBSE) and the bias that corrects to it
 augment.py        random token masking
 steps.py          one training step per stage, returning (loss, logs)
 """

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-12
+from conlst_ray.models.language_bias import EPS, reweighted
 
 
 def em_prior(q: np.ndarray, source_prior: np.ndarray, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:
@@ -48,12 +48,6 @@ def em_prior(q: np.ndarray, source_prior: np.ndarray, max_iter: int = 1000, tol:
             return _normalised(new)
         prior = new
     return _normalised(prior)
-
-
-def reweighted(q: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Posteriors multiplied by a weight per class, renormalised per row."""
-    post = np.asarray(q, dtype=np.float64) * np.asarray(weights, dtype=np.float64)[None, :]
-    return post / np.maximum(post.sum(1, keepdims=True), EPS)
 
 
 def matching_bias(q: np.ndarray, prior: np.ndarray, max_iter: int = 200, tol: float = 1e-6) -> np.ndarray:
@@ -78,25 +72,30 @@ def em_bias(prior: np.ndarray, source_prior: np.ndarray) -> np.ndarray:
     return bias - bias.mean()
 
 
-def corrected(q: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Posteriors after adding ``bias`` to the logits (log q up to a constant)."""
-    return reweighted(q, np.exp(np.asarray(bias, dtype=np.float64)))
-
-
 def _normalised(p) -> np.ndarray:
     p = np.maximum(np.asarray(p, dtype=np.float64), EPS)
     return p / p.sum()
 
 
-def by_language(q: np.ndarray, langs, bias: dict) -> np.ndarray:
-    """Each row's posteriors corrected with its language's bias; rows of a
-    language without one (the source language) are left as they are."""
-    if not bias:
-        return q
-    langs = np.asarray(langs)
-    out = np.array(q, dtype=np.float64, copy=True)
-    for lang, b in bias.items():
-        rows = langs == lang
+def confusion(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> np.ndarray:
+    """C[i, j] = P(predicted i | gold j) over labelled rows."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    out = np.zeros((num_classes, num_classes))
+    for j in range(num_classes):
+        rows = gold == j
         if rows.any():
-            out[rows] = corrected(out[rows], b)
-    return out.astype(np.asarray(q).dtype)
+            out[:, j] = np.bincount(pred[rows], minlength=num_classes)[:num_classes] / rows.sum()
+    return out
+
+
+def bbse_prior(pred: np.ndarray, conf: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Black-box shift estimation (Lipton, Wang and Smola 2018): the prior w
+    that explains the predicted shares mu of unlabelled rows through the
+    confusion matrix of labelled rows, C w = mu (least squares), clipped at
+    ``floor`` and renormalised. Valid where the rows' p(x | y) is that of
+    the labelled rows: the source language, not a target one (a model's
+    language bias is not in C)."""
+    n = conf.shape[0]
+    mu = np.bincount(np.asarray(pred), minlength=n)[:n] / max(len(pred), 1)
+    w = np.linalg.lstsq(conf, mu, rcond=None)[0]
+    return _normalised(np.maximum(w, floor))

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
-from conlst_ray.algorithm.prior import corrected, em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
 from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
+from conlst_ray.models.language_bias import corrected
 from conlst_ray.training.batches import to_device
 from conlst_ray.training.distributed import all_gather_rows, micro_batches, my_slice, world
 from conlst_ray.training.inference import predict_proba

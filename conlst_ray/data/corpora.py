@@ -6,7 +6,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from conlst_ray.data.readers import read_corpus, read_languages
+from conlst_ray.data.readers import read_corpus, read_languages, read_rows
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
 
@@ -29,12 +29,6 @@ def corpus_langs(cfg, key: str) -> list[str]:
 def corpus_max_rows(cfg, key: str) -> Optional[int]:
     """The row cap of a corpus key (the labelled training corpus has its own)."""
     return cfg.data.max_source_rows if key == "data.source_train" else None
-
-
-def corpus_skip_rows(cfg, key: str) -> int:
-    """Rows a corpus key skips before reading (the source dev set may start
-    past the originals of the unlabelled target rows)."""
-    return cfg.data.source_dev_skip_rows if key == "data.source_dev" else 0
 
 
 def read_options(data_cfg, max_rows: Optional[int] = None, skip_rows: int = 0) -> dict:
@@ -62,8 +56,8 @@ def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Tabl
     if spec is None:
         return None
     if split != "train":
-        table, report = read_corpus(spec, data_cfg.source_lang,
-                                    **read_options(data_cfg, skip_rows=data_cfg.source_dev_skip_rows))
+        table, report = read_rows(spec, data_cfg.source_lang,
+                                  **read_options(data_cfg, skip_rows=data_cfg.source_dev_skip_rows))
         _log_reports([report], log)
         return table
     kwargs = read_options(data_cfg)

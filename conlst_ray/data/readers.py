@@ -171,18 +171,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return fmt, location
 
 
+def read_rows(spec: str, lang: str, skip_rows: int = 0, **options):
+    """``read_corpus`` without its first ``skip_rows`` rows (``max_rows``
+    counts after them)."""
+    if not skip_rows:
+        return read_corpus(spec, lang, **options)
+    if options.get("max_rows") is not None:
+        options = {**options, "max_rows": skip_rows + options["max_rows"]}
+    table, report = read_corpus(spec, lang, **options)
+    return table.slice(skip_rows), report
+
+
 def read_corpus(spec: str, lang: str, *, on_malformed: str = "raise", max_rows: Optional[int] = None,
-                synthetic_cfg=None, max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Optional[Task] = None,
-                skip_rows: int = 0):
+                synthetic_cfg=None, max_line_bytes: Optional[int] = MAX_LINE_BYTES, task: Optional[Task] = None):
     """Read one corpus spec for one language -> (table, report); ``task``
-    (default NLI) says what the rows are: single texts or pairs, which
-    labels. ``skip_rows`` drops the first rows (``max_rows`` counts after
-    them)."""
-    if skip_rows:
-        cap = None if max_rows is None else skip_rows + max_rows
-        table, report = read_corpus(spec, lang, on_malformed=on_malformed, max_rows=cap, synthetic_cfg=synthetic_cfg,
-                                    max_line_bytes=max_line_bytes, task=task)
-        return table.slice(skip_rows), report
+    (default NLI) says what the rows are: single texts or pairs, which labels."""
     task = task or NLI
     spec = spec.replace("{lang}", lang)
     fmt, location = parse_spec(spec)

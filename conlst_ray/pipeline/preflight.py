@@ -98,6 +98,9 @@ def check_corpora(cfg) -> list[str]:
     their form only)."""
     d = cfg.data
     jobs = [(key.name, get(cfg, key.name), corpus_langs(cfg, key.name)) for key in keys(Config) if key.path == "corpus"]
+    if cfg.selection.prior == "bbse":  # the prior is estimated on the corpus's source-language rows
+        jobs.append(("data.target_train (selection.prior=bbse reads its source-language rows)", d.target_train,
+                     [d.source_lang]))
     problems = []
     for key, spec, langs in jobs:
         if not spec:
@@ -313,6 +316,24 @@ def transductive_warning(cfg) -> str | None:
     return None
 
 
+def overlap_warning(cfg) -> str | None:
+    """One line when the source dev set that judges the stages reads the
+    same rows of the same corpus as the unlabelled target text: in a
+    row-aligned translated corpus (XNLI dev) its rows are the originals of
+    the rows self-training trains on, which flatters the label-free signal."""
+    d = cfg.data
+    same = d.source_dev and d.target_train and d.source_dev.replace("{lang}", d.source_lang) == \
+        d.target_train.replace("{lang}", d.source_lang)
+    if not same or cfg.model.source_checkpoint:
+        return None
+    if d.max_rows is not None and d.source_dev_skip_rows >= d.max_rows:
+        return None
+    last = "all" if d.max_rows is None else f"0-{d.max_rows - 1}"
+    return (f"[run] warning: data.source_dev reads rows {d.source_dev_skip_rows}- of {d.source_dev}, the corpus whose "
+            f"rows {last} are the unlabelled text: in a row-aligned translation (XNLI dev) they are the originals "
+            f"of the rows trained on; set data.source_dev_skip_rows={d.max_rows or 'N'} (and data.max_rows)")
+
+
 def resource_problems(cfg, cluster: dict) -> list[str]:
     """What the run asks of the cluster that the cluster does not have
     (``cluster``: Ray's resource totals). A training worker, an inference
@@ -367,6 +388,6 @@ def preflight(cfg) -> None:
     problems += check_translation(cfg)
     if problems:
         raise UserError(one_line(problems))
-    warning = transductive_warning(cfg)
-    if warning:
-        print(warning, flush=True)
+    for warning in (transductive_warning(cfg), overlap_warning(cfg)):
+        if warning:
+            print(warning, flush=True)

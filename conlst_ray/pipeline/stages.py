@@ -22,7 +22,7 @@ from typing import Optional
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows, corpus_skip_rows
+from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
@@ -207,8 +207,7 @@ def stage_corpora(cfg, run: RunDir, log=print) -> None:
         spec = get(cfg, key.name) if key.path == "corpus" else None
         if spec:
             ingest_corpora(spec, corpus_langs(cfg, key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
-                           cfg.resources.cpus_per_task, log, max_rows=corpus_max_rows(cfg, key.name),
-                           skip_rows=corpus_skip_rows(cfg, key.name))
+                           cfg.resources.cpus_per_task, log, max_rows=corpus_max_rows(cfg, key.name))
 
 
 def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict:

@@ -20,7 +20,7 @@ import ray
 
 from conlst_ray.config.provenance import differences, digest, fingerprint, spec_files
 from conlst_ray.data.corpora import read_options
-from conlst_ray.data.readers import no_rows, read_corpus
+from conlst_ray.data.readers import no_rows, read_rows
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
@@ -64,7 +64,7 @@ def corpus_task(fn, cpus: float, on_this_node: bool = False, **options):
 def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwargs: dict,
                     fingerprint: dict | None = None) -> dict:
     """Read one language's corpus and write it as shards + manifest (runs as a Ray task)."""
-    table, report = read_corpus(spec, lang, **read_kwargs)
+    table, report = read_rows(spec, lang, **read_kwargs)
     if table.num_rows == 0:
         raise no_rows(spec, lang, report)
     out = lang_dir(storage.here(root), lang)
@@ -105,7 +105,7 @@ def corpus_digest(manifests: dict[str, dict]) -> str:
 
 
 def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
-                   log=print, max_rows: Optional[int] = None, skip_rows: int = 0) -> dict[str, dict]:
+                   log=print, max_rows: Optional[int] = None) -> dict[str, dict]:
     """Shard every language's corpus under ``root``. Cached: a language whose
     manifest records the same spec, reading options and input files is not
     read again; one made otherwise (another ``data.max_rows``, an edited
@@ -117,7 +117,9 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
     langs = list(dict.fromkeys(langs))
     if not langs:
         raise CorpusError(f"{spec}: no languages given")
-    read_kwargs = read_options(data_cfg, max_rows, skip_rows)
+    # the source dev set may start past the originals of the unlabelled rows (data.source_dev_skip_rows)
+    dev = spec == data_cfg.source_dev and langs == [data_cfg.source_lang]
+    read_kwargs = read_options(data_cfg, max_rows, data_cfg.source_dev_skip_rows if dev else 0)
     manifests, pending = {}, []
     for lang in langs:
         manifest = read_manifest(root, lang)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from conlst_ray.config.keys import get
 from conlst_ray.config.provenance import read_json
-from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows, corpus_skip_rows
+from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
 # -- driver ----------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def _cached_tokens(key: str, cfg, corpus_dir: Path, tokenizer_dir: str, log) -> 
 
     root = corpus_dir / CORPUS_FOLDERS[key]
     manifests = ingest_corpora(get(cfg, key), corpus_langs(cfg, key), root, cfg.data, cfg.resources.cpus_per_task,
-                               log, max_rows=corpus_max_rows(cfg, key), skip_rows=corpus_skip_rows(cfg, key))
+                               log, max_rows=corpus_max_rows(cfg, key))
     tokens = tokenize_cached_corpus(root, manifests, tokenizer_dir, cfg.data.max_length,
                                     cfg.resources.cpus_per_task, log)
     return [str(tokens), list(manifests)]

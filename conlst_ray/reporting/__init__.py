@@ -4,6 +4,7 @@ report.py       per-language and per-class tables, calibration before -> after C
 ablation.py     the ablation table over several runs
 analysis.py     what the tables are computed from: recall per class, confidence bands, transitions
 selection.py    which stage model a run hands back, chosen without target labels
+prior.py        the free baseline: each target language's class prior and the models corrected to it
 labelling_job.py every stage model's predictions on the target rows (a pseudo-labelling Ray job
                 when the corpus is large)
 figures.py      the calibration histograms

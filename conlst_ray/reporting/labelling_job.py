@@ -83,8 +83,8 @@ def _labels_in_driver(cfg, corpus, model):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from conlst_ray.algorithm.prior import by_language as correct_by_language
     from conlst_ray.models.encoder import ConlstEncoder
+    from conlst_ray.models.language_bias import by_language as correct_by_language
     from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.batches import encode_table
     from conlst_ray.training.inference import default_device, predict_proba

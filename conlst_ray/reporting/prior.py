@@ -9,8 +9,13 @@ Which estimate the correction follows is ``selection.prior``:
 - ``source``: the corpus has the source data's class shares; the model's
   excess of a class in a language is its own bias there (XNLI: the
   zero-shot model over-predicts ``neutral`` in every target language);
+- ``bbse``: one prior for every language, estimated on the corpus's
+  source-language rows by black-box shift estimation (Lipton et al. 2018)
+  with the confusion matrix of the labelled source dev set: for a corpus
+  whose classes are not balanced (measured in docs/PRIOR.md);
 - ``em``: the EM estimate (Saerens et al. 2002): the model is taken as
-  calibrated in the target language and the excess as the corpus's own;
+  calibrated in the target language and the excess as the corpus's own
+  (on multilingual-e5-small it is not: docs/PRIOR.md);
 - ``off``: no corrected candidates.
 
 Both estimates are reported whatever the choice, beside the model's own
@@ -23,7 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from conlst_ray.algorithm.prior import corrected, em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
+from conlst_ray.models.language_bias import corrected
 from conlst_ray.reporting.tables import write_table
 
 # the stage models whose corrections are candidates (name in the report -> stage folder)
@@ -59,16 +65,44 @@ def q_by_language(table, langs) -> dict[str, np.ndarray]:
     return {lang: q[row_langs == lang] for lang in langs if (row_langs == lang).any()}
 
 
-def estimates(q: dict, prior_s: np.ndarray) -> dict[str, dict]:
+def estimates(q: dict, prior_s: np.ndarray, shared: Optional[np.ndarray] = None) -> dict[str, dict]:
     """Per language: the model's predicted shares, its mean posterior, the
-    EM prior, and the logit bias of each correction."""
+    EM prior, and the logit bias of each correction (``shared``: the BBSE
+    prior of the corpus's source-language rows, when estimated)."""
     out = {}
     for lang, ql in q.items():
         em = em_prior(ql, prior_s)
+        bias = {"em": em_bias(em, prior_s), "source": matching_bias(ql, prior_s)}
+        if shared is not None:
+            bias["bbse"] = matching_bias(ql, shared)
         out[lang] = {"predicted": np.bincount(ql.argmax(1), minlength=len(prior_s)) / len(ql),
-                     "mean_q": ql.mean(0), "em": em, "bias": {"em": em_bias(em, prior_s),
-                                                              "source": matching_bias(ql, prior_s)}}
+                     "mean_q": ql.mean(0), "em": em, "bbse": shared, "bias": bias}
     return out
+
+
+def source_language_prior(cfg, model_dir: str, log=print) -> np.ndarray:
+    """selection.prior=bbse: the corpus's class prior, estimated on its
+    source-language rows (data.target_train read for data.source_lang,
+    labels never read) by black-box shift estimation with the confusion
+    matrix of ``model_dir`` on data.source_dev. The source language is where
+    the model's confusions were measured, so the estimate carries no
+    language bias; it is then taken as every target language's prior."""
+    from conlst_ray.algorithm.prior import bbse_prior, confusion
+    from conlst_ray.data.corpora import read_options, source_corpus
+    from conlst_ray.data.readers import read_corpus
+    from conlst_ray.training.classifier import Classifier
+
+    d = cfg.data
+    rows, _ = read_corpus(d.target_train, d.source_lang, **read_options(d))
+    dev = source_corpus(d, "dev", log)
+    clf = Classifier(model_dir, max_length=d.max_length)
+    gold = np.asarray(dev.column("label").to_numpy())
+    conf = confusion(clf.proba_of(dev).argmax(1)[gold >= 0], gold[gold >= 0], len(d.task.labels))
+    prior = bbse_prior(clf.proba_of(rows).argmax(1), conf)
+    log(f"[report] class prior of {d.target_train.replace('{lang}', d.source_lang)} ({rows.num_rows} rows, "
+        f"black-box shift estimation): " + ", ".join(f"{label} {100 * p:.1f} %" for label, p in
+                                                    zip(d.task.labels, prior)))
+    return prior
 
 
 def derived_predictions(table, bias: dict):
@@ -98,7 +132,7 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
     how = cfg.selection.prior
     langs = list(cfg.data.target_langs)
     prior_s = source_prior(cfg, run)
-    found, text = {}, None
+    found, text, shared = {}, None, None
     for name, stage in CORRECTED.items():
         model = models.get(name)
         if model is None or isinstance(model, dict):  # per_language mode: a model per language, not corrected
@@ -106,7 +140,9 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
         table = predictions.of(STAGE_OF[name], model)
         if table is None or "q" not in table.column_names:
             continue
-        est = estimates(q_by_language(table, langs), prior_s)
+        if how == "bbse" and name == "zero-shot":
+            shared = source_language_prior(cfg, model, log)
+        est = estimates(q_by_language(table, langs), prior_s, shared)
         if name == "zero-shot":
             text = write_prior_table(cfg, est, prior_s, out)
         if how == "off":
@@ -119,7 +155,9 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
     return found, text
 
 
-_HOW = {"em": "the EM of Saerens, Latinne and Decaestecker (2002): the corpus's own class shares, taking the model "
+_HOW = {"bbse": "one prior for every language, estimated by black-box shift estimation (Lipton et al. 2018) on "
+                "the corpus's source-language rows, where the model's confusions were measured on labelled dev rows",
+        "em": "the EM of Saerens, Latinne and Decaestecker (2002): the corpus's own class shares, taking the model "
               "as calibrated in that language",
         "source": "the source data's class shares, taking the model's excess of a class in that language as its "
                   "own bias there"}
@@ -132,10 +170,11 @@ def write_prior_table(cfg, est: dict, prior_s: np.ndarray, out) -> str:
     rows = []
     for lang, e in est.items():
         for j, label in enumerate(labels):
+            shared = "" if e["bbse"] is None else round(100 * float(e["bbse"][j]), 1)
             rows.append([lang, label] + [round(100 * float(v[j]), 1) for v in (e["predicted"], e["mean_q"], e["em"],
-                                                                                prior_s)])
+                                                                                prior_s)] + [shared])
     md = write_table(out / "class_prior", ["language", "class", "zero-shot predicted share (%)",
-                                           "zero-shot mean posterior (%)", "EM estimate (%)", "source prior (%)"],
-                     rows)
+                                           "zero-shot mean posterior (%)", "EM estimate (%)", "source prior (%)",
+                                           "BBSE estimate, source-language rows (%)"], rows)
     return (f"Class prior per target language, estimated from the unlabelled rows without labels "
             f"(the correction follows selection.prior={cfg.selection.prior}):\n\n{md}")

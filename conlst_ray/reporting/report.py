@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conlst_ray.algorithm.prior import by_language
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
 from conlst_ray.data.corpora import eval_corpus
+from conlst_ray.models.language_bias import by_language
 from conlst_ray.models.tokenizers import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.analysis import (

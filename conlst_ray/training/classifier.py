@@ -86,7 +86,7 @@ class Classifier:
 
     def proba_of(self, table, batch_size: int = 64) -> np.ndarray:
         """[N, C] probabilities of the rows of a corpus table (the readers' schema)."""
-        from conlst_ray.algorithm.prior import by_language
+        from conlst_ray.models.language_bias import by_language
         from conlst_ray.training.batches import encode_table
         from conlst_ray.training.inference import predict_proba
 
