@@ -61,7 +61,7 @@ class RunResult:
     model: Optional[Path]                    # the model the run handed back (RUN/model)
     stage: Optional[str]                     # which stage that is, and why
     reason: str = ""
-    models: dict = field(default_factory=dict)      # stage row -> model directory
+    models: dict = field(default_factory=dict)      # candidate (stage models, their prior corrections) -> folder
     accuracy: dict = field(default_factory=dict)    # split -> row -> language -> accuracy (%)
 
 
@@ -71,7 +71,8 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
     ``config`` (the embedded default when None) with ``overrides`` (dotted
     keys: ``{"seed": 1, "conl.gamma": 0.8}``). Returns where everything is."""
     from conlst_ray.commands import run as run_command
-    from conlst_ray.reporting.report import finished_models
+    from conlst_ray.reporting.prior import saved_candidates
+    from conlst_ray.reporting.report import finished_models, with_corrected
 
     argv = (["--config", str(config)] if config else []) + [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
     argv += (["--address", address] if address else []) + (["--resume"] if resume else [])
@@ -86,8 +87,10 @@ def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, a
     run_dir, cfg = state["run"], state["cfg"]
     record = run_dir.handed_back_record
     chosen = json.loads(record.read_text()) if record.is_file() else {}
+    models = finished_models(cfg, run_dir)
     return RunResult(run_dir.root, run_dir.handed_back if chosen else None, chosen.get("stage"),
-                     chosen.get("reason", ""), finished_models(cfg, run_dir), _accuracy(run_dir))
+                     chosen.get("reason", ""), with_corrected(models, saved_candidates(run_dir, models)),
+                     _accuracy(run_dir))
 
 
 def _value(v) -> str:

@@ -158,6 +158,37 @@ def test_lang_class_top_selects_equal_counts_per_language_and_class():
     assert conf[kept].min() >= conf[dropped].max()             # the most confident of each group
 
 
+def test_self_training_with_ssl_prior_corrects_its_labels_and_selects_per_the_estimated_prior():
+    """ssl.prior: a language's q corrected before selection; under em the
+    per-class counts follow that language's estimated prior, not equal shares."""
+    from types import SimpleNamespace
+
+    from conlst_ray.algorithm.self_training import SelfTraining
+    from conlst_ray.algorithm.thresholds import make_thresholds
+
+    rng = np.random.default_rng(1)
+    langs = np.array(["de"] * 600)
+    truth = rng.choice(3, size=600, p=[0.6, 0.3, 0.1])
+    logits = 2.5 * np.eye(3)[truth] + rng.normal(size=(600, 3))
+    q = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    for how in ("source", "em"):
+        cfg = load_config(None, ["ssl.thresholding=lang_class_top", "ssl.threshold_quantile=0.5", f"ssl.prior={how}"])
+        algo = SimpleNamespace(cfg=cfg, source=SimpleNamespace(labels=np.repeat([0, 1, 2], 100)),
+                               target=SimpleNamespace(langs=langs), thresholds=make_thresholds(cfg.ssl, 600, 3, langs))
+        out = SelfTraining.prior_corrected(algo, q)
+        np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)
+        algo.thresholds.observe(out)
+        mask, pred = algo.thresholds.mask(torch.as_tensor(out))
+        counts = np.bincount(pred.numpy()[mask.numpy()], minlength=3)
+        if how == "source":     # matched to the balanced source prior: mean posterior a third each, equal counts
+            np.testing.assert_allclose(out.mean(0), 1 / 3, atol=1e-3)
+            assert counts.max() - counts.min() <= 1
+        else:                   # calibrated rows: EM finds the skew, and the selection keeps it
+            shares = algo.thresholds.shares["de"]
+            assert np.abs(shares - [0.6, 0.3, 0.1]).max() < 0.08   # its posteriors are near calibrated
+            assert counts[0] > 2.5 * counts[2]
+
+
 @pytest.mark.slow
 def test_the_real_encoder_scores_the_same_from_its_cache(shared_data):
     """multilingual-e5-small on real XNLI pairs: predictions from the cached

@@ -41,6 +41,16 @@ def corrected_name(name: str) -> str:
     return name + SUFFIX
 
 
+def saved_candidates(run, models: dict) -> dict:
+    """The corrected candidates a report saved for ``models`` (name -> folder)."""
+    out = {}
+    for name in models:
+        folder = run.prior_model(CORRECTED[name]) if name in CORRECTED else None
+        if folder is not None and (folder / "config.json").is_file():
+            out[corrected_name(name)] = str(folder)
+    return out
+
+
 def source_prior(cfg, run) -> np.ndarray:
     """The class shares of the labelled source training rows (the prior the
     source model's posteriors carry)."""
@@ -128,6 +138,7 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
     estimate from)."""
     from conlst_ray.models.corrected import save_corrected
     from conlst_ray.reporting.selection import STAGE_OF
+    from conlst_ray.storage import mirror as storage
 
     how = cfg.selection.prior
     langs = list(cfg.data.target_langs)
@@ -148,7 +159,9 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
         if how == "off":
             continue
         bias = {lang: e["bias"][how].tolist() for lang, e in est.items()}
-        folder = save_corrected(model, bias, run.prior_model(stage), _HOW[how])
+        folder = save_corrected(storage.fetch(model) if storage.is_remote(model) else model, bias,
+                                storage.here(run.prior_model(stage)), _HOW[how])
+        storage.publish(run.prior_model(stage))  # object storage: where every node and the user find it
         predictions.add(STAGE_OF[name] + SUFFIX, derived_predictions(table, bias))
         found[corrected_name(name)] = str(folder)
         log(f"[report] {corrected_name(name)}: {name} with a class-prior correction per language ({how}) -> {folder}")
