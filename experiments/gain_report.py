@@ -67,6 +67,37 @@ def accuracy_rows(by_seed: dict, names: list, cfg) -> tuple[list, list]:
     return header, rows
 
 
+FREE = "zero-shot + prior (source prior)"   # the free candidate every run offers beside zero-shot
+ATTRIBUTION = ["zero-shot", FREE,
+               "self-training, source term only (ssl.lambda_u=0)",
+               "self-training, clean rows, equal counts per (language, class)",
+               "self-training + prior (source prior)",
+               "self-training from prior-corrected pseudo-labels (ssl.prior=source)",
+               "self-training from prior-corrected pseudo-labels, then + prior",
+               "CoNL, gamma per language and class (top 30 %)",
+               "CoNLST (CoNL with gamma per (language, class), then clean self-training with equal counts per "
+               "(language, class))",
+               "CoNLST + prior (source prior)"]
+
+
+def attribution_rows(by_seed: dict, cfg) -> tuple[list, list]:
+    """What the gain is made of: each row's target average, and its
+    difference against zero-shot and against the free baseline (the
+    prior-corrected zero-shot), mean ± sd over the seeds that ran both."""
+    langs = cfg.data.target_langs
+    rows = []
+    for name in ATTRIBUTION:
+        runs = [r for r in by_seed.values() if name in r]
+        if not runs:
+            continue
+        avg = [_target_avg(r[name]["scores"], langs) for r in runs]
+        vs = [_mean_sd([_target_avg(r[name]["scores"], langs) - _target_avg(r[base]["scores"], langs)
+                        for r in runs if base in r]) for base in ("zero-shot", FREE)]
+        en = _mean_sd([r[name]["scores"].get(cfg.data.source_lang) for r in runs])
+        rows.append([name, len(runs), _mean_sd(avg), *vs, en])
+    return ["row", "seeds", "target avg", "vs zero-shot", "vs zero-shot + prior (free)", "English"], rows
+
+
 def recall_rows(by_seed: dict, names: list, cfg) -> tuple[list, list]:
     """Recall (%) per gold class over the target languages' test rows, mean over seeds."""
     labels = list(cfg.data.task.labels)
@@ -101,9 +132,6 @@ def mechanism_rows(by_seed: dict, names: list) -> tuple[list, list]:
 
 def _fmt3(v):
     return "" if v is None else f"{v:.4f}"
-
-
-FREE = "zero-shot + prior (source prior)"   # the free candidate every run offers beside zero-shot
 
 
 def candidates(chain: list, res: dict) -> list:
@@ -170,6 +198,8 @@ def write_report(cfg, by_seed: dict, names: list, chain_of, docs: Path, argv: li
         f"included; rows never trained on, at most {cfg.data.max_rows or 'all'} per language); the source "
         f"model's kept epoch and the label-free signal on `{cfg.data.source_dev}`. Every row of a seed starts "
         "from one source model and one set of pseudo-labels. XNLI is CC BY-NC 4.0 (research use).\n",
+        "## What the gain is made of (target average on the test rows; differences per seed, then mean ± sd)\n",
+        to_markdown(*attribution_rows(by_seed, cfg)),
         f"Source model, English dev accuracy per epoch (the best epoch is kept):\n\n{curves}\n",
         sanity_line(by_seed, names),
         "## Accuracy (%) on the test rows, mean ± sd over seeds\n",
