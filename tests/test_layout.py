@@ -121,7 +121,7 @@ def test_package_docstrings_say_true_things_about_ray():
 LAYOUT_FILES = {"config.yaml", "DONE.json", "FINGERPRINT.json", "metrics.jsonl", "steps.jsonl", "handed_back.json",
                 "trial.json", "best_config.yaml", "best.json", "phases.json"}
 LAYOUT_FOLDERS = {"model", "results", "analysis", "corpus", "checkpoint", "ray_train", "thresholds", "tensorboard",
-                  "init", "targets", "translations", "pseudo_labels", "source", "conl", "ssl"}
+                  "init", "targets", "translations", "pseudo_labels", "source", "conl", "ssl", "prior"}
 
 
 def layout_spellings(path: Path) -> list[str]:

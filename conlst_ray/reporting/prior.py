@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
-from conlst_ray.models.language_bias import corrected
+from conlst_ray.models.language_bias import by_language
 from conlst_ray.reporting.tables import write_table
 
 # the stage models whose corrections are candidates (name in the report -> stage folder)
@@ -121,12 +121,8 @@ def derived_predictions(table, bias: dict):
     import pyarrow as pa
 
     col = table.column("q").combine_chunks()
-    q = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float64)
-    langs = np.asarray(table.column("lang").to_pylist())
-    for lang, b in bias.items():
-        rows = langs == lang
-        q[rows] = corrected(q[rows], b)
-    q = q.astype(np.float32)
+    q = by_language(col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1),
+                    table.column("lang").to_pylist(), bias).astype(np.float32)
     return pa.table({"id": table.column("id"), "lang": table.column("lang"),
                      "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1),
                      "q": pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), q.shape[1])})
