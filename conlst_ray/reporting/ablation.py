@@ -12,8 +12,10 @@ from conlst_ray.reporting.tables import read_rows, write_table
 
 
 def final_row(run_dir: Path) -> str:
-    """The last model of a run's table: its CoNLST (or self-training, or CoNL) row."""
-    return read_rows(RunDir(run_dir).accuracy_table("dev"))[-1]["model"]
+    """The last trained model of a run's table: its CoNLST (or self-training,
+    or CoNL) row, not a class-prior correction of it (name it to compare those)."""
+    names = [r["model"] for r in read_rows(RunDir(run_dir).accuracy_table("dev"))]
+    return [n for n in names if not n.endswith(" + prior")][-1]
 
 
 def read_avg(run_dir: Path, split: str, row: str) -> float:
