@@ -47,7 +47,13 @@ def test_every_model_has_the_tasks_classes_and_learns_them(task_run):
         assert meta["num_labels"] == len(labels) and meta["task"]["labels"] == labels, stage
         assert meta["task"]["kind"] == ("single" if name == "single5" else "pair")
     acc = accuracy(run_dir, "test")
-    assert list(acc) == ["zero-shot", "CoNL", "CoNLST"]
+    assert list(acc) == ["zero-shot", "zero-shot + prior", "CoNL", "CoNLST", "CoNLST + prior"]
+    # the class-prior correction has a number per class of the task, in every target language
+    config = json.loads((run_dir / "prior" / "ssl" / "model" / "config.json").read_text())
+    assert config["language_bias"] and all(len(b) == len(labels) for b in config["language_bias"].values())
+    prior_rows = list(csv.DictReader(open(run_dir / "results" / "class_prior.csv")))
+    assert {r["class"] for r in prior_rows} == set(labels) and len(prior_rows) == len(labels) * len(
+        config["language_bias"])
     chance = 100 / len(labels)
     assert acc["zero-shot"] >= chance + 15, acc          # the graded benchmark: well above chance
     assert acc["CoNLST"] >= acc["zero-shot"] - 3.0, acc   # self-training does not break the task
