@@ -140,13 +140,12 @@ def prior_bias(shared: Shared, q: np.ndarray, how: str) -> dict:
     """Per target language, the logit bias of the class-prior correction
     (selection.prior ``how``) estimated from the unlabelled rows' ``q``, as
     a run's report estimates it (reporting/prior.py)."""
+    from conlst_ray.algorithm.prior import class_shares
     from conlst_ray.reporting.prior import estimates
 
-    labels = np.asarray(shared.source.labels)
-    n = q.shape[1]
-    counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
     langs = np.asarray(shared.target.langs)
-    est = estimates({lang: q[langs == lang] for lang in shared.cfg.data.target_langs}, counts / counts.sum())
+    est = estimates({lang: q[langs == lang] for lang in shared.cfg.data.target_langs},
+                    class_shares(shared.source.labels, q.shape[1]))
     return {lang: e["bias"][how] for lang, e in est.items()}
 
 

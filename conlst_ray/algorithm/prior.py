@@ -1,29 +1,27 @@
 """The class prior of a target language, estimated without labels, and the
-correction of a classifier's outputs to it.
+logit bias that corrects a classifier's outputs to it.
 
 Not an equation of the CoNLST paper: this is the free baseline every stage
 must beat. A source model trained on balanced English data carries the
 English class prior into languages where its inputs look different; on
 XNLI the zero-shot model over-predicts one class in every target language
-(docs/REAL_GAIN.md). Re-weighting its outputs per language costs no
-training at all.
+(docs/PRIOR.md). Re-weighting its outputs per language costs no training.
 
-The correction is a per-language bias added to the logits, so a saved model
-carries it as one vector per language (``models/model_files.py``) and any
-Hugging Face user applies it in one line: ``logits + bias[lang]``.
+The correction is a per-language bias added to the logits (a saved model
+carries it in ``config.json``; models/language_bias.py applies it). The
+priors it can follow, from the unlabelled rows:
 
-Two estimates of a language's prior, both from its unlabelled rows:
-
+- the source prior itself (``matching_bias`` to ``class_shares`` of the
+  labelled rows): the corpus has the labelled data's shares, and the
+  model's excess of a class is its own bias in that language;
 - ``em_prior``: the EM of Saerens, Latinne and Decaestecker (2002), which
-  assumes the model's posteriors are calibrated in the target language
-  (pure label shift);
-- ``matched_prior``: the source prior itself, i.e. the corpus is assumed to
-  have the classes in the same shares as the labelled data, and the
-  model's excess of one class is its own bias in that language.
+  takes the model as calibrated in the target language (pure label shift);
+- ``bbse_prior``: black-box shift estimation (Lipton et al. 2018) on
+  source-language rows, through the confusion matrix of labelled rows.
 
-With unlabelled text alone the two causes look the same (a corpus with
-more of a class, a model that leans to it in that language): which one a
-run assumes is ``prior.estimate``, and the report shows both estimates.
+With unlabelled text alone a corpus with more of a class and a model that
+leans to it look the same: which one a run assumes is ``selection.prior``
+(and ``ssl.prior``), and the report shows the estimates side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +29,14 @@ from __future__ import annotations
 import numpy as np
 
 from conlst_ray.models.language_bias import EPS, reweighted
+
+
+def class_shares(labels, num_classes: int) -> np.ndarray:
+    """The class shares of labelled rows (labels < 0, unknown, left out);
+    uniform when none is known."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes)[:num_classes].astype(float)
+    return counts / counts.sum() if counts.sum() else np.full(num_classes, 1.0 / num_classes)
 
 
 def em_prior(q: np.ndarray, source_prior: np.ndarray, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
-from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching_bias
 from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.models.language_bias import corrected
@@ -66,10 +66,7 @@ class SelfTraining(StageAlgorithm):
         """``ssl.prior``: each language's q corrected to its estimated class
         prior (algorithm/prior.py) before the rows are selected; under
         lang_class_top the per-class counts follow that prior."""
-        n = q.shape[1]
-        labels = np.asarray(self.source.labels)
-        counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
-        source_prior = counts / counts.sum() if counts.sum() else np.full(n, 1.0 / n)
+        source_prior = class_shares(self.source.labels, q.shape[1])
         langs = np.asarray(self.target.langs)
         out = q.astype(np.float64)
         for lang in np.unique(langs):

@@ -295,7 +295,7 @@ class ResourcesConfig(Section):
 class SelectionConfig(Section):
     """Which stage model a run hands back, chosen without target labels
     (reporting/selection.py)."""
-    rule: Literal["label_free", "last"] = param("label_free", help="label_free = walk zero-shot -> CoNL -> self-training and stop before the first stage whose source dev accuracy falls more than selection.source_dev_tolerance below zero-shot's (a stage built on a refused one is refused too); last = the final stage, whatever it scores")
+    rule: Literal["label_free", "last"] = param("label_free", help="label_free = judge each candidate (the stage models and their class-prior corrections) against zero-shot on its own: one whose source dev accuracy falls more than selection.source_dev_tolerance below zero-shot's is refused, and the best source dev accuracy of the others is handed back (a correction ties its base and wins the tie); last = the final trained stage, whatever it scores")
     source_dev_tolerance: Float = param(0.5, ge=0.0, help="accuracy points on the source dev set a stage may lose against the zero-shot model and still be handed back")
     prior: Literal["source", "bbse", "em", "off"] = param("source", help="the class-prior correction per target language whose corrected models are candidates (reporting/prior.py): source = the corpus has the source data's class shares and the model's excess of a class is its bias in that language; bbse = one prior for every language, estimated on the source-language rows of data.target_train (read unlabelled) through the confusion matrix of data.source_dev (for a corpus whose classes are not balanced); em = per language, the EM estimate (Saerens et al. 2002), the model taken as calibrated there; off = none")
 

@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-from conlst_ray.models.model_files import WEIGHTS_FILE
 from conlst_ray.storage.files import atomic_write_text
 
 CARD_NOTE = """
@@ -67,6 +66,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
 
-
-def is_complete(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / WEIGHTS_FILE).is_file() and (Path(model_dir) / "config.json").is_file()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.reporting.selection import SUFFIX
 from conlst_ray.reporting.tables import read_rows, write_table
 
 
@@ -15,7 +16,7 @@ def final_row(run_dir: Path) -> str:
     """The last trained model of a run's table: its CoNLST (or self-training,
     or CoNL) row, not a class-prior correction of it (name it to compare those)."""
     names = [r["model"] for r in read_rows(RunDir(run_dir).accuracy_table("dev"))]
-    return [n for n in names if not n.endswith(" + prior")][-1]
+    return [n for n in names if not n.endswith(SUFFIX)][-1]
 
 
 def read_avg(run_dir: Path, split: str, row: str) -> float:

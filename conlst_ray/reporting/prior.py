@@ -28,13 +28,13 @@ from typing import Optional
 
 import numpy as np
 
-from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching_bias
 from conlst_ray.models.language_bias import by_language
+from conlst_ray.reporting.selection import STAGE_OF, SUFFIX, TRAINED
 from conlst_ray.reporting.tables import write_table
 
 # the stage models whose corrections are candidates (name in the report -> stage folder)
-CORRECTED = {"zero-shot": "source", "CoNLST": "ssl", "self-training": "ssl"}
-SUFFIX = " + prior"
+CORRECTED = {name: stage for name, stage in TRAINED.items() if name != "CoNL"}
 
 
 def corrected_name(name: str) -> str:
@@ -62,9 +62,7 @@ def source_prior(cfg, run) -> np.ndarray:
     folder = run.corpus(CORPUS_FOLDERS["data.source_train"])
     if not storage.exists(folder):
         return np.full(n, 1.0 / n)
-    labels = np.asarray(read_outputs(folder).column("label").to_numpy())
-    counts = np.bincount(labels[labels >= 0], minlength=n)[:n].astype(float)
-    return counts / counts.sum() if counts.sum() else np.full(n, 1.0 / n)
+    return class_shares(read_outputs(folder).column("label").to_numpy(), n)
 
 
 def q_by_language(table, langs) -> dict[str, np.ndarray]:
@@ -133,7 +131,6 @@ def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tup
     and the report's class-prior table (None when there is nothing to
     estimate from)."""
     from conlst_ray.models.corrected import save_corrected
-    from conlst_ray.reporting.selection import STAGE_OF
     from conlst_ray.storage import mirror as storage
 
     how = cfg.selection.prior

@@ -36,9 +36,10 @@ from conlst_ray.reporting.tables import write_table
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 
-STAGE_OF = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl",
-            "zero-shot + prior": "source + prior", "CoNLST + prior": "ssl + prior",
-            "self-training + prior": "ssl + prior"}
+SUFFIX = " + prior"   # a candidate's class-prior correction (reporting/prior.py) is named after it
+TRAINED = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl"}
+# CoNL is not corrected: a run corrects zero-shot and its final stage
+STAGE_OF = {**TRAINED, **{name + SUFFIX: stage + SUFFIX for name, stage in TRAINED.items() if name != "CoNL"}}
 
 
 @dataclass
@@ -122,7 +123,7 @@ def stage_signals(cfg, models: dict, dev_results: dict, predictions) -> list[Sta
         table = predictions.of(stage, model) if predictions is not None and stage else None
         acc = dev_results.get(name, {}).get(cfg.data.source_lang)
         conf = float(np.mean(table.column("confidence").to_numpy())) if table is not None else None
-        base = name[:-len(" + prior")] if name.endswith(" + prior") else None
+        base = name.removesuffix(SUFFIX) if name.endswith(SUFFIX) else None
         out.append(StageSignals(name, 100 * acc if acc is not None else None, conf,
                                 agreement(table, previous) if previous is not None else None, base))
         previous = table
