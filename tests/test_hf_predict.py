@@ -264,11 +264,14 @@ def test_a_prior_corrected_model_applies_its_correction_in_predict_the_api_and_t
     from conlst_ray.models.corrected import save_corrected
 
     base = trained_like(tmp_path, mbert_tokenizer, "cls")
-    bias = {"fr": [12.0, -4.0, -8.0]}  # the tiny model is sure of one class: a bias that changes its labels
+    plain = load_model(str(base)).predict_proba(PAIRS[0], PAIRS[1])
+    # the tiny model is sure of one class (which one depends on the random head): a bias that moves every
+    # row to another class
+    bias = {"fr": np.roll([30.0, -10.0, -20.0], int(plain[0].argmax()) + 1).tolist()}
     model_dir = save_corrected(base, bias, tmp_path / "corrected" / "model", "a test's correction")
     card = (model_dir / "README.md").read_text()
     line = "logits = model(**batch).logits + torch.tensor(model.config.language_bias[lang])"
-    assert line in card and "| fr | +12.000 | -4.000 | -8.000 |" in card
+    assert line in card and "| fr | " + " | ".join(f"{x:+.3f}" for x in bias["fr"]) + " |" in card
     assert os.path.samefile(base / "model.safetensors", model_dir / "model.safetensors")  # linked, not copied
     out = tmp_path / "pred.parquet"
     spec = f"xnli_tsv:{shared_data}/xnli/dev-{{lang}}.tsv"
@@ -289,7 +292,6 @@ def test_a_prior_corrected_model_applies_its_correction_in_predict_the_api_and_t
         got = np.array([[r["p_entailment"], r["p_neutral"], r["p_contradiction"]] for r in mine])
         np.testing.assert_allclose(got, probs, atol=1e-5)
     # the correction moves French predictions: the same rows through the base model differ
-    plain = load_model(str(base)).predict_proba(PAIRS[0], PAIRS[1])
     api = load_model(str(model_dir))
     np.testing.assert_allclose(api.predict_proba(PAIRS[0], PAIRS[1], lang="sw"), plain, atol=1e-6)
     fr = api.predict_proba(PAIRS[0], PAIRS[1], lang="fr")
