@@ -20,6 +20,7 @@ from conlst_ray.config import ConfigError, config_help, load_config
 from conlst_ray.config.provenance import StaleError
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
+from conlst_ray.storage.mirror import mask_secrets
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # per user, readable by its owner only: a traceback may quote paths and settings
@@ -34,7 +35,7 @@ def keep_traceback(exc: BaseException) -> Optional[Path]:
         fd = os.open(ERROR_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an older file keeps its mode on O_TRUNC
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("".join(traceback.format_exception(exc)))
+            fh.write(mask_secrets("".join(traceback.format_exception(exc))))
         return ERROR_LOG
     except OSError:
         return None
@@ -92,13 +93,23 @@ def disk_full(exc: BaseException) -> Optional[str]:
             f"(or model.cache_dir) to a larger disk")
 
 
+LINE_CHARS = 2000  # an error line longer than this is cut (a value quoted in it may be huge)
+
+
+def printable(text: str) -> str:
+    """An error line as it may be shown or kept: secrets masked, length capped."""
+    text = mask_secrets(text)
+    return text if len(text) <= LINE_CHARS else text[:LINE_CHARS] + f"... ({len(text)} characters)"
+
+
 def one_line(exc: BaseException) -> str:
-    """The message of a (possibly Ray-wrapped) user error, first line only."""
+    """The message of a (possibly Ray-wrapped) user error, first line only,
+    its secrets masked and its length capped."""
     text = str(exc)
     marker = f"{type(exc).__name__}: "
     if marker in text:  # Ray prefixes the remote traceback
         text = text.rsplit(marker, 1)[1]
-    return " ".join(text.strip().splitlines()[:1]) if "\n" in text.strip() else text.strip()
+    return printable(" ".join(text.strip().splitlines()[:1]) if "\n" in text.strip() else text.strip())
 
 
 def guarded(main: Callable[[list], int], argv: Optional[list] = None,
@@ -128,7 +139,7 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         keep_traceback(exc)
         if full:  # where the run stopped and how to continue it, as after Ctrl+C
             where = where_stopped() if where_stopped else ""
-            print(f"error: {full}{'; ' + where if where else ''}", file=sys.stderr)
+            print(printable(f"error: {full}{'; ' + where if where else ''}"), file=sys.stderr)
         else:
             print(f"error: {one_line(cause)}", file=sys.stderr)
         return 2
@@ -209,7 +220,7 @@ def load_or_report(args):
     try:
         return load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return None
 
 

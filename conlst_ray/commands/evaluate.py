@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from conlst_ray.commands.common import add_debug, entry_point
+from conlst_ray.commands.common import add_debug, entry_point, printable
 from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         for name, path in named:
             results[name] = score(path, table, args.max_length, args.batch_size)
     except CorpusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     header, rows = language_rows(results, list(args.langs), args.source_lang)
     md = write_table(args.out, header, rows) if args.out else to_markdown(header, rows)

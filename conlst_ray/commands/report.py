@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from conlst_ray.commands.common import add_debug, entry_point, init_ray
+from conlst_ray.commands.common import add_debug, entry_point, init_ray, printable
 from conlst_ray.config import ConfigError, load_config
 from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
 from conlst_ray.reporting.ablation import ablation_table
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         try:
             print(ablation_table(args.ablation, Path(args.out)))
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {printable(str(exc))}", file=sys.stderr)
             return 2
         return 0
     if not args.run_dir:

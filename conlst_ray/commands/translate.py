@@ -7,7 +7,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, entry_point, init_ray, parse
+from conlst_ray.commands.common import (
+    add_ray_address,
+    add_recompute,
+    base_parser,
+    entry_point,
+    init_ray,
+    parse,
+    printable,
+)
 from conlst_ray.pipeline.rundir import RunDir
 
 
@@ -37,7 +45,7 @@ def main(argv=None) -> int:
     try:
         check_coverage(resolve_family(cfg.translation), langs, cfg.translation.on_uncovered, log=print)
     except TranslationConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     run = RunDir.create(cfg, resume=True, recompute=args.recompute)
     init_ray(args.address)

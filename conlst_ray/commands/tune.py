@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse
+from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse, printable
 from conlst_ray.config import ConfigError, load_config, save_config
 from conlst_ray.config.search_space import apply, parse_search_space
 from conlst_ray.pipeline.preflight import preflight
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         space = cfg.tune.search_space or DEFAULT_SPACE
         dims = parse_search_space(space, cfg)  # fails here, before Ray starts or any trial runs
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
 
     preflight(cfg)  # corpora, model paths, checkpoint, MT coverage: before Ray starts

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from conlst_ray.config.keys import base_type, find, get, keys
 from conlst_ray.config.sections import Config, ConfigError
 from conlst_ray.storage.files import atomic_write_text
+from conlst_ray.storage.mirror import mask_secrets
 
 # keys that moved: the old name gets a pointer to the new one
 MOVED_KEYS = {"model.num_labels": "the number of classes is the length of data.task.labels"}
@@ -51,10 +52,34 @@ def _range_text(bounds: dict) -> str:
     return f"{low}, {high}"
 
 
+SHOWN_CHARS = 200  # of a value quoted in an error line
+
+
+class _Shown:
+    """A value as an error line quotes it: its repr, secrets masked, cut at
+    SHOWN_CHARS (a huge value must not make a huge line)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        text = mask_secrets(reprlib_repr(self.value))
+        return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def reprlib_repr(value) -> str:
+    """repr of ``value`` without building the whole text of a huge one."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = SHOWN_CHARS, SHOWN_CHARS, 20, 20, 4
+    return short.repr(value)
+
+
 def _one_line(cls, error: dict, origin: str = "") -> ConfigError:
     """A pydantic error as a one-line message naming the key (and the file)."""
     key = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
-    value, kind = error.get("input"), error["type"]
+    value, kind = _Shown(error.get("input")), error["type"]
     if kind == "extra_forbidden":  # Section's extra="forbid": a key no section has
         *section, name = (str(p) for p in error["loc"])
         prefix = "".join(f"{p}." for p in section)
@@ -76,7 +101,7 @@ def _one_line(cls, error: dict, origin: str = "") -> ConfigError:
     if kind.endswith("_type") or kind.endswith("_parsing"):
         tp = base_type(field.field.annotation)
         name = getattr(tp, "__name__", str(tp))
-        if value is None:
+        if value.value is None:
             return ConfigError(f"{key}: null is not allowed (expected {name})")
         return ConfigError(f"{key}: expected {name}, got {value!r}")
     return ConfigError(f"{key}: {error['msg']}")
@@ -86,7 +111,7 @@ def build(cls, data: dict, origin: str = ""):
     """Model ``cls`` from a nested dict, checking keys, types and ranges; an
     unknown key is named before any value error (it is the likelier slip)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config: expected a mapping, got {data!r}")
+        raise ConfigError(f"config: expected a mapping, got {_Shown(data)!r}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -156,7 +181,16 @@ class DuplicateKeyError(ValueError):
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key given twice in one mapping (PyYAML
-    keeps the last silently: a config would not say what it runs)."""
+    keeps the last silently: a config would not say what it runs) and any
+    alias (``*name``): a few lines of nested aliases expand to billions of
+    values (an alias bomb), and a config has no need of them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, f"line {mark.line + 1}: aliases (*name) are not allowed "
+                                              f"in a config: write the value out", None)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}

@@ -326,8 +326,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _paths_and_lengths(self) -> "Config":
-        secret = credentials_problem("output_dir", self.output_dir)
-        if secret:
+        secret = next(filter(None, (credentials_problem(name, text) for name, text in _texts(self))), None)
+        if secret:  # any key: a corpus spec, a checkpoint, a cache dir, a search space's choices
             raise ConfigError(secret)
         if self.run_name is not None and (not RUN_NAME.fullmatch(self.run_name) or set(self.run_name) == {"."}):
             raise ConfigError(f"run_name = {self.run_name!r}: a run is one folder below output_dir, named with "
@@ -340,3 +340,27 @@ class Config(Section):
             raise ConfigError(f"data.max_length = {self.data.max_length} is longer than the model's "
                               f"{tiny.max_position} positions (model.tiny.max_position)")
         return self
+
+
+def _texts(section: BaseModel, prefix: str = ""):
+    """(dotted key, text) of every string a config holds, also inside lists
+    and mappings (a search space's choices), for the credentials check."""
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from _texts(value, f"{key}.")
+        else:
+            yield from ((key, text) for text in _strings(value))
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)

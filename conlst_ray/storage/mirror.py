@@ -29,10 +29,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 MARK = "conlst-storage"
 CACHE_ENV = "CONLST_RAY_CACHE_DIR"
@@ -52,23 +53,25 @@ def is_uri(location: str | os.PathLike | None) -> bool:
     return "://" in str(location or "")
 
 
-def masked(uri: str) -> str | None:
-    """``uri`` with its credentials (user info, secret query parameters)
-    replaced by ``***``; None when it carries none."""
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    secret = [k for k, _ in query if k.lower() in CREDENTIAL_PARAMS]
-    if "@" not in parts.netloc and not secret:
-        return None
-    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    shown = "&".join(f"{k}={'***' if k.lower() in CREDENTIAL_PARAMS else v}" for k, v in query)
-    return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))
+# anywhere in a text: the user info of a URI (scheme://USER:SECRET@host) and a secret query parameter
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s'\"]+)@")
+_SECRET_PARAM = re.compile(r"(?P<name>[?&;](?:" + "|".join(sorted(CREDENTIAL_PARAMS)) + r")=)(?P<value>[^&#\s'\"]*)",
+                           re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` (a config value, an error line, a traceback) with every
+    credential of every URI in it replaced by ``***``, wherever the URI
+    sits: a bare URI, a corpus spec (``parquet:s3://KEY:SECRET@bucket/x``),
+    a path quoted in a message."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(text))
+    return _SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
 
 
 def credentials_problem(key: str, location) -> str | None:
-    """One line naming ``key`` when ``location`` is a URI with credentials in
-    it (the secret masked); None otherwise."""
-    if not is_uri(location) or (shown := masked(str(location))) is None:
+    """One line naming ``key`` when ``location`` holds a URI with credentials
+    in it (the secret masked); None otherwise."""
+    if not isinstance(location, str) or (shown := mask_secrets(location)) == location:
         return None
     return (f"{key} = {shown!r} carries credentials, which would be printed and stored with the run: remove "
             f"them and give them as pyarrow reads them (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile "

@@ -1,0 +1,98 @@
+"""The user battery's last defects (issue 44), each as a real process on real
+files damaged the stated way: one line and exit 2, or a rebuild that says so
+in one line; never a traceback, never a silently different result, never a
+secret shown or stored."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_user_defects import cli, one_error_line
+
+from conlst_ray.config.keys import keys
+from conlst_ray.config.sections import Config
+
+SECRET = "S3cr3tV4lue"
+WITH_SECRET = {"corpus": f"parquet:s3://AKIDEXAMPLE:{SECRET}@bucket/corpus/{{lang}}.parquet",
+               "model": f"s3://bucket/models/m?access_key=AKIDEXAMPLE&secret_key={SECRET}",
+               "dir": f"s3://AKIDEXAMPLE:{SECRET}@bucket/runs"}
+
+
+def _holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+# -- Secrets, everywhere: every key that takes a path or URI
+
+PATH_KEYS = [k for k in keys(Config) if k.path]
+
+
+def test_the_schema_has_path_keys_of_every_kind():
+    assert {k.path for k in PATH_KEYS} == set(WITH_SECRET)
+    assert len(PATH_KEYS) >= 10  # corpora, models, tokenizer, checkpoint, cache and output dirs
+
+
+@pytest.mark.parametrize("key", [k.name for k in PATH_KEYS])
+def test_credentials_in_any_path_key_are_refused_masked_and_never_stored(key, tmp_path):
+    kind = next(k.path for k in PATH_KEYS if k.name == key)
+    home, state, out = tmp_path / "home", tmp_path / "state", tmp_path / "out"
+    env = {"HOME": str(home), "XDG_STATE_HOME": str(state), "CONLST_RAY_CACHE_DIR": str(home / "cache")}
+    proc = cli("run", f"output_dir={out}", f"{key}={WITH_SECRET[kind]}", env=env, timeout=60)
+    line = one_error_line(proc)
+    assert key in line and "***" in line and "credentials" in line
+    assert SECRET not in proc.stdout + proc.stderr
+    for root in (home, state, out):
+        assert not root.exists() or not _holding(root, SECRET), root
+
+
+def test_a_secret_inside_a_search_space_or_a_long_value_is_masked_in_the_error_and_its_log(tmp_path):
+    state = tmp_path / "state"
+    env = {"XDG_STATE_HOME": str(state)}
+    proc = cli("run", "tune.search_space={ssl.lambda_u: {type: choice, values: [\"s3://K:" + SECRET + "@b/x\"]}}",
+               env=env, timeout=60)
+    assert "tune.search_space" in one_error_line(proc) and SECRET not in proc.stderr
+    huge = "x" * 100_000
+    proc = cli("run", f"conl.gamma={huge}", env=env, timeout=60)
+    line = one_error_line(proc)
+    assert "conl.gamma" in line and len(line) < 400   # the value quoted, cut at 200 characters
+
+
+# -- Config input bounds: an alias bomb is refused before it can expand
+
+def _bomb(levels: int, key: str) -> str:
+    """A YAML file whose ``key`` expands to 9**levels leaves through nested aliases."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    section, name = key.split(".")
+    body = "\n".join(f"    {line}" for line in lines)
+    return f"{section}:\n  {name}:\n{body}\n" if name == "search_space" else \
+        "anchors:\n" + "\n".join(f"  {line}" for line in lines) + f"\n{section}:\n  {name}: *a{levels - 1}\n"
+
+
+# the command run as __main__, then its own peak memory (VmHWM: after exec, unlike ru_maxrss, which keeps
+# the forking parent's peak) written to the file named by argv[1]
+PEAK = ("import runpy, sys\nout = sys.argv.pop(1)\ntry:\n    runpy.run_module(sys.argv[1], run_name='__main__')\n"
+        "finally:\n    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "    open(out, 'w').write(peak)\n")
+
+
+def peak_kb(tmp_path: Path, module: str, *args, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int, float]:
+    """(the process, its peak resident memory in kB, its seconds) of ``python -m module args``."""
+    peak = tmp_path / "peak"
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", PEAK, str(peak), module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+    return proc, int(peak.read_text()), time.time() - t0
+
+
+@pytest.mark.parametrize("key", ["data.target_langs", "tune.search_space"])
+def test_an_alias_bomb_of_9_to_the_9_leaves_is_refused_in_2_s_under_200_mb(key, tmp_path):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_bomb(9, key))
+    proc, kb, seconds = peak_kb(tmp_path, "conlst_ray.run", "--config", str(config))
+    line = one_error_line(proc)
+    assert "aliases" in line and "line " in line
+    assert seconds < 2.0, seconds
+    assert kb * 1024 < 200e6, kb
