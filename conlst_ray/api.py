@@ -25,11 +25,11 @@ __all__ = ["Classifier", "RunError", "RunResult", "load_model", "run"]
 def load_model(model_dir: str | Path, device: Optional[str] = None, max_length: int = 128) -> Classifier:
     """A saved model (a stage's ``model/`` or a run's ``model`` link, or
     either in object storage: ``s3://bucket/runs/r/ssl/model``), ready to predict."""
+    from conlst_ray.models.model_files import check_model_folder
     from conlst_ray.storage import mirror as storage
-    from conlst_ray.training.classifier import check_model_dir
 
     if model_dir is None or not str(model_dir).strip():
-        check_model_dir(model_dir, max_length)  # the one-line error, before any lookup
+        check_model_folder(model_dir, max_length)  # the one-line error, before any lookup
     return Classifier(storage.fetch(storage.mirror(model_dir)), device, max_length)
 
 

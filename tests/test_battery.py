@@ -96,3 +96,83 @@ def test_an_alias_bomb_of_9_to_the_9_leaves_is_refused_in_2_s_under_200_mb(key, 
     assert "aliases" in line and "line " in line
     assert seconds < 2.0, seconds
     assert kb * 1024 < 200e6, kb
+
+
+# -- One check of a model folder, for every entry point: a damaged folder is one line, rc 2
+
+def _append_bytes(folder: Path) -> None:
+    with open(folder / "model.safetensors", "ab") as fh:
+        fh.write(b"\0" * 64)
+
+
+def _no_tensors(folder: Path) -> None:
+    """A valid safetensors file that holds no tensors (only metadata)."""
+    from safetensors.torch import save_file
+
+    save_file({}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _header_lists_none(folder: Path) -> None:
+    """The same file size, a header rewritten to list no tensors."""
+    import json
+    import struct
+
+    raw = (folder / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode().ljust(n, b" ")
+    (folder / "model.safetensors").write_bytes(raw[:8] + header + raw[8 + n:])
+
+
+def _another_models_weights(folder: Path, other: Path) -> None:
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+
+
+def _damaged_tokenizer(folder: Path) -> None:
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "truncation": null}')
+
+
+DAMAGE = {"bytes appended": (_append_bytes, "bytes appended"), "no tensors": (_no_tensors, "hold no tensors"),
+          "a header listing none": (_header_lists_none, "hold no tensors"),
+          "another model's weights": (_another_models_weights, "do not fit its config.json"),
+          "a damaged tokenizer.json": (_damaged_tokenizer, "tokenizer.json cannot be read")}
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, mbert_tokenizer):
+    """A saved pair classifier and one of another shape (four labels)."""
+    from test_hf_predict import trained_like
+
+    root = tmp_path_factory.mktemp("models")
+    return (trained_like(root, mbert_tokenizer),
+            trained_like(root / "other", mbert_tokenizer, labels=("a", "b", "c", "d")))
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_model_folder_is_one_line_in_predict_evaluate_load_model_and_the_auto_classes(case, two_models,
+                                                                                                  tmp_path):
+    import shutil
+
+    from conlst_ray.api import load_model
+    from conlst_ray.models.model_files import ModelError
+
+    model, other = two_models
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    damage, said = DAMAGE[case]
+    damage(folder, other) if damage is _another_models_weights else damage(folder)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"premise": "a cat", "hypothesis": "a cat", "label": "entailment"}\n')
+    spec = f"jsonl:{corpus}"
+    for proc in (cli("predict", str(folder), "--corpus", spec, "--out", str(tmp_path / "out.csv")),
+                 cli("evaluate", str(folder), "--corpus", spec, "--langs", "xx")):
+        line = one_error_line(proc)
+        assert str(folder) in line and said in line, line
+    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(ModelError, match=said):
+        load_model(folder)
+    from transformers import AutoModelForSequenceClassification
+
+    import conlst_ray.hf  # noqa: F401
+
+    with pytest.raises(ModelError, match=said):
+        AutoModelForSequenceClassification.from_pretrained(folder)

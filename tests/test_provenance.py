@@ -103,7 +103,7 @@ def test_resume_redoes_a_damaged_stage_and_only_the_stages_that_read_it(stopped_
     assert after["conl"] != done["conl"] and after["ssl"] != done["ssl"]
     assert RunDir(copy).damage("conl") is None and RunDir(copy).damage("ssl") is None
     (copy / "source" / "model" / "model.safetensors").unlink()
-    assert RunDir(copy).damage("source") == "its model holds no model.safetensors"
+    assert RunDir(copy).damage("source") == f"{copy / 'source' / 'model'}: holds no model.safetensors"
 
 
 def test_the_corpus_cache_follows_its_reading_options(tmp_path, ray_session):

@@ -23,6 +23,8 @@ millions of rows use the Ray Data job: ``python -m conlst_ray.pseudo_label``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from conlst_ray.commands.common import add_debug, entry_point
 from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_bytes
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -111,22 +112,57 @@ def predictions_table(classifier, table, batch_size: int):
     return out
 
 
-def write(table, path: Path, fmt: str) -> None:
-    import io
+CHUNK_ROWS = 4096  # rows tokenised, labelled and written at a time: memory stays flat in the corpus size
 
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
-    buf = io.BytesIO()
-    if fmt == "parquet":
-        pq.write_table(table, buf)
-    elif fmt == "csv":
-        pcsv.write_csv(table, buf)
-    else:
-        import json
+class StreamedOutput:
+    """The output file written chunk by chunk, under a temporary name that
+    is renamed when the last chunk is in: a failed or interrupted predict
+    leaves nothing half-written."""
 
-        buf.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()).encode())
-    atomic_write_bytes(path, buf.getvalue())
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = Path(path), fmt
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.writer, self.fh = None, None
+
+    def write(self, table) -> None:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        if self.fmt == "json":
+            if self.fh is None:
+                self.fh = open(self.tmp, "w", encoding="utf-8")
+            self.fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
+            return
+        if self.writer is None:
+            self.writer = (pq.ParquetWriter(str(self.tmp), table.schema) if self.fmt == "parquet"
+                           else pcsv.CSVWriter(str(self.tmp), table.schema))
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        for handle in (self.writer, self.fh):
+            if handle is not None:
+                handle.close()
+        self.tmp.replace(self.path)
+
+    def discard(self) -> None:
+        for handle in (self.writer, self.fh):
+            try:
+                handle is not None and handle.close()
+            except OSError:
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def label_corpus(classifier, table, out: StreamedOutput, batch_size: int) -> dict:
+    """Label ``table`` chunk by chunk into ``out``; the label counts."""
+    counts = {name: 0 for name in classifier.labels}
+    for start in range(0, max(table.num_rows, 1), CHUNK_ROWS):
+        part = predictions_table(classifier, table.slice(start, CHUNK_ROWS), batch_size)
+        out.write(part)
+        for name in part.column("label").to_pylist():
+            counts[name] += 1
+    return counts
 
 
 @entry_point
@@ -146,12 +182,14 @@ def main(argv=None) -> int:
     if classifier.language_bias:
         print(f"[predict] class-prior correction applied for: {', '.join(corrected) or 'none of --langs'} "
               f"(the model has one for {', '.join(classifier.language_bias)})", file=sys.stderr)
-    out = predictions_table(classifier, table, args.batch_size)
-    write(out, Path(args.out), fmt)
-    counts = {name: 0 for name in classifier.labels}
-    for name in out.column("label").to_pylist():
-        counts[name] += 1
-    print(f"[predict] {out.num_rows} rows -> {args.out} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
+    out = StreamedOutput(Path(args.out), fmt)
+    try:
+        counts = label_corpus(classifier, table, out, args.batch_size)
+        out.close()
+    except BaseException:
+        out.discard()
+        raise
+    print(f"[predict] {table.num_rows} rows -> {args.out} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
     return 0
 
 

@@ -33,6 +33,7 @@ from conlst_ray.models.e5 import resolve as resolve_e5
 
 # what a model folder says about itself, read without torch (the preflight uses these); imported from here too
 from conlst_ray.models.model_files import (  # noqa: F401
+    AGAIN,
     FORMAT,
     HEADS_FILE,
     META_FILE,
@@ -53,7 +54,7 @@ from conlst_ray.models.tokenizers import (  # noqa: F401
     wordpiece_tokenizer,
 )
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_bytes
+from conlst_ray.storage.files import atomic_write_bytes, safetensors_header, safetensors_problem
 
 
 class ConlstEncoder(nn.Module):
@@ -210,11 +211,32 @@ class ConlstEncoder(nn.Module):
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelError(f"{path}: holds no {WEIGHTS_FILE}")
+        if problem := safetensors_problem(weights) or weights_misfit(weights, model):
+            raise ModelError(f"{path}: {problem}; {AGAIN}")
         model.load_state_dict(load_file(str(weights)))
         if config.task and len(config.task.get("labels", ())) == model.num_labels:
             model.task = config.task
         model.language_bias = language_bias_of(config, model.num_labels, path)
         return model
+
+
+def weights_misfit(weights: Path, model: nn.Module) -> Optional[str]:
+    """How the tensors a (whole) safetensors file declares differ from the
+    model its config.json builds -- the weights of another model, a header
+    rewritten --; None when every tensor is there with its shape."""
+    header, _ = safetensors_header(weights)
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(want) - set(header))
+    if missing:
+        return f"its weights do not fit its config.json: {len(missing)} tensors missing (e.g. {missing[0]})"
+    extra = sorted(set(header) - set(want))
+    if extra:
+        return f"its weights do not fit its config.json: {len(extra)} tensors it does not have (e.g. {extra[0]})"
+    wrong = next((k for k in sorted(want) if list(header[k]["shape"]) != want[k]), None)
+    if wrong:
+        return (f"its weights do not fit its config.json: {wrong} has shape {header[wrong]['shape']}, the config "
+                f"builds {want[wrong]}")
+    return None
 
 
 def language_bias_of(config, num_labels: int, path) -> dict:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 from conlst_ray.data.synthetic import SyntheticBenchmark, write_vocab
 from conlst_ray.models.e5 import resolve as resolve_e5
+from conlst_ray.models.model_files import TOKENIZER_FILES, tokenizer_problem
 from conlst_ray.storage import mirror as storage
-
-# files that define what a tokenizer does (others, e.g. README, do not)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "sentencepiece.bpe.model", "spiece.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def tokenizer_stamp(tokenizer_dir: str | Path, max_length: int) -> str:
@@ -52,6 +49,8 @@ def open_tokenizer(path) -> object:
     from transformers import AutoTokenizer
 
     folder = fetch_tokenizer(path)
+    if Path(str(folder)).is_dir():  # damaged files: one ModelError naming the folder, not a KeyError from inside
+        tokenizer_problem(Path(str(folder)))
     encoder = _saved_encoder_config(folder)
     extra = {"config": encoder} if encoder else {}
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **extra)

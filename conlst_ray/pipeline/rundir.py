@@ -21,7 +21,7 @@ from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, 
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_text, safetensors_problem
+from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.stage_files import StageFiles
 
 DONE_FILE = "DONE.json"
@@ -223,7 +223,7 @@ class RunDir:
         stages that read it, and runs again."""
         path = self.root / name
         if self.is_done(name) and (problem := self.damage(name)):
-            log(f"[{name}] {path}: {problem}; training it again, and the stages after it")
+            log(f"[{name}] {problem}; training it again, and the stages after it")
             self._remove(path)
         old = read_json(storage.fetch(path / FINGERPRINT_FILE))
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):
@@ -240,15 +240,18 @@ class RunDir:
 
     def damage(self, name: str) -> str | None:
         """What is wrong with the model a finished training stage left (its
-        weights missing, unreadable or cut short); None when it is whole."""
-        from conlst_ray.models.encoder import WEIGHTS_FILE  # torch: imported only for a resume
+        weights missing, unreadable, cut short or longer than they should
+        be, its tokenizer unreadable: ``check_model_folder``); None when it
+        is whole."""
+        from conlst_ray.models.model_files import ModelError, check_model_folder
 
         if name not in TRAINED_STAGES:
             return None
-        weights = storage.fetch(self.model(name) / WEIGHTS_FILE)
-        if not weights.is_file():
-            return f"its model holds no {WEIGHTS_FILE}"
-        return safetensors_problem(weights)
+        try:
+            check_model_folder(storage.fetch(self.model(name)))
+        except ModelError as exc:
+            return str(exc).split("; ")[0]  # (what to do follows: this stage is trained again)
+        return None
 
     def mark_done(self, name: str, metrics: dict) -> None:
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))

@@ -40,19 +40,58 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be read whole (its header unreadable, or
-    shorter than the tensors it declares); None when it is whole."""
+# bytes per element of the dtypes a safetensors header names
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER = 100_000_000  # the safetensors format's own limit
+
+
+def safetensors_header(path: Path) -> tuple[dict, int] | str:
+    """(name -> {dtype, shape, data_offsets}, header bytes) of a safetensors
+    file, or why its header cannot be read."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
             n = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(n)) if 8 + n <= size else None
+            header = json.loads(fh.read(n)) if 8 + n <= size and n <= MAX_HEADER else None
     except (struct.error, ValueError):
         header = None
     if not isinstance(header, dict):
-        return f"its weights ({path.name}) are unreadable"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        return f"its weights ({path.name}) are cut short: {size} of {8 + n + end} bytes"
+        return f"its weights ({path.name}) are unreadable (no safetensors header)"
+    header.pop("__metadata__", None)
+    return header, n
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read whole: its header unreadable,
+    no tensors in it, a tensor whose bytes do not match its dtype and shape,
+    or a file shorter or longer than the tensors it declares (cut short,
+    bytes appended: safetensors refuses both); None when it is whole."""
+    read = safetensors_header(path)
+    if isinstance(read, str):
+        return read
+    header, n = read
+    if not header:
+        return f"its weights ({path.name}) hold no tensors"
+    end = 0
+    for name, t in header.items():
+        try:
+            begin, stop = (int(x) for x in t["data_offsets"])
+            want = DTYPE_BYTES[t["dtype"]] * _product(t["shape"])
+        except (KeyError, TypeError, ValueError):
+            return f"its weights ({path.name}) are unreadable (tensor {name!r} badly described)"
+        if stop - begin != want:
+            return f"its weights ({path.name}) are unreadable (tensor {name!r}: {stop - begin} bytes for {want})"
+        end = max(end, stop)
+    size = path.stat().st_size
+    if 8 + n + end != size:
+        how = "cut short" if size < 8 + n + end else "longer than its tensors (bytes appended)"
+        return f"its weights ({path.name}) are {how}: {size} bytes, its header declares {8 + n + end}"
     return None
+
+
+def _product(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out

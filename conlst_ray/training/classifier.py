@@ -11,46 +11,17 @@ import numpy as np
 from conlst_ray.data.task import NLI_LABELS
 
 
-def check_model_dir(model_dir, max_length: int) -> None:
-    """What makes a folder a classifier conlst_ray can run, checked before
-    it is loaded; a ModelError naming the folder otherwise."""
-    from conlst_ray.models.encoder import WEIGHTS_FILE, ModelError, max_text_length, read_meta
-    from conlst_ray.models.tokenizers import TOKENIZER_FILES
-    from conlst_ray.storage.files import safetensors_problem
-
-    if model_dir is None or not str(model_dir).strip():
-        raise ModelError("model_dir: give the folder of a trained model (a stage's model/ or a run's model link)")
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ModelError(f"{model_dir}: no such model folder")
-    if not read_meta(folder):
-        raise ModelError(f"{model_dir} is not a model conlst_ray trained (no classification head and labels "
-                         f"saved with it)")
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise ModelError(f"{model_dir}: holds no {WEIGHTS_FILE}")
-    damage = safetensors_problem(folder / WEIGHTS_FILE)
-    if damage:
-        raise ModelError(f"{model_dir}: {damage}; copy the model folder again, or rerun the stage that made it")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelError(f"{model_dir}: holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy the "
-                         f"whole model folder, which conlst_ray saves with its tokenizer")
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ModelError(f"max_length {max_length!r}: must be a whole number of at least 1")
-    limit = max_text_length(str(folder))
-    if limit is not None and max_length > limit:
-        raise ModelError(f"max_length {max_length}: {model_dir} has {limit} positions")
-
-
 class Classifier:
     """A saved conlst_ray model (any stage's ``model/`` folder or a run's
     ``model`` link) with its tokenizer and the names of its labels."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_length: int = 128):
         from conlst_ray.models.encoder import ConlstEncoder
+        from conlst_ray.models.model_files import check_model_folder
         from conlst_ray.models.tokenizers import open_tokenizer
         from conlst_ray.training.inference import default_device
 
-        check_model_dir(model_dir, max_length)
+        check_model_folder(model_dir, max_length)
         self.model_dir = Path(model_dir)
         self.model = ConlstEncoder.load(self.model_dir)
         self.tokenizer = open_tokenizer(str(self.model_dir))
