@@ -176,3 +176,113 @@ def test_a_damaged_model_folder_is_one_line_in_predict_evaluate_load_model_and_t
 
     with pytest.raises(ModelError, match=said):
         AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+# -- Caches that cannot lie, and damaged stages redone: one finished run, copies of it damaged
+
+RUN = ["data.synthetic.n_source_train=240", "data.synthetic.n_unlabelled=60", "data.synthetic.n_dev=30",
+       "data.synthetic.n_test=30", "data.target_langs=[near,far]", "source.epochs=1", "ssl.iterations=1",
+       "resources.num_workers=0", "data.eval_during_training=false", "run_name=r"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A whole run (every stage and its report), kept untouched: tests damage copies of it."""
+    out = tmp_path_factory.mktemp("battery")
+    proc = cli("run", *RUN, f"output_dir={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "r"
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(run, copy, symlinks=True)
+    return copy
+
+
+def tables(run: Path) -> dict:
+    """The report's result tables (markdown and CSV), by name; not the
+    stage costs (seconds: they differ between any two runs)."""
+    return {p.name: p.read_text() for p in sorted((run / "results").glob("*.*"))
+            if p.suffix in (".md", ".csv") and not p.name.startswith("stage_costs")}
+
+
+def done_stamps(run: Path) -> dict:
+    return {s: (run / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl", "ssl")}
+
+
+def resume(copy: Path, *extra) -> subprocess.CompletedProcess:
+    proc = cli("run", *RUN, f"output_dir={copy.parent}", "--resume", *extra, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def said(proc: subprocess.CompletedProcess, *words) -> list[str]:
+    return [line for line in proc.stdout.splitlines() if all(w in line for w in words)]
+
+
+@pytest.mark.slow
+def test_damaged_caches_are_rebuilt_said_so_and_the_results_equal_an_undamaged_runs(finished_run, tmp_path):
+    """A token file zeroed in place (same size: read silently before), a token
+    file cut short, a pseudo-label shard and a corpus shard deleted: the
+    --resume rebuilds each, says so in one line each, retrains nothing, and
+    writes the same result tables as the undamaged run."""
+    copy = copy_of(finished_run, tmp_path)
+    stamps = done_stamps(copy)
+    tokens = next((copy / "corpus" / "target_train").glob("tokens-*"))
+    zeroed, cut = tokens / "lang=near" / "shard-00000.arrow", tokens / "lang=far" / "shard-00000.arrow"
+    zeroed.write_bytes(bytes(zeroed.stat().st_size))
+    cut.write_bytes(cut.read_bytes()[:100])
+    (copy / "pseudo_labels" / "source" / "lang=far" / "shard-00000.parquet").unlink()
+    (copy / "corpus" / "test_target" / "lang=near" / "shard-00000.parquet").unlink()
+    proc = resume(copy)
+    assert len(said(proc, "[tokenize] near", "changed since it was written", "again")) == 1, proc.stdout
+    assert len(said(proc, "[tokenize] far", "100 bytes", "again")) == 1, proc.stdout
+    assert len(said(proc, "[pseudo_labels]", "lang=far/shard-00000.parquet is missing")) == 1, proc.stdout
+    assert len(said(proc, "[ingest] near", "shard-00000.parquet is missing", "rebuilding")) == 1, proc.stdout
+    after = done_stamps(copy)
+    assert {s: after[s] == stamps[s] for s in ("source", "conl", "ssl")} == {"source": True, "conl": True,
+                                                                             "ssl": True}
+    assert tables(copy) == tables(finished_run)
+
+
+@pytest.mark.slow
+def test_a_model_with_bytes_appended_is_damaged_not_changed_and_recompute_never_crashes(finished_run, tmp_path):
+    """Bytes appended to the source model's weights (unloadable): --resume
+    trains it again with the stages after it (it refused, calling the model
+    "changed", before); --recompute on a damaged stage removes and redoes it."""
+    copy = copy_of(finished_run, tmp_path)
+    _append_bytes(copy / "source" / "model")
+    proc = resume(copy)
+    assert len(said(proc, "[source]", "bytes appended", "training it again")) == 1, proc.stdout
+    assert all(after != before for after, before in zip(done_stamps(copy).values(), done_stamps(finished_run).values()))
+    _append_bytes(copy / "conl" / "model")
+    proc = resume(copy, "--recompute")
+    assert len(said(proc, "[conl]", "bytes appended", "training it again")) == 1, proc.stdout
+
+
+@pytest.mark.slow
+def test_report_rebuilds_a_deleted_corpus_folder_and_refuses_a_busy_run(finished_run, tmp_path):
+    copy = copy_of(finished_run, tmp_path)
+    import shutil
+
+    shutil.rmtree(copy / "corpus")
+    proc = cli("report", str(copy), timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert tables(copy) == tables(finished_run)
+
+    import json
+    import socket
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (copy / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                "started": time.time()}))
+        before = {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()}
+        line = one_error_line(cli("report", str(copy)))
+        assert f"in use by process {holder.pid}" in line and "results" in line
+        assert {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()} == before
+    finally:
+        holder.kill()

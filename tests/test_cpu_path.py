@@ -216,3 +216,21 @@ def test_the_real_encoder_scores_the_same_from_its_cache(shared_data):
     rows.frozen = compute_states(model, rows, FrozenRun(8, "cpu", "bf16"))
     fast = predict_proba(model, rows, tok.pad_token_id, 16, "cpu", "bf16")
     assert (fast.argmax(-1) == full.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed in place"])
+def test_a_damaged_states_file_is_computed_again_and_said_so(tmp_path, damage):
+    """The states file cut short, or zeroed with its size kept: never mapped
+    as if valid (an IndexError, or silently wrong states before); computed
+    again, one line saying so, the same states as before."""
+    _, _, model = tiny()
+    rows = random_rows()
+    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    path = next(tmp_path.glob("frozen-*.bin"))
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size // 3] if damage == "truncated" else bytes(size))
+    said = []
+    again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=said.append)
+    assert len([s for s in said if "computing the states again" in s]) == 1, said
+    assert torch.equal(again.flat, first.flat)
+    assert path.stat().st_size == size

@@ -83,10 +83,29 @@ def main(argv=None) -> int:
         print(f"error: {run.root} is neither a run, a search nor a trial directory: {exc}", file=sys.stderr)
         return 2
     calibration = not args.no_calibration and trial is None  # a trial has no pseudo-labels of its own
-    if calibration:
+    busy(run)  # before anything is read or written: results/ of a run in flight would be half of one
+    if trial is None:
+        from conlst_ray.pipeline.stages import stage_corpora
+
+        init_ray(args.address)
+        stage_corpora(cfg, run)  # its cached corpora whole again, if one was deleted or damaged
+    elif calibration:
         init_ray(args.address)
     print(full_report(cfg, run, trial, calibration=calibration))
     return 0
+
+
+def busy(run: RunDir) -> None:
+    """Take the run directory's lock, or say in one line that a command is
+    working in it (the report reads its stages and writes its results/)."""
+    from conlst_ray.pipeline.preflight import UserError
+    from conlst_ray.storage.lock import RunInUse
+
+    try:
+        run.lock()
+    except RunInUse as exc:
+        raise UserError(f"report: {exc}. The report reads the run's stage models and writes {run.results}: "
+                        f"run it when that command has ended (a finished run writes its report itself)") from None
 
 
 def search_summary(search: SearchDir) -> str:

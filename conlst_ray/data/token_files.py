@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from conlst_ray.data.schema import pair_texts
 from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.files import write_via_temporary
 
 TOKENIZER_FILE = "_tokenizer.json"
 def tokenize_pairs(tokenizer, table: pa.Table, max_length: int) -> pa.Table:
@@ -46,13 +47,14 @@ def tokenize_pairs(tokenizer, table: pa.Table, max_length: int) -> pa.Table:
 def write_token_file(table: pa.Table, path: Path) -> None:
     """One record batch per file (one zero-copy chunk when mapped), written
     next to ``path`` and renamed: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     batch = table.combine_chunks().to_batches(max_chunksize=max(1, table.num_rows))
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        for b in batch:
-            writer.write_batch(b)
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            for b in batch:
+                writer.write_batch(b)
+
+    write_via_temporary(path, write)
 
 
 class Ragged:

@@ -28,6 +28,8 @@ DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 MODEL = "model"
 TRAINED_STAGES = ("source", "conl", "ssl")
+SHARDED_STAGES = ("pseudo_labels", "backtranslation")  # Ray Data jobs: output shards, redone one by one
+OUTPUTS = "outputs"  # DONE.json of a sharded stage: the shard files it made
 HANDED_BACK_RECORD = "handed_back.json"
 TRIAL_RECORD = "trial.json"
 
@@ -222,7 +224,12 @@ class RunDir:
         damaged one (its model deleted or cut short) is removed, with the
         stages that read it, and runs again."""
         path = self.root / name
-        if self.is_done(name) and (problem := self.damage(name)):
+        if self.is_done(name) and name in SHARDED_STAGES and (problem := self.damage(name)):
+            # its output is made shard by shard: redo the damaged ones, and the stages after it keep
+            # their results (they depend on what made the shards, which has not changed)
+            log(f"[{name}] {problem}: computing the missing or damaged shards again")
+            storage.remove(self.done_file(name))
+        elif self.is_done(name) and (problem := self.damage(name)):
             log(f"[{name}] {problem}; training it again, and the stages after it")
             self._remove(path)
         old = read_json(storage.fetch(path / FINGERPRINT_FILE))
@@ -245,6 +252,8 @@ class RunDir:
         is whole."""
         from conlst_ray.models.model_files import ModelError, check_model_folder
 
+        if name in SHARDED_STAGES:
+            return self._shard_damage(name)
         if name not in TRAINED_STAGES:
             return None
         try:
@@ -253,7 +262,29 @@ class RunDir:
             return str(exc).split("; ")[0]  # (what to do follows: this stage is trained again)
         return None
 
-    def mark_done(self, name: str, metrics: dict) -> None:
+    def _shard_damage(self, name: str) -> str | None:
+        """The first output shard a finished sharded stage recorded that is
+        missing or not what was written (the damaged one removed, so that
+        the stage's job computes it again); None when all are whole."""
+        from conlst_ray.storage import integrity
+
+        recorded = (read_json(storage.fetch(self.done_file(name))) or {}).get(OUTPUTS, [])
+        for relative in recorded:
+            shard = self.root / relative
+            if storage.is_remote(shard):  # only presence: checking the bytes would fetch every shard
+                problem = None if storage.exists(shard) else f"{shard.name} is missing"
+            else:
+                problem = integrity.damage(shard)
+            if problem:
+                integrity.discard(shard)
+                return f"{Path(relative).parent}/{problem}"
+        return None
+
+    def mark_done(self, name: str, metrics: dict, outputs: tuple = ()) -> None:
+        """Stage ``name`` is complete; ``outputs``: the files a sharded
+        stage made (checked on every resume, see ``damage``)."""
+        if outputs:
+            metrics = {**metrics, OUTPUTS: [str(Path(p).relative_to(self.root)) for p in outputs]}
         atomic_write_text(self.stage(name) / DONE_FILE, json.dumps(metrics, indent=2, default=float))
         storage.publish(self.root / name / DONE_FILE)  # last: the stage's outputs are in storage already
 

@@ -81,8 +81,15 @@ def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Pa
     if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs), log):
         report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log,
                               recompute=run.recompute)
-        run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds})
+        run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds}, _shards(out))
     return corpus, out
+
+
+def _shards(out: Path) -> list[Path]:
+    """The output shards of a sharded stage (recorded in its DONE.json);
+    listed, not fetched (in object storage they stay there)."""
+    return [Path(out) / d / n for d in sorted(storage.listdir(out)) if d.startswith("lang=")
+            for n in sorted(storage.listdir(Path(out) / d)) if n.startswith("shard-") and n.endswith(".parquet")]
 
 
 def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
@@ -129,7 +136,8 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
                              cpus_per_task=cfg.resources.cpus_per_task, recompute=run.recompute,
                              synthetic=(cfg.data.synthetic.seed, len(cfg.data.task.labels)))
         report, fallback = translate(job, log)
-        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0})
+        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0},
+                      _shards(out))
     return out
 
 

@@ -22,8 +22,9 @@ from conlst_ray.config.provenance import differences, digest, fingerprint, spec_
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.readers import no_rows, read_rows
 from conlst_ray.data.schema import CorpusError
+from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_text
+from conlst_ray.storage.files import atomic_write_text, write_via_temporary
 
 MANIFEST = "_manifest.json"
 
@@ -42,10 +43,7 @@ def lang_dir(root: Path, lang: str) -> Path:
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write next to ``path`` and rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_via_temporary(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def corpus_task(fn, cpus: float, on_this_node: bool = False, **options):
@@ -76,6 +74,7 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
         name = f"shard-{i:05d}.parquet"
         part = table.slice(start, shard_rows)
         write_parquet_atomic(part, out / name)
+        integrity.seal(out / name)
         shards.append({"file": name, "rows": part.num_rows})
     manifest = {"spec": spec, "lang": lang, "rows": table.num_rows, "shards": shards,
                 "skipped_malformed": report.skipped, "skip_reasons": dict(report.reasons),
@@ -89,6 +88,19 @@ def ingest_language(spec: str, lang: str, root: str, shard_rows: int, read_kwarg
 def read_manifest(root: Path, lang: str) -> dict | None:
     path = storage.fetch(lang_dir(root, lang) / MANIFEST)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def shard_damage(root: Path, lang: str, manifest: dict) -> str | None:
+    """The first shard of a cached language that is missing or not what was
+    written (``storage/integrity.py``); None when all are whole. In object
+    storage, only that each shard is there (checking the bytes would fetch
+    the whole corpus to this node on every run)."""
+    folder = lang_dir(root, lang)
+    if storage.is_remote(folder):
+        present = set(storage.listdir(folder))
+        missing = [s["file"] for s in manifest.get("shards", []) if s["file"] not in present]
+        return f"{missing[0]} is missing" if missing else None
+    return next(filter(None, (integrity.damage(folder / s["file"]) for s in manifest.get("shards", []))), None)
 
 
 def corpus_fingerprint(spec: str, lang: str, read_kwargs: dict) -> dict:
@@ -126,10 +138,12 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
         expected = corpus_fingerprint(spec, lang, read_kwargs)
         if manifest is not None:
             changed = differences(manifest.get("fingerprint"), expected)
-            if not changed:
+            damaged = None if changed else shard_damage(root, lang, manifest)
+            if not changed and not damaged:
                 manifests[lang] = manifest
                 continue
-            log(f"[ingest] {lang}: cached corpus made otherwise ({'; '.join(changed)}): rebuilding")
+            why = f"made otherwise ({'; '.join(changed)})" if changed else f"damaged ({damaged})"
+            log(f"[ingest] {lang}: cached corpus {why}: rebuilding")
         pending.append(lang)
     if pending:
         # with object storage: read where the spec's files are (the caller's node), shards to storage

@@ -28,6 +28,7 @@ import ray
 
 from conlst_ray.config.provenance import StaleError, differences, digest, read_json
 from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
+from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 
@@ -79,6 +80,7 @@ def finalize_shard(tmp_root: Path, out_root: Path, key: str, expected: int) -> N
     if table.num_rows != expected:
         raise RuntimeError(f"shard {key}: {table.num_rows} distinct rows written, expected {expected}")
     write_parquet_atomic(table, out_root / f"{key}.parquet")
+    integrity.seal(out_root / f"{key}.parquet")
     storage.publish(out_root / f"{key}.parquet")
     storage.remove(tmp_root / key)
 
@@ -109,7 +111,7 @@ def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[
     if job.provenance is not None:
         check_provenance(job.name, out_root, job.provenance, job.recompute, log)
     report = JobReport()
-    expected, files = _pending_shards(job, report)
+    expected, files = _pending_shards(job, report, log)
     if not expected:
         log(f"[{job.name}] all {len(report.skipped)} shard(s) complete: nothing to do")
         return report
@@ -133,7 +135,7 @@ def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[
     return report
 
 
-def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
+def _pending_shards(job: ShardedJob, report: JobReport, log=print) -> tuple[dict, dict]:
     """Shard key -> expected output rows and -> input file, of every shard
     without output; the finished ones go to ``report.skipped``."""
     expected, files = {}, {}
@@ -141,12 +143,23 @@ def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
         finished = set(storage.listdir(lang_dir(Path(job.out_root), lang)))
         for shard in manifest["shards"]:
             key = f"lang={lang}/{Path(shard['file']).stem}"
+            if f"{key.split('/')[1]}.parquet" in finished and (problem := output_damage(job.out_root, key)):
+                log(f"[{job.name}] {lang}: {problem}: computing that shard again")
+                integrity.discard(Path(job.out_root) / f"{key}.parquet")
+                finished.discard(f"{key.split('/')[1]}.parquet")
             if f"{Path(shard['file']).stem}.parquet" in finished:
                 report.skipped.append(key)
             else:
                 expected[key] = shard["rows"] * job.rows_per_input
                 files[key] = str(lang_dir(Path(job.corpus_root), lang) / shard["file"])
     return expected, files
+
+
+def output_damage(out_root: str | Path, key: str) -> Optional[str]:
+    """What is wrong with a finished output shard (``storage/integrity.py``);
+    in object storage none is looked for (it would fetch every shard)."""
+    path = Path(out_root) / f"{key}.parquet"
+    return None if storage.is_remote(path) else integrity.damage(path)
 
 
 def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:

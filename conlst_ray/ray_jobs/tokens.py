@@ -30,6 +30,7 @@ import ray
 from conlst_ray.data.token_files import TOKENIZER_FILE, tokenize_pairs, write_token_file
 from conlst_ray.models.tokenizers import load_tokenizer, special_ids, tokenizer_stamp
 from conlst_ray.ray_jobs.corpus_cache import corpus_task
+from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 
@@ -53,12 +54,19 @@ def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> i
     table = pq.read_table(storage.fetch(src))
     out = tokenize_pairs(load_tokenizer(tokenizer_dir), table, max_length)
     write_token_file(out, storage.here(dst))
+    integrity.seal(storage.here(dst))
     storage.publish(dst)
     log_path = os.environ.get(LOG_ENV)
     if log_path:
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()} {out.num_rows} {src}\n")
     return out.num_rows
+
+
+def token_damage(path: Path) -> Optional[str]:
+    """What is wrong with a token file (``storage/integrity.py``); in object
+    storage none is looked for (it would fetch every file to check it)."""
+    return None if storage.is_remote(path) else integrity.damage(path)
 
 
 def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_length: int,
@@ -84,6 +92,11 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         atomic_write_text(recorded, made_from)
         storage.publish(recorded)
         done = set(storage.listdir(dst_dir))
+        for s in shards:
+            if token_file(out, s).name in done and (problem := token_damage(token_file(out, s))):
+                log(f"[tokenize] {lang}: {problem}: tokenising that shard again")
+                integrity.discard(token_file(out, s))
+                done.discard(token_file(out, s).name)
         pending += [(str(s), str(token_file(out, s))) for s in shards if token_file(out, s).name not in done]
     if pending:
         task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)

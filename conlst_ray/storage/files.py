@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -37,6 +38,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: say which (disk full)
             raise OSError(exc.errno, exc.strerror, str(p)) from exc
+        raise
+
+
+def named_error(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` naming the file it was writing: pyarrow's write errors name
+    none and carry their errno only in their text ("[errno 28] No space left
+    on device"), so a full disk could not say where it was full."""
+    if exc.filename:
+        return exc
+    found = re.search(r"\[errno (\d+)\]", str(exc))
+    code = exc.errno or (int(found.group(1)) if found else None)
+    named = OSError(code, os.strerror(code) if code else str(exc), str(path))
+    named.__cause__ = exc
+    return named
+
+
+def write_via_temporary(path: str | os.PathLike, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed: a
+    reader never sees half a file, a failed write leaves none, and its error
+    names ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise named_error(exc, path) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 from torch import nn
 
 from conlst_ray.models.frozen import FrozenStates, frozen_modules, run_lower
+from conlst_ray.storage import integrity
+from conlst_ray.storage.files import write_via_temporary
 from conlst_ray.training.batches import batch_of, length_sorted_batches, to_device
 from conlst_ray.training.inference import autocast
 
@@ -86,18 +87,29 @@ def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str
     hidden = model.encoder.config.hidden_size
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("tokens") == int(offsets[-1]):
+        problem = integrity.damage(path) or _size_problem(path, int(offsets[-1]), hidden, dtype)
+        if meta.get("tokens") == int(offsets[-1]) and not problem:
             return FrozenStates(_map(path, dtype, hidden), offsets)
+        if problem:
+            log(f"[frozen] {problem}: computing the states again")
+            integrity.discard(path)
     t0 = time.time()
     states = compute_states(model, rows, run)
     raw = states.flat.view(torch.int16) if dtype == torch.bfloat16 else states.flat
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw.numpy().tofile(tmp)
-    tmp.replace(path)
+    write_via_temporary(path, lambda tmp: raw.numpy().tofile(tmp))
+    integrity.seal(path, publish=False)  # the states stay on this node
     meta_path.write_text(json.dumps({"tokens": int(offsets[-1]), "rows": len(rows), "layers": n,
                                      "dtype": str(dtype), "hidden": hidden}))
     log(f"[frozen] states of {len(rows)} rows after the lower {n} layers: {time.time() - t0:.0f} s -> {path.name}")
     return FrozenStates(_map(path, dtype, hidden), offsets)
+
+
+def _size_problem(path: Path, tokens: int, hidden: int, dtype: torch.dtype) -> str | None:
+    """A states file of another size than its rows need (one sealed before
+    it was cut, or written before seals existed)."""
+    want = tokens * hidden * (2 if dtype == torch.bfloat16 else 4)
+    size = path.stat().st_size
+    return None if size == want else f"{path.name} has {size} bytes, its rows need {want}"
 
 
 def _map(path: Path, dtype: torch.dtype, hidden: int) -> torch.Tensor:
