@@ -286,3 +286,37 @@ def test_report_rebuilds_a_deleted_corpus_folder_and_refuses_a_busy_run(finished
         assert {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()} == before
     finally:
         holder.kill()
+
+
+# -- A full disk where pyarrow writes: the one line names the file
+
+WRITE_PARQUET = """
+import sys
+import numpy as np, pyarrow as pa
+from pathlib import Path
+from conlst_ray.commands.common import guarded
+from conlst_ray.ray_jobs.corpus_cache import write_parquet_atomic
+
+def main(argv):
+    table = pa.table({"x": np.random.default_rng(0).random(200_000)})  # 1.6 MB: more than the disk
+    write_parquet_atomic(table, Path(argv[0]) / "lang=xx" / "shard-00000.parquet")
+    return 0
+
+sys.exit(guarded(main, sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not __import__("helpers").private_mounts(), reason="needs unshare -rm to mount a small tmpfs")
+def test_a_full_disk_under_pyarrow_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path):
+    import shlex
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=256k tmpfs {disk} || exit 99\n"
+              f"{shlex.join([sys.executable, '-c', WRITE_PARQUET, str(disk)])}; rc=$?\n"
+              f"ls -A {disk}/lang=xx > {tmp_path / 'left'}; exit $rc\n")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    line = one_error_line(proc)
+    assert f"no space left on the device writing {disk}/lang=xx/shard-00000.parquet" in line, line
+    assert (tmp_path / "left").read_text().strip() == ""  # no half-written file, no temporary

@@ -48,10 +48,43 @@ def test_setup_installs_this_project_and_keeps_auth_on(name):
     assert len(token) == 1 and raw["setup_commands"][0] == f"chmod 600 {token[0]}"  # not world-readable
 
 
-def test_ssh_is_open_to_one_address_not_to_the_internet():
+def _rules_ray_would_create(raw: dict, monkeypatch) -> list[dict]:
+    """The inbound rules Ray's own AWS bootstrap step (``_configure_security_group``,
+    after ``prepare_config``) would authorize for ``raw``: AWS itself stood in
+    for by groups that record what they are given."""
+    from ray.autoscaler._private.aws import config as aws
+    from ray.autoscaler._private.util import prepare_config
+
+    granted: list = []
+
+    class Group:
+        def __init__(self, name):
+            self.id, self.ip_permissions = f"sg-{name}", []
+
+        def authorize_ingress(self, IpPermissions):  # noqa: N803 -- boto3's name
+            granted.extend(IpPermissions)
+
+    monkeypatch.setattr(aws, "_get_or_create_vpc_security_groups",
+                        lambda conf, node_types: {t: Group(t) for t in node_types})
+    aws._configure_security_group(prepare_config(copy.deepcopy(raw)))
+    return granted
+
+
+def _open_to_the_world(rules: list[dict]) -> list[dict]:
+    return [r for r in rules if any(ip.get("CidrIp") == "0.0.0.0/0" for ip in r.get("IpRanges", []))]
+
+
+def test_ray_creates_no_rule_open_to_the_internet_for_cluster_yaml(monkeypatch):
     raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    ranges = [r["CidrIp"] for rule in raw["provider"]["security_group"]["IpPermissions"] for r in rule["IpRanges"]]
-    assert ranges and all(r.endswith("/32") and not r.startswith("0.0.0.0") for r in ranges)
+    assert _rules_ray_would_create(raw, monkeypatch) == []  # the nodes' own group: Ray makes none
+    for node_type in raw["available_node_types"].values():
+        assert node_type["node_config"]["SecurityGroupIds"]
+    # the check sees the rule: without named groups, Ray opens SSH to 0.0.0.0/0 whatever the file says
+    for node_type in raw["available_node_types"].values():
+        del node_type["node_config"]["SecurityGroupIds"]
+    raw["provider"]["security_group"] = {"GroupName": "g", "IpPermissions": [
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "203.0.113.10/32"}]}]}
+    assert _open_to_the_world(_rules_ray_would_create(raw, monkeypatch))
 
 
 def test_cloud_image_is_built_from_the_pinned_ray_image_with_the_pinned_torch():
@@ -66,8 +99,7 @@ def test_cloud_image_is_built_from_the_pinned_ray_image_with_the_pinned_torch():
     assert base == [f"rayproject/ray:{ray.__version__}-py311-gpu"]
     assert '"torch==2.13.0"' in dockerfile and "[e5]" in dockerfile
     assert f"conlst-ray:{version}-gpu" in dockerfile       # the build command names the image cluster.yaml runs
-    ports = [p["FromPort"] for p in raw["provider"]["security_group"]["IpPermissions"]]
-    assert ports == [22]
+    assert "security_group" not in raw["provider"]  # the nodes' own group: Ray's would add SSH from anywhere
 
 
 def test_a_typo_in_a_cluster_file_is_caught(tmp_path):
