@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.pipeline.errors import RunError
+from conlst_ray.reporting.library import RunResult
 from conlst_ray.training.classifier import Classifier
 
 __all__ = ["Classifier", "RunError", "RunResult", "load_model", "run"]
@@ -33,64 +32,23 @@ def load_model(model_dir: str | Path, device: Optional[str] = None, max_length: 
     return Classifier(storage.fetch(storage.mirror(model_dir)), device, max_length)
 
 
-class RunError(RuntimeError):
-    """A run that ended with an error; ``reason`` is the one line the command printed."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Tee:
-    """Writes to the real stream and keeps a copy (the command's error line)."""
-
-    def __init__(self, stream):
-        self.stream, self.lines = stream, []
-
-    def write(self, text: str) -> int:
-        self.lines.append(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    model: Optional[Path]                    # the model the run handed back (RUN/model)
-    stage: Optional[str]                     # which stage that is, and why
-    reason: str = ""
-    models: dict = field(default_factory=dict)      # candidate (stage models, their prior corrections) -> folder
-    accuracy: dict = field(default_factory=dict)    # split -> row -> language -> accuracy (%)
-
-
 def run(config: Optional[str | Path] = None, overrides: Optional[dict] = None, address: Optional[str] = None,
         resume: bool = False) -> RunResult:
     """``python -m conlst_ray.run`` from Python: the whole pipeline on
     ``config`` (the embedded default when None) with ``overrides`` (dotted
-    keys: ``{"seed": 1, "conl.gamma": 0.8}``). Returns where everything is."""
-    from conlst_ray.commands import run as run_command
-    from conlst_ray.reporting.prior import saved_candidates
-    from conlst_ray.reporting.report import finished_models, with_corrected
+    keys: ``{"seed": 1, "conl.gamma": 0.8}``). Returns where everything is;
+    a failure raises ``RunError`` with the command's one-line reason."""
+    from conlst_ray.config import ConfigError, load_config
+    from conlst_ray.pipeline.errors import printable
+    from conlst_ray.reporting import library
 
-    argv = (["--config", str(config)] if config else []) + [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
-    argv += (["--address", address] if address else []) + (["--resume"] if resume else [])
-    state: dict = {}
-    tee = _Tee(sys.stderr)
-    with contextlib.redirect_stderr(tee):
-        status = run_command.main(argv, state=state)
-    if status != 0:
-        said = [line for line in "".join(tee.lines).splitlines() if line.startswith("error: ")]
-        reason = said[-1][len("error: "):] if said else f"exit status {status}"
-        raise RunError(f"python -m conlst_ray.run {' '.join(argv)}: {reason}", reason)
-    run_dir, cfg = state["run"], state["cfg"]
-    record = run_dir.handed_back_record
-    chosen = json.loads(record.read_text()) if record.is_file() else {}
-    models = finished_models(cfg, run_dir)
-    return RunResult(run_dir.root, run_dir.handed_back if chosen else None, chosen.get("stage"),
-                     chosen.get("reason", ""), with_corrected(models, saved_candidates(run_dir, models)),
-                     _accuracy(run_dir))
+    texts = [f"{k}={_value(v)}" for k, v in (overrides or {}).items()]
+    try:
+        cfg = load_config(config, texts)
+    except ConfigError as exc:
+        raise RunError(printable(str(exc))) from None
+    command = (["--config", str(config)] if config else []) + texts + (["--address", address] if address else [])
+    return library.run(cfg, resume=resume, address=address, command=command)
 
 
 def _value(v) -> str:
@@ -99,11 +57,3 @@ def _value(v) -> str:
     if isinstance(v, (tuple, set, frozenset)):
         v = list(v)
     return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
-
-
-def _accuracy(run) -> dict:
-    from conlst_ray.reporting.tables import read_rows
-
-    return {split: {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
-                    for r in read_rows(run.accuracy_table(split))}
-            for split in ("dev", "test") if run.accuracy_table(split).is_file()}

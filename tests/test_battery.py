@@ -320,3 +320,49 @@ def test_a_full_disk_under_pyarrow_is_one_line_naming_the_file_and_leaves_no_tem
     line = one_error_line(proc)
     assert f"no space left on the device writing {disk}/lang=xx/shard-00000.parquet" in line, line
     assert (tmp_path / "left").read_text().strip() == ""  # no half-written file, no temporary
+
+
+# -- The API calls the library: no stderr to scrape, the command's own line in the exception
+
+API_RESUME = """
+import json, sys
+from conlst_ray import run
+overrides = dict(a.split("=", 1) for a in sys.argv[1:])
+result = run(overrides=overrides, resume=True)
+print("RESULT", json.dumps({"model": str(result.model), "stage": result.stage, "seconds": sorted(result.seconds),
+                            "models": sorted(result.models), "test": sorted(result.accuracy.get("test", {}))}))
+"""
+
+
+@pytest.mark.slow
+def test_the_api_resumes_a_run_in_a_plain_python_process(finished_run, tmp_path):
+    """A plain interpreter (no pytest, no faulthandler: the API's stderr
+    capture broke ray.init there): a resume through the API finishes and
+    says where everything is."""
+    import json
+
+    copy = copy_of(finished_run, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", API_RESUME, *RUN, f"output_dir={copy.parent}"], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["model"] == str(copy / "model") and result["stage"]
+    assert result["seconds"] == ["conl", "pseudo_labels", "source", "ssl"]
+    assert {"zero-shot", "CoNL", "CoNLST"} <= set(result["models"]) <= set(result["test"])
+    assert tables(copy) == tables(finished_run)
+
+
+@pytest.mark.slow
+def test_a_failing_library_run_raises_the_line_the_command_prints(finished_run, tmp_path):
+    """A bad value (refused as the config is read) and a stale run directory
+    (refused once Ray is up and the run directory is checked): the API's
+    RunError carries exactly the command's one line."""
+    from conlst_ray.api import RunError, run
+
+    copy = copy_of(finished_run, tmp_path)
+    for extra in (["conl.gamma=1.5"], ["conl.gamma=0.5"]):
+        line = one_error_line(cli("run", *RUN, f"output_dir={copy.parent}", "--resume", *extra))
+        with pytest.raises(RunError) as failed:
+            run(overrides=dict(a.split("=", 1) for a in [*RUN, f"output_dir={copy.parent}", *extra]), resume=True)
+        assert failed.value.reason == line[len("error: "):]
+    assert "made with other settings" in failed.value.reason and "conl.gamma 0.9 -> 0.5" in failed.value.reason

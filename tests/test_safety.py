@@ -93,8 +93,9 @@ def test_a_program_error_is_not_dressed_as_a_user_error():
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
-    from conlst_ray.commands import run as run_mod
+    from conlst_ray.pipeline.errors import RunInterrupted
     from conlst_ray.pipeline.rundir import RunDir
+    from conlst_ray.reporting.library import where_it_stopped
 
     run = RunDir(tmp_path / "r")
     for stage in ("source", "pseudo_labels"):
@@ -103,10 +104,10 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, capsys):
     argv = ["output_dir=/x", "conl.gamma=0.8"]
     from conlst_ray.commands.common import guarded
 
-    def main(argv):
-        raise KeyboardInterrupt
+    def main(argv):  # the library says where its run stopped
+        raise RunInterrupted(where_it_stopped(run, argv, None))
 
-    assert guarded(main, argv, where_stopped=lambda: run_mod.where_it_stopped(run, argv)) == 130
+    assert guarded(main, argv) == 130
     err = capsys.readouterr().err
     assert f"run {run.root} stopped in stage pseudo_labels" in err
     assert "continue with: python -m conlst_ray.run output_dir=/x conl.gamma=0.8 --resume run_name=r" in err

@@ -8,21 +8,19 @@ resume it (exit status 130)."""
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
 from conlst_ray.config import ConfigError, config_help, load_config
-from conlst_ray.config.provenance import StaleError
-from conlst_ray.data.schema import CorpusError
-from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
+from conlst_ray.pipeline.errors import disk_full, find_user_error, one_line, printable
+from conlst_ray.pipeline.ray_setup import init_ray, quiet_ray_loggers
 from conlst_ray.storage.mirror import mask_secrets
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+__all__ = ["init_ray", "printable"]  # the commands' own imports of what moved to pipeline/
+
 # per user, readable by its owner only: a traceback may quote paths and settings
 ERROR_LOG = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conlst_ray" / "last-error.log"
 
@@ -41,77 +39,6 @@ def keep_traceback(exc: BaseException) -> Optional[Path]:
         return None
 
 
-def user_error_types() -> tuple:
-    from conlst_ray.models.e5 import E5Error
-    from conlst_ray.models.model_files import ModelError
-    from conlst_ray.models.translation import TranslationConfigError
-    from conlst_ray.storage.lock import RunInUse
-    from conlst_ray.storage.mirror import CredentialsInURI
-
-    return (ConfigError, CorpusError, StaleError, TranslationConfigError, E5Error, ModelError, UserError,
-            FileExistsError, CredentialsInURI, RunInUse)
-
-
-def _causes(exc: BaseException):
-    """``exc`` and every exception behind it, nearest first: causes, contexts,
-    what Ray wraps (a task error, a failed Train worker, its controller)."""
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)]
-        failures = getattr(e, "worker_failures", None) or getattr(e, "errors", None)
-        if isinstance(failures, dict):
-            stack += list(failures.values())
-        elif isinstance(failures, (list, tuple)):
-            stack += [f for f in failures if isinstance(f, BaseException)]
-
-
-def find_user_error(exc: BaseException) -> Optional[BaseException]:
-    """The user error behind ``exc``: itself, or a cause wrapped by Ray (a
-    task error, a failed Train worker) or re-raised along the way."""
-    types = user_error_types()
-    for e in _causes(exc):
-        if isinstance(e, types):
-            inner = getattr(e, "cause", None)  # Ray's RayTaskError(X) carries the X it wraps
-            return inner if isinstance(inner, types) else e
-    return None
-
-
-def disk_full(exc: BaseException) -> Optional[str]:
-    """What to tell the user when a write behind ``exc`` found its disk (or
-    quota) full; None otherwise. Files are written whole or not at all, so
-    the run directory holds nothing half-written and a resume continues it."""
-    full = next((e for e in _causes(exc) if isinstance(e, OSError) and e.errno in DISK_FULL), None)
-    if full is None:
-        return None
-    where = f" writing {full.filename}" if full.filename else ""
-    return (f"no space left on the device{where} ({full.strerror}): free space there, or set output_dir "
-            f"(or model.cache_dir) to a larger disk")
-
-
-LINE_CHARS = 2000  # an error line longer than this is cut (a value quoted in it may be huge)
-
-
-def printable(text: str) -> str:
-    """An error line as it may be shown or kept: secrets masked, length capped."""
-    text = mask_secrets(text)
-    return text if len(text) <= LINE_CHARS else text[:LINE_CHARS] + f"... ({len(text)} characters)"
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of a (possibly Ray-wrapped) user error, first line only,
-    its secrets masked and its length capped."""
-    text = str(exc)
-    marker = f"{type(exc).__name__}: "
-    if marker in text:  # Ray prefixes the remote traceback
-        text = text.rsplit(marker, 1)[1]
-    return printable(" ".join(text.strip().splitlines()[:1]) if "\n" in text.strip() else text.strip())
-
-
 def guarded(main: Callable[[list], int], argv: Optional[list] = None,
             where_stopped: Optional[Callable[[], str]] = None) -> int:
     """Run a CLI's ``main`` and turn how it fails into an exit status and one line;
@@ -125,8 +52,8 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         quiet_third_party()
     try:
         return main(argv)
-    except KeyboardInterrupt:
-        where = where_stopped() if where_stopped else ""
+    except KeyboardInterrupt as exc:  # the library's RunInterrupted knows where the run stopped
+        where = getattr(exc, "where", "") or (where_stopped() if where_stopped else "")
         print(f"\ninterrupted{': ' + where if where else ''}", file=sys.stderr)
         return 130
     except BaseException as exc:  # noqa: BLE001 -- classified below, re-raised when not ours
@@ -196,18 +123,6 @@ def quiet_third_party() -> None:
     quiet_ray_loggers()
 
 
-def quiet_ray_loggers() -> None:
-    """Ray's own warnings off (token authentication, deprecations), Ray
-    Data's progress reports kept: they are the pseudo-labelling job's progress.
-    Ray sets its loggers up when imported, so this runs again after that."""
-    import logging
-
-    if os.environ.get("CONLST_RAY_VERBOSE") == "1":
-        return
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    logging.getLogger("ray.data").setLevel(logging.INFO)
-
-
 def add_recompute(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute", action="store_true",
                         help="redo finished stages and cached outputs that other settings, inputs or models made "
@@ -235,44 +150,3 @@ def add_ray_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' inside a cluster); default: start a local Ray")
 
-
-ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9._-]+:\d{1,5}")
-
-
-def init_ray(address=None, num_cpus=None, cfg=None):
-    """Start a local Ray or join ``address``; with ``cfg``, refuse at once
-    what the cluster cannot give (a worker that can never be placed waits
-    silently forever)."""
-    if address is not None and not ADDRESS.fullmatch(address):
-        raise UserError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    import ray
-
-    quiet_ray_loggers()
-    # no --address: a Ray of our own, not one a `ray start` left on this machine (whose
-    # resources preflight did not check); `ray job submit` sets RAY_ADDRESS and is joined
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        address = "local"
-    if cfg is not None and address == "local" and not ray.is_initialized():
-        check_resources(cfg, local_resources(num_cpus))  # seconds before a local Ray would be up
-    if not ray.is_initialized():
-        # workers' output is kept in Ray's session logs; --verbose shows it here
-        import logging
-
-        verbose = os.environ.get("CONLST_RAY_VERBOSE") == "1"
-        ray.init(address=address, num_cpus=num_cpus if address == "local" else None, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.ERROR)
-        quiet_ray_loggers()
-    if cfg is not None:
-        check_resources(cfg, ray.cluster_resources())
-        check_shared_output(cfg)
-    return ray
-
-
-def local_resources(num_cpus=None) -> dict:
-    """What a local Ray started here will have: this machine's CPUs (or
-    ``num_cpus``) and the GPUs torch sees."""
-    import os
-
-    import torch
-
-    return {"CPU": num_cpus or os.cpu_count() or 1, "GPU": torch.cuda.device_count()}

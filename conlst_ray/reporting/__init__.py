@@ -1,4 +1,6 @@
-"""Reports of finished runs:
+"""Reports of finished runs, and the run as a library call:
+
+library.py      run(cfg) -> RunResult: the pipeline, then its report (the command and the API call it)
 
 report.py       per-language and per-class tables, calibration before -> after CoNL, stage costs
 ablation.py     the ablation table over several runs
