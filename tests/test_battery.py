@@ -47,6 +47,20 @@ def test_credentials_in_any_path_key_are_refused_masked_and_never_stored(key, tm
         assert not root.exists() or not _holding(root, SECRET), root
 
 
+@pytest.mark.parametrize("command", [
+    ["predict", "MODEL", "--corpus", WITH_SECRET["corpus"], "--out", "x.csv"],
+    ["evaluate", "MODEL", "--corpus", WITH_SECRET["model"], "--langs", "fr"],
+    ["pseudo_label", "--model-dir", WITH_SECRET["model"]],
+    ["tune", "--storage-path", WITH_SECRET["dir"]],
+    ["report", WITH_SECRET["dir"] + "/r"]])
+def test_credentials_in_any_command_line_argument_are_refused_masked(command, tmp_path):
+    env = {"HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = cli(*command, env=env, timeout=60)
+    line = one_error_line(proc)
+    assert "***" in line and "credentials" in line and SECRET not in proc.stdout + proc.stderr
+    assert not _holding(tmp_path, SECRET)
+
+
 def test_a_secret_inside_a_search_space_or_a_long_value_is_masked_in_the_error_and_its_log(tmp_path):
     state = tmp_path / "state"
     env = {"XDG_STATE_HOME": str(state)}
@@ -73,18 +87,21 @@ def _bomb(levels: int, key: str) -> str:
 
 # the command run as __main__, then its own peak memory (VmHWM: after exec, unlike ru_maxrss, which keeps
 # the forking parent's peak) written to the file named by argv[1]
-PEAK = ("import runpy, sys\nout = sys.argv.pop(1)\ntry:\n    runpy.run_module(sys.argv[1], run_name='__main__')\n"
+PEAK = ("import resource, runpy, sys\nout = sys.argv.pop(1)\nmodule = sys.argv.pop(1)\n"
+        "try:\n    runpy.run_module(module, run_name='__main__')\n"
         "finally:\n    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-        "    open(out, 'w').write(peak)\n")
+        "    use = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    open(out, 'w').write(f'{peak} {use.ru_utime + use.ru_stime}')\n")
 
 
 def peak_kb(tmp_path: Path, module: str, *args, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int, float]:
-    """(the process, its peak resident memory in kB, its seconds) of ``python -m module args``."""
+    """(the process, its peak resident memory in kB, its CPU seconds: not
+    wall time, which a busy machine stretches) of ``python -m module args``."""
     peak = tmp_path / "peak"
-    t0 = time.time()
     proc = subprocess.run([sys.executable, "-c", PEAK, str(peak), module, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=Path(__file__).resolve().parents[1])
-    return proc, int(peak.read_text()), time.time() - t0
+    kb, seconds = peak.read_text().split()
+    return proc, int(kb), float(seconds)
 
 
 @pytest.mark.parametrize("key", ["data.target_langs", "tune.search_space"])
@@ -353,7 +370,7 @@ def test_the_api_resumes_a_run_in_a_plain_python_process(finished_run, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_failing_library_run_raises_the_line_the_command_prints(finished_run, tmp_path):
+def test_a_failing_library_run_raises_the_line_the_command_prints(finished_run, tmp_path, ray_session):
     """A bad value (refused as the config is read) and a stale run directory
     (refused once Ray is up and the run directory is checked): the API's
     RunError carries exactly the command's one line."""
@@ -366,3 +383,24 @@ def test_a_failing_library_run_raises_the_line_the_command_prints(finished_run, 
             run(overrides=dict(a.split("=", 1) for a in [*RUN, f"output_dir={copy.parent}", *extra]), resume=True)
         assert failed.value.reason == line[len("error: "):]
     assert "made with other settings" in failed.value.reason and "conl.gamma 0.9 -> 0.5" in failed.value.reason
+
+
+# -- predict streams: its memory does not grow with the corpus
+
+@pytest.mark.slow
+def test_predict_over_200000_rows_uses_at_most_1_2_times_its_memory_over_20000(two_models, tmp_path):
+    import json
+
+    model, _ = two_models
+    peaks = {}
+    for n in (20_000, 200_000):
+        corpus = tmp_path / f"c{n}.jsonl"
+        with open(corpus, "w") as fh:
+            fh.writelines(json.dumps({"premise": f"the cat {i} sat on a mat", "hypothesis": "a cat sat"}) + "\n"
+                          for i in range(n))
+        out = tmp_path / f"out{n}.csv"
+        proc, peaks[n], _ = peak_kb(tmp_path, "conlst_ray.predict", str(model), "--corpus", f"jsonl:{corpus}",
+                                    "--out", str(out), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert sum(1 for _ in open(out)) == n + 1  # every row, and the header
+    assert peaks[200_000] <= 1.2 * peaks[20_000], peaks

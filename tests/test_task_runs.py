@@ -92,9 +92,8 @@ def test_rows_keep_the_tasks_form_through_every_stage(task_run):
 
 def test_a_model_carries_its_task_to_evaluate_and_preflight(task_run, tmp_path, capsys):
     from conlst_ray.commands import evaluate
-    from conlst_ray.commands.common import UserError
     from conlst_ray.config import load_config
-    from conlst_ray.pipeline.preflight import preflight
+    from conlst_ray.pipeline.preflight import UserError, preflight
 
     name, labels, run_dir = task_run
     # the evaluate command reads the corpus as the model's task (no task option needed)

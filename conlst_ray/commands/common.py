@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from conlst_ray.config import ConfigError, config_help, load_config
 from conlst_ray.pipeline.errors import disk_full, find_user_error, one_line, printable
 from conlst_ray.pipeline.ray_setup import init_ray, quiet_ray_loggers
-from conlst_ray.storage.mirror import mask_secrets
+from conlst_ray.storage.mirror import credentials_problem, mask_secrets
 
 __all__ = ["init_ray", "printable"]  # the commands' own imports of what moved to pipeline/
 
@@ -50,6 +50,10 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
     else:  # per command: an earlier --verbose in the same process does not carry over
         os.environ.pop("CONLST_RAY_VERBOSE", None)
         quiet_third_party()
+    secret = next(filter(None, (_secret_in(a) for a in argv)), None)
+    if secret:  # any argument of any command: a corpus spec, a model, an output path, an override
+        print(f"error: {secret}", file=sys.stderr)
+        return 2
     try:
         return main(argv)
     except KeyboardInterrupt as exc:  # the library's RunInterrupted knows where the run stopped
@@ -74,6 +78,14 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
         from conlst_ray.storage.lock import release_all
 
         release_all()  # the run directories this command locked, however it ended
+
+
+def _secret_in(arg: str) -> Optional[str]:
+    """The one line refusing a command-line argument that carries credentials
+    (``key=value`` named by its key); None for any other."""
+    key, sep, value = str(arg).partition("=")
+    named = bool(sep) and "://" not in key and key.replace(".", "").replace("_", "").isalnum()
+    return credentials_problem(key if named else "argument", value if named else str(arg))
 
 
 def entry_point(main: Callable[[list], int]) -> Callable:
