@@ -54,7 +54,7 @@ def is_uri(location: str | os.PathLike | None) -> bool:
 
 
 # anywhere in a text: the user info of a URI (scheme://USER:SECRET@host) and a secret query parameter
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s'\"]+)@")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<userinfo>[^/?#@\s'\"]+)@")
 _SECRET_PARAM = re.compile(r"(?P<name>[?&;](?:" + "|".join(sorted(CREDENTIAL_PARAMS)) + r")=)(?P<value>[^&#\s'\"]*)",
                            re.IGNORECASE)
 
