@@ -4,6 +4,7 @@ the repository); CONLST_SHARED_DATA overrides the location."""
 import os
 from pathlib import Path
 
+import battery_job  # noqa: F401 -- registers its job with RUNNER
 import jobs  # noqa: F401 -- registers the jobs with RUNNER
 import pytest
 from background import RUNNER
@@ -144,4 +145,6 @@ def _job_fixture(name: str, doc: str):
 unshared_node = _job_fixture("unshared_node", "A node that cannot see a local output_dir (tests/unshared_node_job.py).")
 quick_study = _job_fixture("quick_study", "experiments/study.py at one seed, quick, with one ablation variant.")
 interrupted_run = _job_fixture("interrupted_run", "Ctrl+C in every stage of one run, and a second command refused.")
+battery_runs = _job_fixture("battery_runs", "A whole run, copies of it damaged and resumed or reported, the API "
+                                             "resuming one, predict over 20,000 and 200,000 rows (battery_job.py).")
 full_disk_run = _job_fixture("full_disk_run", "A run on a 2 MiB disk, then its resume with the disk grown.")

@@ -5,10 +5,10 @@ secret shown or stored."""
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from battery_job import peak
 from test_user_defects import cli, one_error_line
 
 from conlst_ray.config.keys import keys
@@ -105,30 +105,11 @@ def _bomb(levels: int, key: str) -> str:
         "anchors:\n" + "\n".join(f"  {line}" for line in lines) + f"\n{section}:\n  {name}: *a{levels - 1}\n"
 
 
-# the command run as __main__, then its own peak memory (VmHWM: after exec, unlike ru_maxrss, which keeps
-# the forking parent's peak) written to the file named by argv[1]
-PEAK = ("import resource, runpy, sys\nout = sys.argv.pop(1)\nmodule = sys.argv.pop(1)\n"
-        "try:\n    runpy.run_module(module, run_name='__main__')\n"
-        "finally:\n    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-        "    use = resource.getrusage(resource.RUSAGE_SELF)\n"
-        "    open(out, 'w').write(f'{peak} {use.ru_utime + use.ru_stime}')\n")
-
-
-def peak_kb(tmp_path: Path, module: str, *args, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int, float]:
-    """(the process, its peak resident memory in kB, its CPU seconds: not
-    wall time, which a busy machine stretches) of ``python -m module args``."""
-    peak = tmp_path / "peak"
-    proc = subprocess.run([sys.executable, "-c", PEAK, str(peak), module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
-    kb, seconds = peak.read_text().split()
-    return proc, int(kb), float(seconds)
-
-
 @pytest.mark.parametrize("key", ["data.target_langs", "tune.search_space"])
 def test_an_alias_bomb_of_9_to_the_9_leaves_is_refused_in_2_s_under_200_mb(key, tmp_path):
     config = tmp_path / "bomb.yaml"
     config.write_text(_bomb(9, key))
-    proc, kb, seconds = peak_kb(tmp_path, "conlst_ray.run", "--config", str(config))
+    proc, kb, seconds = peak(["conlst_ray.run", "--config", str(config)], tmp_path)
     line = one_error_line(proc)
     assert "aliases" in line and "line " in line
     assert seconds < 2.0, seconds
@@ -218,114 +199,91 @@ def test_a_damaged_model_folder_is_one_line_in_predict_evaluate_load_model_and_t
         AutoModelForSequenceClassification.from_pretrained(folder)
 
 
-# -- Caches that cannot lie, and damaged stages redone: one finished run, copies of it damaged
+# -- Caches that cannot lie, and damaged stages redone: one finished run, copies of it damaged by real
+#    commands in the background (tests/battery_job.py)
 
-RUN = ["data.synthetic.n_source_train=240", "data.synthetic.n_unlabelled=60", "data.synthetic.n_dev=30",
-       "data.synthetic.n_test=30", "data.target_langs=[near,far]", "source.epochs=1", "ssl.iterations=1",
-       "resources.num_workers=0", "data.eval_during_training=false", "run_name=r"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A whole run (every stage and its report), kept untouched: tests damage copies of it."""
-    out = tmp_path_factory.mktemp("battery")
-    proc = cli("run", *RUN, f"output_dir={out}", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "r"
-
-
-def copy_of(run: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    copy = tmp_path / "r"
-    shutil.copytree(run, copy, symlinks=True)
-    return copy
-
-
-def tables(run: Path) -> dict:
-    """The report's result tables (markdown and CSV), by name; not the
-    stage costs (seconds: they differ between any two runs)."""
-    return {p.name: p.read_text() for p in sorted((run / "results").glob("*.*"))
-            if p.suffix in (".md", ".csv") and not p.name.startswith("stage_costs")}
-
-
-def done_stamps(run: Path) -> dict:
-    return {s: (run / s / "DONE.json").stat().st_mtime_ns for s in ("source", "pseudo_labels", "conl", "ssl")}
-
-
-def resume(copy: Path, *extra) -> subprocess.CompletedProcess:
-    proc = cli("run", *RUN, f"output_dir={copy.parent}", "--resume", *extra, timeout=300)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+def ok(proc: dict) -> dict:
+    assert proc["rc"] == 0 and "Traceback" not in proc["stderr"], proc["stderr"][-3000:]
     return proc
 
 
-def said(proc: subprocess.CompletedProcess, *words) -> list[str]:
-    return [line for line in proc.stdout.splitlines() if all(w in line for w in words)]
+def said(proc: dict, *words) -> list[str]:
+    return [line for line in proc["stdout"].splitlines() if all(w in line for w in words)]
 
 
 @pytest.mark.slow
-def test_damaged_caches_are_rebuilt_said_so_and_the_results_equal_an_undamaged_runs(finished_run, tmp_path):
+def test_damaged_caches_are_rebuilt_said_so_and_the_results_equal_an_undamaged_runs(battery_runs):
     """A token file zeroed in place (same size: read silently before), a token
     file cut short, a pseudo-label shard and a corpus shard deleted: the
     --resume rebuilds each, says so in one line each, retrains nothing, and
     writes the same result tables as the undamaged run."""
-    copy = copy_of(finished_run, tmp_path)
-    stamps = done_stamps(copy)
-    tokens = next((copy / "corpus" / "target_train").glob("tokens-*"))
-    zeroed, cut = tokens / "lang=near" / "shard-00000.arrow", tokens / "lang=far" / "shard-00000.arrow"
-    zeroed.write_bytes(bytes(zeroed.stat().st_size))
-    cut.write_bytes(cut.read_bytes()[:100])
-    (copy / "pseudo_labels" / "source" / "lang=far" / "shard-00000.parquet").unlink()
-    (copy / "corpus" / "test_target" / "lang=near" / "shard-00000.parquet").unlink()
-    proc = resume(copy)
-    assert len(said(proc, "[tokenize] near", "changed since it was written", "again")) == 1, proc.stdout
-    assert len(said(proc, "[tokenize] far", "100 bytes", "again")) == 1, proc.stdout
-    assert len(said(proc, "[pseudo_labels]", "lang=far/shard-00000.parquet is missing")) == 1, proc.stdout
-    assert len(said(proc, "[ingest] near", "shard-00000.parquet is missing", "rebuilding")) == 1, proc.stdout
-    after = done_stamps(copy)
-    assert {s: after[s] == stamps[s] for s in ("source", "conl", "ssl")} == {"source": True, "conl": True,
-                                                                             "ssl": True}
-    assert tables(copy) == tables(finished_run)
+    ok(battery_runs["finished"])
+    seen = ok(battery_runs["caches"])
+    assert len(said(seen, "[tokenize] near", "changed since it was written", "again")) == 1, seen["stdout"]
+    assert len(said(seen, "[tokenize] far", "100 bytes", "again")) == 1, seen["stdout"]
+    assert len(said(seen, "[pseudo_labels]", "lang=far/shard-00000.parquet is missing")) == 1, seen["stdout"]
+    assert len(said(seen, "[ingest] near", "shard-00000.parquet is missing", "rebuilding")) == 1, seen["stdout"]
+    assert {s: seen["after"][s] == seen["before"][s] for s in ("source", "conl", "ssl")} == {
+        "source": True, "conl": True, "ssl": True}                      # nothing retrained
+    assert seen["after"]["pseudo_labels"] != seen["before"]["pseudo_labels"]  # its missing shard redone
+    assert seen["tables"] == battery_runs["finished"]["tables"]
 
 
 @pytest.mark.slow
-def test_a_model_with_bytes_appended_is_damaged_not_changed_and_recompute_never_crashes(finished_run, tmp_path):
+def test_a_model_with_bytes_appended_is_damaged_not_changed_and_recompute_never_crashes(battery_runs):
     """Bytes appended to the source model's weights (unloadable): --resume
     trains it again with the stages after it (it refused, calling the model
     "changed", before); --recompute on a damaged stage removes and redoes it."""
-    copy = copy_of(finished_run, tmp_path)
-    _append_bytes(copy / "source" / "model")
-    proc = resume(copy)
-    assert len(said(proc, "[source]", "bytes appended", "training it again")) == 1, proc.stdout
-    assert all(after != before for after, before in zip(done_stamps(copy).values(), done_stamps(finished_run).values()))
-    _append_bytes(copy / "ssl" / "model")
-    proc = resume(copy, "--recompute")
-    assert len(said(proc, "[ssl]", "bytes appended", "training it again")) == 1, proc.stdout
+    seen = battery_runs["bytes_appended"]
+    first = ok(seen["resume"])
+    assert len(said(first, "[source]", "bytes appended", "training it again")) == 1, first["stdout"]
+    assert all(seen["after"][s] != seen["before"][s] for s in seen["before"])
+    again = ok(seen["recompute"])
+    assert len(said(again, "[ssl]", "bytes appended", "training it again")) == 1, again["stdout"]
 
 
 @pytest.mark.slow
-def test_report_rebuilds_a_deleted_corpus_folder_and_refuses_a_busy_run(finished_run, tmp_path):
-    copy = copy_of(finished_run, tmp_path)
-    import shutil
+def test_report_rebuilds_a_deleted_corpus_folder_and_refuses_a_busy_run(battery_runs):
+    seen = battery_runs["report"]
+    ok(seen["rebuilt"])
+    assert seen["rebuilt"]["tables"] == battery_runs["finished"]["tables"]
+    busy = seen["busy"]
+    line = one_error_line(subprocess.CompletedProcess([], busy["rc"], busy["stdout"], busy["stderr"]))
+    assert f"in use by process {busy['holder']}" in line and "results" in line
+    assert seen["results_unchanged"]
 
-    shutil.rmtree(copy / "corpus")
-    proc = cli("report", str(copy), timeout=300)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert tables(copy) == tables(finished_run)
 
-    import json
-    import socket
+# -- The API calls the library: no stderr to scrape, the command's own line in the exception
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (copy / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                "started": time.time()}))
-        before = {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()}
-        line = one_error_line(cli("report", str(copy)))
-        assert f"in use by process {holder.pid}" in line and "results" in line
-        assert {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()} == before
-    finally:
-        holder.kill()
+@pytest.mark.slow
+def test_the_api_resumes_a_run_in_a_plain_python_process(battery_runs):
+    """A plain interpreter (no pytest, no faulthandler: the API's stderr
+    capture broke ray.init there): a resume through the API finishes and
+    says where everything is."""
+    seen = ok(battery_runs["api"])
+    result = seen["result"]
+    assert result["model"] == str(Path(seen["run"]) / "model") and result["stage"]
+    assert result["seconds"] == ["conl", "pseudo_labels", "source", "ssl"]
+    assert {"zero-shot", "CoNL", "CoNLST"} <= set(result["models"]) <= set(result["test"])
+    assert seen["tables"] == battery_runs["finished"]["tables"]
+
+
+@pytest.mark.slow
+def test_a_failing_library_run_raises_the_line_the_command_prints(battery_runs, ray_session):
+    """A stale run directory (refused once Ray is up and the run directory
+    is checked): the API's RunError carries exactly the command's one line.
+    (A bad value, refused as the config is read: test_hf_predict.)"""
+    from battery_job import RUN
+
+    from conlst_ray.api import RunError, run
+
+    copy = Path(battery_runs["stale"]["run"])
+    args = [*RUN, f"output_dir={copy.parent}", "conl.gamma=0.5"]
+    line = one_error_line(cli("run", *args, "--resume"))
+    with pytest.raises(RunError) as failed:
+        run(overrides=dict(a.split("=", 1) for a in args), resume=True)
+    assert failed.value.reason == line[len("error: "):]
+    assert "made with other settings" in failed.value.reason and "conl.gamma 0.9 -> 0.5" in failed.value.reason
 
 
 # -- A full disk where pyarrow writes: the one line names the file
@@ -362,68 +320,12 @@ def test_a_full_disk_under_pyarrow_is_one_line_naming_the_file_and_leaves_no_tem
     assert (tmp_path / "left").read_text().strip() == ""  # no half-written file, no temporary
 
 
-# -- The API calls the library: no stderr to scrape, the command's own line in the exception
-
-API_RESUME = """
-import json, sys
-from conlst_ray import run
-overrides = dict(a.split("=", 1) for a in sys.argv[1:])
-result = run(overrides=overrides, resume=True)
-print("RESULT", json.dumps({"model": str(result.model), "stage": result.stage, "seconds": sorted(result.seconds),
-                            "models": sorted(result.models), "test": sorted(result.accuracy.get("test", {}))}))
-"""
-
-
-@pytest.mark.slow
-def test_the_api_resumes_a_run_in_a_plain_python_process(finished_run, tmp_path):
-    """A plain interpreter (no pytest, no faulthandler: the API's stderr
-    capture broke ray.init there): a resume through the API finishes and
-    says where everything is."""
-    import json
-
-    copy = copy_of(finished_run, tmp_path)
-    proc = subprocess.run([sys.executable, "-c", API_RESUME, *RUN, f"output_dir={copy.parent}"], capture_output=True,
-                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert result["model"] == str(copy / "model") and result["stage"]
-    assert result["seconds"] == ["conl", "pseudo_labels", "source", "ssl"]
-    assert {"zero-shot", "CoNL", "CoNLST"} <= set(result["models"]) <= set(result["test"])
-    assert tables(copy) == tables(finished_run)
-
-
-@pytest.mark.slow
-def test_a_failing_library_run_raises_the_line_the_command_prints(finished_run, tmp_path, ray_session):
-    """A stale run directory (refused once Ray is up and the run directory
-    is checked): the API's RunError carries exactly the command's one line.
-    (A bad value, refused as the config is read: test_hf_predict.)"""
-    from conlst_ray.api import RunError, run
-
-    copy = copy_of(finished_run, tmp_path)
-    for extra in (["conl.gamma=0.5"],):
-        line = one_error_line(cli("run", *RUN, f"output_dir={copy.parent}", "--resume", *extra))
-        with pytest.raises(RunError) as failed:
-            run(overrides=dict(a.split("=", 1) for a in [*RUN, f"output_dir={copy.parent}", *extra]), resume=True)
-        assert failed.value.reason == line[len("error: "):]
-    assert "made with other settings" in failed.value.reason and "conl.gamma 0.9 -> 0.5" in failed.value.reason
-
-
 # -- predict streams: its memory does not grow with the corpus
 
 @pytest.mark.slow
-def test_predict_over_200000_rows_uses_at_most_1_2_times_its_memory_over_20000(two_models, tmp_path):
-    import json
-
-    model, _ = two_models
-    peaks = {}
+def test_predict_over_200000_rows_uses_at_most_1_2_times_its_memory_over_20000(battery_runs):
+    seen = battery_runs["predict"]
     for n in (20_000, 200_000):
-        corpus = tmp_path / f"c{n}.jsonl"
-        with open(corpus, "w") as fh:
-            fh.writelines(json.dumps({"premise": f"the cat {i} sat on a mat", "hypothesis": "a cat sat"}) + "\n"
-                          for i in range(n))
-        out = tmp_path / f"out{n}.csv"
-        proc, peaks[n], _ = peak_kb(tmp_path, "conlst_ray.predict", str(model), "--corpus", f"jsonl:{corpus}",
-                                    "--out", str(out), timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert sum(1 for _ in open(out)) == n + 1  # every row, and the header
-    assert peaks[200_000] <= 1.2 * peaks[20_000], peaks
+        ok(seen[n])
+        assert seen[n]["lines"] == n + 1  # every row, and the header
+    assert seen[200_000]["kb"] <= 1.2 * seen[20_000]["kb"], {n: seen[n]["kb"] for n in seen}
