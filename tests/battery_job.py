@@ -102,11 +102,11 @@ def damaged_caches(run: Path, folder: Path) -> dict:
 
 
 def bytes_appended(run: Path, folder: Path) -> dict:
-    """Bytes appended to the source model's weights, then --resume; to the
-    last stage's, then --resume --recompute."""
+    """Bytes appended to CoNL's model weights, then --resume; to the last
+    stage's, then --resume --recompute."""
     copy = copy_of(run, folder)
     before = done_stamps(copy)
-    append_bytes(copy / "source" / "model")
+    append_bytes(copy / "conl" / "model")
     first = resume(copy)
     after = done_stamps(copy)
     append_bytes(copy / "ssl" / "model")
@@ -126,10 +126,13 @@ def report_cases(run: Path, folder: Path) -> dict:
         before = {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()}
         busy = conlst("report", str(copy))
         after = {p.name: p.stat().st_mtime_ns for p in (copy / "results").iterdir()}
+        corpus = folder / "pairs.jsonl"
+        corpus.write_text(json.dumps({"premise": "a b", "hypothesis": "a"}) + "\n")
+        reading = conlst("predict", str(copy / "model"), "--corpus", f"jsonl:{corpus}", "--out", str(folder / "o.csv"))
     finally:
         RUNNER.kill(holder)
-    return {"rebuilt": {**rebuilt, "tables": tables(copy)}, "busy": {**busy, "holder": holder.pid},
-            "results_unchanged": before == after}
+    return {"rebuilt": {**rebuilt, "tables": tables(copy), "run": str(copy)}, "busy": {**busy, "holder": holder.pid},
+            "results_unchanged": before == after, "predict": reading}
 
 
 def api_resume(run: Path, folder: Path) -> dict:

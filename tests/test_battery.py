@@ -181,13 +181,18 @@ def test_a_damaged_model_folder_is_one_line_in_predict_evaluate_load_model_and_t
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"premise": "a cat", "hypothesis": "a cat", "label": "entailment"}\n')
     spec = f"jsonl:{corpus}"
-    line = one_error_line(cli("predict", str(folder), "--corpus", spec, "--out", str(tmp_path / "out.csv")))
-    assert str(folder) in line and said in line, line
-    from conlst_ray.commands import evaluate  # the same guarded path, in this process (a second start costs 3 s)
+    predicting = ["--corpus", spec, "--out", str(tmp_path / "out.csv")]
+    if case == "bytes appended":  # a real process once; the others through the same guarded path, here
+        line = one_error_line(cli("predict", str(folder), *predicting))
+        assert str(folder) in line and said in line, line
+    from conlst_ray.commands import evaluate, predict
 
-    assert evaluate.main([str(folder), "--corpus", spec, "--langs", "xx"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {folder}: ") and said in err and len(err.splitlines()) == 1, err
+    for main, args in ((predict.main, [str(folder), *predicting]),
+                       (evaluate.main, [str(folder), "--corpus", spec, "--langs", "xx"])):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {folder}: ") and said in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(ModelError, match=said):
         load_model(folder)
@@ -231,13 +236,15 @@ def test_damaged_caches_are_rebuilt_said_so_and_the_results_equal_an_undamaged_r
 
 @pytest.mark.slow
 def test_a_model_with_bytes_appended_is_damaged_not_changed_and_recompute_never_crashes(battery_runs):
-    """Bytes appended to the source model's weights (unloadable): --resume
-    trains it again with the stages after it (it refused, calling the model
-    "changed", before); --recompute on a damaged stage removes and redoes it."""
+    """Bytes appended to CoNL's weights (unloadable): --resume trains it
+    again with the stage after it, and keeps the ones before (it refused,
+    calling the model "changed", before); --recompute on a damaged stage
+    removes and redoes it."""
     seen = battery_runs["bytes_appended"]
     first = ok(seen["resume"])
-    assert len(said(first, "[source]", "bytes appended", "training it again")) == 1, first["stdout"]
-    assert all(seen["after"][s] != seen["before"][s] for s in seen["before"])
+    assert len(said(first, "[conl]", "bytes appended", "training it again")) == 1, first["stdout"]
+    assert {s: seen["after"][s] != seen["before"][s] for s in seen["before"]} == {
+        "source": False, "pseudo_labels": False, "conl": True, "ssl": True}
     again = ok(seen["recompute"])
     assert len(said(again, "[ssl]", "bytes appended", "training it again")) == 1, again["stdout"]
 
@@ -251,6 +258,8 @@ def test_report_rebuilds_a_deleted_corpus_folder_and_refuses_a_busy_run(battery_
     line = one_error_line(subprocess.CompletedProcess([], busy["rc"], busy["stdout"], busy["stderr"]))
     assert f"in use by process {busy['holder']}" in line and "results" in line
     assert seen["results_unchanged"]
+    reading = ok(seen["predict"])  # a read-only command goes on, and says what it reads
+    assert f"[predict] run {Path(seen['rebuilt']['run'])} is in progress (process {busy['holder']}" in reading["stderr"]
 
 
 # -- The API calls the library: no stderr to scrape, the command's own line in the exception

@@ -31,6 +31,7 @@ from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
 from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
 from conlst_ray.reporting.tables import language_rows, to_markdown, write_table
+from conlst_ray.storage.lock import in_progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +115,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     named = [_named(spec) for spec in args.models]
     check_arguments(args, named)
+    for _, path in named:
+        if busy := in_progress(path):
+            print(f"[evaluate] {busy}", file=sys.stderr)
     try:
         table, reports = read_languages(args.corpus, args.langs, on_malformed=args.on_malformed,
                                         max_rows=args.max_rows, task=task_of([path for _, path in named]))

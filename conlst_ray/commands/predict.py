@@ -32,6 +32,7 @@ from conlst_ray.commands.common import add_debug, entry_point
 from conlst_ray.data.readers import check_language_template, read_languages
 from conlst_ray.pipeline.preflight import UserError, check_model, writable_dir_problem
 from conlst_ray.storage import mirror as storage
+from conlst_ray.storage.lock import in_progress
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -172,6 +173,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     fmt = check_arguments(args)
+    if busy := in_progress(args.model):
+        print(f"[predict] {busy}", file=sys.stderr)
     classifier = Classifier(args.model, max_length=args.max_length)
     table, reports = read_languages(args.corpus, args.langs, on_malformed=args.on_malformed, max_rows=args.max_rows,
                                     task=Task(classifier.kind, tuple(classifier.labels)))

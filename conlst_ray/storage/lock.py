@@ -123,3 +123,15 @@ def lock_lost(path: Path, holder: dict) -> str | None:
     if not _running(holder):
         return f"the command that started it (process {holder.get('pid')}) has ended"
     return None
+
+
+def in_progress(folder: str | Path) -> str | None:
+    """One line for a read-only command (predict, evaluate) whose model lies
+    in a run directory a live command is working in: what it reads is that
+    run's state now, which the run may still replace; None otherwise."""
+    found = covering_lock(Path(folder).resolve() if not storage.is_remote(folder) else Path(folder))
+    if found is None or not _running(found[1]):
+        return None
+    path, holder = found
+    return (f"run {path.parent} is in progress (process {holder.get('pid')} on {holder.get('host')}): reading "
+            f"{folder} as it is now; the run may still replace it")
