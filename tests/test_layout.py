@@ -163,3 +163,27 @@ def test_no_function_takes_more_than_seven_parameters():
                 if count > 7:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count})")
     assert not long, long
+
+
+def test_the_list_of_stages_is_spelled_only_in_the_stage_table():
+    """config/stages.py holds one record per stage; no other module of the
+    package keeps its own list (a tuple, list, set or mapping naming two
+    stages or more) -- the fingerprints, the run directory, the progress
+    lines, the stage costs, the card and the selection read the table."""
+    from conlst_ray.config.stages import NAMES
+
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.relative_to(ROOT).as_posix() == "config/stages.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                items = node.elts
+            elif isinstance(node, ast.Dict):
+                items = [*node.keys, *node.values]
+            else:
+                continue
+            named = {e.value for e in items if isinstance(e, ast.Constant) and e.value in NAMES}
+            if len(named) >= 2:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {sorted(named)}")
+    assert not found, found

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, guarded, parse
+from conlst_ray.config.stages import CONL, SOURCE
 from conlst_ray.reporting import library
 
 
@@ -23,7 +24,7 @@ def build_parser():
                          "Run the CoNLST pipeline (source fine-tuning -> pseudo-labels -> CoNL -> "
                          "self-training -> per-language tables) on the embedded benchmark by default.")
     parser.add_argument("--resume", action="store_true", help="continue the run directory, skipping finished stages")
-    parser.add_argument("--stop-after", choices=("source", "conl"),
+    parser.add_argument("--stop-after", choices=(SOURCE, CONL),
                         help="stop after this stage (resume later with --resume)")
     add_recompute(parser)
     add_ray_address(parser)

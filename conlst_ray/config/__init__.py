@@ -2,7 +2,8 @@
 help and metadata), loading.py (YAML, overrides, one-line errors, paths,
 --help), keys.py (the keys as data), provenance.py (what made an artefact:
 config keys by stage, input stamps), search_space.py (the Tune search space
-over the keys, checked like them)."""
+over the keys, checked like them), stages.py (the pipeline's stages as
+data: one record each)."""
 
 from conlst_ray.config.loading import (
     FILE_FORMATS,

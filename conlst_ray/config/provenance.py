@@ -28,6 +28,7 @@ from conlst_ray import __version__
 from conlst_ray.config.keys import keys
 from conlst_ray.config.loading import FILE_FORMATS
 from conlst_ray.config.sections import Config
+from conlst_ray.config.stages import NAMES, downstream
 from conlst_ray.storage import mirror as storage
 
 
@@ -37,11 +38,9 @@ def stage_keys(stage: str) -> list[str]:
     return [key.name for key in keys(Config, sections=True) if stage in key.stages]
 
 
-STAGES = ("source", "pseudo_labels", "conl", "backtranslation", "ssl")
-STAGE_KEYS = {stage: stage_keys(stage) for stage in STAGES}
-# a recomputed stage invalidates the stages that read its output
-DOWNSTREAM = {"source": ["pseudo_labels", "conl", "ssl"], "pseudo_labels": ["conl", "ssl"], "conl": ["ssl"],
-              "backtranslation": ["ssl"], "ssl": []}
+STAGE_KEYS = {stage: stage_keys(stage) for stage in NAMES}
+# a recomputed stage invalidates the stages that read its output (config/stages.py)
+DOWNSTREAM = {stage: downstream(stage) for stage in NAMES}
 
 
 class StaleError(RuntimeError):

@@ -21,11 +21,11 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
+from conlst_ray.config.stages import BACKTRANSLATION, CONL, PSEUDO_LABELS, SOURCE, SSL
 from conlst_ray.data.task import Task
 from conlst_ray.storage.mirror import credentials_problem
 
-# the pipeline's stages, as provenance names them
-SOURCE, PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL = "source", "pseudo_labels", "conl", "backtranslation", "ssl"
+# the pipeline's stages (config/stages.py): the keys' ``stages`` metadata names them
 TRAINING = (SOURCE, CONL, SSL)
 READS_SOURCE = (SOURCE, SSL)
 READS_TARGET = (PSEUDO_LABELS, CONL, BACKTRANSLATION, SSL)

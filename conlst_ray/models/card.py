@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGE_NAMES = {"source": "source fine-tuning (the zero-shot model)", "conl": "contrastive negative learning (CoNL)",
-               "ssl": "self-training (CoNLST when it follows CoNL)", "init": "initial (not trained)"}
+from conlst_ray.config.stages import STAGES
+
+STAGE_NAMES = {**{s.name: s.title for s in STAGES if s.kind == "train"}, "init": "initial (not trained)"}
 
 
 def stage_card(cfg, stage: str, metrics: dict) -> dict:

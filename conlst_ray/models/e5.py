@@ -208,7 +208,7 @@ def bert_config(f: E5File):
                       layer_norm_eps=hp["eps"], pad_token_id=f.special["pad"], hidden_act="gelu")
 
 
-def build_tokenizer(f: E5File):
+def e5_tokenizer(f: E5File):
     """XLM-R's SentencePiece unigram tokenizer rebuilt with ``tokenizers``:
     the file's per-code-point map where it differs from NFKC (control
     characters dropped, odd spaces to a space), NFKC, runs of spaces folded,
@@ -263,7 +263,7 @@ def convert(bin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         f = read_e5_file(bin_path)
         bert_config(f).save_pretrained(tmp)
         save_file(bert_state_dict(f), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        build_tokenizer(f).save_pretrained(tmp)
+        e5_tokenizer(f).save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(_file_stamp(bin_path), indent=2), encoding="utf-8")
         if out_dir.exists():  # an older, untrusted or stale conversion
             shutil.rmtree(out_dir)

@@ -40,7 +40,7 @@ def _hub_id(name: str) -> bool:
     return name not in NAMED_MODELS and not os.path.exists(os.path.expanduser(name)) and not _looks_like_path(name)
 
 
-def one_line(problems: list[str], hint: str = "") -> str:
+def problems_line(problems: list[str], hint: str = "") -> str:
     """Every problem in one line: the first, then how many more and which."""
     more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
     return problems[0] + more + hint
@@ -367,7 +367,7 @@ def check_resources(cfg, cluster: dict, log=print) -> None:
     if cfg.resources.wait_for_resources:
         log(f"[run] waiting for resources the cluster does not have yet: {'; '.join(problems)}")
         return
-    raise UserError(one_line(problems, "; on an autoscaling cluster set resources.wait_for_resources=true"))
+    raise UserError(problems_line(problems, "; on an autoscaling cluster set resources.wait_for_resources=true"))
 
 
 def preflight(cfg) -> None:
@@ -387,7 +387,7 @@ def preflight(cfg) -> None:
     problems += check_corpora(cfg)
     problems += check_translation(cfg)
     if problems:
-        raise UserError(one_line(problems))
+        raise UserError(problems_line(problems))
     for warning in (transductive_warning(cfg), overlap_warning(cfg)):
         if warning:
             print(warning, flush=True)

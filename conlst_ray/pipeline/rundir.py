@@ -18,6 +18,7 @@ from pathlib import Path
 
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
+from conlst_ray.config.stages import SHARDED, TRAINED
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
@@ -27,8 +28,6 @@ from conlst_ray.training.stage_files import StageFiles
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
 MODEL = "model"
-TRAINED_STAGES = ("source", "conl", "ssl")
-SHARDED_STAGES = ("pseudo_labels", "backtranslation")  # Ray Data jobs: output shards, redone one by one
 OUTPUTS = "outputs"  # DONE.json of a sharded stage: the shard files it made
 HANDED_BACK_RECORD = "handed_back.json"
 TRIAL_RECORD = "trial.json"
@@ -224,7 +223,7 @@ class RunDir:
         damaged one (its model deleted or cut short) is removed, with the
         stages that read it, and runs again."""
         path = self.root / name
-        if self.is_done(name) and name in SHARDED_STAGES and (problem := self.damage(name)):
+        if self.is_done(name) and name in SHARDED and (problem := self.damage(name)):
             # its output is made shard by shard: redo the damaged ones, and the stages after it keep
             # their results (they depend on what made the shards, which has not changed)
             log(f"[{name}] {problem}: computing the missing or damaged shards again")
@@ -252,9 +251,9 @@ class RunDir:
         is whole."""
         from conlst_ray.models.model_files import ModelError, check_model_folder
 
-        if name in SHARDED_STAGES:
+        if name in SHARDED:
             return self._shard_damage(name)
-        if name not in TRAINED_STAGES:
+        if name not in TRAINED:
             return None
         try:
             check_model_folder(storage.fetch(self.model(name)))

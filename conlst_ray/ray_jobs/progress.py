@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.config.stages import BY_NAME
 from conlst_ray.storage import mirror as storage
 from conlst_ray.training.stage_files import StageFiles
 
@@ -24,8 +25,8 @@ def eta(seconds: float) -> str:
 
 
 def unit(stage: str) -> str:
-    """What a stage's loop over its data is called."""
-    return "iteration" if stage == "ssl" else "epoch"
+    """What a stage's loop over its data is called (config/stages.py)."""
+    return BY_NAME[stage].pass_name if stage in BY_NAME else "epoch"
 
 
 class Progress:

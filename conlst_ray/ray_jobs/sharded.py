@@ -126,7 +126,7 @@ def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[
         ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None,
                                         num_cpus=job.cpus_per_task, fn_kwargs={"tmp_root": str(tmp_root)})
         batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
-    _collect(batches, expected, (tmp_root, out_root), report, Progress(job.name, log, on_progress))
+    _collect(batches, expected, (tmp_root, out_root), report, JobProgress(job.name, log, on_progress))
     missing = [k for k in expected if k not in report.computed]
     if missing:
         raise RuntimeError(f"{job.name} ended with incomplete shards: {missing[:5]}")
@@ -180,7 +180,7 @@ def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress:
     report.seconds = time.time() - t0
 
 
-class Progress:
+class JobProgress:
     """A progress line at most every 10 s, and the caller's callback."""
 
     def __init__(self, name: str, log, on_progress):

@@ -14,6 +14,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray.config.keys import get
+from conlst_ray.config.stages import BY_NAME
 from conlst_ray.ray_jobs.progress import StageWatcher
 from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens
 from conlst_ray.ray_jobs.stage_run import (
@@ -62,7 +64,7 @@ def fit_stage(stage: str, cfg, files: StageFiles, model_in: str, inputs: Optiona
     inputs = replace(inputs, corpus_dir=str(inputs.corpus_dir or files.corpus))
     tokens = prepare_stage_tokens(stage, cfg, str(model_in), inputs, log)
     job = StageJob(stage, cfg, str(model_in), files, tokens, inputs)
-    epochs = {"source": cfg.source.epochs, "conl": cfg.conl.epochs, "ssl": cfg.ssl.iterations}[stage]
+    epochs = get(cfg, BY_NAME[stage].epochs_key)  # its passes (config/stages.py)
     with StageWatcher(files, stage, epochs, log=log):  # progress lines and TensorBoard, in the driver
         if in_process(cfg, workers):
             return run_in_process(job)

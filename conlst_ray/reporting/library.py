@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from conlst_ray.config.stages import NAMES
 from conlst_ray.pipeline.errors import RunError, RunInterrupted, disk_full, find_user_error, one_line
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
@@ -23,7 +24,6 @@ from conlst_ray.storage import mirror as storage
 if TYPE_CHECKING:
     from conlst_ray.config import Config
 
-STAGES = ("source", "pseudo_labels", "conl", "ssl")
 
 
 @dataclass
@@ -106,7 +106,7 @@ def result_of(cfg, run_dir: RunDir, models: dict, report: str = "") -> RunResult
                         for r in read_rows(run_dir.accuracy_table(split))}
                 for split in ("dev", "test") if run_dir.accuracy_table(split).is_file()}
     seconds = {}
-    for stage in STAGES:
+    for stage in NAMES:
         done = storage.fetch(run_dir.done_file(stage))
         if done.is_file():
             seconds[stage] = float(json.loads(done.read_text()).get("seconds", float("nan")))
@@ -117,7 +117,7 @@ def result_of(cfg, run_dir: RunDir, models: dict, report: str = "") -> RunResult
 
 def where_it_stopped(run_dir: RunDir, command: Sequence[str], cfg) -> str:
     """The stage an interrupted run stopped in, and the command that continues it."""
-    stage = next((s for s in STAGES if storage.exists(run_dir.root / s) and not run_dir.is_done(s)), None)
+    stage = next((s for s in NAMES if storage.exists(run_dir.root / s) and not run_dir.is_done(s)), None)
     argv = list(command) or [f"output_dir={cfg.output_dir}"]
     again = ["python", "-m", "conlst_ray.run", *argv] + ([] if "--resume" in argv else ["--resume"])
     if not any(a.startswith("run_name=") for a in argv):  # a time-stamped name: say which

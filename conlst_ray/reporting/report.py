@@ -11,6 +11,7 @@ import numpy as np
 
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
+from conlst_ray.config.stages import STAGES
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.models.language_bias import by_language
 from conlst_ray.models.tokenizers import tokenizer_stamp
@@ -214,8 +215,6 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
 
 # -- cost per stage ------------------------------------------------------------------------
 
-STAGES = (("source", "source"), ("pseudo_labels", None), ("conl", "conl"), ("backtranslation", None),
-          ("ssl", "ssl"))
 
 
 def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
@@ -225,7 +224,7 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
     roots = [("", run.root)] + [(f"{lang}/", run.target_run(lang).root) for lang in cfg.data.target_langs]
     rows = []
     for prefix, root in roots:
-        for stage, batch_of in STAGES:
+        for stage, batch_of in ((s.name, s.batch_section) for s in STAGES):
             done = storage.fetch(RunDir(root).done_file(stage))
             if not done.is_file():
                 continue

@@ -32,12 +32,13 @@ from typing import Optional
 
 import numpy as np
 
+from conlst_ray.config.stages import STAGES
 from conlst_ray.reporting.tables import write_table
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 
 SUFFIX = " + prior"   # a candidate's class-prior correction (reporting/prior.py) is named after it
-TRAINED = {"zero-shot": "source", "CoNL": "conl", "CoNLST": "ssl", "self-training": "ssl"}
+TRAINED = {row: stage.name for stage in STAGES for row in stage.rows}  # table row -> stage (config/stages.py)
 # CoNL is not corrected: a run corrects zero-shot and its final stage
 STAGE_OF = {**TRAINED, **{name + SUFFIX: stage + SUFFIX for name, stage in TRAINED.items() if name != "CoNL"}}
 
