@@ -22,10 +22,22 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """The ids of the import nodes inside ``if TYPE_CHECKING:`` (annotations
+    only: never run, so they may name a module above)."""
+    return {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+            and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING" for n in ast.walk(block)}
+
+
 def imports(path: Path, known: dict) -> set[str]:
-    """conlst_ray modules imported anywhere in the file (functions included)."""
+    """conlst_ray modules imported anywhere in the file (functions included),
+    except for annotations only (``if TYPE_CHECKING:``)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("conlst_ray"):
             found |= {n for n in [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if n in known}
         elif isinstance(node, ast.Import):
@@ -187,3 +199,15 @@ def test_the_list_of_stages_is_spelled_only_in_the_stage_table():
             if len(named) >= 2:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {sorted(named)}")
     assert not found, found
+
+
+def test_cfg_is_annotated_wherever_it_is_a_parameter():
+    """A reader (and a type checker) sees which config a function takes: the
+    whole ``Config`` or one of its sections."""
+    bare = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                bare += [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
+                         for a in node.args.args + node.args.kwonlyargs if a.arg == "cfg" and a.annotation is None]
+    assert not bare, bare

@@ -15,7 +15,7 @@ and run the same number of steps.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from conlst_ray.training.distributed import global_plan, micro_batches, my_slice
 from conlst_ray.training.loop import accumulated_step, rng_state, set_rng_state
 from conlst_ray.training.optim import linear_warmup_schedule, make_optimizer
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 class StageAlgorithm:
     """What every stage shares: the model, its optimizer and schedule, the
@@ -35,7 +38,7 @@ class StageAlgorithm:
     name = ""             # the stage in records and checkpoints
     epoch_key = "epoch"   # how steps.jsonl tags an epoch
 
-    def __init__(self, model, cfg, tokenizer, device, source, target=None):
+    def __init__(self, model, cfg: "Config", tokenizer, device, source, target=None):
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
         self.source, self.target = source, target
@@ -101,7 +104,7 @@ class SourceTraining(StageAlgorithm):
 
     name = "source"
 
-    def __init__(self, model, cfg, tokenizer, device, source, target=None):
+    def __init__(self, model, cfg: "Config", tokenizer, device, source, target=None):
         super().__init__(model, cfg, tokenizer, device, source, target)
         c = cfg.source
         self.max_grad_norm = c.max_grad_norm

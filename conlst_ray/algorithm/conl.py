@@ -4,7 +4,7 @@ give every worker the same complementary labels and negatives."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from conlst_ray.training.batches import to_device
 from conlst_ray.training.distributed import micro_batches, my_slice, world
 from conlst_ray.training.optim import linear_warmup_schedule
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 class CoNL(StageAlgorithm):
     """L_CL (Eq. 6) on target anchors + lambda * L_CLCS (Eq. 7) on source
@@ -24,7 +27,7 @@ class CoNL(StageAlgorithm):
     name = "conl"
     step_fn = staticmethod(conl_step)  # Eq. 8; a variant may replace the step and keep the batches
 
-    def __init__(self, model, cfg, tokenizer, device, source, target, q: np.ndarray):
+    def __init__(self, model, cfg: "Config", tokenizer, device, source, target, q: np.ndarray):
         super().__init__(model, cfg, tokenizer, device, source, target)
         c = cfg.conl
         self.q = q

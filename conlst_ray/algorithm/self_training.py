@@ -6,7 +6,7 @@ per selected row under a schedule sized by what was selected."""
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from conlst_ray.training.distributed import all_gather_rows, micro_batches, my_s
 from conlst_ray.training.inference import predict_proba
 from conlst_ray.training.optim import linear_warmup_schedule
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 class SelfTraining(StageAlgorithm):
     """Eq. 12: l_sup on source rows + lambda_u * l_u on the selected target
@@ -30,7 +33,7 @@ class SelfTraining(StageAlgorithm):
     name = "ssl"
     epoch_key = "iteration"
 
-    def __init__(self, model, cfg, tokenizer, device, source, target, backtranslated=None):
+    def __init__(self, model, cfg: "Config", tokenizer, device, source, target, backtranslated=None):
         super().__init__(model, cfg, tokenizer, device, source, target)
         self.backtranslated = backtranslated
         self.thresholds = make_thresholds(cfg.ssl, len(target), model.num_labels, target.langs)
@@ -130,7 +133,7 @@ class SelfTraining(StageAlgorithm):
         return batch, aug_logs
 
 
-def pseudo_label_in_workers(model, target, pad_id: int, cfg, device) -> np.ndarray:
+def pseudo_label_in_workers(model, target, pad_id: int, cfg: "Config", device) -> np.ndarray:
     """q for every target row: each worker labels its rows, then all-gather."""
     rank, size = world()
     mine = np.arange(len(target))[rank::size]

@@ -9,7 +9,7 @@ which is how a run shows what an ablation switched off.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from conlst_ray.algorithm.negatives import (
 )
 from conlst_ray.training.batches import Encoded, batch_of, collate
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import CoNLConfig, SSLConfig
+
 
 @dataclass
 class ConlBatch:
@@ -52,7 +55,7 @@ class ConlBatch:
     source_labels: Optional[torch.Tensor] = None
 
 
-def conl_pool(target: Encoded, q: np.ndarray, cfg, num_classes: int,
+def conl_pool(target: Encoded, q: np.ndarray, cfg: "CoNLConfig", num_classes: int,
               seed: int) -> tuple[NegativePool, Optional[np.ndarray], dict]:
     """Eq. 5's pool of confident target rows for one CoNL epoch, with gamma
     the absolute ``cfg.gamma`` or, under ``conl.gamma_quantile``, one per
@@ -66,7 +69,7 @@ def conl_pool(target: Encoded, q: np.ndarray, cfg, num_classes: int,
     return pool, gamma, by_lang
 
 
-def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg,
+def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg: "CoNLConfig",
                    generator: Optional[torch.Generator] = None,
                    gamma: Optional[np.ndarray] = None) -> tuple[torch.Tensor, np.ndarray]:
     """For anchors ``target[index]``: one complementary label each (Eq. 4,
@@ -102,7 +105,7 @@ def build_conl_batch(target: Encoded, index: np.ndarray, comp: torch.Tensor, dra
     return batch
 
 
-def conl_step(model, batch: ConlBatch, cfg, generator: Optional[torch.Generator] = None):
+def conl_step(model, batch: ConlBatch, cfg: "CoNLConfig", generator: Optional[torch.Generator] = None):
     """Stage 1, Eq. 8: L_CL (Eq. 6) + lambda * L_CLCS (Eq. 7).
 
     Encoder passes: the anchors twice (two dropout views: anchor and
@@ -153,7 +156,7 @@ class SslBatch:
 BACKTRANSLATION, MASKING, MIXUP = "backtranslation", "masking", "mixup"
 
 
-def enabled_augmentations(cfg, have_backtranslation: bool) -> list[str]:
+def enabled_augmentations(cfg: "SSLConfig", have_backtranslation: bool) -> list[str]:
     """The strong augmentations this config switches on (ablation switches)."""
     on = {BACKTRANSLATION: cfg.use_backtranslation and have_backtranslation,
           MASKING: cfg.use_masking and cfg.mask_rate > 0, MIXUP: cfg.use_mixup}
@@ -168,7 +171,7 @@ class TokenIds(NamedTuple):
     mask: int
 
 
-def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, ids: TokenIds, cfg,
+def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, ids: TokenIds, cfg: "SSLConfig",
                 generator: Optional[torch.Generator] = None):
     """The strong views A(x) of Eq. 14 for rows ``target[index]``.
 
@@ -204,7 +207,7 @@ def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.nd
     return view, mixup_rows, logs
 
 
-def ssl_step(model, batch: SslBatch, cfg, rng: np.random.Generator):
+def ssl_step(model, batch: SslBatch, cfg: "SSLConfig", rng: np.random.Generator):
     """Stage 2, Eq. 12: l_sup (Eq. 13) + lambda_u * l_u (Eq. 14).
 
     Selected rows marked in ``mixup_rows`` (two or more) have their sentence

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse, printable
 from conlst_ray.config import ConfigError, load_config, save_config
@@ -31,6 +32,10 @@ from conlst_ray.reporting.report import accuracy_tables, calibration_report
 from conlst_ray.reporting.tables import to_markdown, write_table
 from conlst_ray.storage import mirror as stored
 from conlst_ray.storage.files import atomic_write_text
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 DEFAULT_SPACE = {
     "conl.gamma": {"type": "uniform", "low": 0.7, "high": 0.95},
@@ -55,7 +60,7 @@ def build_parser():
     return parser
 
 
-def trials_table(results, cfg, keys) -> tuple[list, list]:
+def trials_table(results, cfg: "Config", keys) -> tuple[list, list]:
     """One row per trial: its parameters, the metric (%) after the last stage
     it reached, and how it ended (finished, stopped early by ASHA, failed)."""
     header = ["trial", *keys, f"{cfg.tune.metric} (%)", "stage", "status"]
@@ -71,7 +76,7 @@ def trials_table(results, cfg, keys) -> tuple[list, list]:
     return header, rows
 
 
-def expected_trials(cfg, dims) -> int:
+def expected_trials(cfg: "Config", dims) -> int:
     """Trials a complete search holds: num_samples times the grid's size."""
     grid = 1
     for d in dims:
@@ -79,7 +84,7 @@ def expected_trials(cfg, dims) -> int:
     return cfg.tune.num_samples * grid
 
 
-def interrupted(results, cfg, dims) -> bool:
+def interrupted(results, cfg: "Config", dims) -> bool:
     """True when Tune stopped before every trial ended (Ctrl+C, a killed driver)."""
     ended = results.num_terminated + results.num_errors
     return ended < len(results) or len(results) < expected_trials(cfg, dims)
@@ -176,7 +181,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def shared_work(cfg, search: SearchDir, phases: Phases) -> tuple[RunDir, dict]:
+def shared_work(cfg: "Config", search: SearchDir, phases: Phases) -> tuple[RunDir, dict]:
     """The work every trial shares, once per search (and reused by --resume):
     corpora, source model, pseudo-labels, back-translations, the trials'
     token files; returns its run and what a trial reads."""

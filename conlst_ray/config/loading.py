@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +19,10 @@ from conlst_ray.config.keys import base_type, find, get, keys
 from conlst_ray.config.sections import Config, ConfigError
 from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.storage.mirror import mask_secrets
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from pydantic import BaseModel
+
 
 # keys that moved: the old name gets a pointer to the new one
 MOVED_KEYS = {"model.num_labels": "the number of classes is the length of data.task.labels"}
@@ -124,7 +128,7 @@ def config_from_dict(data: dict, cls=Config):
     return build(cls, data)
 
 
-def to_dict(cfg) -> dict:
+def to_dict(cfg: "BaseModel") -> dict:
     return cfg.model_dump()
 
 
@@ -252,7 +256,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return absolute_paths(cfg) if isinstance(cfg, Config) else cfg
 
 
-def save_config(cfg, path: str | os.PathLike) -> None:
+def save_config(cfg: "BaseModel", path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, loadable again with ``load_config``."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
@@ -316,7 +320,7 @@ def config_help(cls=Config, prefix: str = "") -> list[str]:
     return lines
 
 
-def with_values(cfg, params: dict):
+def with_values(cfg: "BaseModel", params: dict):
     """A copy of ``cfg`` with dotted ``params`` set (``{"conl.gamma": 0.8}``),
     checked like any config. A float that is a whole number is accepted for
     an integer key (search spaces draw floats)."""

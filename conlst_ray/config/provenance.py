@@ -57,7 +57,7 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_values(cfg, keys: Iterable[str]) -> dict:
+def config_values(cfg: "BaseModel", keys: Iterable[str]) -> dict:
     """The flattened config entries covered by ``keys`` (exact keys or section prefixes)."""
     flat = flatten(cfg.model_dump())
     keys = list(keys)
@@ -142,7 +142,7 @@ def fingerprint(config: dict, inputs: dict | None = None, keys: list | None = No
                       "keys": keys or sorted(config)})
 
 
-def stage_fingerprint(stage: str, cfg, inputs: dict | None = None) -> dict:
+def stage_fingerprint(stage: str, cfg: "Config", inputs: dict | None = None) -> dict:
     return fingerprint(config_values(cfg, STAGE_KEYS[stage]), inputs, STAGE_KEYS[stage])
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 
@@ -10,13 +10,17 @@ from conlst_ray.data.readers import read_corpus, read_languages, read_rows
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
+
 # corpus key -> its folder in a run's corpus cache (RUN/corpus/<folder>, token files below)
 CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
                   "data.target_train": "target_train", "data.target_dev": "dev_target",
                   "data.target_test": "test_target"}
 
 
-def corpus_langs(cfg, key: str) -> list[str]:
+def corpus_langs(cfg: "Config", key: str) -> list[str]:
     """The languages a corpus key is read for: the labelled training corpus
     in its training languages, the source dev set in the source language,
     every target corpus in the target languages."""
@@ -26,7 +30,7 @@ def corpus_langs(cfg, key: str) -> list[str]:
     return [d.source_lang] if key.startswith("data.source") else list(d.target_langs)
 
 
-def corpus_max_rows(cfg, key: str) -> Optional[int]:
+def corpus_max_rows(cfg: "Config", key: str) -> Optional[int]:
     """The row cap of a corpus key (the labelled training corpus has its own)."""
     return cfg.data.max_source_rows if key == "data.source_train" else None
 

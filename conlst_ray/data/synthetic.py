@@ -50,13 +50,17 @@ import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from conlst_ray.data.schema import CorpusError, rows_to_table
 from conlst_ray.data.task import Task
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import SyntheticConfig
+
 
 NUM_CLASSES = 3   # the NLI task's; a benchmark of another task has its own
 SPLITS = ("train", "dev", "test", "unlabelled")
@@ -187,7 +191,7 @@ class SyntheticBenchmark:
         self.profiles = {p.code: p for p in PROFILES}
 
     @classmethod
-    def from_config(cls, cfg=None, task=None) -> "SyntheticBenchmark":
+    def from_config(cls, cfg: Optional["SyntheticConfig"] = None, task=None) -> "SyntheticBenchmark":
         """The benchmark of ``data.synthetic`` for ``data.task`` (None: NLI)."""
 
         task = Task.of(task)

@@ -4,13 +4,18 @@ the model is, what it was trained on, what it scored, how to load it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conlst_ray.config.stages import STAGES
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 STAGE_NAMES = {**{s.name: s.title for s in STAGES if s.kind == "train"}, "init": "initial (not trained)"}
 
 
-def stage_card(cfg, stage: str, metrics: dict) -> dict:
+def stage_card(cfg: "Config", stage: str, metrics: dict) -> dict:
     """What the card says of a model trained by ``stage`` under ``cfg``;
     ``metrics``: the stage's last epoch record (dev accuracies as fractions)."""
     d = cfg.data

@@ -73,7 +73,7 @@ def check_model(key: str, name: str | None, need_weights: bool = False) -> list[
     return []
 
 
-def check_checkpoint_labels(cfg) -> list[str]:
+def check_checkpoint_labels(cfg: "Config") -> list[str]:
     """A fine-tuned source checkpoint must classify the task's labels: a
     3-class NLI model given to a 2-class task would fail only at load time
     (or, worse, with matching sizes, train on the wrong meaning of each id)."""
@@ -92,7 +92,7 @@ def check_checkpoint_labels(cfg) -> list[str]:
     return []
 
 
-def check_corpora(cfg) -> list[str]:
+def check_corpora(cfg: "Config") -> list[str]:
     """Read the first rows of every corpus the run reads, for every language
     it reads it in (hub data sets and the embedded benchmark are checked for
     their form only)."""
@@ -131,7 +131,7 @@ def check_corpora(cfg) -> list[str]:
     return problems
 
 
-def synthetic_languages(cfg, key: str, spec: str, langs: list) -> list[str]:
+def synthetic_languages(cfg: "Config", key: str, spec: str, langs: list) -> list[str]:
     """A language the embedded benchmark does not generate, named with its key."""
     from conlst_ray.data.synthetic import SyntheticBenchmark
 
@@ -154,7 +154,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def hub_ids(cfg) -> list[tuple[str, str]]:
+def hub_ids(cfg: "Config") -> list[tuple[str, str]]:
     """(key, hub id) of every model and data set the run would fetch from the hub."""
     out = []
     for key in keys(Config):
@@ -168,7 +168,7 @@ def hub_ids(cfg) -> list[tuple[str, str]]:
     return out
 
 
-def check_hub(cfg) -> list[str]:
+def check_hub(cfg: "Config") -> list[str]:
     """Checked once: offline, the hub libraries retry for most of a minute
     per id. Unreachable -> offline mode for this process and its Ray workers
     (cached ids load at once), and an id that is not cached is refused."""
@@ -186,7 +186,7 @@ def check_hub(cfg) -> list[str]:
             for key, repo in wanted if repo not in cached]
 
 
-def check_translation(cfg) -> list[str]:
+def check_translation(cfg: "Config") -> list[str]:
     if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation and cfg.translation.model):
         return []
     from conlst_ray.models.translation import TranslationConfigError, check_coverage
@@ -219,7 +219,7 @@ def writable_dir_problem(key: str, path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_output(cfg) -> list[str]:
+def check_output(cfg: "Config") -> list[str]:
     from conlst_ray.storage import mirror as storage
 
     if storage.is_uri(cfg.output_dir):
@@ -229,7 +229,7 @@ def check_output(cfg) -> list[str]:
     return [problem] if problem else []
 
 
-def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
+def check_shared_output(cfg: "Config", timeout_s: float = 60.0) -> None:
     """On a multi-node cluster a local ``output_dir`` must be one every node
     sees (a shared filesystem): the driver writes a marker there and a task
     on every node looks for it. Refused in one line otherwise -- a worker on
@@ -264,7 +264,7 @@ def check_shared_output(cfg, timeout_s: float = 60.0) -> None:
                         f"or a folder every node mounts")
 
 
-def check_lengths(cfg) -> list[str]:
+def check_lengths(cfg: "Config") -> list[str]:
     """data.max_length within the positions of the model that will read it."""
     from conlst_ray.models.model_files import max_text_length
 
@@ -277,7 +277,7 @@ def check_lengths(cfg) -> list[str]:
     return []
 
 
-def check_cache_dir(cfg) -> list[str]:
+def check_cache_dir(cfg: "Config") -> list[str]:
     """multilingual-e5-small is converted into model.cache_dir on first use."""
     if cfg.model.name_or_path != "multilingual-e5-small" or cfg.model.source_checkpoint:
         return []
@@ -298,7 +298,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def check_precision(cfg) -> list[str]:
+def check_precision(cfg: "Config") -> list[str]:
     """resources.precision=bf16 on a CPU run needs native bf16."""
     if cfg.resources.precision != "bf16" or cfg.resources.use_gpu or cpu_has_bf16():
         return []
@@ -306,7 +306,7 @@ def check_precision(cfg) -> list[str]:
             "than fp32; set resources.precision=fp32 (or auto)"]
 
 
-def transductive_warning(cfg) -> str | None:
+def transductive_warning(cfg: "Config") -> str | None:
     """One line when the scored test corpus is the unlabelled target text
     itself: its figures would be transductive (rows trained on are scored)."""
     d = cfg.data
@@ -316,7 +316,7 @@ def transductive_warning(cfg) -> str | None:
     return None
 
 
-def overlap_warning(cfg) -> str | None:
+def overlap_warning(cfg: "Config") -> str | None:
     """One line when the source dev set that judges the stages reads the
     same rows of the same corpus as the unlabelled target text: in a
     row-aligned translated corpus (XNLI dev) its rows are the originals of
@@ -334,7 +334,7 @@ def overlap_warning(cfg) -> str | None:
             f"of the rows trained on; set data.source_dev_skip_rows={d.max_rows or 'N'} (and data.max_rows)")
 
 
-def resource_problems(cfg, cluster: dict) -> list[str]:
+def resource_problems(cfg: "Config", cluster: dict) -> list[str]:
     """What the run asks of the cluster that the cluster does not have
     (``cluster``: Ray's resource totals). A training worker, an inference
     actor or a translation actor that cannot be placed would wait forever."""
@@ -358,7 +358,7 @@ def resource_problems(cfg, cluster: dict) -> list[str]:
     return problems
 
 
-def check_resources(cfg, cluster: dict, log=print) -> None:
+def check_resources(cfg: "Config", cluster: dict, log=print) -> None:
     """Refuse (one line naming the key) what the cluster cannot give, or,
     with ``resources.wait_for_resources``, say what the run will wait for."""
     problems = resource_problems(cfg, cluster)
@@ -370,7 +370,7 @@ def check_resources(cfg, cluster: dict, log=print) -> None:
     raise UserError(problems_line(problems, "; on an autoscaling cluster set resources.wait_for_resources=true"))
 
 
-def preflight(cfg) -> None:
+def preflight(cfg: "Config") -> None:
     """Raise one UserError listing every problem found, or return."""
     problems = check_output(cfg)
     problems += check_model("model.name_or_path", cfg.model.name_or_path)

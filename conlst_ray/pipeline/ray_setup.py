@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING, Optional
 
 from conlst_ray.pipeline.preflight import UserError, check_resources, check_shared_output
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
 
 
 def quiet_ray_loggers() -> None:
@@ -25,7 +29,7 @@ def quiet_ray_loggers() -> None:
 ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9._-]+:\d{1,5}")
 
 
-def init_ray(address=None, num_cpus=None, cfg=None):
+def init_ray(address=None, num_cpus=None, cfg: Optional["Config"] = None):
     """Start a local Ray or join ``address``; with ``cfg``, refuse at once
     what the cluster cannot give (a worker that can never be placed waits
     silently forever)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
@@ -24,6 +25,10 @@ from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.stage_files import StageFiles
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 DONE_FILE = "DONE.json"
 FINGERPRINT_FILE = "FINGERPRINT.json"
@@ -137,12 +142,12 @@ class RunDir:
         return self.root / "analysis"
 
     @classmethod
-    def of(cls, cfg) -> "RunDir":
+    def of(cls, cfg: "Config") -> "RunDir":
         """The run directory a config names (not created)."""
         return cls(storage.mirror(cfg.output_dir) / (cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")))
 
     @classmethod
-    def create(cls, cfg, resume: bool = False, recompute: bool = False) -> "RunDir":
+    def create(cls, cfg: "Config", resume: bool = False, recompute: bool = False) -> "RunDir":
         run = cls.of(cfg)
         run.recompute = recompute
         if storage.listdir(run.root) and not resume:
@@ -165,7 +170,7 @@ class RunDir:
         """Give up this process's lock on the run directory."""
         run_lock.release(self.root)
 
-    def check_settings(self, cfg) -> None:
+    def check_settings(self, cfg: "Config") -> None:
         """Before anything is written: every stage already on disk that
         finished must have been made with the config values it depends on
         (else refused, or redone under ``recompute``). A stage that never
@@ -190,7 +195,7 @@ class RunDir:
         for stage_dir in [*stale, *unfinished]:
             self._remove(stage_dir)
 
-    def _stage_cfg(self, cfg, stage_dir: Path):
+    def _stage_cfg(self, cfg: "Config", stage_dir: Path):
         """A per-language sub-run (RUN/targets/<lang>/<stage>) ran with that language alone."""
 
         parts = stage_dir.relative_to(self.root).parts

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from conlst_ray.config import save_config
 from conlst_ray.config.search_space import apply
 from conlst_ray.pipeline.rundir import RunDir, trial_run
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
 
 
 def trial(params: dict, base, shared: dict) -> None:
@@ -44,7 +48,7 @@ def trial(params: dict, base, shared: dict) -> None:
         ray.tune.report({**trial_report(metrics, cfg, 2, run.model("ssl")), **seconds})
 
 
-def describe_trial(run: RunDir, cfg, shared: dict) -> None:
+def describe_trial(run: RunDir, cfg: "Config", shared: dict) -> None:
     """The trial's resolved config, the shared model it starts from and the
     node it ran on, so that ``python -m conlst_ray.report TRIAL_DIR`` can
     report it alone."""
@@ -58,7 +62,7 @@ def describe_trial(run: RunDir, cfg, shared: dict) -> None:
         storage.publish(path)
 
 
-def trial_report(metrics: dict, cfg, stage: int, model_dir) -> dict:
+def trial_report(metrics: dict, cfg: "Config", stage: int, model_dir) -> dict:
     """What a trial reports after a stage: the search metric first (Tune's
     live table shows the first metrics reported), accuracies in percent
     like every other table, then the stage's other numbers."""

@@ -27,7 +27,7 @@ from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
 
-def stage_source(cfg, run: RunDir, log=print) -> str:
+def stage_source(cfg: "Config", run: RunDir, log=print) -> str:
     """The source model: given (CoNLST as post-training) or fine-tuned here."""
     if cfg.model.source_checkpoint:
         log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
@@ -69,7 +69,7 @@ def _shared(run: RunDir, model: str) -> str:
     return str(copy)
 
 
-def stage_pseudo_labels(cfg, run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
+def stage_pseudo_labels(cfg: "Config", run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
@@ -92,7 +92,7 @@ def _shards(out: Path) -> list[Path]:
             for n in sorted(storage.listdir(Path(out) / d)) if n.startswith("shard-") and n.endswith(".parquet")]
 
 
-def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
+def _target_stage(name: str, cfg: "Config", run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
     """A training stage over the target languages of ``cfg``, skipped when
     done with the same settings, input model and upstream outputs."""
     from conlst_ray.ray_jobs.sharded import output_stamp
@@ -114,11 +114,11 @@ def _target_stage(name: str, cfg, run: RunDir, model_dir: str, corpus: Path, log
     return str(run.model(name))
 
 
-def stage_conl(cfg, run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
+def stage_conl(cfg: "Config", run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
     return _target_stage("conl", cfg, run, model_dir, corpus, log, pseudo_labels=str(labels))
 
 
-def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
+def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path, log=print):
     if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation):
         return None
     if not cfg.translation.model:
@@ -141,7 +141,7 @@ def stage_backtranslation(cfg, run: RunDir, corpus: Path, log=print):
     return out
 
 
-def stage_ssl(cfg, run: RunDir, model_dir: str, corpus: Path, translations, log=print) -> str:
+def stage_ssl(cfg: "Config", run: RunDir, model_dir: str, corpus: Path, translations, log=print) -> str:
     return _target_stage("ssl", cfg, run, model_dir, corpus, log,
                          translations=str(translations) if translations else None)
 
@@ -156,7 +156,8 @@ class SharedWork:
     translations: Optional[str] = None
 
 
-def target_stages(cfg, run: RunDir, shared: SharedWork, log=print, stop_after: str | None = None) -> dict[str, str]:
+def target_stages(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
+                  stop_after: str | None = None) -> dict[str, str]:
     """CoNL then self-training for the target languages of ``cfg``; without
     CoNL (conl.enabled=false) self-training starts from the source model."""
     corpus = Path(shared.corpus)
@@ -168,7 +169,7 @@ def target_stages(cfg, run: RunDir, shared: SharedWork, log=print, stop_after: s
     return models
 
 
-def _one_language(cfg, root: str, lang: str, shared: SharedWork, stop_after: str | None,
+def _one_language(cfg: "Config", root: str, lang: str, shared: SharedWork, stop_after: str | None,
                   recompute: bool = False) -> dict[str, str]:
     """One target language's independent run under RUN/targets/<lang>/."""
     sub = RunDir(storage.here(root), recompute=recompute).target_run(lang)  # this node's mirror of the run
@@ -177,7 +178,7 @@ def _one_language(cfg, root: str, lang: str, shared: SharedWork, stop_after: str
     return target_stages(cfg_l, sub, shared, log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
 
 
-def per_language(cfg, run: RunDir, shared: SharedWork, log=print,
+def per_language(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
                  stop_after: str | None = None) -> dict[str, dict[str, str]]:
     """The paper's setting: one independent CoNL + SSL run per target language,
     sharing the source model and the pseudo-labels. With
@@ -204,7 +205,7 @@ def per_language(cfg, run: RunDir, shared: SharedWork, log=print,
     return {name: {lang: r[name] for lang, r in results.items() if name in r} for name in names}
 
 
-def stage_corpora(cfg, run: RunDir, log=print) -> None:
+def stage_corpora(cfg: "Config", run: RunDir, log=print) -> None:
     """Every corpus of the run read in full and sharded into the cache (Ray
     tasks, a language each) before any training: a bad row anywhere is an
     error in seconds, not after hours of source training, and the stages
@@ -218,7 +219,7 @@ def stage_corpora(cfg, run: RunDir, log=print) -> None:
                            cfg.resources.cpus_per_task, log, max_rows=corpus_max_rows(cfg, key.name))
 
 
-def run_pipeline(cfg, run: RunDir, log=print, stop_after: str | None = None) -> dict:
+def run_pipeline(cfg: "Config", run: RunDir, log=print, stop_after: str | None = None) -> dict:
     """Run (or resume) every stage; returns name -> model directory, or for
     per_language mode name -> {language -> model directory}."""
     stage_corpora(cfg, run, log)

@@ -15,7 +15,7 @@ distribution), under out_root/lang=xx/shard-NNNNN.parquet.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,9 @@ from conlst_ray.models.tokenizers import load_tokenizer
 from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
 from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, read_outputs, run_sharded_job
 from conlst_ray.storage import mirror as storage
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
 
 
 def read_tokens(paths: pa.Table, tokens: str) -> pa.Table:
@@ -103,7 +106,7 @@ class Predictor:
         return out.append_column("q", pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), n))
 
 
-def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg, log=print,
+def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg: "Config", log=print,
                  on_progress: Optional[Callable[[JobReport], None]] = None, recompute: bool = False) -> JobReport:
     """Pseudo-label every shard of ``corpus`` whose output is missing, from
     the corpus tokenised once (by the model's tokenizer), with

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +28,13 @@ from conlst_ray.config.provenance import read_json
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
+
 # -- driver ----------------------------------------------------------------------------------
 
-def _cached_tokens(key: str, cfg, corpus_dir: Path, tokenizer_dir: str, log) -> list:
+def _cached_tokens(key: str, cfg: "Config", corpus_dir: Path, tokenizer_dir: str, log) -> list:
     """The corpus of config key ``key``, sharded into its cache folder and
     tokenised (both cached); [token folder, languages]."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
@@ -55,7 +59,7 @@ class StageInputs:
     before_step: Optional[Callable[[int], None]] = None  # a test's seam: runs before every step (faults)
 
 
-def prepare_stage_tokens(stage: str, cfg, tokenizer_dir: str, inputs: StageInputs, log=print) -> dict:
+def prepare_stage_tokens(stage: str, cfg: "Config", tokenizer_dir: str, inputs: StageInputs, log=print) -> dict:
     """Tokenise (or find tokenised) everything ``stage`` reads, cached under
     ``inputs.corpus_dir``; returns name -> [token folder, languages]."""
     from conlst_ray.ray_jobs.corpus_cache import read_manifest
@@ -103,7 +107,7 @@ def read_eval_rows(tokens: dict, stamp: str) -> list[TokenRows]:
     return [open_token_rows(*entry, expect_stamp=stamp) for entry in tokens.get("eval", [])]
 
 
-def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg, device, log=print) -> None:
+def attach_frozen(rows: Optional[TokenRows], entry: list, model, cfg: "Config", device, log=print) -> None:
     """model.cache_frozen: give ``rows`` (read from the token folder of
     ``entry`` = [folder, languages]) their states after the frozen layers,
     read from beside the token files or computed there once."""

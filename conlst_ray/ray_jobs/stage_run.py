@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -48,6 +48,10 @@ from conlst_ray.training.epoch_hooks import (
 from conlst_ray.training.loop import StepModule
 from conlst_ray.training.stage_files import StageFiles
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
+
 __all__ = ["StageInputs", "StageJob", "run_stage", "fit_plain", "freeze"]
 
 
@@ -62,7 +66,7 @@ class StageJob:
     inputs: StageInputs = field(default_factory=StageInputs)
 
 
-def freeze(model, cfg, stage: str) -> dict:
+def freeze(model, cfg: "Config", stage: str) -> dict:
     """The parameters this stage trains (model.freeze_*, conl.train_classifier)."""
     return apply_freezing(model, cfg.model, freeze_classifier=stage == "conl" and not cfg.conl.train_classifier)
 
@@ -149,7 +153,7 @@ def epoch_hooks(job: StageJob, algorithm, tokenizer, stamp: str, state: Optional
     return hooks, best
 
 
-def in_process(cfg, workers: int) -> bool:
+def in_process(cfg: "Config", workers: int) -> bool:
     """Whether a stage runs in this process rather than under Ray Train: no
     worker asked for, or (resources.trainer=auto) one worker without a GPU,
     where Ray Train's start-up (25-30 s on 2 cores) buys no parallelism."""
@@ -170,11 +174,11 @@ def run_in_process(job: StageJob) -> dict:
         torch.set_num_threads(threads)
 
 
-def in_process_device(cfg) -> torch.device:
+def in_process_device(cfg: "Config") -> torch.device:
     return torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def fit_plain(stage: str, cfg, model_in: str, corpus_dir: Path, inputs: Optional[StageInputs] = None,
+def fit_plain(stage: str, cfg: "Config", model_in: str, corpus_dir: Path, inputs: Optional[StageInputs] = None,
               device="cpu", steps_file: Optional[Path] = None):
     """The same stage in this process, with no hook but the steps file (the
     benchmarks' plain loop). Reads the token files the Ray stages made

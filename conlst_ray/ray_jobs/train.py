@@ -12,7 +12,7 @@ import signal
 import threading
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from conlst_ray.config.keys import get
 from conlst_ray.config.stages import BY_NAME
@@ -29,6 +29,10 @@ from conlst_ray.ray_jobs.stage_run import (
 )
 from conlst_ray.storage import mirror as storage
 from conlst_ray.training.stage_files import StageFiles
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 __all__ = ["fit_stage", "train_loop_per_worker", "StageInputs", "freeze", "fit_plain"]
 
@@ -50,7 +54,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 
 # -- the driver ------------------------------------------------------------------------------
 
-def fit_stage(stage: str, cfg, files: StageFiles, model_in: str, inputs: Optional[StageInputs] = None,
+def fit_stage(stage: str, cfg: "Config", files: StageFiles, model_in: str, inputs: Optional[StageInputs] = None,
               num_workers: Optional[int] = None, log=print) -> dict:
     """Train one stage; the trained model lands in ``files.model``
     (``pipeline/rundir.stage_files`` names a stage's files). Every corpus the

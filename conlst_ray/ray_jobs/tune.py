@@ -13,9 +13,14 @@ reserves almost none (``{"cpu": 0.01}``), so its workers get the cores.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conlst_ray.config.search_space import Dimension
 from conlst_ray.storage import mirror as storage
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 DRIVER_RESOURCES = {"cpu": 0.01}
 
@@ -38,7 +43,7 @@ def to_tune_domains(dims: list[Dimension]) -> dict:
     return space
 
 
-def trial_resources(cfg) -> dict:
+def trial_resources(cfg: "Config") -> dict:
     """What a trial holds: the worker's CPUs when its stages run in the
     trial's process, else only its driver's share."""
     from conlst_ray.ray_jobs.stage_run import in_process
@@ -48,7 +53,7 @@ def trial_resources(cfg) -> dict:
     return DRIVER_RESOURCES
 
 
-def concurrency(cfg) -> int:
+def concurrency(cfg: "Config") -> int:
     """Trials that fit the cluster at once: its CPUs over one trial's workers."""
     import ray
 
@@ -59,7 +64,7 @@ def concurrency(cfg) -> int:
     return max(1, int(cpus // per_trial))
 
 
-def run_search(cfg, dims: list[Dimension], trial_fn, shared: dict, storage_path: Path, name: str,
+def run_search(cfg: "Config", dims: list[Dimension], trial_fn, shared: dict, storage_path: Path, name: str,
                resume: bool = False):
     """Fit (or resume) the Tuner; returns its ResultGrid. ``trial_fn(params,
     base, shared)`` runs one trial (``pipeline/search.trial``)."""

@@ -7,10 +7,14 @@ pseudo-labelling Ray Data job (cached under RUN/analysis) for a large one."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 # Up to this many target rows a model labels them in the driver: a Ray Data
 # job's start-up costs more (measured on 8,000 rows: about 10 s for the job,
@@ -22,7 +26,7 @@ class TargetPredictions:
     """id, lang, pseudo_label, confidence of every target row, per stage
     model (a directory, or language -> directory in per_language mode)."""
 
-    def __init__(self, cfg, run: RunDir, log=print, analysis_dir: Optional[Path] = None):
+    def __init__(self, cfg: "Config", run: RunDir, log=print, analysis_dir: Optional[Path] = None):
         self.cfg, self.run, self.log = cfg, run, log
         self.analysis_dir = analysis_dir or run.analysis
         self._made: dict = {}
@@ -61,7 +65,7 @@ class TargetPredictions:
         return table
 
 
-def _labels_by_job(cfg, run: RunDir, model, out: Path, log) -> Path:
+def _labels_by_job(cfg: "Config", run: RunDir, model, out: Path, log) -> Path:
     """A model's labels of the target corpus by the same Ray Data job that
     made the source model's. Cached in ``out``, per language tied to the
     weights that made it: new weights relabel (an analysis cache is
@@ -77,7 +81,7 @@ def _labels_by_job(cfg, run: RunDir, model, out: Path, log) -> Path:
     return out
 
 
-def _labels_in_driver(cfg, corpus, model):
+def _labels_in_driver(cfg: "Config", corpus, model):
     """A model's labels of every corpus row (per_language mode: each
     language under its own model), in this process."""
     import pyarrow as pa

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from conlst_ray.config import Config
 
 
-
 @dataclass
 class RunResult:
     """Where everything a run made is, and what it chose."""
@@ -59,7 +58,7 @@ def run(cfg: "Config", resume: bool = False, recompute: bool = False, address: O
         release_all()
 
 
-def _raise_as_run_error(exc: Exception, state: dict, command: Sequence[str], cfg) -> None:
+def _raise_as_run_error(exc: Exception, state: dict, command: Sequence[str], cfg: "Config") -> None:
     """``exc`` as a RunError with its one line, when it is the user's to fix
     (or a full disk); returns for anything else, which is re-raised as it is."""
     if isinstance(exc, RunError):
@@ -72,7 +71,7 @@ def _raise_as_run_error(exc: Exception, state: dict, command: Sequence[str], cfg
     raise RunError(f"{full}{'; ' + where if where else ''}" if full else one_line(cause), where) from exc
 
 
-def _run(cfg, resume: bool, recompute: bool, address: Optional[str], stop_after: Optional[str],
+def _run(cfg: "Config", resume: bool, recompute: bool, address: Optional[str], stop_after: Optional[str],
          state: dict) -> RunResult:
     from conlst_ray.data.task import Task
     from conlst_ray.pipeline.preflight import UserError, preflight
@@ -94,7 +93,7 @@ def _run(cfg, resume: bool, recompute: bool, address: Optional[str], stop_after:
     return result_of(cfg, run_dir, models, full_report(cfg, run_dir, models))
 
 
-def result_of(cfg, run_dir: RunDir, models: dict, report: str = "") -> RunResult:
+def result_of(cfg: "Config", run_dir: RunDir, models: dict, report: str = "") -> RunResult:
     """The RunResult of a run directory's finished stages and report."""
     from conlst_ray.reporting.prior import saved_candidates
     from conlst_ray.reporting.report import with_corrected
@@ -115,7 +114,7 @@ def result_of(cfg, run_dir: RunDir, models: dict, report: str = "") -> RunResult
                      accuracy, seconds, report)
 
 
-def where_it_stopped(run_dir: RunDir, command: Sequence[str], cfg) -> str:
+def where_it_stopped(run_dir: RunDir, command: Sequence[str], cfg: "Config") -> str:
     """The stage an interrupted run stopped in, and the command that continues it."""
     stage = next((s for s in NAMES if storage.exists(run_dir.root / s) and not run_dir.is_done(s)), None)
     argv = list(command) or [f"output_dir={cfg.output_dir}"]

@@ -24,7 +24,7 @@ predicted shares, so a user who knows the corpus can tell which holds.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching
 from conlst_ray.models.language_bias import by_language
 from conlst_ray.reporting.selection import STAGE_OF, SUFFIX, TRAINED
 from conlst_ray.reporting.tables import write_table
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 # the stage models whose corrections are candidates (name in the report -> stage folder)
 CORRECTED = {name: stage for name, stage in TRAINED.items() if name != "CoNL"}
@@ -51,7 +55,7 @@ def saved_candidates(run, models: dict) -> dict:
     return out
 
 
-def source_prior(cfg, run) -> np.ndarray:
+def source_prior(cfg: "Config", run) -> np.ndarray:
     """The class shares of the labelled source training rows (the prior the
     source model's posteriors carry)."""
     from conlst_ray.data.corpora import CORPUS_FOLDERS
@@ -88,7 +92,7 @@ def estimates(q: dict, prior_s: np.ndarray, shared: Optional[np.ndarray] = None)
     return out
 
 
-def source_language_prior(cfg, model_dir: str, log=print) -> np.ndarray:
+def source_language_prior(cfg: "Config", model_dir: str, log=print) -> np.ndarray:
     """selection.prior=bbse: the corpus's class prior, estimated on its
     source-language rows (data.target_train read for data.source_lang,
     labels never read) by black-box shift estimation with the confusion
@@ -126,7 +130,7 @@ def derived_predictions(table, bias: dict):
                      "q": pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), q.shape[1])})
 
 
-def prior_candidates(cfg, run, models: dict, predictions, out, log=print) -> tuple[dict, Optional[str]]:
+def prior_candidates(cfg: "Config", run, models: dict, predictions, out, log=print) -> tuple[dict, Optional[str]]:
     """The corrected candidates (name -> model folder), saved under RUN/prior,
     and the report's class-prior table (None when there is nothing to
     estimate from)."""
@@ -169,7 +173,7 @@ _HOW = {"bbse": "one prior for every language, estimated by black-box shift esti
                   "own bias there"}
 
 
-def write_prior_table(cfg, est: dict, prior_s: np.ndarray, out) -> str:
+def write_prior_table(cfg: "Config", est: dict, prior_s: np.ndarray, out) -> str:
     """results/class_prior.{md,csv}: per target language and class, the
     zero-shot model's predicted share, the EM estimate and the source prior."""
     labels = list(cfg.data.task.labels)

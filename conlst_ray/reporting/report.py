@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,9 +33,13 @@ from conlst_ray.reporting.selection import hand_back
 from conlst_ray.reporting.tables import write_language_table, write_table
 from conlst_ray.storage import mirror as storage
 
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
+
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
-def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict | None = None) -> dict:
+def evaluate(cfg: "Config", model_dir: str, split: str = "dev", log=print, by_class: dict | None = None) -> dict:
     """Accuracy per language of one model on a labelled split (in the driver);
     ``by_class``, when given, receives the recall of each of the task's
     labels over the target-language rows."""
@@ -58,7 +63,7 @@ def evaluate(cfg, model_dir: str, split: str = "dev", log=print, by_class: dict 
 _EVAL_ROWS: dict = {}
 
 
-def _eval_rows(cfg, model_dir: str, split: str, log):
+def _eval_rows(cfg: "Config", model_dir: str, split: str, log):
     """A labelled split, tokenised once per report for every model that
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
     from conlst_ray.models.tokenizers import open_tokenizer
@@ -75,7 +80,7 @@ def _eval_rows(cfg, model_dir: str, split: str, log):
     return _EVAL_ROWS[key]
 
 
-def _with_frozen_states(cfg, model, data) -> None:
+def _with_frozen_states(cfg: "Config", model, data) -> None:
     """model.cache_frozen: every stage model of a run shares its frozen part,
     so a split's frozen-layer states are computed once per report and each
     model runs only its upper layers on them."""
@@ -93,7 +98,7 @@ def _with_frozen_states(cfg, model, data) -> None:
     model.frozen_layers = n
 
 
-def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
+def evaluate_per_language(cfg: "Config", models: dict, split: str, log=print) -> dict:
     """per_language mode: each language scored by its own model; the source
     column is the mean over those models."""
 
@@ -109,7 +114,7 @@ def evaluate_per_language(cfg, models: dict, split: str, log=print) -> dict:
     return accs
 
 
-def split_label(cfg, split: str) -> str:
+def split_label(cfg: "Config", split: str) -> str:
     """The split's name in a report, marked transductive where its target
     rows are the unlabelled rows the stages trained on."""
     d = cfg.data
@@ -119,7 +124,8 @@ def split_label(cfg, split: str) -> str:
     return split
 
 
-def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "", scores: dict | None = None) -> str:
+def accuracy_tables(cfg: "Config", out: Path, models: dict, log=print, prefix: str = "",
+                    scores: dict | None = None) -> str:
     """Write ``out/<prefix>accuracy_{dev,test}.{md,csv}``; ``models``: row
     name -> model directory (or lang -> directory). ``scores``, when given,
     receives split -> row name -> language -> accuracy (a fraction)."""
@@ -145,7 +151,7 @@ def accuracy_tables(cfg, out: Path, models: dict, log=print, prefix: str = "", s
 
 # -- the models a run directory holds --------------------------------------------------------
 
-def finished_models(cfg, run: RunDir) -> dict:
+def finished_models(cfg: "Config", run: RunDir) -> dict:
     """Row name -> model directory (per_language mode: -> {lang: directory})
     for every finished stage of the run."""
     models: dict = {}
@@ -175,7 +181,7 @@ def with_corrected(models: dict, corrected: dict) -> dict:
 
 # -- calibration (Table 4, Fig. 3-4) ---------------------------------------------------------
 
-def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
+def calibration_report(cfg: "Config", run: RunDir, conl, out: Path, log=print,
                        predictions: TargetPredictions | None = None) -> str | None:
     """Write calibration.{md,csv} and calibration_hist.png under ``out``,
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
@@ -216,8 +222,7 @@ def calibration_report(cfg, run: RunDir, conl, out: Path, log=print,
 # -- cost per stage ------------------------------------------------------------------------
 
 
-
-def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
+def stage_costs(cfg: "Config", run: RunDir, out: Path) -> str | None:
     """Seconds and throughput of every finished stage (training stages count
     examples as optimiser steps x batch size; their seconds include Ray
     Train's start-up)."""
@@ -241,7 +246,7 @@ def stage_costs(cfg, run: RunDir, out: Path) -> str | None:
     return write_table(out / "stage_costs", ["stage", "seconds", "work", "unit", "per second"], rows)
 
 
-def full_report(cfg, run: RunDir, models: dict | None = None, log=print, calibration: bool = True) -> str:
+def full_report(cfg: "Config", run: RunDir, models: dict | None = None, log=print, calibration: bool = True) -> str:
     """Every table and figure of one run under RUN/results; returns the text."""
     models = models if models is not None else finished_models(cfg, run)
     out = run.results

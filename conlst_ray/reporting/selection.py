@@ -28,7 +28,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -36,6 +36,10 @@ from conlst_ray.config.stages import STAGES
 from conlst_ray.reporting.tables import write_table
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
+
 
 SUFFIX = " + prior"   # a candidate's class-prior correction (reporting/prior.py) is named after it
 TRAINED = {row: stage.name for stage in STAGES for row in stage.rows}  # table row -> stage (config/stages.py)
@@ -116,7 +120,7 @@ def agreement(a, b) -> Optional[float]:
     return float((mine == theirs).mean())
 
 
-def stage_signals(cfg, models: dict, dev_results: dict, predictions) -> list[StageSignals]:
+def stage_signals(cfg: "Config", models: dict, dev_results: dict, predictions) -> list[StageSignals]:
     """Signals of every candidate in ``models`` (name -> directory, in chain order)."""
     out, previous = [], None
     for name, model in models.items():
@@ -131,7 +135,7 @@ def stage_signals(cfg, models: dict, dev_results: dict, predictions) -> list[Sta
     return out
 
 
-def hand_back(cfg, run, models: dict, dev_results: dict, predictions, out, log=print) -> str:
+def hand_back(cfg: "Config", run, models: dict, dev_results: dict, predictions, out, log=print) -> str:
     """Choose the stage model to hand back; write ``out/stage_selection.{md,csv}``
     and the run's record of the choice, point ``RUN/model`` at it (joint mode),
     and return the report's paragraph."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Protocol
 
 import torch
 
@@ -23,6 +23,9 @@ from conlst_ray.storage.files import atomic_write_bytes, atomic_write_text
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import append_jsonl, fit
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
 
 
 class EpochHook(Protocol):
@@ -78,7 +81,7 @@ class EvaluateDev:
     ``target_dev_acc``) on the worker's device; the model goes back to
     train mode."""
 
-    def __init__(self, model, rows: list, pad_id: int, cfg, device):
+    def __init__(self, model, rows: list, pad_id: int, cfg: "Config", device):
         self.model, self.rows, self.pad_id, self.cfg, self.device = model, rows, pad_id, cfg, device
 
     def after_epoch(self, epoch: int, step: int, record: dict) -> None:
@@ -91,7 +94,7 @@ class KeepBestEpoch:
     when it is reached; otherwise nothing is kept here and the caller saves
     the last epoch's."""
 
-    def __init__(self, model, cfg, out, tokenizer, restored_acc: Optional[float] = None):
+    def __init__(self, model, cfg: "Config", out, tokenizer, restored_acc: Optional[float] = None):
         self.model, self.cfg, self.out, self.tokenizer = model, cfg, out, tokenizer
         self.acc = restored_acc
         self.kept = restored_acc is not None  # a restarted run kept one already

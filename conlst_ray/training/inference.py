@@ -4,7 +4,7 @@ numeric context of a forward pass, accuracy per language."""
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +12,9 @@ import torch
 
 from conlst_ray.data.schema import unique_in_order
 from conlst_ray.training.batches import Encoded, batch_of, encode_table, length_sorted_batches, to_device
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import Config
 
 
 def autocast(device, precision: str = "auto"):
@@ -72,7 +75,7 @@ def accuracy_on(model, tokenizer, table: pa.Table, max_length: int, batch_size: 
                                 data)
 
 
-def dev_metrics(model, eval_rows: list, pad_id: int, device, cfg) -> dict:
+def dev_metrics(model, eval_rows: list, pad_id: int, device, cfg: "Config") -> dict:
     """Dev accuracy per language (``acc_xx``), its mean over the target
     languages (``target_dev_acc``, Tune's metric) and the source language's
     (``source_dev_acc``), computed on ``device``: the model must not leave the
