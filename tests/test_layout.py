@@ -211,3 +211,14 @@ def test_cfg_is_annotated_wherever_it_is_a_parameter():
                 bare += [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
                          for a in node.args.args + node.args.kwonlyargs if a.arg == "cfg" and a.annotation is None]
     assert not bare, bare
+
+
+def test_every_training_stage_has_one_registered_algorithm():
+    """The worker builds the algorithm its stage names (algorithm/registry.py):
+    every training stage of the table has one, named after it."""
+    from conlst_ray.algorithm.registry import ALGORITHMS, algorithm_of
+    from conlst_ray.config.stages import TRAINED
+
+    for stage in TRAINED:
+        assert algorithm_of(stage).name == stage
+    assert set(ALGORITHMS) == set(TRAINED)

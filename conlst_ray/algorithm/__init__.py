@@ -1,6 +1,7 @@
 """The CoNLST algorithm in plain PyTorch: no Ray, no I/O.
 
 base.py           one object per stage (USB's AlgorithmBase shape); SourceTraining
+registry.py       the algorithms by stage name (@register), and what a stage may read (StageData)
 conl.py           CoNL, stage 1 (Eq. 4-8): negative pool, gamma, L_CL + lambda L_CLCS
 self_training.py  self-training, stage 2 (Eq. 9-14): labelling, selection, strong views
 losses.py         Eq. 1, 6, 7, 8, 9-11, 12, 13, 14

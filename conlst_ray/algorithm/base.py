@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from conlst_ray.algorithm.registry import StageData, register
 from conlst_ray.algorithm.steps import source_step
 from conlst_ray.training.batches import batch_of, to_device
 from conlst_ray.training.distributed import global_plan, micro_batches, my_slice
@@ -54,6 +55,12 @@ class StageAlgorithm:
     @property
     def epochs(self) -> int:
         return self.stage_cfg.epochs
+
+    @classmethod
+    def from_stage_data(cls, model, cfg: "Config", tokenizer, device, data: StageData) -> "StageAlgorithm":
+        """The algorithm over what its stage reads (algorithm/registry.py);
+        a stage that reads more says so in its own."""
+        return cls(model, cfg, tokenizer, device, data.source, data.target)
 
     def begin_epoch(self, epoch: int) -> None:
         """Work done once per epoch before its steps (nothing by default)."""
@@ -99,10 +106,9 @@ class StageAlgorithm:
                 torch.as_tensor(self.source.labels[index]).to(self.device))
 
 
+@register("source")
 class SourceTraining(StageAlgorithm):
     """Stage 0: cross-entropy fine-tuning on the labelled source rows."""
-
-    name = "source"
 
     def __init__(self, model, cfg: "Config", tokenizer, device, source, target=None):
         super().__init__(model, cfg, tokenizer, device, source, target)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.registry import StageData, register
 from conlst_ray.algorithm.steps import ConlBatch, build_conl_batch, conl_pool, conl_step, plan_negatives
 from conlst_ray.training.batches import to_device
 from conlst_ray.training.distributed import micro_batches, my_slice, world
@@ -19,12 +20,12 @@ if TYPE_CHECKING:  # for annotations only: a run-time import could point up the 
     from conlst_ray.config.sections import Config
 
 
+@register("conl")
 class CoNL(StageAlgorithm):
     """L_CL (Eq. 6) on target anchors + lambda * L_CLCS (Eq. 7) on source
     rows; ``q`` is the source model's pseudo-label distribution of every
     target row (fixed for the stage)."""
 
-    name = "conl"
     step_fn = staticmethod(conl_step)  # Eq. 8; a variant may replace the step and keep the batches
 
     def __init__(self, model, cfg: "Config", tokenizer, device, source, target, q: np.ndarray):
@@ -34,6 +35,10 @@ class CoNL(StageAlgorithm):
         self.scheduler = linear_warmup_schedule(self.optimizer, max(1, (len(target) // c.batch_size) * c.epochs), 0.0)
         self.pool = self.gamma = self.gamma_by_lang = self.source_rng = None
         self.head_warmup: dict = {}
+
+    @classmethod
+    def from_stage_data(cls, model, cfg: "Config", tokenizer, device, data: StageData) -> "CoNL":
+        return cls(model, cfg, tokenizer, device, data.source, data.target, data.pseudo_labels())
 
     def begin_epoch(self, epoch: int) -> None:
         """Eq. 5's pool of confident target rows and its gamma (absolute, or

@@ -13,6 +13,7 @@ import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
 from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching_bias
+from conlst_ray.algorithm.registry import StageData, register
 from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.models.language_bias import corrected
@@ -25,12 +26,12 @@ if TYPE_CHECKING:  # for annotations only: a run-time import could point up the 
     from conlst_ray.config.sections import Config
 
 
+@register("ssl")
 class SelfTraining(StageAlgorithm):
     """Eq. 12: l_sup on source rows + lambda_u * l_u on the selected target
     rows' strong views; ``backtranslated`` aligns a back-translation with
     each target row (or is None: masking and mixup only)."""
 
-    name = "ssl"
     epoch_key = "iteration"
 
     def __init__(self, model, cfg: "Config", tokenizer, device, source, target, backtranslated=None):
@@ -40,6 +41,11 @@ class SelfTraining(StageAlgorithm):
         self.special_ids = set(tokenizer.all_special_ids)
         self.pred = self.selected = self.plans = None
         self.selection: dict = {}
+
+    @classmethod
+    def from_stage_data(cls, model, cfg: "Config", tokenizer, device, data: StageData) -> "SelfTraining":
+        backtranslated = data.backtranslations() if cfg.ssl.use_backtranslation else None
+        return cls(model, cfg, tokenizer, device, data.source, data.target, backtranslated)
 
     @property
     def epochs(self) -> int:

@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from conlst_ray.algorithm.base import SourceTraining
-from conlst_ray.algorithm.conl import CoNL
-from conlst_ray.algorithm.self_training import SelfTraining
+from conlst_ray.algorithm.registry import StageData, build_algorithm
 from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
 from conlst_ray.models.tokenizers import fetch_tokenizer, keep_tokenizer_files, open_tokenizer, tokenizer_stamp
@@ -77,12 +75,9 @@ def stage_algorithm(job: StageJob, model, tokenizer, device, stamp: str):
     source, target = read_stage_data(tokens, stamp)
     attach_frozen(source, tokens["source"], model, cfg, device)
     attach_frozen(target, tokens.get("target"), model, cfg, device)
-    if job.stage == "source":
-        return SourceTraining(model, cfg, tokenizer, device, source)
-    if job.stage == "conl":
-        return CoNL(model, cfg, tokenizer, device, source, target, read_q(job.inputs.pseudo_labels, target.ids))
-    backtranslated = read_backtranslations(tokens, target, stamp) if cfg.ssl.use_backtranslation else None
-    return SelfTraining(model, cfg, tokenizer, device, source, target, backtranslated)
+    data = StageData(source, target, pseudo_labels=lambda: read_q(job.inputs.pseudo_labels, target.ids),
+                     backtranslations=lambda: read_backtranslations(tokens, target, stamp))
+    return build_algorithm(job.stage, model, cfg, tokenizer, device, data)
 
 
 def build_stage(job: StageJob, device) -> tuple:
