@@ -22,7 +22,11 @@ class Stage:
     epochs_key: Optional[str] = None      # the config key that counts its passes (a training stage)
     pass_name: str = "epoch"              # what one pass is called in its progress lines
     batch_section: Optional[str] = None   # the config section whose batch_size counts its examples
-    rows: tuple[str, ...] = ()            # what the report's tables call its model
+    rows: tuple[str, ...] = ()            # what the report's tables call its model: the first after another
+                                          # target stage, the last when it starts from the source model
+    enabled_key: Optional[str] = None     # the config switch that turns it off (None: always runs)
+    over_target: bool = False             # a training stage over the unlabelled target rows
+    source_files: bool = False            # its fingerprint names the labelled source files (it trains on them)
 
 
 STAGES = (
@@ -30,15 +34,17 @@ STAGES = (
           batch_section="source", rows=("zero-shot",)),
     Stage(PSEUDO_LABELS, "the source model's pseudo-labels of the target rows", "sharded", reads=(SOURCE,)),
     Stage(CONL, "contrastive negative learning (CoNL)", "train", reads=(SOURCE, PSEUDO_LABELS),
-          epochs_key="conl.epochs", batch_section="conl", rows=("CoNL",)),
+          epochs_key="conl.epochs", batch_section="conl", rows=("CoNL",), enabled_key="conl.enabled",
+          over_target=True),
     Stage(BACKTRANSLATION, "back-translations of the target rows", "sharded"),
     Stage(SSL, "self-training (CoNLST when it follows CoNL)", "train", reads=(SOURCE, CONL, BACKTRANSLATION),
           epochs_key="ssl.iterations", pass_name="iteration", batch_section="ssl",
-          rows=("CoNLST", "self-training")),  # CoNLST when it follows CoNL, self-training alone without
+          rows=("CoNLST", "self-training"), enabled_key="ssl.enabled", over_target=True, source_files=True),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = tuple(stage.name for stage in STAGES)
 TRAINED = tuple(stage.name for stage in STAGES if stage.kind == "train")
+TARGET = tuple(stage for stage in STAGES if stage.over_target)  # after the pseudo-labels, in order
 SHARDED = tuple(stage.name for stage in STAGES if stage.kind == "sharded")
 
 

@@ -22,6 +22,7 @@ from typing import Optional
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
+from conlst_ray.config.stages import BACKTRANSLATION, PSEUDO_LABELS, TARGET, Stage
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
@@ -92,30 +93,30 @@ def _shards(out: Path) -> list[Path]:
             for n in sorted(storage.listdir(Path(out) / d)) if n.startswith("shard-") and n.endswith(".parquet")]
 
 
-def _target_stage(name: str, cfg: "Config", run: RunDir, model_dir: str, corpus: Path, log, **fit_kwargs) -> str:
-    """A training stage over the target languages of ``cfg``, skipped when
-    done with the same settings, input model and upstream outputs."""
+def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shared: "SharedWork", log) -> str:
+    """A training stage over the target languages of ``cfg`` (a record of
+    config/stages.py), skipped when done with the same settings, input model
+    and upstream outputs; it reads the outputs its record names."""
     from conlst_ray.ray_jobs.sharded import output_stamp
     from conlst_ray.ray_jobs.train import StageInputs, fit_stage
 
-    inputs = {"model weights": weights_stamp(model_dir),
-              "pseudo-labels": output_stamp(fit_kwargs.get("pseudo_labels")),
-              "translations": output_stamp(fit_kwargs.get("translations"))}
-    if name == "ssl":  # self-training also reads the labelled source corpus
+    name, corpus = stage.name, Path(shared.corpus)
+    reads = {"pseudo_labels": shared.labels if PSEUDO_LABELS in stage.reads else None,
+             "translations": shared.translations if BACKTRANSLATION in stage.reads else None}
+    reads = {k: str(v) for k, v in reads.items() if v}
+    inputs = {"model weights": weights_stamp(model_dir), "pseudo-labels": output_stamp(reads.get("pseudo_labels")),
+              "translations": output_stamp(reads.get("translations"))}
+    if stage.source_files:  # it trains on the labelled source corpus too (self-training's l_sup)
         inputs["source files"] = spec_files(cfg.data.source_train,
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
     if not run.begin(name, stage_fingerprint(name, cfg, inputs), log):
         t0 = time.time()
         inputs = StageInputs(target_corpus=str(corpus), corpus_dir=str(corpus.parent),
-                             langs=list(cfg.data.target_langs), **fit_kwargs)
+                             langs=list(cfg.data.target_langs), **reads)
         metrics = fit_stage(name, cfg, run.stage_files(name), model_dir, inputs, log=log)
         run.mark_done(name, {"seconds": time.time() - t0, **metrics})
         log(f"[{name}] {time.time() - t0:.1f}s")
     return str(run.model(name))
-
-
-def stage_conl(cfg: "Config", run: RunDir, model_dir: str, corpus: Path, labels: Path, log=print) -> str:
-    return _target_stage("conl", cfg, run, model_dir, corpus, log, pseudo_labels=str(labels))
 
 
 def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path, log=print):
@@ -141,11 +142,6 @@ def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path, log=print):
     return out
 
 
-def stage_ssl(cfg: "Config", run: RunDir, model_dir: str, corpus: Path, translations, log=print) -> str:
-    return _target_stage("ssl", cfg, run, model_dir, corpus, log,
-                         translations=str(translations) if translations else None)
-
-
 @dataclass(frozen=True)
 class SharedWork:
     """What the target stages start from: the source model, the sharded
@@ -158,15 +154,23 @@ class SharedWork:
 
 def target_stages(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
                   stop_after: str | None = None) -> dict[str, str]:
-    """CoNL then self-training for the target languages of ``cfg``; without
-    CoNL (conl.enabled=false) self-training starts from the source model."""
-    corpus = Path(shared.corpus)
-    models = ({"CoNL": stage_conl(cfg, run, shared.source_model, corpus, Path(shared.labels), log)}
-              if cfg.conl.enabled else {})
-    if stop_after != "conl" and cfg.ssl.enabled:
-        name = "CoNLST" if cfg.conl.enabled else "self-training"
-        models[name] = stage_ssl(cfg, run, models.get("CoNL", shared.source_model), corpus, shared.translations, log)
+    """The training stages over the target rows (config/stages.py: CoNL then
+    self-training), each that its switch leaves on starting from the model
+    of the one before (the source model first); table row -> model folder."""
+    models: dict[str, str] = {}
+    model = shared.source_model
+    for stage in TARGET:
+        if enabled(cfg, stage):
+            row = stage.rows[0] if models else stage.rows[-1]  # CoNLST after CoNL, self-training alone
+            models[row] = model = _target_stage(stage, cfg, run, model, shared, log)
+        if stage.name == stop_after:
+            break
     return models
+
+
+def enabled(cfg: "Config", stage: Stage) -> bool:
+    """Whether ``cfg`` runs ``stage`` (its switch, when it has one)."""
+    return stage.enabled_key is None or bool(get(cfg, stage.enabled_key))
 
 
 def _one_language(cfg: "Config", root: str, lang: str, shared: SharedWork, stop_after: str | None,

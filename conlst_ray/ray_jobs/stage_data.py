@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from conlst_ray.config.keys import get
 from conlst_ray.config.provenance import read_json
+from conlst_ray.config.stages import BACKTRANSLATION, BY_NAME
 from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
@@ -75,7 +76,7 @@ def prepare_stage_tokens(stage: str, cfg: "Config", tokenizer_dir: str, inputs: 
         manifests = {lang: read_manifest(root, lang) or {} for lang in t_langs}
         out["target"] = [str(tokenize_cached_corpus(root, manifests, tokenizer_dir, d.max_length,
                                                     cfg.resources.cpus_per_task, log)), t_langs]
-    if stage == "ssl" and translations and cfg.ssl.use_backtranslation:
+    if BACKTRANSLATION in BY_NAME[stage].reads and translations and cfg.ssl.use_backtranslation:
         root = Path(translations)
         bt_langs = sorted(p.name[5:] for p in root.glob("lang=*") if any(p.glob("shard-*.parquet")))
         if bt_langs:

@@ -68,7 +68,8 @@ def fit_stage(stage: str, cfg: "Config", files: StageFiles, model_in: str, input
     inputs = replace(inputs, corpus_dir=str(inputs.corpus_dir or files.corpus))
     tokens = prepare_stage_tokens(stage, cfg, str(model_in), inputs, log)
     job = StageJob(stage, cfg, str(model_in), files, tokens, inputs)
-    epochs = get(cfg, BY_NAME[stage].epochs_key)  # its passes (config/stages.py)
+    key = BY_NAME[stage].epochs_key  # its passes (config/stages.py); one for a stage without the key
+    epochs = get(cfg, key) if key else 1
     with StageWatcher(files, stage, epochs, log=log):  # progress lines and TensorBoard, in the driver
         if in_process(cfg, workers):
             return run_in_process(job)

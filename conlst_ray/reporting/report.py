@@ -12,11 +12,12 @@ import numpy as np
 
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
-from conlst_ray.config.stages import STAGES
+from conlst_ray.config.stages import STAGES, TARGET
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.models.language_bias import by_language
 from conlst_ray.models.tokenizers import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
+from conlst_ray.pipeline.stages import enabled
 from conlst_ray.reporting.analysis import (
     band_transitions,
     calibration_markdown,
@@ -157,8 +158,11 @@ def finished_models(cfg: "Config", run: RunDir) -> dict:
     models: dict = {}
     if cfg.model.source_checkpoint or run.is_done("source"):
         models["zero-shot"] = cfg.model.source_checkpoint or str(run.model("source"))
-    final = "CoNLST" if cfg.conl.enabled else "self-training"
-    for name, stage in (("CoNL", "conl"), (final, "ssl")):
+    earlier = False  # a target stage before it is on: CoNLST after CoNL, self-training alone (config/stages.py)
+    for record in TARGET:
+        if not enabled(cfg, record):
+            continue
+        name, stage, earlier = record.rows[0] if earlier else record.rows[-1], record.name, True
         if cfg.data.target_mode == "per_language":
             found = {lang: str(run.target_run(lang).model(stage)) for lang in cfg.data.target_langs
                      if run.target_run(lang).is_done(stage)}
