@@ -29,8 +29,8 @@ from conlst_ray.config import load_config
 from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer
 from conlst_ray.models.tokenizers import tokenizer_stamp
 from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.ray_jobs.stage_data import prepare_stage_tokens, read_stage_data
-from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
+from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens, read_stage_data
+from conlst_ray.ray_jobs.train import fit_plain, fit_stage
 from conlst_ray.training.inference import predict_proba
 
 REPO = Path(__file__).resolve().parents[1]

@@ -85,7 +85,8 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
 
     from conlst_ray.config import load_config
     from conlst_ray.pipeline.rundir import stage_files
-    from conlst_ray.ray_jobs.train import StageInputs, fit_stage
+    from conlst_ray.ray_jobs.stage_data import StageInputs
+    from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.storage import mirror as storage
 
     cfg = load_config(None, SMALL + [f"output_dir={out_dir}", "source.epochs=2"])

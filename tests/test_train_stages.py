@@ -11,7 +11,8 @@ from faults import KillOnce
 from conlst_ray.config import load_config
 from conlst_ray.models.encoder import build_model, build_tokenizer
 from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.ray_jobs.train import StageInputs, fit_stage
+from conlst_ray.ray_jobs.stage_data import StageInputs
+from conlst_ray.ray_jobs.train import fit_stage
 
 pytestmark = pytest.mark.slow
 

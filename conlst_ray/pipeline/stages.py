@@ -98,7 +98,8 @@ def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shar
     config/stages.py), skipped when done with the same settings, input model
     and upstream outputs; it reads the outputs its record names."""
     from conlst_ray.ray_jobs.sharded import output_stamp
-    from conlst_ray.ray_jobs.train import StageInputs, fit_stage
+    from conlst_ray.ray_jobs.stage_data import StageInputs
+    from conlst_ray.ray_jobs.train import fit_stage
 
     name, corpus = stage.name, Path(shared.corpus)
     reads = {"pseudo_labels": shared.labels if PSEUDO_LABELS in stage.reads else None,

@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # for annotations only: a run-time import could point up the 
     from conlst_ray.config.sections import Config
 
 
-__all__ = ["StageInputs", "StageJob", "run_stage", "fit_plain", "freeze"]
+__all__ = ["StageJob", "run_stage", "fit_plain", "freeze"]
 
 
 @dataclass

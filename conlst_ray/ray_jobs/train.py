@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # for annotations only: a run-time import could point up the 
     from conlst_ray.config.sections import Config
 
 
-__all__ = ["fit_stage", "train_loop_per_worker", "StageInputs", "freeze", "fit_plain"]
+__all__ = ["fit_stage", "train_loop_per_worker", "freeze", "fit_plain"]
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
