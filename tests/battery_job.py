@@ -82,7 +82,7 @@ def battery_runs(out: Path) -> dict:
         return {"finished": made}
     return {"finished": {**made, "run": str(run), "tables": tables(run)}, "caches": damaged_caches(run, out / "a"),
             "bytes_appended": bytes_appended(run, out / "b"), "report": report_cases(run, out / "c"),
-            "api": api_resume(run, out / "d"), "stale": {"run": str(copy_of(run, out / "e"))},
+            "api": api_resume(out / "a" / "r"), "stale": {"run": str(copy_of(run, out / "e"))},
             "predict": predict_memory(out / "f")}
 
 
@@ -135,9 +135,9 @@ def report_cases(run: Path, folder: Path) -> dict:
             "results_unchanged": before == after, "predict": reading}
 
 
-def api_resume(run: Path, folder: Path) -> dict:
-    """A resume through the API in a plain interpreter (no pytest, no faulthandler)."""
-    copy = copy_of(run, folder)
+def api_resume(copy: Path) -> dict:
+    """A resume through the API in a plain interpreter (no pytest, no
+    faulthandler), of the copy whose caches were rebuilt: every stage done."""
     proc = command("-c", API_RESUME, *RUN, f"output_dir={copy.parent}")
     line = next((x for x in proc["stdout"].splitlines() if x.startswith("RESULT ")), "RESULT {}")
     return {**proc, "run": str(copy), "result": json.loads(line[len("RESULT "):]), "tables": tables(copy)}

@@ -19,7 +19,7 @@ from conftest import _job_fixture
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.synthetic.n_source_train=240", "data.synthetic.n_unlabelled=60", "data.synthetic.n_dev=30",
         "data.synthetic.n_test=30", "data.target_langs=[near]", "source.epochs=1", "ssl.iterations=1",
-        "resources.num_workers=0", "data.eval_during_training=false", "run_name=r"]
+        "resources.num_workers=0", "data.eval_during_training=false", "run_name=r", "data.target_dev=null"]
 
 # file 1 of 3: the record, placed after CoNL
 RECORD = ('    Stage("toy", "a toy stage: a copy of its input model", "train", reads=(SOURCE, CONL), rows=("toy",),\n'

@@ -47,10 +47,11 @@ def run(cfg: "Config", resume: bool = False, recompute: bool = False, address: O
     state: dict = {}
     try:
         return _run(cfg, resume, recompute, address, stop_after, state)
-    except KeyboardInterrupt:
-        raise RunInterrupted(where_it_stopped(state["run"], command, cfg) if "run" in state else "") from None
-    except Exception as exc:  # noqa: BLE001 -- told apart below: the user's to fix, or re-raised
-        _raise_as_run_error(exc, state, command, cfg)
+    except BaseException as exc:  # noqa: BLE001 -- told apart below: Ctrl+C, the user's to fix, or re-raised
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(where_it_stopped(state["run"], command, cfg) if "run" in state else "") from None
+        if isinstance(exc, Exception):
+            _raise_as_run_error(exc, state, command, cfg)
         raise
     finally:  # the run directory is free again, however the run ended (a Python process goes on after it)
         from conlst_ray.storage.lock import release_all
