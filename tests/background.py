@@ -5,7 +5,8 @@ with a Ray of its own (a CLI run, a two-node cluster, a study), and returns
 what its tests assert on. On 2 cores the serial suite leaves about a third
 of the CPU idle (process and Ray start-ups wait more than they compute), so
 ``conftest.py`` starts the jobs that the selected tests need, one after the
-other in one background thread, as soon as collection ends; a test waits
+other in a background thread per lane (``register(lane=)``), as soon as
+collection ends; a test waits
 for its job's result only when it gets there. A job no selected test needs
 never runs, and a fixture asked for outside that path runs its job itself.
 
@@ -25,26 +26,34 @@ JobFn = Callable[[Path], Any]
 
 
 class Runner:
-    """Runs jobs in order in one thread; ``result(name)`` waits for one."""
+    """Runs jobs in order, one thread per lane; ``result(name)`` waits for one."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobFn] = {}
+        self.lanes: dict[str, int] = {}
         self.done: dict[str, threading.Event] = {}
         self.outcome: dict[str, tuple[bool, Any]] = {}
         self.children: list[subprocess.Popen] = []
         self.stopping = False
 
-    def register(self, name: str) -> Callable[[JobFn], JobFn]:
+    def register(self, name: str, lane: int = 0) -> Callable[[JobFn], JobFn]:
+        """``lane``: jobs of one lane run one after the other; lanes run side
+        by side. Lane 0 holds the jobs whose timing matters (Ctrl+C at a
+        stage, a lost node); a second lane takes plain CLI runs of tiny
+        configs, which use the core the first leaves idle once the
+        in-process tests are done."""
         def add(fn: JobFn) -> JobFn:
-            self.jobs[name] = fn
+            self.jobs[name], self.lanes[name] = fn, lane
             return fn
         return add
 
     def start(self, order: list[tuple[str, Path]]) -> None:
-        """Run ``(job name, its folder)`` in this order in a daemon thread."""
+        """Run ``(job name, its folder)`` in this order, a daemon thread per lane."""
         for name, _ in order:
             self.done[name] = threading.Event()
-        threading.Thread(target=self._run_all, args=(order,), daemon=True, name="background-jobs").start()
+        for lane in sorted({self.lanes[name] for name, _ in order}):
+            jobs = [(name, out) for name, out in order if self.lanes[name] == lane]
+            threading.Thread(target=self._run_all, args=(jobs,), daemon=True, name=f"background-jobs-{lane}").start()
 
     def _run_all(self, order: list[tuple[str, Path]]) -> None:
         for name, out in order:

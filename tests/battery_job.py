@@ -74,7 +74,7 @@ def append_bytes(model: Path) -> None:
         fh.write(b"\0" * 64)
 
 
-@RUNNER.register("battery_runs")
+@RUNNER.register("battery_runs", lane=1)
 def battery_runs(out: Path) -> dict:
     made = conlst("run", *RUN, f"output_dir={out / 'finished'}")
     run = out / "finished" / "r"

@@ -50,7 +50,7 @@ class Toy(StageAlgorithm):
 '''
 
 
-@RUNNER.register("toy_stage")
+@RUNNER.register("toy_stage", lane=1)
 def run_toy_stage(root: Path) -> dict:
     """A copy of the package with the toy stage added (two files), the
     embedded default run with it, then resumed: a background job
