@@ -33,7 +33,7 @@ def build_parser():
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return guarded(lambda a: _main(a), argv)
+    return guarded(_main, argv)
 
 
 def _main(argv) -> int:
