@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from battery_job import peak
+from battery_job import append_bytes, peak
 from test_user_defects import cli, one_error_line
 
 from conlst_ray.config.keys import keys
@@ -118,11 +118,6 @@ def test_an_alias_bomb_of_9_to_the_9_leaves_is_refused_in_2_s_under_200_mb(key, 
 
 # -- One check of a model folder, for every entry point: a damaged folder is one line, rc 2
 
-def _append_bytes(folder: Path) -> None:
-    with open(folder / "model.safetensors", "ab") as fh:
-        fh.write(b"\0" * 64)
-
-
 def _no_tensors(folder: Path) -> None:
     """A valid safetensors file that holds no tensors (only metadata)."""
     from safetensors.torch import save_file
@@ -149,7 +144,7 @@ def _damaged_tokenizer(folder: Path) -> None:
     (folder / "tokenizer.json").write_text('{"version": "1.0", "truncation": null}')
 
 
-DAMAGE = {"bytes appended": (_append_bytes, "bytes appended"), "no tensors": (_no_tensors, "hold no tensors"),
+DAMAGE = {"bytes appended": (append_bytes, "bytes appended"), "no tensors": (_no_tensors, "hold no tensors"),
           "a header listing none": (_header_lists_none, "hold no tensors"),
           "another model's weights": (_another_models_weights, "do not fit its config.json"),
           "a damaged tokenizer.json": (_damaged_tokenizer, "tokenizer.json cannot be read")}

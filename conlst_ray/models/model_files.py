@@ -18,8 +18,8 @@ FORMAT = 2  # config.json of model type conlst, one weights file
 # files that define what a tokenizer does (others, e.g. README, do not)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "sentencepiece.bpe.model", "spiece.model", "vocab.json", "merges.txt", "added_tokens.json")
-JSON_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                        "added_tokens.json")
+# parsed as JSON by the check; tokenizer.json is parsed once, by the tokenizers library itself
+JSON_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "added_tokens.json")
 
 
 def read_meta(path: str | Path) -> dict:

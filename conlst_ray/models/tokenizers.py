@@ -49,11 +49,14 @@ def open_tokenizer(path) -> object:
     from transformers import AutoTokenizer
 
     folder = fetch_tokenizer(path)
-    if Path(str(folder)).is_dir():  # damaged files: one ModelError naming the folder, not a KeyError from inside
-        tokenizer_problem(Path(str(folder)))
     encoder = _saved_encoder_config(folder)
     extra = {"config": encoder} if encoder else {}
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **extra)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **extra)
+    except Exception:
+        if Path(str(folder)).is_dir():  # damaged files: one ModelError naming the folder, not a KeyError from inside
+            tokenizer_problem(Path(str(folder)))  # (checked only after a failure: a 17 MB tokenizer.json parses in 1 s)
+        raise
 
 
 def _saved_encoder_config(folder):

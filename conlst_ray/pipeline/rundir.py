@@ -275,11 +275,7 @@ class RunDir:
         recorded = (read_json(storage.fetch(self.done_file(name))) or {}).get(OUTPUTS, [])
         for relative in recorded:
             shard = self.root / relative
-            if storage.is_remote(shard):  # only presence: checking the bytes would fetch every shard
-                problem = None if storage.exists(shard) else f"{shard.name} is missing"
-            else:
-                problem = integrity.damage(shard)
-            if problem:
+            if problem := integrity.damage(shard):
                 integrity.discard(shard)
                 return f"{Path(relative).parent}/{problem}"
         return None

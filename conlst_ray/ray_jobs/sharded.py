@@ -142,24 +142,18 @@ def _pending_shards(job: ShardedJob, report: JobReport, log=print) -> tuple[dict
     for lang, manifest in job.manifests.items():
         finished = set(storage.listdir(lang_dir(Path(job.out_root), lang)))
         for shard in manifest["shards"]:
-            key = f"lang={lang}/{Path(shard['file']).stem}"
-            if f"{key.split('/')[1]}.parquet" in finished and (problem := output_damage(job.out_root, key)):
+            name = f"{Path(shard['file']).stem}.parquet"
+            key, output = f"lang={lang}/{Path(shard['file']).stem}", lang_dir(Path(job.out_root), lang) / name
+            if name in finished and (problem := integrity.damage(output)):
                 log(f"[{job.name}] {lang}: {problem}: computing that shard again")
-                integrity.discard(Path(job.out_root) / f"{key}.parquet")
-                finished.discard(f"{key.split('/')[1]}.parquet")
-            if f"{Path(shard['file']).stem}.parquet" in finished:
+                integrity.discard(output)
+                finished.discard(name)
+            if name in finished:
                 report.skipped.append(key)
             else:
                 expected[key] = shard["rows"] * job.rows_per_input
                 files[key] = str(lang_dir(Path(job.corpus_root), lang) / shard["file"])
     return expected, files
-
-
-def output_damage(out_root: str | Path, key: str) -> Optional[str]:
-    """What is wrong with a finished output shard (``storage/integrity.py``);
-    in object storage none is looked for (it would fetch every shard)."""
-    path = Path(out_root) / f"{key}.parquet"
-    return None if storage.is_remote(path) else integrity.damage(path)
 
 
 def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:

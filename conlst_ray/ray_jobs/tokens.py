@@ -63,12 +63,6 @@ def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> i
     return out.num_rows
 
 
-def token_damage(path: Path) -> Optional[str]:
-    """What is wrong with a token file (``storage/integrity.py``); in object
-    storage none is looked for (it would fetch every file to check it)."""
-    return None if storage.is_remote(path) else integrity.damage(path)
-
-
 def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_length: int,
                     sources: Optional[dict[str, object]] = None, cpus_per_task: float = 0.25,
                     log=print) -> Path:
@@ -93,7 +87,7 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         storage.publish(recorded)
         done = set(storage.listdir(dst_dir))
         for s in shards:
-            if token_file(out, s).name in done and (problem := token_damage(token_file(out, s))):
+            if token_file(out, s).name in done and (problem := integrity.damage(token_file(out, s))):
                 log(f"[tokenize] {lang}: {problem}: tokenising that shard again")
                 integrity.discard(token_file(out, s))
                 done.discard(token_file(out, s).name)

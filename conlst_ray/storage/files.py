@@ -26,26 +26,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """``atomic_write_text`` for bytes."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), _file_mode())
-        os.replace(tmp, p)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: say which (disk full)
-            raise OSError(exc.errno, exc.strerror, str(p)) from exc
-        raise
+    write_via_temporary(path, lambda tmp: tmp.write_bytes(data))
 
 
-def named_error(exc: OSError, path: str | os.PathLike) -> OSError:
-    """``exc`` naming the file it was writing: pyarrow's write errors name
+def named_error(exc: OSError, path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> OSError:
+    """``exc`` naming the file it was writing (``path``, not its temporary
+    ``tmp``): a failed write() names no file, and pyarrow's write errors name
     none and carry their errno only in their text ("[errno 28] No space left
     on device"), so a full disk could not say where it was full."""
-    if exc.filename:
+    if exc.filename and str(exc.filename) != str(tmp):
         return exc
     found = re.search(r"\[errno (\d+)\]", str(exc))
     code = exc.errno or (int(found.group(1)) if found else None)
@@ -55,18 +44,21 @@ def named_error(exc: OSError, path: str | os.PathLike) -> OSError:
 
 
 def write_via_temporary(path: str | os.PathLike, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then renamed: a
-    reader never sees half a file, a failed write leaves none, and its error
-    names ``path``."""
+    """``write(tmp)`` to a temporary file beside ``path`` (a name of its own,
+    given the mode a new file gets), then renamed: a reader never sees half
+    a file, a failed write leaves none, and its error names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())  # mkstemp makes it 0600
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise named_error(exc, path) from exc
+        raise named_error(exc, path, tmp) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -5,7 +5,8 @@ cut short, replaced -- is rebuilt by its cache, with one line saying so; it
 is never read as if it were valid.
 
 A file cached before seals existed has none: it is sealed on its first
-check (damage done before that cannot be seen, as before)."""
+check (damage done before that cannot be seen, as before). In object
+storage a file is only looked for, not read (``damage``)."""
 
 from __future__ import annotations
 
@@ -26,37 +27,45 @@ def seal_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.sum")
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, data=None) -> str:
     """blake2b of the file's bytes (about 1 GB/s: a cache's files are
-    checked in seconds beside the minutes they save)."""
+    checked in seconds beside the minutes they save); ``data``: those bytes
+    when the caller holds them already (a buffer: not read again)."""
     h = hashlib.blake2b(digest_size=16)
+    if data is not None:
+        h.update(memoryview(data).cast("B"))
+        return h.hexdigest()
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
             h.update(block)
     return h.hexdigest()
 
 
-def seal(path: str | os.PathLike, publish: bool = True) -> dict:
+def seal(path: str | os.PathLike, publish: bool = True, data=None) -> dict:
     """Record ``path``'s size and content hash beside it (published with it
     in object storage, unless the file is this node's alone: ``publish``);
-    returns the record."""
+    ``data``: the file's bytes, when the caller holds them. Returns the record."""
     path = Path(path)
-    record = {"bytes": path.stat().st_size, "blake2b": content_hash(path)}
+    record = {"bytes": path.stat().st_size, "blake2b": content_hash(path, data)}
     atomic_write_text(seal_path(path), json.dumps(record))
     if publish:
         storage.publish(seal_path(path))
     return record
 
 
-def damage(path: str | os.PathLike) -> Optional[str]:
+def damage(path: str | os.PathLike, data=None) -> Optional[str]:
     """What is wrong with a cached file: missing, or not what was sealed
     (its size, its content); None when it is whole. An unsealed file is
-    sealed now and taken as whole."""
+    sealed now and taken as whole. In object storage only presence is
+    checked: checking the bytes would fetch the whole cache to this node.
+    ``data``: the file's bytes, when the caller has read them already."""
     path = Path(path)
+    if storage.is_remote(path):
+        return None if storage.exists(path) else f"{path.name} is missing"
     if not path.is_file():
         return f"{path.name} is missing"
     if not seal_path(path).is_file():
-        seal(path, publish=False)
+        seal(path, publish=False, data=data)
         return None
     record = _record(seal_path(path))
     if record is None:
@@ -64,7 +73,7 @@ def damage(path: str | os.PathLike) -> Optional[str]:
     size = path.stat().st_size
     if size != record.get("bytes"):
         return f"{path.name} has {size} bytes, {record.get('bytes')} when written"
-    if content_hash(path) != record.get("blake2b"):
+    if content_hash(path, data) != record.get("blake2b"):
         return f"{path.name} was changed since it was written (its content hash differs)"
     return None
 

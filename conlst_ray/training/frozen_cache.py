@@ -87,9 +87,10 @@ def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str
     hidden = model.encoder.config.hidden_size
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        problem = integrity.damage(path) or _size_problem(path, int(offsets[-1]), hidden, dtype)
+        raw = _read(path, dtype)  # read once: checked against its seal, then used
+        problem = integrity.damage(path, raw) or _size_problem(path, int(offsets[-1]), hidden, dtype)
         if meta.get("tokens") == int(offsets[-1]) and not problem:
-            return FrozenStates(_map(path, dtype, hidden), offsets)
+            return FrozenStates(_tensor(raw, dtype, hidden), offsets)
         if problem:
             log(f"[frozen] {problem}: computing the states again")
             integrity.discard(path)
@@ -97,11 +98,11 @@ def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str
     states = compute_states(model, rows, run)
     raw = states.flat.view(torch.int16) if dtype == torch.bfloat16 else states.flat
     write_via_temporary(path, lambda tmp: raw.numpy().tofile(tmp))
-    integrity.seal(path, publish=False)  # the states stay on this node
+    integrity.seal(path, publish=False, data=raw.numpy())  # the states stay on this node
     meta_path.write_text(json.dumps({"tokens": int(offsets[-1]), "rows": len(rows), "layers": n,
                                      "dtype": str(dtype), "hidden": hidden}))
     log(f"[frozen] states of {len(rows)} rows after the lower {n} layers: {time.time() - t0:.0f} s -> {path.name}")
-    return FrozenStates(_map(path, dtype, hidden), offsets)
+    return states  # what the file holds, already in memory
 
 
 def _size_problem(path: Path, tokens: int, hidden: int, dtype: torch.dtype) -> str | None:
@@ -112,8 +113,12 @@ def _size_problem(path: Path, tokens: int, hidden: int, dtype: torch.dtype) -> s
     return None if size == want else f"{path.name} has {size} bytes, its rows need {want}"
 
 
-def _map(path: Path, dtype: torch.dtype, hidden: int) -> torch.Tensor:
-    """The file read back as a [tokens, hidden] tensor."""
-    raw = np.fromfile(path, dtype=np.int16 if dtype == torch.bfloat16 else np.float32)
+def _read(path: Path, dtype: torch.dtype) -> np.ndarray:
+    """The file's values (bf16 kept as their int16 bits)."""
+    return np.fromfile(path, dtype=np.int16 if dtype == torch.bfloat16 else np.float32)
+
+
+def _tensor(raw: np.ndarray, dtype: torch.dtype, hidden: int) -> torch.Tensor:
+    """The file's values as a [tokens, hidden] tensor."""
     t = torch.from_numpy(raw.reshape(-1, hidden))
     return t.view(dtype) if dtype == torch.bfloat16 else t
