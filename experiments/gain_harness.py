@@ -18,7 +18,7 @@ import torch
 
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
-from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_max_rows
+from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.models.language_bias import by_language
 
 
@@ -61,7 +61,7 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     corpus_dir = out / "corpus"
     target_root = corpus_dir / CORPUS_FOLDERS["data.target_train"]
     ingest_corpora(cfg.data.target_train, cfg.data.target_langs, target_root, cfg.data, cfg.resources.cpus_per_task,
-                   log, max_rows=target_rows or corpus_max_rows(cfg, "data.target_train"))
+                   log, max_rows=target_rows or cfg.data.corpus_max_rows("data.target_train"))
     inputs = StageInputs(target_corpus=str(target_root), langs=list(cfg.data.target_langs), corpus_dir=str(corpus_dir))
     tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), inputs, log)
     tokens["test"] = test_tokens(cfg, corpus_dir, init_dir, log)

@@ -22,22 +22,13 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """The ids of the import nodes inside ``if TYPE_CHECKING:`` (annotations
-    only: never run, so they may name a module above)."""
-    return {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-            and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING" for n in ast.walk(block)}
-
-
 def imports(path: Path, known: dict) -> set[str]:
     """conlst_ray modules imported anywhere in the file (functions included),
-    except for annotations only (``if TYPE_CHECKING:``)."""
+    annotations too (``if TYPE_CHECKING:``): an import for a type is still a
+    dependency a reader follows, so it may not point up the layers either (a
+    section a lower layer reads is named there by its shape, a Protocol)."""
     found = set()
-    tree = ast.parse(path.read_text())
-    skip = _type_checking_only(tree)
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("conlst_ray"):
             found |= {n for n in [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if n in known}
         elif isinstance(node, ast.Import):

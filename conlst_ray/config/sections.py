@@ -152,6 +152,18 @@ class DataConfig(Section):
                 raise ConfigError(f"data.{key} = {langs!r} names {', '.join(twice)} twice")
         return self
 
+    def corpus_langs(self, key: str) -> list[str]:
+        """The languages a corpus key is read for: the labelled training corpus
+        in its training languages, the source dev set in the source language,
+        every target corpus in the target languages."""
+        if key == "data.source_train":
+            return list(self.source_train_langs or [self.source_lang])
+        return [self.source_lang] if key.startswith("data.source") else list(self.target_langs)
+
+    def corpus_max_rows(self, key: str) -> Optional[int]:
+        """The row cap of a corpus key (the labelled training corpus has its own)."""
+        return self.max_source_rows if key == "data.source_train" else None
+
 
 class TinyModelConfig(Section):
     """Shape of the BERT built from a config when model.name_or_path == 'tiny-bert'."""

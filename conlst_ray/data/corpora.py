@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import pyarrow as pa
 
@@ -10,29 +10,10 @@ from conlst_ray.data.readers import read_corpus, read_languages, read_rows
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
 
-if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
-    from conlst_ray.config.sections import Config
-
-
 # corpus key -> its folder in a run's corpus cache (RUN/corpus/<folder>, token files below)
 CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
                   "data.target_train": "target_train", "data.target_dev": "dev_target",
                   "data.target_test": "test_target"}
-
-
-def corpus_langs(cfg: "Config", key: str) -> list[str]:
-    """The languages a corpus key is read for: the labelled training corpus
-    in its training languages, the source dev set in the source language,
-    every target corpus in the target languages."""
-    d = cfg.data
-    if key == "data.source_train":
-        return list(d.source_train_langs or [d.source_lang])
-    return [d.source_lang] if key.startswith("data.source") else list(d.target_langs)
-
-
-def corpus_max_rows(cfg: "Config", key: str) -> Optional[int]:
-    """The row cap of a corpus key (the labelled training corpus has its own)."""
-    return cfg.data.max_source_rows if key == "data.source_train" else None
 
 
 def read_options(data_cfg, max_rows: Optional[int] = None, skip_rows: int = 0) -> dict:

@@ -50,7 +50,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -58,8 +58,15 @@ import pyarrow as pa
 from conlst_ray.data.schema import CorpusError, rows_to_table
 from conlst_ray.data.task import Task
 
-if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
-    from conlst_ray.config.sections import SyntheticConfig
+
+class SyntheticSizes(Protocol):
+    """What the benchmark reads of ``data.synthetic`` (``SyntheticConfig`` in
+    config/sections.py, a layer above: named by its shape, not imported)."""
+    seed: int
+    n_source_train: int
+    n_unlabelled: int
+    n_dev: int
+    n_test: int
 
 
 NUM_CLASSES = 3   # the NLI task's; a benchmark of another task has its own
@@ -191,7 +198,7 @@ class SyntheticBenchmark:
         self.profiles = {p.code: p for p in PROFILES}
 
     @classmethod
-    def from_config(cls, cfg: Optional["SyntheticConfig"] = None, task=None) -> "SyntheticBenchmark":
+    def from_config(cls, cfg: Optional[SyntheticSizes] = None, task=None) -> "SyntheticBenchmark":
         """The benchmark of ``data.synthetic`` for ``data.task`` (None: NLI)."""
 
         task = Task.of(task)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from conlst_ray.config import NAMED_MODELS, Config
 from conlst_ray.config.keys import get, keys
-from conlst_ray.data.corpora import corpus_langs, read_options
+from conlst_ray.data.corpora import read_options
 from conlst_ray.data.readers import check_language_template, parse_spec, read_corpus
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
@@ -97,7 +97,7 @@ def check_corpora(cfg: "Config") -> list[str]:
     it reads it in (hub data sets and the embedded benchmark are checked for
     their form only)."""
     d = cfg.data
-    jobs = [(key.name, get(cfg, key.name), corpus_langs(cfg, key.name)) for key in keys(Config) if key.path == "corpus"]
+    jobs = [(key.name, get(cfg, key.name), d.corpus_langs(key.name)) for key in keys(Config) if key.path == "corpus"]
     if cfg.selection.prior == "bbse":  # the prior is estimated on the corpus's source-language rows
         jobs.append(("data.target_train (selection.prior=bbse reads its source-language rows)", d.target_train,
                      [d.source_lang]))

@@ -23,7 +23,7 @@ from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
 from conlst_ray.config.stages import BACKTRANSLATION, PSEUDO_LABELS, TARGET, Stage
-from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
+from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
@@ -220,8 +220,8 @@ def stage_corpora(cfg: "Config", run: RunDir, log=print) -> None:
     for key in keys(Config):
         spec = get(cfg, key.name) if key.path == "corpus" else None
         if spec:
-            ingest_corpora(spec, corpus_langs(cfg, key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
-                           cfg.resources.cpus_per_task, log, max_rows=corpus_max_rows(cfg, key.name))
+            ingest_corpora(spec, cfg.data.corpus_langs(key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
+                           cfg.resources.cpus_per_task, log, max_rows=cfg.data.corpus_max_rows(key.name))
 
 
 def run_pipeline(cfg: "Config", run: RunDir, log=print, stop_after: str | None = None) -> dict:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from conlst_ray.config.keys import get
 from conlst_ray.config.provenance import read_json
 from conlst_ray.config.stages import BACKTRANSLATION, BY_NAME
-from conlst_ray.data.corpora import CORPUS_FOLDERS, corpus_langs, corpus_max_rows
+from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
@@ -42,8 +42,8 @@ def _cached_tokens(key: str, cfg: "Config", corpus_dir: Path, tokenizer_dir: str
     from conlst_ray.ray_jobs.tokens import tokenize_cached_corpus
 
     root = corpus_dir / CORPUS_FOLDERS[key]
-    manifests = ingest_corpora(get(cfg, key), corpus_langs(cfg, key), root, cfg.data, cfg.resources.cpus_per_task,
-                               log, max_rows=corpus_max_rows(cfg, key))
+    manifests = ingest_corpora(get(cfg, key), cfg.data.corpus_langs(key), root, cfg.data, cfg.resources.cpus_per_task,
+                               log, max_rows=cfg.data.corpus_max_rows(key))
     tokens = tokenize_cached_corpus(root, manifests, tokenizer_dir, cfg.data.max_length,
                                     cfg.resources.cpus_per_task, log)
     return [str(tokens), list(manifests)]
