@@ -26,8 +26,9 @@ import torch
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config, with_values
 from conlst_ray.models.encoder import build_model, build_tokenizer
-from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
+from conlst_ray.pipeline.rundir import RunDir, stage_files
+from conlst_ray.ray_jobs.train import fit_plain, fit_stage
+from conlst_ray.ray_jobs.worker import StageInputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def plain_loop(cfg, model_dir: str, corpus: Path, labels: Path, threads: int, de
     views of each anchor + the step's distinct negatives)."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        steps_file = Path(tmp) / "steps.jsonl"
+        steps_file = stage_files(tmp).steps
         fit_plain("conl", cfg, model_dir, corpus, StageInputs(target_corpus=str(corpus), pseudo_labels=str(labels)),
                   device=device, steps_file=steps_file)
         records = [json.loads(x) for x in steps_file.read_text().splitlines()]
@@ -68,30 +69,28 @@ def main() -> None:
                              "conl.batch_size=32", "conl.num_negatives=8", "source.epochs=2"])
     init_ray(num_cpus=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp, run = Path(tmp), RunDir(tmp)  # laid out as a run
         tok = build_tokenizer(cfg.model, cfg.data)
         torch.manual_seed(0)
-        init_dir = str(build_model(cfg.model, tok).save(tmp / "init", tok))
+        init_dir = str(build_model(cfg.model, tok).save(run.model("init"), tok))
         # a trained source model: an untrained one predicts one class everywhere,
         # and its anchors' complementary classes would have no negatives at all
-        fit_stage("source", cfg, stage_files(tmp / "source"), init_dir, num_workers=0)
-        model_dir = str(tmp / "source" / "model")
-        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
-                                   log=lambda *_: None)
-        pseudo_label(model_dir, CachedCorpus(tmp / "corpus", manifests), tmp / "pl", cfg,
-                     log=lambda *_: None)
+        fit_stage("source", cfg, run.stage_files("source"), init_dir, num_workers=0)
+        model_dir = str(run.model("source"))
+        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, run.corpus_dir, cfg.data)
+        pseudo_label(model_dir, CachedCorpus(run.corpus_dir, manifests), tmp / "pl", cfg)
         t0 = time.time()
-        fit_stage("conl", with_values(cfg, {"resources.trainer": "ray_train"}), stage_files(tmp / "conl"), model_dir,
-                  StageInputs(target_corpus=str(tmp / "corpus"), pseudo_labels=str(tmp / "pl")), num_workers=1)
+        fit_stage("conl", with_values(cfg, {"resources.trainer": "ray_train"}), run.stage_files("conl"), model_dir,
+                  StageInputs(target_corpus=str(run.corpus_dir), pseudo_labels=str(tmp / "pl")), num_workers=1)
         wall = time.time() - t0
-        steps = [json.loads(line) for line in (tmp / "conl" / "steps.jsonl").read_text().splitlines()]
+        steps = [json.loads(line) for line in run.stage_files("conl").steps.read_text().splitlines()]
         ray_steady = (len(steps) - 1) * cfg.conl.batch_size / (steps[-1]["time"] - steps[0]["time"])
         ray_e2e = len(steps) * cfg.conl.batch_size / wall
         ray.shutdown()
         before_cfg = with_values(cfg, {"conl.negative_bank": "anchor", "conl.complementary": "one"})
         before_stats, after_stats = {}, {}
-        before = plain_loop(before_cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=before_stats)
-        plain = plain_loop(cfg, model_dir, tmp / "corpus", tmp / "pl", args.threads, stats=after_stats)
+        before = plain_loop(before_cfg, model_dir, run.corpus_dir, tmp / "pl", args.threads, stats=before_stats)
+        plain = plain_loop(cfg, model_dir, run.corpus_dir, tmp / "pl", args.threads, stats=after_stats)
     print(f"model: tiny BERT {args.layers} layers, hidden {args.hidden}; CoNL batch 32 anchors, K=8, "
           f"CLCS batch 32; {len(steps)} steps; torch threads {args.threads}")
     print(f"plain loop, K fresh negatives per anchor (before): {before:8.1f} anchors/s, "

@@ -40,6 +40,7 @@ import torch
 
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
+from conlst_ray.pipeline.rundir import RunDir, stage_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,15 +138,14 @@ def part_pseudo_label(cfg, model_dir: str, tmp: Path, rows: int, device: str) ->
     spec = repeated_xnli(tmp / "text", rows)
     data = cfg.data.model_copy(update={"target_train": spec, "shard_rows": 20000})
     t0 = time.time()
-    manifests = ingest_corpora(spec, XNLI, tmp / "pl_corpus", data, log=lambda *_: None)
+    manifests = ingest_corpora(spec, XNLI, tmp / "pl_corpus", data)
     t1 = time.time()
-    tokens = tokenize_cached_corpus(tmp / "pl_corpus", manifests, model_dir, cfg.data.max_length, log=lambda *_: None)
+    tokens = tokenize_cached_corpus(tmp / "pl_corpus", manifests, model_dir, cfg.data.max_length)
     t2 = time.time()
     progress: list[tuple[float, int]] = []
     with GpuSampler() as gpu:
         t3 = time.time()
         report = pseudo_label(model_dir, CachedCorpus(tmp / "pl_corpus", manifests), tmp / "labels", cfg,
-                              log=lambda *_: None,
                               on_progress=lambda r: progress.append((time.time(), r.rows)))
         t4 = time.time()
     first_t, first_rows = progress[0]
@@ -162,35 +162,35 @@ def target_labels(cfg, model_dir: str, tmp: Path) -> Path:
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
-    manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "target", cfg.data,
-                               log=lambda *_: None)
-    pseudo_label(model_dir, CachedCorpus(tmp / "target", manifests), tmp / "target_labels", cfg,
-                 log=lambda *_: None)
+    manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "target", cfg.data)
+    pseudo_label(model_dir, CachedCorpus(tmp / "target", manifests), tmp / "target_labels", cfg)
     return tmp / "target_labels"
 
 
-def steady(stage_dir: Path, batch: int) -> float:
-    steps = [json.loads(x) for x in (stage_dir / "steps.jsonl").read_text().splitlines()][5:]
+def steady(files, batch: int) -> float:
+    """Examples/s of a stage's steps file (its StageFiles), after 5 warm-up steps."""
+    steps = [json.loads(x) for x in files.steps.read_text().splitlines()][5:]
     return (len(steps) - 1) * batch / (steps[-1]["time"] - steps[0]["time"])
 
 
 def part_stage(stage: str, cfg, model_dir: str, tmp: Path, device: str, labels: Path | None) -> dict:
     """A stage under Ray Train (1 worker) vs the plain loop, examples/s."""
-    from conlst_ray.pipeline.rundir import stage_files
-    from conlst_ray.ray_jobs.train import StageInputs, fit_plain, fit_stage
+    from conlst_ray.ray_jobs.train import fit_plain, fit_stage
+    from conlst_ray.ray_jobs.worker import StageInputs
 
-    corpus = tmp / "corpus"
+    corpus = RunDir(tmp).corpus_dir
     inputs = (StageInputs(target_corpus=str(tmp / "target"), pseudo_labels=str(labels), corpus_dir=str(corpus))
               if stage == "conl" else StageInputs(corpus_dir=str(corpus)))
     batch = cfg.conl.batch_size if stage == "conl" else cfg.source.batch_size
+    ray_files, plain_files = stage_files(tmp / f"{stage}_ray"), stage_files(tmp / f"{stage}_plain")
     with GpuSampler() as gpu:
-        fit_stage(stage, cfg, stage_files(tmp / f"{stage}_ray"), model_dir, inputs, log=lambda *_: None)
-    ray_rate = steady(tmp / f"{stage}_ray", batch)
+        fit_stage(stage, cfg, ray_files, model_dir, inputs)
+    ray_rate = steady(ray_files, batch)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    (tmp / f"{stage}_plain").mkdir(exist_ok=True)
-    fit_plain(stage, cfg, model_dir, corpus, inputs, device=device, steps_file=tmp / f"{stage}_plain" / "steps.jsonl")
-    plain_rate = steady(tmp / f"{stage}_plain", batch)
+    plain_files.root.mkdir(exist_ok=True)
+    fit_plain(stage, cfg, model_dir, corpus, inputs, device=device, steps_file=plain_files.steps)
+    plain_rate = steady(plain_files, batch)
     out = {"ray_per_s": ray_rate, "plain_per_s": plain_rate, "ratio_ray_vs_plain": ray_rate / plain_rate,
            "unit": "anchors" if stage == "conl" else "pairs", **gpu.summary()}
     if device == "cuda":
@@ -237,7 +237,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             tok = build_tokenizer(cfg.model, cfg.data)
-            model_dir = str(build_model(cfg.model, tok, cfg.data.task.labels).save(tmp / "model", tok))
+            model_dir = str(build_model(cfg.model, tok, cfg.data.task.labels).save(RunDir(tmp).model("init"), tok))
             trained = model_dir
             for part in [p for p in ("source", "pseudo_label", "conl") if p in args.parts]:
                 t0 = time.time()
@@ -247,7 +247,7 @@ def main() -> None:
                     labels = target_labels(cfg, trained, tmp) if part == "conl" else None
                     figures = part_stage(part, cfg, trained, tmp, device, labels)
                 if part == "source":  # later parts read a trained model (CoNL needs confident labels)
-                    trained = str(tmp / "source_ray" / "model")
+                    trained = str(stage_files(tmp / "source_ray").model)
                 figures["seconds"] = time.time() - t0
                 result["parts"][part] = figures
                 out.write_text(json.dumps(result, indent=1))

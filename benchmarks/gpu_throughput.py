@@ -28,10 +28,11 @@ from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 from conlst_ray.models.encoder import ConlstEncoder, build_model, build_tokenizer
 from conlst_ray.models.tokenizers import tokenizer_stamp
-from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens, read_stage_data
-from conlst_ray.ray_jobs.train import fit_plain, fit_stage
+from conlst_ray.pipeline.rundir import RunDir, stage_files
+from conlst_ray.ray_jobs.train import fit_plain, fit_stage, prepare_stage_tokens
+from conlst_ray.ray_jobs.worker import StageInputs, read_stage_data
 from conlst_ray.training.inference import predict_proba
+from conlst_ray.training.stage_files import StageFiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,21 +40,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def steady(stage_dir: Path, batch: int) -> float:
-    steps = [json.loads(x) for x in (stage_dir / "steps.jsonl").read_text().splitlines()]
+def steady(files: StageFiles, batch: int) -> float:
+    steps = [json.loads(x) for x in files.steps.read_text().splitlines()]
     steps = steps[5:]  # warm-up steps (CUDA kernels, allocator) excluded, as in the plain loops
     return (len(steps) - 1) * batch / (steps[-1]["time"] - steps[0]["time"])
 
 
-def worker_peak(stage_dir: Path) -> float:
-    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+def worker_peak(files: StageFiles) -> float:
+    rows = [json.loads(x) for x in files.metrics.read_text().splitlines()]
     return max(r.get("gpu_peak_gib", float("nan")) for r in rows)
 
 
 def stage_rows(cfg, model_dir: str, corpus: Path, target_corpus=None):
     """The token files the Ray stages made under ``corpus`` (cached)."""
     inputs = StageInputs(target_corpus=target_corpus and str(target_corpus), corpus_dir=str(corpus))
-    tokens = prepare_stage_tokens("conl", cfg, model_dir, inputs, log=lambda *_: None)
+    tokens = prepare_stage_tokens("conl", cfg, model_dir, inputs)
     return read_stage_data(tokens, tokenizer_stamp(model_dir, cfg.data.max_length))
 
 
@@ -62,9 +63,9 @@ def plain_source(cfg, model_dir: str, corpus: Path) -> tuple[float, float]:
     (``fit_plain``) on the GPU: pairs/s after 5 warm-up steps, peak GiB."""
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        steps_file = Path(tmp) / "steps.jsonl"
-        fit_plain("source", cfg, model_dir, corpus, device="cuda", steps_file=steps_file)
-        rate = steady(Path(tmp), cfg.source.batch_size)
+        files = stage_files(tmp)
+        fit_plain("source", cfg, model_dir, corpus, device="cuda", steps_file=files.steps)
+        rate = steady(files, cfg.source.batch_size)
     return rate, torch.cuda.max_memory_allocated() / 2**30
 
 
@@ -91,21 +92,20 @@ def main() -> None:
         "resources.tokenize_tasks=4", "resources.precision=bf16"])
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp, run = Path(tmp), RunDir(tmp)  # laid out as a run
         tok = build_tokenizer(cfg.model, cfg.data)
-        model_dir = str(build_model(cfg.model, tok).save(tmp / "model", tok))
+        model_dir = str(build_model(cfg.model, tok).save(run.model("init"), tok))
         out = {}
-        fit_stage("source", cfg, stage_files(tmp / "source"), model_dir)
-        out["source_ray"], out["source_ray_peak"] = steady(tmp / "source", 32), worker_peak(tmp / "source")
-        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, tmp / "corpus")
-        trained = str(tmp / "source" / "model")
-        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp / "corpus", cfg.data,
-                                   log=lambda *_: None)
+        fit_stage("source", cfg, run.stage_files("source"), model_dir)
+        source = run.stage_files("source")
+        out["source_ray"], out["source_ray_peak"] = steady(source, 32), worker_peak(source)
+        out["source_plain"], out["source_plain_peak"] = plain_source(cfg, model_dir, run.corpus_dir)
+        trained = str(run.model("source"))
+        manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, run.corpus_dir, cfg.data)
         t0 = time.time()
-        report = pseudo_label(trained, CachedCorpus(tmp / "corpus", manifests), tmp / "pl", cfg,
-                              log=lambda *_: None)
+        report = pseudo_label(trained, CachedCorpus(run.corpus_dir, manifests), tmp / "pl", cfg)
         out["pl_ray"], out["pl_rows"] = report.rows / (time.time() - t0), report.rows
-        _, target = stage_rows(cfg, trained, tmp / "corpus", tmp / "corpus")
+        _, target = stage_rows(cfg, trained, run.corpus_dir, run.corpus_dir)
         model = ConlstEncoder.load(trained).cuda()
         predict_proba(model, target, tok.pad_token_id, 256, "cuda", "bf16")  # warm-up
         torch.cuda.synchronize()
@@ -114,13 +114,14 @@ def main() -> None:
         torch.cuda.synchronize()
         out["pl_plain"] = len(target) / (time.time() - t0)
         del model
-        fit_stage("conl", cfg, stage_files(tmp / "conl"), trained, StageInputs(target_corpus=str(tmp / "corpus"),
-                                                                  pseudo_labels=str(tmp / "pl")))
-        out["conl_ray"], out["conl_ray_peak"] = steady(tmp / "conl", 32), worker_peak(tmp / "conl")
+        conl = run.stage_files("conl")
+        fit_stage("conl", cfg, conl, trained,
+                  StageInputs(target_corpus=str(run.corpus_dir), pseudo_labels=str(tmp / "pl")))
+        out["conl_ray"], out["conl_ray_peak"] = steady(conl, 32), worker_peak(conl)
         ray.shutdown()
         torch.cuda.reset_peak_memory_stats()
         stats = {}
-        out["conl_plain"] = conl_plain_loop(cfg, trained, tmp / "corpus", tmp / "pl", 8, "cuda", stats)
+        out["conl_plain"] = conl_plain_loop(cfg, trained, run.corpus_dir, tmp / "pl", 8, "cuda", stats)
         out["conl_plain_peak"] = torch.cuda.max_memory_allocated() / 2**30
     print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; ray {ray.__version__}; "
           f"model {args.model}, bf16 autocast; batch 32; targets {args.langs}")

@@ -34,6 +34,7 @@ from conlst_ray.commands.common import init_ray
 from conlst_ray.config import load_config
 from conlst_ray.data.readers import read_languages
 from conlst_ray.models.encoder import ConlstEncoder, wordpiece_tokenizer
+from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.training.batches import collate, encode_table, length_sorted_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +86,10 @@ def ray_pipeline(cfg, model_dir, root, langs) -> tuple[float, float, int]:
     from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     t0 = time.perf_counter()
-    manifests = ingest_corpora(cfg.data.target_train, langs, root / "corpus", cfg.data, log=lambda *_: None)
+    corpus = RunDir(root).corpus_dir
+    manifests = ingest_corpora(cfg.data.target_train, langs, corpus, cfg.data)
     t1 = time.perf_counter()
-    report = pseudo_label(str(model_dir), CachedCorpus(root / "corpus", manifests), root / "out", cfg,
-                          log=lambda *_: None)
+    report = pseudo_label(str(model_dir), CachedCorpus(corpus, manifests), root / "out", cfg)
     t2 = time.perf_counter()
     return report.rows / (t2 - t1), report.rows / (t2 - t0), report.rows
 
@@ -173,7 +174,8 @@ def main() -> None:
         table, _ = read_languages(spec, XNLI)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            model = build_model(len(tok), args.layers, args.hidden, tmp / "model", tok)
+            model_dir = RunDir(tmp).model("source")  # laid out as a run: the model that labels
+            model = build_model(len(tok), args.layers, args.hidden, model_dir, tok)
             print(f"model: BERT {args.layers} layers, hidden {args.hidden}, heads {max(1, args.hidden // 64)}, "
                   f"FFN {4 * args.hidden}, vocab {len(tok)} (mBERT), random weights; "
                   f"{table.num_rows} XNLI dev pairs in {len(XNLI)} languages; torch threads {args.threads}")
@@ -189,7 +191,7 @@ def main() -> None:
                                      f"resources.inference_batch_size={args.micro_batch}"])
             init_ray(num_cpus=2)
             try:
-                a, a_e2e, rows = ray_pipeline(cfg, tmp / "model", tmp, XNLI)
+                a, a_e2e, rows = ray_pipeline(cfg, model_dir, tmp, XNLI)
             finally:
                 ray.shutdown()
             assert rows == table.num_rows

@@ -27,6 +27,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from conlst_ray.pipeline.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 
 WARMUP = 5
@@ -42,7 +44,7 @@ def count_tokenisations(log: Path, run_dir: Path, driver_rows: Counter) -> list[
         src = Path(src)
         done[src.parent.parent.name, src.parent.name[5:]] += int(rows)
     out = []
-    for corpus in sorted((run_dir / "corpus").iterdir()):
+    for corpus in sorted((RunDir(run_dir).corpus_dir).iterdir()):
         for lang_dir in sorted(corpus.glob("lang=*")):
             rows = sum(pq.ParquetFile(f).metadata.num_rows for f in lang_dir.glob("shard-*.parquet"))
             out.append((f"{corpus.name}/{lang_dir.name[5:]}", rows, done[corpus.name, lang_dir.name[5:]]))
@@ -60,7 +62,8 @@ def plain_source_loop(cfg, run_dir: Path, threads: int) -> list[float]:
 
     torch.set_num_threads(threads)
     steps_file = run_dir / "plain_source_steps.jsonl"
-    fit_plain("source", cfg, str(run_dir / "init" / "model"), run_dir / "corpus", steps_file=steps_file)
+    run = RunDir(run_dir)
+    fit_plain("source", cfg, str(run.model("init")), run.corpus_dir, steps_file=steps_file)
     records = [json.loads(x) for x in steps_file.read_text().splitlines()]
     return epoch_rates(records[WARMUP:])
 
@@ -105,9 +108,9 @@ def main() -> int:
         wall = time.time() - t0
         run_dir = tmp / "bench"
         rows = count_tokenisations(log, run_dir, driver_rows)
-        accuracy = (run_dir / "results" / "accuracy_test.md").read_text()
-        cfg = load_config(run_dir / "config.yaml", [])
-        steps = [json.loads(x) for x in (run_dir / "source" / "steps.jsonl").read_text().splitlines()][WARMUP:]
+        accuracy = (RunDir(run_dir).results / "accuracy_test.md").read_text()
+        cfg = load_config(RunDir(run_dir).config_file, [])
+        steps = [json.loads(x) for x in (RunDir(run_dir).stage_files("source").steps).read_text().splitlines()][WARMUP:]
         ray_rates, stage_rate = epoch_rates(steps), (len(steps) - 1) / (steps[-1]["time"] - steps[0]["time"])
         import ray
 

@@ -20,6 +20,7 @@ from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.models.language_bias import by_language
+from conlst_ray.pipeline.rundir import RunDir, stage_files
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Shared:
     predictions: dict = field(default_factory=dict)   # row -> target-row predictions
 
 
-def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Shared:
+def prepare(cfg, out: Path, target_rows: Optional[int] = None) -> Shared:
     """Read and tokenise every corpus (cached under ``out/corpus``) and make
     the initial model (the pretrained encoder and a fresh head). The
     unlabelled target text is capped at ``target_rows`` per language
@@ -48,40 +49,41 @@ def prepare(cfg, out: Path, log=print, target_rows: Optional[int] = None) -> Sha
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.models.tokenizers import open_tokenizer, tokenizer_stamp
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
-    from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens, read_eval_rows, read_stage_data
+    from conlst_ray.ray_jobs.train import prepare_stage_tokens
+    from conlst_ray.ray_jobs.worker import StageInputs, read_eval_rows, read_stage_data
     from conlst_ray.training.optim import seed_everything
 
     if not ray.is_initialized():
         init_ray()
-    init_dir = out / f"seed{cfg.seed}" / "init" / "model"
+    init_dir = RunDir(out / f"seed{cfg.seed}").model("init")
     if not (init_dir / "config.json").is_file():
         seed_everything(cfg.seed)  # the head's initialisation: a seed changes the source model too
         tok = build_tokenizer(cfg.model, cfg.data)
         build_model(cfg.model, tok, cfg.data.task.labels, cfg.data.task.kind).save(init_dir, tok)
-    corpus_dir = out / "corpus"
+    corpus_dir = RunDir(out).corpus_dir
     target_root = corpus_dir / CORPUS_FOLDERS["data.target_train"]
     ingest_corpora(cfg.data.target_train, cfg.data.target_langs, target_root, cfg.data, cfg.resources.cpus_per_task,
-                   log, max_rows=target_rows or cfg.data.corpus_max_rows("data.target_train"))
+                   max_rows=target_rows or cfg.data.corpus_max_rows("data.target_train"))
     inputs = StageInputs(target_corpus=str(target_root), langs=list(cfg.data.target_langs), corpus_dir=str(corpus_dir))
-    tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), inputs, log)
-    tokens["test"] = test_tokens(cfg, corpus_dir, init_dir, log)
+    tokens = prepare_stage_tokens("ssl", cfg, str(init_dir), inputs)
+    tokens["test"] = test_tokens(cfg, corpus_dir, init_dir)
     stamp = tokenizer_stamp(str(init_dir), cfg.data.max_length)
     source, target = read_stage_data(tokens, stamp)
     evals = read_eval_rows(tokens, stamp)
     test = read_eval_rows({"eval": [tokens["test"]]}, stamp)[0]
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
     if cfg.model.cache_frozen:
-        from conlst_ray.ray_jobs.stage_data import attach_frozen
+        from conlst_ray.ray_jobs.worker import attach_frozen
 
         model = load(init_dir, cfg, "source", device)
         for rows, entry in [(source, tokens["source"]), (target, tokens["target"]), (test, tokens["test"])] + list(
                 zip(evals, tokens.get("eval", []))):
-            attach_frozen(rows, entry, model, cfg, device, log)
+            attach_frozen(rows, entry, model, cfg, device)
         del model
     return Shared(cfg, init_dir, open_tokenizer(init_dir), source, target, evals, test, device)
 
 
-def test_tokens(cfg, corpus_dir: Path, init_dir: Path, log) -> list:
+def test_tokens(cfg, corpus_dir: Path, init_dir: Path) -> list:
     """data.target_test in the source language and every target (English is
     scored on the same held-out rows), tokenised: [folder, languages]."""
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
@@ -91,9 +93,9 @@ def test_tokens(cfg, corpus_dir: Path, init_dir: Path, log) -> list:
         raise ValueError("the study scores on data.target_test, which is not set")
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     root = corpus_dir / CORPUS_FOLDERS["data.target_test"]
-    manifests = ingest_corpora(cfg.data.target_test, langs, root, cfg.data, cfg.resources.cpus_per_task, log)
+    manifests = ingest_corpora(cfg.data.target_test, langs, root, cfg.data, cfg.resources.cpus_per_task)
     folder = tokenize_cached_corpus(root, manifests, str(init_dir), cfg.data.max_length,
-                                    cfg.resources.cpus_per_task, log)
+                                    cfg.resources.cpus_per_task)
     return [str(folder), langs]
 
 
@@ -159,7 +161,7 @@ def target_predictions(shared: Shared, model) -> np.ndarray:
 def load(model_dir, cfg, stage: str, device):
     """A model as a stage trains it: frozen as configured, in train mode."""
     from conlst_ray.models.encoder import ConlstEncoder
-    from conlst_ray.ray_jobs.train import freeze
+    from conlst_ray.ray_jobs.worker import freeze
 
     torch.manual_seed(cfg.seed)  # as a Ray Train worker does before its stage
     model = ConlstEncoder.load(model_dir)
@@ -178,12 +180,12 @@ def train_source(shared: Shared, out: Path, log=print, given: Optional[str] = No
     from conlst_ray.training.loop import StepModule
 
     if given:
-        metrics = Path(given).parent / "metrics.jsonl"
+        metrics = stage_files(Path(given).parent).metrics  # the stage folder the model is in
         lines = metrics.read_text().splitlines() if metrics.is_file() else []
         return Path(given), [{"epoch": r["epoch"], "source_dev_acc": 100 * r["source_dev_acc"], "given": given}
                              for r in map(json.loads, lines) if "source_dev_acc" in r]
-    cfg, model_out = shared.cfg, out / f"seed{shared.cfg.seed}" / "source" / "model"
-    done = model_out.parent / "DONE.json"
+    run = RunDir(out / f"seed{shared.cfg.seed}")
+    cfg, model_out, done = shared.cfg, run.model("source"), run.done_file("source")
     if done.is_file():
         return model_out, json.loads(done.read_text())["curve"]
     model = load(shared.init_dir, cfg, "source", shared.device)

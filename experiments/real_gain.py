@@ -176,7 +176,7 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
     from experiments import gain_harness as h
 
     source_cfg = cfg if source_seed is None else with_values(cfg, {"seed": source_seed})
-    shared = h.prepare(source_cfg, out, log, target_rows)
+    shared = h.prepare(source_cfg, out, target_rows)
     seed_dir = out / f"seed{cfg.seed}"
     shared.cfg = source_cfg
     source_dir, curve = h.train_source(shared, out, log, given_source)

@@ -21,6 +21,7 @@ import csv
 import sys
 from pathlib import Path
 
+from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
                        *(["--resume"] if run_dir.exists() else []), *args.overrides])
     if rc:
         return rc
-    results = run_dir / "results"
+    results = RunDir(run_dir).results
     # the stages' own time, also when an earlier, interrupted call ran some of them
     with open(results / "stage_costs.csv") as fh:
         minutes = sum(float(r["seconds"]) for r in csv.DictReader(fh)) / 60

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from conlst_ray.config import load_config
 from conlst_ray.models.e5 import E5_LABEL
+from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.tables import read_rows, write_language_table
 from conlst_ray.storage.files import atomic_write_text
 
@@ -48,9 +49,9 @@ SELF_TRAINING_RUNS = {"selftrain": ("FlexMatch self-training (no CoNL)", "self-t
 def run(out: Path, name: str, overrides: list, extra: list) -> int:
     from conlst_ray.commands import run as run_mod
 
-    if (out / name / "results" / "stage_costs.csv").is_file():
+    if (RunDir(out / name).results / "stage_costs.csv").is_file():
         return 0  # finished: its report is written
-    if "--stop-after" in overrides and (out / name / "source" / "DONE.json").is_file():
+    if "--stop-after" in overrides and (RunDir(out / name).done_file("source")).is_file():
         return 0  # a source-only run whose source model is trained
     args = ["--config", str(CONFIG), f"output_dir={out}", f"run_name={name}", *overrides, *extra]
     if (out / name).exists():
@@ -69,13 +70,13 @@ def main(argv=None) -> int:
     langs = list(cfg.data.target_langs)
     per_lang = max(1, (cfg.data.max_source_rows or 4000) // (len(langs) + 1))
     plan = [("conlst", FLEXMATCH),
-            ("selftrain", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}",
+            ("selftrain", ["conl.enabled=false", f"model.source_checkpoint={RunDir(out / 'conlst').model('source')}",
                            *FLEXMATCH]),
             ("mt", [f"data.source_train_langs=[{','.join([cfg.data.source_lang] + langs)}]",
                     f"data.max_source_rows={per_lang}", "--stop-after", "source"]),
-            ("conlst_cq", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'conl' / 'model'}",
+            ("conlst_cq", ["conl.enabled=false", f"model.source_checkpoint={RunDir(out / 'conlst').model('conl')}",
                            *CLASS_QUANTILE]),
-            ("selftrain_cq", ["conl.enabled=false", f"model.source_checkpoint={out / 'conlst' / 'source' / 'model'}",
+            ("selftrain_cq", ["conl.enabled=false", f"model.source_checkpoint={RunDir(out / 'conlst').model('source')}",
                               *CLASS_QUANTILE])]
     for name, overrides in plan:
         rc = run(out, name, overrides, args.overrides)
@@ -93,14 +94,14 @@ def accuracy_table(cfg, out: Path, docs: Path) -> str:
     from conlst_ray.reporting.report import evaluate
 
     results = {}
-    for row in read_rows(out / "conlst" / "results" / "accuracy_dev.csv"):
+    for row in read_rows(RunDir(out / "conlst").accuracy_table("dev")):
         results[row["model"]] = _accs(row)
     for run_name, (label, row_name) in SELF_TRAINING_RUNS.items():
-        path = out / run_name / "results" / "accuracy_dev.csv"
+        path = RunDir(out / run_name).accuracy_table("dev")
         for row in read_rows(path) if path.is_file() else []:
             if row["model"] == row_name:
                 results[label] = _accs(row)
-    results["translate-train source (CoNLST-MT base)"] = evaluate(cfg, str(out / "mt" / "source" / "model"))
+    results["translate-train source (CoNLST-MT base)"] = evaluate(cfg, str(RunDir(out / "mt").model("source")))
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     return write_language_table(results, langs, cfg.data.source_lang, docs / "real_xnli_accuracy")
 
@@ -112,7 +113,7 @@ def _accs(row: dict) -> dict:
 def stage_table(out: Path) -> str:
     lines = []
     for name in ("conlst", "selftrain", "mt", "conlst_cq", "selftrain_cq"):
-        path = out / name / "results" / "stage_costs.md"
+        path = RunDir(out / name).results / "stage_costs.md"
         if path.is_file():
             lines.append(f"Run `{name}`:\n\n{path.read_text()}")
     return "\n".join(lines)
@@ -122,7 +123,7 @@ def mechanism_lines(out: Path) -> str:
     """What shows each mechanism acting, from the runs' own logs: Eq. 6 at the
     first CoNL step, and self-training's selection per iteration."""
     lines = []
-    steps = out / "conlst" / "conl" / "steps.jsonl"
+    steps = RunDir(out / "conlst").stage_files("conl").steps
     if steps.is_file():
         rows = [json.loads(x) for x in steps.read_text().splitlines()]
         first, last = rows[0], rows[-1]
@@ -136,7 +137,7 @@ def mechanism_lines(out: Path) -> str:
     for name, label in (("conlst", "CoNLST"), ("selftrain", "self-training without CoNL"),
                         ("conlst_cq", "CoNLST, class-quantile selection"),
                         ("selftrain_cq", "class-quantile self-training without CoNL")):
-        path = out / name / "ssl" / "metrics.jsonl"
+        path = RunDir(out / name).stage_files("ssl").metrics
         if not path.is_file():
             continue
         for r in map(json.loads, path.read_text().splitlines()):
@@ -157,11 +158,11 @@ def own_class_lines(out: Path) -> list[str]:
     from conlst_ray.reporting.analysis import own_class_negatives
 
     run = out / "conlst"
-    metrics = run / "conl" / "metrics.jsonl"
+    metrics = RunDir(run).stage_files("conl").metrics
     if not metrics.is_file():
         return []
     gammas = {k[6:]: v for k, v in json.loads(metrics.read_text().splitlines()[-1]).items() if k.startswith("gamma_")}
-    labels, corpus = read_outputs(run / "pseudo_labels" / "source"), read_outputs(run / "corpus" / "target_train")
+    labels, corpus = read_outputs(RunDir(run).pseudo_labels("source")), read_outputs(RunDir(run).target_corpus)
     gold_of = dict(zip(corpus.column("id").to_pylist(), corpus.column("label").to_pylist()))
     gold = np.asarray([gold_of[i] for i in labels.column("id").to_pylist()])
     langs = np.asarray(labels.column("lang").to_pylist())
@@ -177,20 +178,20 @@ def own_class_lines(out: Path) -> list[str]:
 
 def write_doc(cfg, out: Path, docs: Path, overrides: str, per_lang: int) -> None:
     (docs / "figures").mkdir(parents=True, exist_ok=True)
-    hist = out / "conlst" / "results" / "calibration_hist.png"
+    hist = RunDir(out / "conlst").results / "calibration_hist.png"
     if hist.is_file():
         (docs / "figures" / "real_xnli_calibration.png").write_bytes(hist.read_bytes())
-    costs = [out / name / "results" / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq",
+    costs = [RunDir(out / name).results / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq",
                                                                      "selftrain_cq")]
     seconds = sum(float(r["seconds"]) for path in costs if path.is_file() for r in read_rows(path))
-    mt_done = out / "mt" / "source" / "DONE.json"
+    mt_done = RunDir(out / "mt").done_file("source")
     mt_seconds = json.loads(mt_done.read_text())["seconds"] if mt_done.is_file() else 0.0
     seconds += mt_seconds
     text = TEMPLATE.format(
         label=E5_LABEL, command=f"python -m experiments.real_xnli {overrides}".strip(), minutes=seconds / 60,
         langs=", ".join(cfg.data.target_langs), n_target=cfg.data.max_rows, n_source=cfg.data.max_source_rows,
         per_lang=per_lang, accuracy=accuracy_table(cfg, out, docs),
-        calibration=(out / "conlst" / "results" / "calibration.md").read_text(),
+        calibration=(RunDir(out / "conlst").results / "calibration.md").read_text(),
         mechanisms=mechanism_lines(out),
         costs=stage_table(out) + f"\nRun `mt` (source stage only): {mt_seconds:.0f} s.\n")
     atomic_write_text(docs / "REAL_XNLI.md", text + findings(docs / "REAL_XNLI.md"))

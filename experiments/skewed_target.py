@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conlst_ray.pipeline.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 LANGS = ["en", "ar", "de", "fr", "sw", "ur", "zh"]
@@ -73,10 +75,10 @@ def main(argv=None) -> int:
                f"data.target_test=xnli_tsv:{data}/test/test-{{lang}}.tsv",
                "data.source_dev_skip_rows=1245", f"selection.prior={prior}", *args.overrides, "--resume"]
         subprocess.run(cmd, check=True)
-        table = (out / name / "results" / "accuracy_test.csv").read_text().splitlines()
+        table = (RunDir(out / name).results / "accuracy_test.csv").read_text().splitlines()
         results[prior] = {"accuracy_test": table,
-                          "handed_back": json.loads((out / name / "results" / "handed_back.json").read_text())["stage"],
-                          "class_prior": (out / name / "results" / "class_prior.csv").read_text().splitlines()}
+                          "handed_back": json.loads((RunDir(out / name).handed_back_record).read_text())["stage"],
+                          "class_prior": (RunDir(out / name).results / "class_prior.csv").read_text().splitlines()}
     (out / f"skew{tag}.json").write_text(json.dumps(results, indent=1))
     for prior, r in results.items():
         print(f"selection.prior={prior}: handed back {r['handed_back']}")

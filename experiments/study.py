@@ -82,10 +82,11 @@ def slug(name: str) -> str:
 
 def run_variant(name: str, seed: int, out: Path, extra: list[str], source: str | None) -> Path:
     """One pipeline run (reused when its report exists); returns its directory."""
+    from conlst_ray import quiet
     from conlst_ray.pipeline.stages import run_pipeline
 
     run_dir = out / f"seed{seed}" / slug(name)
-    if (run_dir / "results" / "accuracy_test.csv").is_file():
+    if (RunDir(run_dir).results / "accuracy_test.csv").is_file():
         print(f"[study] seed {seed} {name}: done already")
         return run_dir
     overrides = BASE + extra + VARIANTS[name] + [f"seed={seed}", f"output_dir={run_dir.parent}",
@@ -94,11 +95,11 @@ def run_variant(name: str, seed: int, out: Path, extra: list[str], source: str |
         overrides.append(f"model.source_checkpoint={source}")
     cfg = load_config(None, overrides)
     t0 = time.time()
-    quiet = lambda *_: None  # noqa: E731
     run = RunDir.create(cfg, resume=True)
-    models = run_pipeline(cfg, run, log=quiet)
-    # calibration where a figure needs it: the full method (Fig. 3) and NL alone (Fig. 4)
-    full_report(cfg, run, models, log=quiet, calibration=name in ("CoNLST", NL_ONLY, *SENSITIVITY))
+    with quiet():  # one line per run of the study, not the run's own
+        models = run_pipeline(cfg, run)
+        # calibration where a figure needs it: the full method (Fig. 3) and NL alone (Fig. 4)
+        full_report(cfg, run, models, calibration=name in ("CoNLST", NL_ONLY, *SENSITIVITY))
     atomic_write_text(run_dir / "study_seconds.txt", f"{time.time() - t0:.1f}\n")
     print(f"[study] seed {seed} {name}: {time.time() - t0:.0f}s, final row {final_row(run_dir)}")
     return run_dir
@@ -117,7 +118,7 @@ def language_table(rows: dict[str, list[tuple[Path, str]]], split: str, langs: l
     for name, runs in rows.items():
         per_run = []
         for run_dir, row in runs:
-            per_run += [r for r in read_rows(run_dir / "results" / f"accuracy_{split}.csv") if r["model"] == row]
+            per_run += [r for r in read_rows(RunDir(run_dir).results / f"accuracy_{split}.csv") if r["model"] == row]
         out.append([name] + [mean_std([float(r[c]) for r in per_run]) for c in langs + ["avg"]])
     return to_markdown(header, out)
 
@@ -126,7 +127,7 @@ def mean_calibration(run_dirs: list[Path], after_name: str) -> str:
     """Table 4 averaged over seeds (counts and accuracies are means)."""
     acc: dict[tuple, list] = {}
     for run_dir in run_dirs:
-        for r in read_rows(run_dir / "results" / "calibration.csv"):
+        for r in read_rows(RunDir(run_dir).results / "calibration.csv"):
             acc.setdefault((r["lang"], r["band"]), []).append(
                 [float(r[k] or "nan") for k in ("count_before", "acc_before", "count_after", "acc_after")])
     rows = []
@@ -140,7 +141,7 @@ def band_change(run_dirs: list[Path], band: str) -> tuple[float, float]:
     """Mean over seeds and target languages of a band's accuracy before and after."""
     before, after = [], []
     for run_dir in run_dirs:
-        for r in read_rows(run_dir / "results" / "calibration.csv"):
+        for r in read_rows(RunDir(run_dir).results / "calibration.csv"):
             if r["band"] == band and r["acc_before"] and r["acc_after"]:
                 before.append(float(r["acc_before"]))
                 after.append(float(r["acc_after"]))
@@ -153,20 +154,19 @@ def saturated_share(run_dirs: list[Path]) -> float:
     import json
 
     losses = [json.loads(line)["loss_cl"] for d in run_dirs
-              for line in (d / "conl" / "steps.jsonl").read_text().splitlines()]
+              for line in (RunDir(d).stage_files("conl").steps).read_text().splitlines()]
     return float(np.mean([v == 0.0 for v in losses])) if losses else float("nan")
 
 
 def ensure_transitions(run_dir: Path) -> None:
     """Runs reported before the band-transition analysis existed get it now
     (the CoNL model relabels the target rows in the driver: seconds)."""
-    if (run_dir / "results" / "calibration_transitions.csv").is_file():
+    if (RunDir(run_dir).results / "calibration_transitions.csv").is_file():
         return
     from conlst_ray.reporting.report import calibration_report
 
-    cfg = load_config(run_dir / "config.yaml")
-    calibration_report(cfg, RunDir(run_dir), str(run_dir / "conl" / "model"), run_dir / "results",
-                       log=lambda *_: None)
+    cfg = load_config(RunDir(run_dir).config_file)
+    calibration_report(cfg, RunDir(run_dir), str(RunDir(run_dir).model("conl")), RunDir(run_dir).results)
 
 
 def transitions_table(groups: dict[str, list[Path]]) -> str:
@@ -179,7 +179,7 @@ def transitions_table(groups: dict[str, list[Path]]) -> str:
         by_lang: dict[str, list] = {}
         for d in run_dirs:
             ensure_transitions(d)
-            for r in read_rows(d / "results" / "calibration_transitions.csv"):
+            for r in read_rows(RunDir(d).results / "calibration_transitions.csv"):
                 by_lang.setdefault(r["lang"], []).append(
                     [float(r[k]) if r[k] not in ("", "nan") else np.nan for k in
                      ("high_before", "wrong_in_high", "wrong_left_high", "right_left_high", "entered_high",
@@ -200,9 +200,9 @@ def own_class_table(run_dirs: list[Path]) -> str:
 
     per_lang: dict[str, list] = {}
     for d in run_dirs:
-        cfg = load_config(d / "config.yaml")
-        shares = own_class_by_language(read_outputs(d / "pseudo_labels" / "source"),
-                                       read_outputs(d / "corpus" / "target_train"), cfg.data.target_langs,
+        cfg = load_config(RunDir(d).config_file)
+        shares = own_class_by_language(read_outputs(RunDir(d).pseudo_labels("source")),
+                                       read_outputs(RunDir(d).target_corpus), cfg.data.target_langs,
                                        cfg.conl.gamma, len(cfg.data.task.labels))
         for lang, values in shares.items():
             per_lang.setdefault(lang, []).append(values[:2])
@@ -249,11 +249,11 @@ def sensitivity_table(groups: dict[str, list[Path]]) -> str:
               "CoNL steps with L_CL = 0"]
     rows = []
     for name, run_dirs in groups.items():
-        run_dirs = [d for d in run_dirs if (d / "results" / "calibration.csv").is_file()]
+        run_dirs = [d for d in run_dirs if (RunDir(d).results / "calibration.csv").is_file()]
         if not run_dirs:
             continue
         hb, ha = band_change(run_dirs, "high")
-        counts = [float(r["count_after"]) for d in run_dirs for r in read_rows(d / "results" / "calibration.csv")
+        counts = [float(r["count_after"]) for d in run_dirs for r in read_rows(RunDir(d).results / "calibration.csv")
                   if r["band"] == "high"]
         rows.append([name, mean_std([read_avg(d, "test", "CoNL") for d in run_dirs]),
                      mean_std([read_avg(d, "test", "CoNLST") for d in run_dirs]), f"{hb:.1f} -> {ha:.1f}",
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
     runs: dict[int, dict[str, Path]] = {}
     for seed in args.seeds:
         base = run_variant("CoNLST", seed, out, extra, None)
-        source = str(base / "source" / "model")
+        source = str(RunDir(base).model("source"))
         runs[seed] = {"CoNLST": base, **{n: run_variant(n, seed, out, extra, source) for n in names[1:]}}
     ray.shutdown()
     # time of the runs themselves, also when some were made by an earlier, interrupted call
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
 
 def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, minutes: float) -> None:
     seeds = list(runs)
-    cfg = load_config(runs[seeds[0]]["CoNLST"] / "config.yaml")
+    cfg = load_config(RunDir(runs[seeds[0]]["CoNLST"]).config_file)
     langs = [cfg.data.source_lang] + list(cfg.data.target_langs)
     base = [runs[s]["CoNLST"] for s in seeds]
     # Table 1-2 layout: the three systems the issue compares
@@ -309,16 +309,16 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
     ablation_md = ablation_table(specs, docs / "ablation")
     figures = docs / "figures"
     figures.mkdir(exist_ok=True)
-    shutil.copyfile(base[0] / "results" / "calibration_hist.png", figures / "fig3_calibration_conl.png")
+    shutil.copyfile(RunDir(base[0]).results / "calibration_hist.png", figures / "fig3_calibration_conl.png")
     strong, strong_figure = "CoNLST, CoNL lr 1e-3", ""
     if strong in runs[seeds[0]]:
-        shutil.copyfile(runs[seeds[0]][strong] / "results" / "calibration_hist.png",
+        shutil.copyfile(RunDir(runs[seeds[0]][strong]).results / "calibration_hist.png",
                         figures / "fig3_calibration_conl_lr1e-3.png")
         strong_figure = ("\nThe same with CoNL's learning rate at 1e-3 (see \"How hard CoNL pushes\" below):\n\n"
                          "![Figure 3, CoNL lr 1e-3](figures/fig3_calibration_conl_lr1e-3.png)\n")
     nl = [runs[s][NL_ONLY] for s in seeds if NL_ONLY in runs[s]]
     if nl:
-        shutil.copyfile(nl[0] / "results" / "calibration_hist.png", figures / "fig4_calibration_nl_only.png")
+        shutil.copyfile(RunDir(nl[0]).results / "calibration_hist.png", figures / "fig4_calibration_nl_only.png")
 
     def avg(run_dirs, row=None, split="test"):
         vals = [read_avg(d, split, row or final_row(d)) for d in run_dirs]
@@ -337,7 +337,7 @@ def write_results(args, runs: dict, names: list[str], docs: Path, out: Path, min
         nb, na = band_change(nl, "high")
         findings.append(f"- The same after NL with cross-entropy only: {nb:.1f} -> {na:.1f}.")
 
-    costs = (base[0] / "results" / "stage_costs.md").read_text()
+    costs = (RunDir(base[0]).results / "stage_costs.md").read_text()
     sensitivity = sensitivity_table({"CoNLST (CoNL lr 5e-5, the default)": base,
                                      **{n: [runs[s][n] for s in seeds] for n in names if n in SENSITIVITY}})
     calibrated = {"CoNLST": base, **{n: [runs[s][n] for s in seeds] for n in names

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.config import load_config
+from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.tables import read_rows, to_markdown
 from conlst_ray.storage.files import atomic_write_text
 
@@ -38,7 +39,7 @@ TASKS = {
 
 def run(name: str, args: list, out: Path) -> Path:
     run_dir = out / name
-    if (run_dir / "results" / "accuracy_test.csv").is_file():
+    if (RunDir(run_dir).results / "accuracy_test.csv").is_file():
         return run_dir
     cmd = [sys.executable, "-m", "conlst_ray.run", *args, f"output_dir={out}", f"run_name={name}", "seed=0"]
     cmd += ["--resume"] if run_dir.is_dir() else []
@@ -55,15 +56,15 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
     from conlst_ray.ray_jobs.sharded import read_outputs
     from conlst_ray.reporting.analysis import own_class_by_language
 
-    cfg = load_config(run_dir / "config.yaml")
-    shares = own_class_by_language(read_outputs(run_dir / "pseudo_labels" / "source"),
-                                   read_outputs(run_dir / "corpus" / "target_train"), cfg.data.target_langs,
+    cfg = load_config(RunDir(run_dir).config_file)
+    shares = own_class_by_language(read_outputs(RunDir(run_dir).pseudo_labels("source")),
+                                   read_outputs(RunDir(run_dir).target_corpus), cfg.data.target_langs,
                                    cfg.conl.gamma, len(cfg.data.task.labels))
     return tuple(float(np.nanmean([v[k] for v in shares.values()])) for k in range(3))
 
 
 def section(title: str, run_dir: Path) -> str:
-    results = run_dir / "results"
+    results = RunDir(run_dir).results
     rows = {r["model"]: r for r in read_rows(results / "accuracy_test.csv")}
     shown = run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir
     parts = [f"## {title}", "", f"Run: `{shown}`.", "", "Accuracy (%), test:", "",
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     dirs = {title: run(f"t{i}", extra, out) for i, (title, extra) in enumerate(TASKS.items())}
     shares = []
     for title, d in dirs.items():
-        classes = len(load_config(d / "config.yaml").data.task.labels)
+        classes = len(load_config(RunDir(d).config_file).data.task.labels)
         w, r, wrong = own_class_shares(d)
         shares.append([title, classes, f"{100 / (classes - 1):.0f} %", f"{100 * w:.1f} %", f"{100 * r:.1f} %",
                        f"{100 * wrong:.1f} %"])

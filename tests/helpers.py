@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -104,3 +106,21 @@ def private_mounts() -> bool:
 
     return bool(shutil.which("unshare")) and subprocess.run(
         ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def logged():
+    """The lines conlst_ray logs inside the block, in order: the records its
+    package logger receives, from any thread of this process."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler, logger = Collect(), logging.getLogger("conlst_ray")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -85,8 +85,8 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
 
     from conlst_ray.config import load_config
     from conlst_ray.pipeline.rundir import stage_files
-    from conlst_ray.ray_jobs.stage_data import StageInputs
     from conlst_ray.ray_jobs.train import fit_stage
+    from conlst_ray.ray_jobs.worker import StageInputs
     from conlst_ray.storage import mirror as storage
 
     cfg = load_config(None, SMALL + [f"output_dir={out_dir}", "source.epochs=2"])
@@ -96,7 +96,7 @@ def kill_and_resume(out_dir: str, run: str, driver_root: Path, out: Path) -> dic
     metrics = fit_stage("source", cfg, stage_files(stage_dir), str(init),
                         StageInputs(corpus_dir=str(stage_dir.parent / "corpus"),
                                     before_step=KillOnce(step=11, marker=str(marker), after_s=5.0)),
-                        num_workers=KILLED_STAGE_WORKERS, log=lambda *_: None)
+                        num_workers=KILLED_STAGE_WORKERS)
     steps = [json.loads(line) for line in storage.fetch(stage_dir / "steps.jsonl").read_text().splitlines()]
     return {"killed": marker.exists(), "killed_at": marker.stat().st_mtime if marker.exists() else None,
             "final_step": metrics.get("step"), "steps": [[r["step"], r["time"]] for r in steps],

@@ -33,7 +33,7 @@ def test_pseudo_label_cli_labels_every_target_row_of_a_run(tmp_path, ray_session
     assert pl_cli.main(args) == 2                       # no model yet: a clear error
     assert "run python -m conlst_ray.run first" in capsys.readouterr().err
     cfg = load_config(None, args)
-    stage_source(cfg, RunDir.create(cfg), log=lambda *_: None)   # what `run` does first
+    stage_source(cfg, RunDir.create(cfg))   # what `run` does first
     assert pl_cli.main(args) == 0
     out = capsys.readouterr().out
     assert "| far | 100 |" in out

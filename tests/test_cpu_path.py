@@ -8,6 +8,7 @@ is refused in one line; selection with equal counts per (language, class)."""
 import numpy as np
 import pytest
 import torch
+from helpers import logged
 
 from conlst_ray.config import load_config
 from conlst_ray.config.sections import ConfigError
@@ -85,18 +86,18 @@ def test_a_training_step_from_the_cache_trains_only_the_upper_layers():
 def test_the_cache_file_is_keyed_by_the_frozen_weights(tmp_path):
     cfg, _, model = tiny()
     rows = random_rows()
-    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     files = sorted(tmp_path.glob("frozen-*.bin"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     assert files[0].stat().st_mtime_ns == stamp                      # read back, not recomputed
     assert torch.equal(again.flat, first.flat)
     model.encoder.encoder.layer[1].output.dense.weight.data.add_(1.0)  # an upper layer: same frozen part
-    cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     assert len(list(tmp_path.glob("frozen-*.bin"))) == 1
     model.encoder.encoder.layer[0].output.dense.weight.data.add_(1.0)  # a frozen layer: other states
-    changed = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    changed = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     assert len(list(tmp_path.glob("frozen-*.bin"))) == 2
     assert not torch.equal(changed.flat, first.flat)
     assert not list(tmp_path.glob(".*tmp"))                           # nothing half-written left
@@ -225,12 +226,12 @@ def test_a_damaged_states_file_is_computed_again_and_said_so(tmp_path, damage):
     again, one line saying so, the same states as before."""
     _, _, model = tiny()
     rows = random_rows()
-    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=lambda *_: None)
+    first = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     path = next(tmp_path.glob("frozen-*.bin"))
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: size // 3] if damage == "truncated" else bytes(size))
-    said = []
-    again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"], log=said.append)
+    with logged() as said:
+        again = cached_states(model, rows, tmp_path, FrozenRun(1), langs=["de", "sw"])
     assert len([s for s in said if "computing the states again" in s]) == 1, said
     assert torch.equal(again.flat, first.flat)
     assert path.stat().st_size == size

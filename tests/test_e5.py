@@ -12,7 +12,7 @@ from conlst_ray.models import e5
 
 @pytest.fixture(scope="session")
 def e5_dir(tmp_path_factory):
-    return e5.ensure_converted(tmp_path_factory.mktemp("e5cache"), log=lambda *_: None)
+    return e5.ensure_converted(tmp_path_factory.mktemp("e5cache"))
 
 
 def xnli_premises(shared_data, lang, rows):
@@ -93,14 +93,14 @@ def test_conversion_is_atomic_and_trusted_only_when_complete(tmp_path, monkeypat
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        e5.ensure_converted(tmp_path, log=lambda *_: None)
+        e5.ensure_converted(tmp_path)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     half = tmp_path / f"{e5.E5_NAME}-q4-dequantised"
     half.mkdir()
     (half / "config.json").write_text("{}")
     assert not e5.trusted(half, e5.bundled_file())
-    out = e5.ensure_converted(tmp_path, log=lambda *_: None)
+    out = e5.ensure_converted(tmp_path)
     assert out == half and e5.trusted(out, e5.bundled_file()) and (out / "model.safetensors").is_file()
 
 

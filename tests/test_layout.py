@@ -147,7 +147,12 @@ def layout_spellings(path: Path) -> list[str]:
 
 
 def test_only_the_run_directory_spells_the_run_layout():
-    spelled = {str(p.relative_to(ROOT)): s for p in ROOT.rglob("*.py")
+    """In the package, the experiments and the benchmarks: they read a run
+    through ``RunDir``/``SearchDir``/``stage_files`` as the package does."""
+    files = [*ROOT.rglob("*.py"), *(ROOT.parent / "experiments").glob("*.py"),
+             *(ROOT.parent / "benchmarks").glob("*.py")]
+    assert len(files) > len(list(ROOT.rglob("*.py")))  # the experiments and benchmarks are there to check
+    spelled = {str(p.relative_to(ROOT.parent)): s for p in files
                if p.name != "rundir.py" and (s := layout_spellings(p))}
     assert not spelled, spelled
     assert layout_spellings(ROOT / "pipeline" / "rundir.py")  # the check sees the names where they are spelled
@@ -213,3 +218,12 @@ def test_every_training_stage_has_one_registered_algorithm():
     for stage in TRAINED:
         assert algorithm_of(stage).name == stage
     assert set(ALGORITHMS) == set(TRAINED)
+
+
+def test_messages_go_through_logging_not_a_log_parameter():
+    """Every module logs under ``conlst_ray`` (one format, the per-language
+    tag, ``quiet``); no function takes a ``log`` callable to print with."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}" for path in ROOT.rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)
+             and "log" in [a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]]]
+    assert not found, found

@@ -105,5 +105,5 @@ def test_source_checkpoint_replaces_the_source_stage(tmp_path):
     from conlst_ray.pipeline.stages import stage_source
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "run_name=r", f"model.source_checkpoint={tmp_path}/ckpt"])
-    assert stage_source(cfg, RunDir.create(cfg), log=lambda *_: None) == f"{tmp_path}/ckpt"
+    assert stage_source(cfg, RunDir.create(cfg)) == f"{tmp_path}/ckpt"
     assert not (tmp_path / "r" / "source").exists()

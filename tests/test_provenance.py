@@ -107,13 +107,15 @@ def test_resume_redoes_a_damaged_stage_and_only_the_stages_that_read_it(stopped_
 
 
 def test_the_corpus_cache_follows_its_reading_options(tmp_path, ray_session):
+    from helpers import logged
+
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
 
-    logs = []
     few = load_config(None, SMALL + ["data.max_rows=5"])
     assert ingest_corpora("synthetic:unlabelled", ["near"], tmp_path, few.data)["near"]["rows"] == 5
     full = load_config(None, SMALL)
-    manifest = ingest_corpora("synthetic:unlabelled", ["near"], tmp_path, full.data, log=logs.append)["near"]
+    with logged() as logs:
+        manifest = ingest_corpora("synthetic:unlabelled", ["near"], tmp_path, full.data)["near"]
     assert manifest["rows"] == 60
     assert any("max_rows 5 -> None" in line and "rebuilding" in line for line in logs)
 
@@ -165,9 +167,10 @@ def test_skipped_rows_are_counted_per_file_when_a_corpus_is_cached(shared_data, 
     lines[9], lines[19] = "p\th\tmaybe", "only one column"
     (tmp_path / "dev-fr.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_config(None, ["data.on_malformed=skip"])
-    logs = []
-    manifest = ingest_corpora(f"xnli_tsv:{tmp_path}/dev-{{lang}}.tsv", ["fr"], tmp_path / "cache", cfg.data,
-                              log=logs.append)["fr"]
+    from helpers import logged
+
+    with logged() as logs:
+        manifest = ingest_corpora(f"xnli_tsv:{tmp_path}/dev-{{lang}}.tsv", ["fr"], tmp_path / "cache", cfg.data)["fr"]
     assert manifest["rows"] == 48 and manifest["skipped_malformed"] == 2
     said = next(line for line in logs if "malformed rows skipped" in line)
     assert f"{tmp_path}/dev-fr.tsv: 48 rows, 2 malformed rows skipped" in said

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import logged
 
 from conlst_ray.config import load_config
 from conlst_ray.data.readers import read_languages
@@ -149,8 +150,12 @@ def test_a_small_corpus_is_labelled_in_the_driver_as_the_job_labels_it(job, unin
             raise Interrupt()
 
     def label(**kwargs):
-        return pseudo_label(str(root / "model"), CachedCorpus(root / "corpus", manifests), tmp_path, small,
-                            log=lines.append, **kwargs)
+        with logged() as said:
+            try:
+                return pseudo_label(str(root / "model"), CachedCorpus(root / "corpus", manifests), tmp_path, small,
+                                    **kwargs)
+            finally:
+                lines.extend(said)
 
     def actors() -> set:  # every inference actor this session's Ray has started, alive or not
         listed = list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)

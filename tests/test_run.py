@@ -90,7 +90,7 @@ def test_without_self_training_switch_skips_the_stage(finished_run, tmp_path):
 
     run_dir, _, _, _ = finished_run
     cfg = load_config(run_dir / "config.yaml", ["ssl.enabled=false"])
-    models = run_pipeline(cfg, RunDir(run_dir), log=lambda *_: None)
+    models = run_pipeline(cfg, RunDir(run_dir))
     assert list(models) == ["zero-shot", "CoNL"]
 
 
@@ -121,12 +121,12 @@ def test_without_conl_switch_self_trains_from_the_source_model(finished_run, tmp
     shared = SharedWork(str(done.model("source")), str(done.target_corpus), str(done.pseudo_labels("source")))
     cfg = load_config(done.config_file, ["conl.enabled=false", "ssl.iterations=1"])
     alone = RunDir(tmp_path / "alone")
-    models = target_stages(cfg, alone, shared, log=lambda *_: None)
+    models = target_stages(cfg, alone, shared)
     assert list(models) == ["self-training"] and not (alone.root / "conl").exists()
     started_from = json.loads((alone.root / "ssl" / "FINGERPRINT.json").read_text())["inputs"]["model weights"]
     assert started_from == weights_stamp(str(done.model("source")))
     cfg = load_config(done.config_file, ["conl.enabled=false", "ssl.enabled=false"])
-    assert list(run_pipeline(cfg, done, log=lambda *_: None)) == ["zero-shot"]
+    assert list(run_pipeline(cfg, done)) == ["zero-shot"]
 
 
 def read_csv(path):

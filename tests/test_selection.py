@@ -97,7 +97,7 @@ def test_sgd_moves_weights_in_proportion_to_the_gradient_where_adam_moves_them_b
 def test_conl_with_a_frozen_classifier_leaves_the_head_and_trains_the_encoder(synthetic_tokenizer):
     from conlst_ray.config import Config, with_values
     from conlst_ray.models.encoder import build_model
-    from conlst_ray.ray_jobs.train import freeze
+    from conlst_ray.ray_jobs.worker import freeze
 
     cfg = with_values(Config(), {"conl.train_classifier": False})
     model = build_model(cfg.model, synthetic_tokenizer)

@@ -86,7 +86,7 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     made_from = {lang: m["fingerprint"] for lang, m in manifests.items()}
 
     def job(**kw):  # as the pipeline calls it: the shards are tokenised by Ray tasks, which log them
-        return tokenize_corpus(corpus, ["fr", "zh"], str(tok_dir), 64, made_from, log=lambda *_: None, **kw)
+        return tokenize_corpus(corpus, ["fr", "zh"], str(tok_dir), 64, made_from, **kw)
 
     out = job()
     data = open_token_rows(out, ["fr", "zh"], expect_stamp=tokenizer_stamp(tok_dir, 64))
@@ -108,7 +108,7 @@ def test_the_job_tokenises_real_xnli_once_like_the_tokenizer(tmp_path, shared_da
     made_from["zh"] = {"rebuilt": True}                       # zh's rows changed: zh again, fr not
     job()
     assert counted() == 900
-    assert tokenize_corpus(corpus, ["fr"], str(tok_dir), 32, made_from, log=lambda *_: None) != out  # other length
+    assert tokenize_corpus(corpus, ["fr"], str(tok_dir), 32, made_from) != out  # other length
 
 
 def test_batches_pad_every_row_to_the_longest_with_its_own_tokens():

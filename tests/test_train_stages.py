@@ -11,8 +11,8 @@ from faults import KillOnce
 from conlst_ray.config import load_config
 from conlst_ray.models.encoder import build_model, build_tokenizer
 from conlst_ray.pipeline.rundir import stage_files
-from conlst_ray.ray_jobs.stage_data import StageInputs
 from conlst_ray.ray_jobs.train import fit_stage
+from conlst_ray.ray_jobs.worker import StageInputs
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_keep_best_epoch_hands_on_the_epoch_with_the_best_source_dev_accuracy(tm
     assert [r["best_source_dev_acc"] for r in records] == list(np.maximum.accumulate(accs))
     kept = [r["epoch"] for r in records if "kept_epoch" in r]
     assert kept[0] == 0 and kept[-1] == int(np.argmax(accs))
-    assert evaluate(cfg, str(tmp_path / "source" / "model"), "dev", log=lambda *_: None)["src"] == max(accs)
+    assert evaluate(cfg, str(tmp_path / "source" / "model"), "dev")["src"] == max(accs)
 
 
 def test_best_epoch_saves_only_improvements_and_survives_a_restart():
@@ -137,8 +137,7 @@ def source_run(tmp_path_factory, ray_session):
     fit_stage("source", cfg, stage_files(root / "source"), init_model(root, cfg), num_workers=0)
     corpus = root / "corpus"
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data)
-    pseudo_label(str(root / "source" / "model"), CachedCorpus(corpus, manifests), root / "pl", cfg,
-                 log=lambda *_: None)
+    pseudo_label(str(root / "source" / "model"), CachedCorpus(corpus, manifests), root / "pl", cfg)
     return cfg, root
 
 
@@ -236,7 +235,7 @@ def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_se
     cfg = load_config(None, SMALL + [f"output_dir={tmp_path}", "run_name=pl", "data.target_mode=per_language",
                                      "resources.num_workers=0", "source.epochs=1", "conl.source_batch_size=16",
                                      "ssl.batch_size=16", "ssl.iterations=1", "ssl.threshold=0.6"])
-    models = run_pipeline(cfg, RunDir.create(cfg), log=lambda *_: None)
+    models = run_pipeline(cfg, RunDir.create(cfg))
     assert set(models["CoNL"]) == set(models["CoNLST"]) == {"near", "far"}
     for lang in ("near", "far"):
         conl_steps = steps(tmp_path / "pl" / "targets" / lang / "conl")
@@ -245,7 +244,7 @@ def test_per_language_mode_runs_one_independent_target_run_each(tmp_path, ray_se
     assert not (tmp_path / "pl" / "conl").exists()            # no joint run
     from conlst_ray.reporting.report import full_report
 
-    table = full_report(cfg, RunDir(tmp_path / "pl"), log=lambda *_: None)  # models found on disk
+    table = full_report(cfg, RunDir(tmp_path / "pl"))  # models found on disk
     assert "| CoNLST |" in table and "nan" not in table
     # calibration: each language's own CoNL model relabels that language's rows
     with open(tmp_path / "pl" / "results" / "calibration.csv") as fh:
@@ -277,8 +276,7 @@ def test_ssl_uses_back_translations_and_the_switch_turns_them_off(tmp_path, shar
     words = (shared_data / "xnli" / "dev-fr.tsv").read_text(encoding="utf-8").split()[:200]
     tr_cfg = load_config(None, [f"translation.model={tiny_translation_model(tmp_path / 'mt', 'mbart50', words)}",
                                 "translation.max_new_tokens=8"]).translation
-    translate(TranslationJob(tr_cfg, CachedCorpus(tmp_path / "corpus", manifests), tmp_path / "bt", "back"),
-              log=lambda *_: None)
+    translate(TranslationJob(tr_cfg, CachedCorpus(tmp_path / "corpus", manifests), tmp_path / "bt", "back"))
     for name, switch in (("with_bt", "ssl.use_backtranslation=true"), ("without_bt", "ssl.use_backtranslation=false")):
         cfg = load_config(None, base + [switch])
         fit_stage("ssl", cfg, stage_files(tmp_path / name), str(model_dir),
@@ -296,11 +294,11 @@ def test_no_stage_moves_the_model_off_the_worker_device(source_run, monkeypatch)
     import torch
 
     from conlst_ray.models.encoder import ConlstEncoder
-    from conlst_ray.ray_jobs import stage_run
+    from conlst_ray.ray_jobs import train
 
     cfg, root = source_run
     worker_device = torch.device("cpu", 0)
-    monkeypatch.setattr(stage_run, "in_process_device", lambda cfg: worker_device)
+    monkeypatch.setattr(train, "in_process_device", lambda cfg: worker_device)
     seen = []
     original = ConlstEncoder.to
 

@@ -24,8 +24,10 @@ def test_code_tables_cover_the_documented_xnli_languages():
 def test_uncovered_language_is_an_error_or_a_masking_fallback():
     with pytest.raises(TranslationConfigError, match=r"\['bg', 'el'\] not covered by mbart50"):
         check_coverage("mbart50", ["fr", "bg", "el"], "error")
-    warnings = []
-    covered, fallback = check_coverage("mbart50", ["fr", "bg"], "mask_only", log=warnings.append)
+    from helpers import logged
+
+    with logged() as warnings:
+        covered, fallback = check_coverage("mbart50", ["fr", "bg"], "mask_only")
     assert covered == ["fr"] and fallback == ["bg"] and "masking-only" in warnings[0]
 
 
@@ -142,8 +144,7 @@ def test_back_translation_job_with_the_synthetic_translator(tmp_path, ray_sessio
     corpus = tmp_path / "corpus"
     manifests = ingest_corpora(cfg.data.target_train, ["near", "distant"], corpus, cfg.data)
     tr = TranslationConfig(model="synthetic", pivot_lang="src")
-    report, fallback = translate(TranslationJob(tr, CachedCorpus(corpus, manifests), tmp_path / "bt", "back"),
-                                 log=lambda *_: None)
+    report, fallback = translate(TranslationJob(tr, CachedCorpus(corpus, manifests), tmp_path / "bt", "back"))
     assert report.rows == 80 and fallback == []
     table = read_translations(tmp_path / "bt")
     assert sorted(set(table.column("lang").to_pylist())) == ["distant", "near"]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import private_mounts
+from helpers import logged, private_mounts
 from jobs import TINY
 
 from conlst_ray.commands import evaluate
@@ -50,8 +50,8 @@ def test_an_autoscaling_run_says_what_it_waits_for():
     from conlst_ray.pipeline.preflight import check_resources, resource_problems
 
     cfg = load_config(None, ["resources.num_workers=4", "resources.wait_for_resources=true"])
-    said = []
-    check_resources(cfg, {"CPU": 2.0}, log=said.append)
+    with logged() as said:
+        check_resources(cfg, {"CPU": 2.0})
     assert len(said) == 1 and "waiting" in said[0] and "resources.num_workers=4" in said[0]
     assert resource_problems(load_config(None, ["resources.num_workers=2"]), {"CPU": 2.0}) == []
     with pytest.raises(UserError, match="resources.gpus_per_actor"):
@@ -95,7 +95,10 @@ def test_a_second_stage_and_a_second_run_reuse_every_cached_corpus(tmp_path, ray
     from conlst_ray.ray_jobs.corpus_cache import ingest_corpora
 
     def ingest(cfg, said):
-        return ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp_path / "c", cfg.data, log=said.append)
+        with logged() as lines:
+            out = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, tmp_path / "c", cfg.data)
+        said += lines
+        return out
 
     said: list = []
     first = ingest(load_config(None, T), said)

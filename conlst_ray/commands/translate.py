@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     # Fail on an uncovered language before starting Ray or reading anything.
     langs = cfg.data.target_langs if args.mode == "back" else [cfg.data.source_lang] + list(cfg.data.target_langs)
     try:
-        check_coverage(resolve_family(cfg.translation), langs, cfg.translation.on_uncovered, log=print)
+        check_coverage(resolve_family(cfg.translation), langs, cfg.translation.on_uncovered)
     except TranslationConfigError as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conlst_ray import quiet
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse, printable
 from conlst_ray.config import ConfigError, load_config, save_config
 from conlst_ray.config.search_space import apply, parse_search_space
@@ -185,7 +186,8 @@ def shared_work(cfg: "Config", search: SearchDir, phases: Phases) -> tuple[RunDi
     """The work every trial shares, once per search (and reused by --resume):
     corpora, source model, pseudo-labels, back-translations, the trials'
     token files; returns its run and what a trial reads."""
-    from conlst_ray.ray_jobs.stage_data import StageInputs, prepare_stage_tokens
+    from conlst_ray.ray_jobs.train import prepare_stage_tokens
+    from conlst_ray.ray_jobs.worker import StageInputs
 
     shared_cfg = apply(cfg, {"run_name": search.shared_run_name, "output_dir": str(search.storage)})
     run = RunDir.create(shared_cfg, resume=True)
@@ -211,10 +213,11 @@ def report_best(best_cfg, run: RunDir, search: SearchDir, source_model: str, bes
     """The best trial against the zero-shot model (per-language tables) and
     its CoNL model against the shared initial pseudo-labels (Table 4, Fig. 3)."""
     models = {"zero-shot": source_model, "best trial": best_model}
-    table = accuracy_tables(best_cfg, search.root, models, log=lambda *_: None, prefix="best_")
+    with quiet():  # the trials' models were scored in the search: no line to repeat
+        table = accuracy_tables(best_cfg, search.root, models, prefix="best_")
     best_trial = trial_of_model(best_model)
-    predictions = TargetPredictions(best_cfg, run, print, search.analysis(best_trial.root.name))
-    calibration = calibration_report(best_cfg, run, str(best_trial.model("conl")), search.root, log=print,
+    predictions = TargetPredictions(best_cfg, run, search.analysis(best_trial.root.name))
+    calibration = calibration_report(best_cfg, run, str(best_trial.model("conl")), search.root,
                                      predictions=predictions)
     return table, calibration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import pyarrow as pa
@@ -9,6 +10,8 @@ import pyarrow as pa
 from conlst_ray.data.readers import read_corpus, read_languages, read_rows
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
+
+log = logging.getLogger(__name__)
 
 # corpus key -> its folder in a run's corpus cache (RUN/corpus/<folder>, token files below)
 CORPUS_FOLDERS = {"data.source_train": "source_train", "data.source_dev": "dev_source",
@@ -27,13 +30,13 @@ def read_options(data_cfg, max_rows: Optional[int] = None, skip_rows: int = 0) -
     return {**options, "skip_rows": skip_rows} if skip_rows else options
 
 
-def _log_reports(reports, log) -> None:
+def _log_reports(reports) -> None:
     for report in reports:
         if report.skipped:
-            log(f"[data] {report.summary()}")
+            log.info(f"[data] {report.summary()}")
 
 
-def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Table]:
+def source_corpus(data_cfg, split: str = "train") -> Optional[pa.Table]:
     """Labelled source-language rows (split 'train' or 'dev'). The training
     split may span several languages (``data.source_train_langs``:
     translate-train) and has its own cap (``data.max_source_rows``)."""
@@ -43,30 +46,30 @@ def source_corpus(data_cfg, split: str = "train", log=print) -> Optional[pa.Tabl
     if split != "train":
         table, report = read_rows(spec, data_cfg.source_lang,
                                   **read_options(data_cfg, skip_rows=data_cfg.source_dev_skip_rows))
-        _log_reports([report], log)
+        _log_reports([report])
         return table
     kwargs = read_options(data_cfg)
     if data_cfg.max_source_rows is not None:
         kwargs["max_rows"] = data_cfg.max_source_rows
     table, reports = read_languages(spec, data_cfg.source_train_langs or [data_cfg.source_lang], **kwargs)
-    _log_reports(reports, log)
+    _log_reports(reports)
     return table
 
 
-def target_corpus(data_cfg, split: str, langs=None, log=print) -> Optional[pa.Table]:
+def target_corpus(data_cfg, split: str, langs=None) -> Optional[pa.Table]:
     """Rows of every target language for split 'train' (unlabelled), 'dev' or 'test'."""
     spec = {"train": data_cfg.target_train, "dev": data_cfg.target_dev, "test": data_cfg.target_test}[split]
     if spec is None:
         return None
     table, reports = read_languages(spec, langs or data_cfg.target_langs, **read_options(data_cfg))
-    _log_reports(reports, log)
+    _log_reports(reports)
     return table
 
 
-def eval_corpus(data_cfg, split: str = "dev", log=print) -> Optional[pa.Table]:
+def eval_corpus(data_cfg, split: str = "dev") -> Optional[pa.Table]:
     """Source and target rows of one labelled split, for the per-language table."""
-    parts = [t for t in (source_corpus(data_cfg, split, log) if split == "dev" else None,
-                         target_corpus(data_cfg, split, log=log)) if t is not None]
+    parts = [t for t in (source_corpus(data_cfg, split) if split == "dev" else None,
+                         target_corpus(data_cfg, split)) if t is not None]
     if split == "test" and data_cfg.target_test is not None:
         spec = data_cfg.target_test
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 E5_NAME = "multilingual-e5-small"
 E5_LABEL = "multilingual-e5-small (4-bit weights, dequantised)"
@@ -287,14 +290,14 @@ def trusted(out_dir: Path, bin_path: Path) -> bool:
             and stamp.get("file") == bin_path.name)
 
 
-def ensure_converted(cache_dir: str | os.PathLike | None = None, log=print) -> Path:
+def ensure_converted(cache_dir: str | os.PathLike | None = None) -> Path:
     """The converted directory, converting on first use."""
     bin_path = bundled_file()
     out = Path(cache_dir) if cache_dir else cache_root()
     out = out / f"{E5_NAME}-q4-dequantised"
     if trusted(out, bin_path):
         return out
-    log(f"[e5] converting {bin_path} -> {out} (once; about a minute)")
+    log.info(f"[e5] converting {bin_path} -> {out} (once; about a minute)")
     return convert(bin_path, out)
 
 

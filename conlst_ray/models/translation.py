@@ -4,10 +4,13 @@ works with any Hugging Face seq2seq model (no Ray here; the Ray Data actor in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 from conlst_ray.data.synthetic import _concepts, _lexicons
+
+log = logging.getLogger(__name__)
 
 # XNLI's 15 languages in each model family's codes.
 # mBART-50 many-to-many covers 13 of them: no Bulgarian, no Greek.
@@ -46,7 +49,7 @@ def detect_family(model_config, tokenizer=None) -> str:
                                  f"{model_type!r}; set translation.family to mbart50, nllb or m2m100")
 
 
-def check_coverage(family: str, langs: Sequence[str], on_uncovered: str, log=print) -> tuple[list, list]:
+def check_coverage(family: str, langs: Sequence[str], on_uncovered: str) -> tuple[list, list]:
     """Split ``langs`` into (covered, fallback). An uncovered language is an
     error, or with on_uncovered='mask_only' falls back to masking-only
     augmentation with a warning."""
@@ -57,7 +60,8 @@ def check_coverage(family: str, langs: Sequence[str], on_uncovered: str, log=pri
             f"translation: language(s) {uncovered} not covered by {family} (covers {sorted(table)}); "
             f"use another model (NLLB-200 covers all XNLI languages) or set translation.on_uncovered=mask_only")
     for lang in uncovered:
-        log(f"[translate] WARNING: {lang!r} is not covered by {family}: it falls back to masking-only augmentation")
+        log.warning(f"[translate] WARNING: {lang!r} is not covered by {family}: it falls back to masking-only "
+                    "augmentation")
     return [lang for lang in langs if lang in table], uncovered
 
 

@@ -10,17 +10,21 @@ on real data), as an error from deep inside a Ray job.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
 from pathlib import Path
 
+from conlst_ray import quiet
 from conlst_ray.config import NAMED_MODELS, Config
 from conlst_ray.config.keys import get, keys
 from conlst_ray.data.corpora import read_options
 from conlst_ray.data.readers import check_language_template, parse_spec, read_corpus
 from conlst_ray.data.schema import CorpusError
 from conlst_ray.data.task import Task
+
+log = logging.getLogger(__name__)
 
 PREVIEW_ROWS = 3
 
@@ -194,8 +198,8 @@ def check_translation(cfg: "Config") -> list[str]:
     try:
         from conlst_ray.ray_jobs.translate import resolve_family
 
-        check_coverage(resolve_family(cfg.translation), cfg.data.target_langs, cfg.translation.on_uncovered,
-                       log=lambda *_: None)
+        with quiet():  # the warning is the translation stage's to print, once
+            check_coverage(resolve_family(cfg.translation), cfg.data.target_langs, cfg.translation.on_uncovered)
     except TranslationConfigError as exc:
         return [f"translation.model: {exc}"]
     return []
@@ -358,14 +362,14 @@ def resource_problems(cfg: "Config", cluster: dict) -> list[str]:
     return problems
 
 
-def check_resources(cfg: "Config", cluster: dict, log=print) -> None:
+def check_resources(cfg: "Config", cluster: dict) -> None:
     """Refuse (one line naming the key) what the cluster cannot give, or,
     with ``resources.wait_for_resources``, say what the run will wait for."""
     problems = resource_problems(cfg, cluster)
     if not problems:
         return
     if cfg.resources.wait_for_resources:
-        log(f"[run] waiting for resources the cluster does not have yet: {'; '.join(problems)}")
+        log.info(f"[run] waiting for resources the cluster does not have yet: {'; '.join(problems)}")
         return
     raise UserError(problems_line(problems, "; on an autoscaling cluster set resources.wait_for_resources=true"))
 
@@ -390,4 +394,4 @@ def preflight(cfg: "Config") -> None:
         raise UserError(problems_line(problems))
     for warning in (transductive_warning(cfg), overlap_warning(cfg)):
         if warning:
-            print(warning, flush=True)
+            log.warning(warning)

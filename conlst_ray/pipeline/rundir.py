@@ -13,6 +13,7 @@ written is published, and listings come from storage."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.stage_files import StageFiles
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
@@ -220,7 +223,7 @@ class RunDir:
     def is_done(self, name: str) -> bool:
         return storage.exists(self.done_file(name))
 
-    def begin(self, name: str, fingerprint: dict, log=print) -> bool:
+    def begin(self, name: str, fingerprint: dict) -> bool:
         """True when stage ``name`` is done, was made by ``fingerprint`` and
         its outputs are intact; False when it must run (its fingerprint is
         then recorded). A stage made otherwise raises StaleError, or is
@@ -231,10 +234,10 @@ class RunDir:
         if self.is_done(name) and name in SHARDED and (problem := self.damage(name)):
             # its output is made shard by shard: redo the damaged ones, and the stages after it keep
             # their results (they depend on what made the shards, which has not changed)
-            log(f"[{name}] {problem}: computing the missing or damaged shards again")
+            log.info(f"[{name}] {problem}: computing the missing or damaged shards again")
             storage.remove(self.done_file(name))
         elif self.is_done(name) and (problem := self.damage(name)):
-            log(f"[{name}] {problem}; training it again, and the stages after it")
+            log.info(f"[{name}] {problem}; training it again, and the stages after it")
             self._remove(path)
         old = read_json(storage.fetch(path / FINGERPRINT_FILE))
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):

@@ -25,8 +25,8 @@ def trial(params: dict, base, shared: dict) -> None:
     translations, corpus_dir and trials_dir, as the search computed them."""
     import ray.tune
 
-    from conlst_ray.ray_jobs.stage_data import StageInputs
     from conlst_ray.ray_jobs.train import fit_stage
+    from conlst_ray.ray_jobs.worker import StageInputs
 
     cfg = apply(base, params)
     run = trial_run(storage.here(shared["trials_dir"]), ray.tune.get_context().get_trial_id())

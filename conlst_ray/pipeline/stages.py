@@ -14,11 +14,13 @@ rerun with ``--resume`` skips finished stages.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from conlst_ray import message_prefix
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
@@ -27,15 +29,17 @@ from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
+log = logging.getLogger(__name__)
 
-def stage_source(cfg: "Config", run: RunDir, log=print) -> str:
+
+def stage_source(cfg: "Config", run: RunDir) -> str:
     """The source model: given (CoNLST as post-training) or fine-tuned here."""
     if cfg.model.source_checkpoint:
-        log(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
+        log.info(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
         return _shared(run, cfg.model.source_checkpoint)
     langs = cfg.data.source_train_langs or [cfg.data.source_lang]
-    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs)), log):
-        log(f"[source] done already: {run.model('source')}")
+    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
+        log.info(f"[source] done already: {run.model('source')}")
         return str(run.model("source"))
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
@@ -47,11 +51,11 @@ def stage_source(cfg: "Config", run: RunDir, log=print) -> str:
                                                                                               tokenizer)
     storage.publish(init)
     t0 = time.time()
-    metrics = fit_stage("source", cfg, run.stage_files("source"), str(init), log=log)
+    metrics = fit_stage("source", cfg, run.stage_files("source"), str(init))
     run.mark_done("source", {"seconds": time.time() - t0, **metrics})
     kept = (f" (the best epoch is kept: {100 * metrics['best_source_dev_acc']:.1f} %)"
             if "best_source_dev_acc" in metrics else "")
-    log(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
+    log.info(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
         f"{100 * metrics.get('source_dev_acc', float('nan')):.1f} %{kept}")
     return str(run.model("source"))
 
@@ -70,17 +74,17 @@ def _shared(run: RunDir, model: str) -> str:
     return str(copy)
 
 
-def stage_pseudo_labels(cfg: "Config", run: RunDir, model_dir: str, log=print) -> tuple[Path, Path]:
+def stage_pseudo_labels(cfg: "Config", run: RunDir, model_dir: str) -> tuple[Path, Path]:
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, ingest_corpora
     from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
-                               cfg.resources.cpus_per_task, log)
+                               cfg.resources.cpus_per_task)
     out = run.pseudo_labels("source")
     inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
-    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs), log):
-        report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log,
+    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
+        report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg,
                               recompute=run.recompute)
         run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds}, _shards(out))
     return corpus, out
@@ -93,13 +97,13 @@ def _shards(out: Path) -> list[Path]:
             for n in sorted(storage.listdir(Path(out) / d)) if n.startswith("shard-") and n.endswith(".parquet")]
 
 
-def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shared: "SharedWork", log) -> str:
+def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shared: "SharedWork") -> str:
     """A training stage over the target languages of ``cfg`` (a record of
     config/stages.py), skipped when done with the same settings, input model
     and upstream outputs; it reads the outputs its record names."""
     from conlst_ray.ray_jobs.sharded import output_stamp
-    from conlst_ray.ray_jobs.stage_data import StageInputs
     from conlst_ray.ray_jobs.train import fit_stage
+    from conlst_ray.ray_jobs.worker import StageInputs
 
     name, corpus = stage.name, Path(shared.corpus)
     reads = {"pseudo_labels": shared.labels if PSEUDO_LABELS in stage.reads else None,
@@ -110,21 +114,21 @@ def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shar
     if stage.source_files:  # it trains on the labelled source corpus too (self-training's l_sup)
         inputs["source files"] = spec_files(cfg.data.source_train,
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
-    if not run.begin(name, stage_fingerprint(name, cfg, inputs), log):
+    if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
         t0 = time.time()
         inputs = StageInputs(target_corpus=str(corpus), corpus_dir=str(corpus.parent),
                              langs=list(cfg.data.target_langs), **reads)
-        metrics = fit_stage(name, cfg, run.stage_files(name), model_dir, inputs, log=log)
+        metrics = fit_stage(name, cfg, run.stage_files(name), model_dir, inputs)
         run.mark_done(name, {"seconds": time.time() - t0, **metrics})
-        log(f"[{name}] {time.time() - t0:.1f}s")
+        log.info(f"[{name}] {time.time() - t0:.1f}s")
     return str(run.model(name))
 
 
-def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path, log=print):
+def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path):
     if not (cfg.ssl.enabled and cfg.ssl.use_backtranslation):
         return None
     if not cfg.translation.model:
-        log("[translate] translation.model is not set: the strong view is random masking only")
+        log.info("[translate] translation.model is not set: the strong view is random masking only")
         return None
     from conlst_ray.ray_jobs.corpus_cache import corpus_digest, read_manifest
     from conlst_ray.ray_jobs.translate import CachedCorpus, TranslationJob, translate
@@ -137,7 +141,7 @@ def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path, log=print):
         job = TranslationJob(cfg.translation, CachedCorpus(Path(corpus), manifests), out, "back",
                              cpus_per_task=cfg.resources.cpus_per_task, recompute=run.recompute,
                              synthetic=(cfg.data.synthetic.seed, len(cfg.data.task.labels)))
-        report, fallback = translate(job, log)
+        report, fallback = translate(job)
         run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0},
                       _shards(out))
     return out
@@ -153,7 +157,7 @@ class SharedWork:
     translations: Optional[str] = None
 
 
-def target_stages(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
+def target_stages(cfg: "Config", run: RunDir, shared: SharedWork,
                   stop_after: str | None = None) -> dict[str, str]:
     """The training stages over the target rows (config/stages.py: CoNL then
     self-training), each that its switch leaves on starting from the model
@@ -163,7 +167,7 @@ def target_stages(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
     for stage in TARGET:
         if enabled(cfg, stage):
             row = stage.rows[0] if models else stage.rows[-1]  # CoNLST after CoNL, self-training alone
-            models[row] = model = _target_stage(stage, cfg, run, model, shared, log)
+            models[row] = model = _target_stage(stage, cfg, run, model, shared)
         if stage.name == stop_after:
             break
     return models
@@ -180,10 +184,11 @@ def _one_language(cfg: "Config", root: str, lang: str, shared: SharedWork, stop_
     sub = RunDir(storage.here(root), recompute=recompute).target_run(lang)  # this node's mirror of the run
     sub.root.mkdir(parents=True, exist_ok=True)
     cfg_l = with_values(cfg, {"data.target_langs": [lang]})
-    return target_stages(cfg_l, sub, shared, log=lambda msg: print(f"[{lang}] {msg}"), stop_after=stop_after)
+    with message_prefix(f"[{lang}] "):
+        return target_stages(cfg_l, sub, shared, stop_after=stop_after)
 
 
-def per_language(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
+def per_language(cfg: "Config", run: RunDir, shared: SharedWork,
                  stop_after: str | None = None) -> dict[str, dict[str, str]]:
     """The paper's setting: one independent CoNL + SSL run per target language,
     sharing the source model and the pseudo-labels. With
@@ -210,7 +215,7 @@ def per_language(cfg: "Config", run: RunDir, shared: SharedWork, log=print,
     return {name: {lang: r[name] for lang, r in results.items() if name in r} for name in names}
 
 
-def stage_corpora(cfg: "Config", run: RunDir, log=print) -> None:
+def stage_corpora(cfg: "Config", run: RunDir) -> None:
     """Every corpus of the run read in full and sharded into the cache (Ray
     tasks, a language each) before any training: a bad row anywhere is an
     error in seconds, not after hours of source training, and the stages
@@ -221,19 +226,19 @@ def stage_corpora(cfg: "Config", run: RunDir, log=print) -> None:
         spec = get(cfg, key.name) if key.path == "corpus" else None
         if spec:
             ingest_corpora(spec, cfg.data.corpus_langs(key.name), run.corpus(CORPUS_FOLDERS[key.name]), cfg.data,
-                           cfg.resources.cpus_per_task, log, max_rows=cfg.data.corpus_max_rows(key.name))
+                           cfg.resources.cpus_per_task, max_rows=cfg.data.corpus_max_rows(key.name))
 
 
-def run_pipeline(cfg: "Config", run: RunDir, log=print, stop_after: str | None = None) -> dict:
+def run_pipeline(cfg: "Config", run: RunDir, stop_after: str | None = None) -> dict:
     """Run (or resume) every stage; returns name -> model directory, or for
     per_language mode name -> {language -> model directory}."""
-    stage_corpora(cfg, run, log)
-    models: dict = {"zero-shot": stage_source(cfg, run, log)}
+    stage_corpora(cfg, run)
+    models: dict = {"zero-shot": stage_source(cfg, run)}
     if stop_after == "source":
         return models
-    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"], log)
-    translations = stage_backtranslation(cfg, run, corpus, log) if stop_after != "conl" else None
+    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"])
+    translations = stage_backtranslation(cfg, run, corpus) if stop_after != "conl" else None
     stages = per_language if cfg.data.target_mode == "per_language" else target_stages
     shared = SharedWork(models["zero-shot"], str(corpus), str(labels), str(translations) if translations else None)
-    models.update(stages(cfg, run, shared, log, stop_after))
+    models.update(stages(cfg, run, shared, stop_after))
     return models

@@ -6,10 +6,10 @@ tokens.py         cached shards tokenised into memory-mapped token files (Ray ta
 sharded.py        the driver of every Ray Data job over cached shards, resumable per shard
 pseudo_label.py   pseudo-labels q of the target rows (Ray Data, an actor pool)
 translate.py      back-translation and translate-train (Ray Data, an actor pool)
-stage_data.py     what a training stage reads, tokenised once, memory-mapped
-stage_run.py      one training stage's body, in this process or on a Ray Train worker
-worker.py         what a Ray Train worker adds: DDP, checkpoints reported to Ray Train
-train.py          a stage's driver: in this process (one CPU worker) or a TorchTrainer
+train.py          a training stage's driver side: what it reads tokenised once, then this
+                  process (one CPU worker) or a TorchTrainer
+worker.py         its worker side: the stage body over memory-mapped token files, and the
+                  sessions it runs in (a Ray Train worker: DDP, checkpoints; this process)
 progress.py       the driver's thread that shows a stage move: progress lines, TensorBoard
 tune.py           the Ray Tune search: one trial = CoNL then self-training
 """

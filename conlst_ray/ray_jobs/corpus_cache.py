@@ -10,6 +10,7 @@ task per language, never on the driver.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -25,6 +26,8 @@ from conlst_ray.data.schema import CorpusError
 from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text, write_via_temporary
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 
@@ -111,7 +114,7 @@ def corpus_digest(manifests: dict[str, dict]) -> str:
 
 
 def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, cpus_per_task: float = 0.25,
-                   log=print, max_rows: Optional[int] = None) -> dict[str, dict]:
+                   max_rows: Optional[int] = None) -> dict[str, dict]:
     """Shard every language's corpus under ``root``. Cached: a language whose
     manifest records the same spec, reading options and input files is not
     read again; one made otherwise (another ``data.max_rows``, an edited
@@ -137,7 +140,7 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
                 manifests[lang] = manifest
                 continue
             why = f"made otherwise ({'; '.join(changed)})" if changed else f"damaged ({damaged})"
-            log(f"[ingest] {lang}: cached corpus {why}: rebuilding")
+            log.info(f"[ingest] {lang}: cached corpus {why}: rebuilding")
         pending.append(lang)
     if pending:
         # with object storage: read where the spec's files are (the caller's node), shards to storage
@@ -148,6 +151,6 @@ def ingest_corpora(spec: str, langs: Iterable[str], root: str | Path, data_cfg, 
         for lang, ref in refs.items():
             manifests[lang] = ray.get(ref)  # a CorpusError surfaces here with its message
             if manifests[lang].get("skip_summary"):  # data.on_malformed=skip: say how many and why
-                log(f"[ingest] {manifests[lang]['skip_summary']}")
-        log(f"[ingest] {len(pending)} language(s) sharded under {root}")
+                log.info(f"[ingest] {manifests[lang]['skip_summary']}")
+        log.info(f"[ingest] {len(pending)} language(s) sharded under {root}")
     return {lang: manifests[lang] for lang in langs}

@@ -4,6 +4,8 @@ TensorBoard, every step's logged quantities as event files."""
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import math
 import time
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Optional
 from conlst_ray.config.stages import BY_NAME
 from conlst_ray.storage import mirror as storage
 from conlst_ray.training.stage_files import StageFiles
+
+log = logging.getLogger(__name__)
 
 # the terms a progress line shows when a step logs them
 SHOWN = ("loss", "loss_cl", "loss_clcs", "loss_sup", "loss_u", "selected_rate", "lr")
@@ -33,8 +37,8 @@ class Progress:
     """``[conl] epoch 1/1 step 120/467 (26%) 6.1 steps/s ETA 0m57s loss 0.031``
     printed at most every ``interval`` seconds."""
 
-    def __init__(self, stage: str, epochs: int, interval: float = 10.0, log=print):
-        self.stage, self.epochs, self.interval, self.log = stage, epochs, interval, log
+    def __init__(self, stage: str, epochs: int, interval: float = 10.0):
+        self.stage, self.epochs, self.interval = stage, epochs, interval
         self.t_epoch = self.last = time.monotonic()
         self.total: Optional[int] = None
         self.done = 0
@@ -57,7 +61,7 @@ class Progress:
         else:
             where += f" {rate:.1f} steps/s"
         terms = " ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if isinstance(logs.get(k), (int, float)))
-        self.log(f"[{self.stage}] {unit(self.stage)} {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
+        log.info(f"[{self.stage}] {unit(self.stage)} {self.epoch + 1}/{self.epochs} {where} {terms}".rstrip())
 
 
 def epoch_line(stage: str, record: dict, epochs: int) -> str:
@@ -79,8 +83,8 @@ class TensorBoard:
 
     FLUSH_S = 10.0
 
-    def __init__(self, folder: Path, stage: str, log=print):
-        self.stage, self.log, self.writer, self.flushed = stage, log, None, time.monotonic()
+    def __init__(self, folder: Path, stage: str):
+        self.stage, self.writer, self.flushed = stage, None, time.monotonic()
         self._guarded(lambda: self._open(folder))
 
     def _open(self, folder: Path) -> None:
@@ -118,7 +122,7 @@ class TensorBoard:
             write()
         except OSError as exc:  # a full disk, a folder gone: TensorBoard is a view, not the run
             self.writer = None
-            self.log(f"[{self.stage}] TensorBoard event files stopped: {exc}")
+            log.info(f"[{self.stage}] TensorBoard event files stopped: {exc}")
 
     def close(self) -> None:
         if self.writer is not None:
@@ -134,19 +138,21 @@ class StageWatcher:
     Worker output does not reach the driver (log_to_driver is off: it is
     mostly third-party noise), so this is how a user sees a stage move."""
 
-    def __init__(self, files: StageFiles, stage: str, epochs: int, interval: float = 10.0, log=print,
+    def __init__(self, files: StageFiles, stage: str, epochs: int, interval: float = 10.0,
                  tensorboard: bool = True):
         import threading
 
         self.files, self.stage = files, stage
-        self.progress = Progress(stage, epochs, interval, lambda line: _flushed(log, line))
-        self.tb = TensorBoard(files.tensorboard, stage, log) if tensorboard else None
+        self.progress = Progress(stage, epochs, interval)
+        self.tb = TensorBoard(files.tensorboard, stage) if tensorboard else None
         self.logs = {"steps": files.steps, "metrics": files.metrics}
         self.fetched_at = {name: -1e9 for name in self.logs}
         self.copies = None  # object storage: the logs are fetched to a private folder
         self.epoch = None
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{stage}")
+        # the thread prints in the caller's context: a per-language run's lines keep their [lang] tag
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
+                                       name=f"watch-{stage}")
         self.offsets = {name: 0 for name in self.logs}
         # what is there already (a resumed stage's finished epochs) was shown by the command that wrote it
         self.seen: dict = {name: set() for name in self.logs}
@@ -202,7 +208,7 @@ class StageWatcher:
         for record in self._new("metrics"):
             if self.tb is not None:
                 self.tb.epoch(int(record.get("step", 0)), record)
-            self.progress.log(epoch_line(self.stage, record, self.progress.epochs))
+            log.info(epoch_line(self.stage, record, self.progress.epochs))
 
     def _new(self, name: str) -> list:
         import json
@@ -229,11 +235,3 @@ class StageWatcher:
                 self.seen[name].add(key)
                 out.append(record)
         return out
-
-
-def _flushed(log, line: str) -> None:
-    """A progress line seen when it is printed, also when output goes to a file."""
-    import sys
-
-    log(line)
-    sys.stdout.flush()

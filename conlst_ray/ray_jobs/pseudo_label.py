@@ -14,6 +14,7 @@ distribution), under out_root/lang=xx/shard-NNNNN.parquet.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -26,6 +27,8 @@ from conlst_ray.models.tokenizers import load_tokenizer
 from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
 from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, read_outputs, run_sharded_job
 from conlst_ray.storage import mirror as storage
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
@@ -106,7 +109,7 @@ class Predictor:
         return out.append_column("q", pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), n))
 
 
-def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg: "Config", log=print,
+def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg: "Config",
                  on_progress: Optional[Callable[[JobReport], None]] = None, recompute: bool = False) -> JobReport:
     """Pseudo-label every shard of ``corpus`` whose output is missing, from
     the corpus tokenised once (by the model's tokenizer), with
@@ -120,7 +123,7 @@ def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg
     res_cfg, max_length = cfg.resources, cfg.data.max_length
 
     weights = weights_stamp(model_dir)
-    tokens = tokenize_cached_corpus(corpus_root, manifests, model_dir, max_length, res_cfg.cpus_per_task, log)
+    tokens = tokenize_cached_corpus(corpus_root, manifests, model_dir, max_length, res_cfg.cpus_per_task)
     provenance = {lang: fingerprint({"max_length": max_length, "precision": res_cfg.precision},
                                     {"model weights": weights, "corpus": corpus_digest({lang: m}),
                                      "tokenizer": tokens.name})
@@ -145,10 +148,10 @@ def pseudo_label(model_dir: str, corpus: CachedCorpus, out_root: str | Path, cfg
     if res_cfg.inference_actors == 1 and res_cfg.gpus_per_actor == 0 and rows <= res_cfg.driver_inference_rows:
         in_driver = InDriver(str(tokens), {"model_dir": model_dir, "micro_batch": res_cfg.inference_batch_size,
                                            "precision": res_cfg.precision}, res_cfg.actor_batch_rows)
-        log(f"[pseudo-label] {rows} rows, labelled in the driver (at most resources.driver_inference_rows)")
+        log.info(f"[pseudo-label] {rows} rows, labelled in the driver (at most resources.driver_inference_rows)")
     job = ShardedJob("pseudo-label", manifests, Path(corpus_root), Path(out_root), stages, res_cfg.cpus_per_task,
                      provenance=provenance, recompute=recompute, in_driver=in_driver)
-    return run_sharded_job(job, log, on_progress)
+    return run_sharded_job(job, on_progress)
 
 
 class InDriver:

@@ -14,6 +14,7 @@ so an interrupted run resumes where it stopped and does no work twice.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from conlst_ray.ray_jobs.corpus_cache import lang_dir, write_parquet_atomic
 from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 TMP = "_parts"
 
@@ -105,19 +108,19 @@ class ShardedJob:
     in_driver: Optional[Callable] = None    # a small job: ``stages`` as a function of one batch, run here
 
 
-def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
+def run_sharded_job(job: ShardedJob, on_progress: Optional[Callable[[JobReport], None]] = None) -> JobReport:
     """Run ``job`` over its pending shards and finalize each as it completes."""
     out_root = Path(job.out_root)
     if job.provenance is not None:
-        check_provenance(job.name, out_root, job.provenance, job.recompute, log)
+        check_provenance(job.name, out_root, job.provenance, job.recompute)
     report = JobReport()
-    expected, files = _pending_shards(job, report, log)
+    expected, files = _pending_shards(job, report)
     if not expected:
-        log(f"[{job.name}] all {len(report.skipped)} shard(s) complete: nothing to do")
+        log.info(f"[{job.name}] all {len(report.skipped)} shard(s) complete: nothing to do")
         return report
     tmp_root = out_root / TMP
     storage.remove(tmp_root)  # parts of an interrupted attempt are not trusted
-    log(f"[{job.name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
+    log.info(f"[{job.name}] {len(expected)} shard(s) to do, {len(report.skipped)} already complete")
     if job.in_driver is not None:  # the same functions, shard by shard, in this process
         batches = (write_parts(job.in_driver(pa.table({"path": [f]})), str(tmp_root)) for f in files.values())
     else:
@@ -126,16 +129,16 @@ def run_sharded_job(job: ShardedJob, log=print, on_progress: Optional[Callable[[
         ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None,
                                         num_cpus=job.cpus_per_task, fn_kwargs={"tmp_root": str(tmp_root)})
         batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
-    _collect(batches, expected, (tmp_root, out_root), report, JobProgress(job.name, log, on_progress))
+    _collect(batches, expected, (tmp_root, out_root), report, JobProgress(job.name, on_progress))
     missing = [k for k in expected if k not in report.computed]
     if missing:
         raise RuntimeError(f"{job.name} ended with incomplete shards: {missing[:5]}")
     storage.remove(tmp_root)
-    log(f"[{job.name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
+    log.info(f"[{job.name}] {report.rows} rows in {report.seconds:.1f}s ({report.rows_per_second:.0f} rows/s)")
     return report
 
 
-def _pending_shards(job: ShardedJob, report: JobReport, log=print) -> tuple[dict, dict]:
+def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
     """Shard key -> expected output rows and -> input file, of every shard
     without output; the finished ones go to ``report.skipped``."""
     expected, files = {}, {}
@@ -145,7 +148,7 @@ def _pending_shards(job: ShardedJob, report: JobReport, log=print) -> tuple[dict
             name = f"{Path(shard['file']).stem}.parquet"
             key, output = f"lang={lang}/{Path(shard['file']).stem}", lang_dir(Path(job.out_root), lang) / name
             if name in finished and (problem := integrity.damage(output)):
-                log(f"[{job.name}] {lang}: {problem}: computing that shard again")
+                log.info(f"[{job.name}] {lang}: {problem}: computing that shard again")
                 integrity.discard(output)
                 finished.discard(name)
             if name in finished:
@@ -177,13 +180,13 @@ def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress:
 class JobProgress:
     """A progress line at most every 10 s, and the caller's callback."""
 
-    def __init__(self, name: str, log, on_progress):
-        self.name, self.log, self.on_progress, self.logged = name, log, on_progress, 0.0
+    def __init__(self, name: str, on_progress):
+        self.name, self.on_progress, self.logged = name, on_progress, 0.0
 
     def __call__(self, report: JobReport) -> None:
         if report.seconds - self.logged > 10:
             self.logged = report.seconds
-            self.log(f"[{self.name}] {len(report.computed)} shards done, {report.rows} rows, "
+            log.info(f"[{self.name}] {len(report.computed)} shards done, {report.rows} rows, "
                      f"{report.rows_per_second:.0f} rows/s")
         if self.on_progress is not None:
             self.on_progress(report)
@@ -192,7 +195,7 @@ class JobProgress:
 PROVENANCE = "_provenance.json"
 
 
-def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], recompute: bool, log=print) -> None:
+def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], recompute: bool) -> None:
     """A language's finished shards are reused only when its output folder
     was made by the same model, corpus and settings; otherwise refuse naming
     what differs, or (``recompute``) start that folder afresh. Recorded per
@@ -209,7 +212,7 @@ def check_provenance(name: str, out_root: Path, provenance: dict[str, dict], rec
                 raise StaleError(f"{folder} holds {name} output made otherwise: {'; '.join(changed)}. "
                                  f"Write elsewhere (--out) or add --recompute")
             if changed:
-                log(f"[{name}] recomputing {folder}: {'; '.join(changed)}")
+                log.info(f"[{name}] recomputing {folder}: {'; '.join(changed)}")
                 storage.remove(folder)
         atomic_write_text(folder / PROVENANCE, json.dumps(wanted, indent=2, sort_keys=True, default=str))
         storage.publish(folder / PROVENANCE)

@@ -20,6 +20,7 @@ benchmark counts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,8 @@ from conlst_ray.ray_jobs.corpus_cache import corpus_task
 from conlst_ray.storage import integrity
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SOURCE_FILE = "_source.json"
 LOG_ENV = "CONLST_RAY_TOKENIZE_LOG"
@@ -64,8 +67,7 @@ def tokenize_shard(src: str, dst: str, tokenizer_dir: str, max_length: int) -> i
 
 
 def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_length: int,
-                    sources: Optional[dict[str, object]] = None, cpus_per_task: float = 0.25,
-                    log=print) -> Path:
+                    sources: Optional[dict[str, object]] = None, cpus_per_task: float = 0.25) -> Path:
     """Token files for every shard of ``langs`` under ``root`` (see the
     module docstring); ``sources``: per language, what its rows were read
     from (a manifest fingerprint, a job's provenance) -- a change re-tokenises
@@ -78,7 +80,7 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         made_from = json.dumps((sources or {}).get(lang), sort_keys=True, default=str)
         recorded = storage.fetch(dst_dir / SOURCE_FILE)
         if recorded.is_file() and recorded.read_text(encoding="utf-8") != made_from:
-            log(f"[tokenize] {lang}: its rows changed since they were tokenised: again")
+            log.info(f"[tokenize] {lang}: its rows changed since they were tokenised: again")
             storage.remove(dst_dir)
         shards = [src_dir / n for n in storage.listdir(src_dir) if n.startswith("shard-") and n.endswith(".parquet")]
         if not shards:
@@ -88,14 +90,14 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         done = set(storage.listdir(dst_dir))
         for s in shards:
             if token_file(out, s).name in done and (problem := integrity.damage(token_file(out, s))):
-                log(f"[tokenize] {lang}: {problem}: tokenising that shard again")
+                log.info(f"[tokenize] {lang}: {problem}: tokenising that shard again")
                 integrity.discard(token_file(out, s))
                 done.discard(token_file(out, s).name)
         pending += [(str(s), str(token_file(out, s))) for s in shards if token_file(out, s).name not in done]
     if pending:
         task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)
         rows = sum(ray.get([task.remote(src, dst, str(tokenizer_dir), max_length) for src, dst in pending]))
-        log(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
+        log.info(f"[tokenize] {len(pending)} shard(s), {rows} rows -> {out}")
     if not storage.exists(out / TOKENIZER_FILE):  # the stamp names the tokenizer: written once per folder
         tok = load_tokenizer(str(tokenizer_dir))
         meta = {"stamp": out.name.split("-", 1)[1], "tokenizer": getattr(tok, "name_or_path", str(tokenizer_dir)),
@@ -106,8 +108,8 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
 
 
 def tokenize_cached_corpus(root: str | Path, manifests: dict[str, dict], tokenizer_dir: str, max_length: int,
-                           cpus_per_task: float = 0.25, log=print) -> Path:
+                           cpus_per_task: float = 0.25) -> Path:
     """``tokenize_corpus`` for the languages of a corpus cache, each re-tokenised
     when its manifest's fingerprint (what its rows were read from) changes."""
     return tokenize_corpus(root, list(manifests), tokenizer_dir, max_length,
-                           {lang: m.get("fingerprint") for lang, m in manifests.items()}, cpus_per_task, log)
+                           {lang: m.get("fingerprint") for lang, m in manifests.items()}, cpus_per_task)

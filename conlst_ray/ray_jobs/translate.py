@@ -125,7 +125,7 @@ class TranslationJob:
     synthetic: tuple = (13, 3)          # the embedded benchmark's seed and class count (its stand-in translator)
 
 
-def translate(job: TranslationJob, log=print,
+def translate(job: TranslationJob,
               on_progress: Optional[Callable[[JobReport], None]] = None) -> tuple[JobReport, list]:
     """Run ``job``. Languages the model does not cover are checked before any
     work starts. Returns (report, languages that fall back to masking-only
@@ -134,7 +134,7 @@ def translate(job: TranslationJob, log=print,
     if mode not in ("back", "train"):
         raise ValueError(f"mode must be 'back' or 'train', got {mode!r}")
     family = resolve_family(tr_cfg)
-    manifests, targets, fallback = _covered(job, family, log)
+    manifests, targets, fallback = _covered(job, family)
     if not manifests or (mode == "train" and not targets):
         return JobReport(), fallback
     spec = TranslatorSpec(tr_cfg.model, family, tr_cfg.max_new_tokens, tr_cfg.num_beams, tr_cfg.batch_size,
@@ -154,19 +154,19 @@ def translate(job: TranslationJob, log=print,
                                                 {"benchmark_seed": job.synthetic[0],
                                                  "benchmark_classes": job.synthetic[1]}),
                          recompute=job.recompute)
-    return run_sharded_job(sharded, log, on_progress), fallback
+    return run_sharded_job(sharded, on_progress), fallback
 
 
-def _covered(job: TranslationJob, family: str, log) -> tuple[dict, list, list]:
+def _covered(job: TranslationJob, family: str) -> tuple[dict, list, list]:
     """(the manifests of the languages to translate, the target languages,
     the languages that fall back to masking-only augmentation)."""
     tr_cfg, manifests = job.tr_cfg, job.corpus.manifests
     if job.mode == "back":
-        covered, fallback = check_coverage(family, list(manifests), tr_cfg.on_uncovered, log)
-        check_coverage(family, [tr_cfg.pivot_lang], "error", log)
+        covered, fallback = check_coverage(family, list(manifests), tr_cfg.on_uncovered)
+        check_coverage(family, [tr_cfg.pivot_lang], "error")
         return {lang: m for lang, m in manifests.items() if lang in covered}, [], fallback
-    check_coverage(family, list(manifests), "error", log)
-    targets, fallback = check_coverage(family, list(job.targets), tr_cfg.on_uncovered, log)
+    check_coverage(family, list(manifests), "error")
+    targets, fallback = check_coverage(family, list(job.targets), tr_cfg.on_uncovered)
     return manifests, targets, fallback
 
 

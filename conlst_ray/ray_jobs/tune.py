@@ -46,7 +46,7 @@ def to_tune_domains(dims: list[Dimension]) -> dict:
 def trial_resources(cfg: "Config") -> dict:
     """What a trial holds: the worker's CPUs when its stages run in the
     trial's process, else only its driver's share."""
-    from conlst_ray.ray_jobs.stage_run import in_process
+    from conlst_ray.ray_jobs.train import in_process
 
     if in_process(cfg, cfg.resources.num_workers):
         return {"cpu": cfg.resources.cpus_per_worker}

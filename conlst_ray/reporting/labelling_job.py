@@ -26,8 +26,8 @@ class TargetPredictions:
     """id, lang, pseudo_label, confidence of every target row, per stage
     model (a directory, or language -> directory in per_language mode)."""
 
-    def __init__(self, cfg: "Config", run: RunDir, log=print, analysis_dir: Optional[Path] = None):
-        self.cfg, self.run, self.log = cfg, run, log
+    def __init__(self, cfg: "Config", run: RunDir, analysis_dir: Optional[Path] = None):
+        self.cfg, self.run = cfg, run
         self.analysis_dir = analysis_dir or run.analysis
         self._made: dict = {}
         self._corpus = None
@@ -60,12 +60,12 @@ class TargetPredictions:
             table = _labels_in_driver(self.cfg, self.corpus, model)
         else:
             table = read_outputs(_labels_by_job(self.cfg, self.run, model,
-                                                self.analysis_dir / f"pseudo_labels_{stage}", self.log))
+                                                self.analysis_dir / f"pseudo_labels_{stage}"))
         self._made[stage] = table
         return table
 
 
-def _labels_by_job(cfg: "Config", run: RunDir, model, out: Path, log) -> Path:
+def _labels_by_job(cfg: "Config", run: RunDir, model, out: Path) -> Path:
     """A model's labels of the target corpus by the same Ray Data job that
     made the source model's. Cached in ``out``, per language tied to the
     weights that made it: new weights relabel (an analysis cache is
@@ -77,7 +77,7 @@ def _labels_by_job(cfg: "Config", run: RunDir, model, out: Path, log) -> Path:
     for lang, model_dir in by_language(model):
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
-        pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, log, recompute=True)
+        pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, recompute=True)
     return out
 
 

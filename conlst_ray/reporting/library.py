@@ -11,6 +11,7 @@ is the one line the command prints after ``error: ``; Ctrl+C raises
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from conlst_ray.storage import mirror as storage
 
 if TYPE_CHECKING:
     from conlst_ray.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,10 +89,10 @@ def _run(cfg: "Config", resume: bool, recompute: bool, address: Optional[str], s
     init_ray(address, cfg=cfg)  # and every resource: nothing written before both pass
     run_dir = RunDir.create(cfg, resume=resume, recompute=recompute)
     state["run"] = run_dir
-    print(f"[run] {run_dir.root} ({Task.of(cfg.data.task).describe()})")
+    log.info(f"[run] {run_dir.root} ({Task.of(cfg.data.task).describe()})")
     models = run_pipeline(cfg, run_dir, stop_after=stop_after)
     if stop_after:
-        print(f"[run] stopped after {stop_after}; continue with --resume")
+        log.info(f"[run] stopped after {stop_after}; continue with --resume")
         return result_of(cfg, run_dir, models)
     return result_of(cfg, run_dir, models, full_report(cfg, run_dir, models))
 

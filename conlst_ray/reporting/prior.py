@@ -24,6 +24,7 @@ predicted shares, so a user who knows the corpus can tell which holds.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -32,6 +33,8 @@ from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching
 from conlst_ray.models.language_bias import by_language
 from conlst_ray.reporting.selection import STAGE_OF, SUFFIX, TRAINED
 from conlst_ray.reporting.tables import write_table
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
@@ -92,7 +95,7 @@ def estimates(q: dict, prior_s: np.ndarray, shared: Optional[np.ndarray] = None)
     return out
 
 
-def source_language_prior(cfg: "Config", model_dir: str, log=print) -> np.ndarray:
+def source_language_prior(cfg: "Config", model_dir: str) -> np.ndarray:
     """selection.prior=bbse: the corpus's class prior, estimated on its
     source-language rows (data.target_train read for data.source_lang,
     labels never read) by black-box shift estimation with the confusion
@@ -106,12 +109,12 @@ def source_language_prior(cfg: "Config", model_dir: str, log=print) -> np.ndarra
 
     d = cfg.data
     rows, _ = read_corpus(d.target_train, d.source_lang, **read_options(d))
-    dev = source_corpus(d, "dev", log)
+    dev = source_corpus(d, "dev")
     clf = Classifier(model_dir, max_length=d.max_length)
     gold = np.asarray(dev.column("label").to_numpy())
     conf = confusion(clf.proba_of(dev).argmax(1)[gold >= 0], gold[gold >= 0], len(d.task.labels))
     prior = bbse_prior(clf.proba_of(rows).argmax(1), conf)
-    log(f"[report] class prior of {d.target_train.replace('{lang}', d.source_lang)} ({rows.num_rows} rows, "
+    log.info(f"[report] class prior of {d.target_train.replace('{lang}', d.source_lang)} ({rows.num_rows} rows, "
         f"black-box shift estimation): " + ", ".join(f"{label} {100 * p:.1f} %" for label, p in
                                                     zip(d.task.labels, prior)))
     return prior
@@ -130,7 +133,7 @@ def derived_predictions(table, bias: dict):
                      "q": pa.FixedSizeListArray.from_arrays(pa.array(q.ravel()), q.shape[1])})
 
 
-def prior_candidates(cfg: "Config", run, models: dict, predictions, out, log=print) -> tuple[dict, Optional[str]]:
+def prior_candidates(cfg: "Config", run, models: dict, predictions, out) -> tuple[dict, Optional[str]]:
     """The corrected candidates (name -> model folder), saved under RUN/prior,
     and the report's class-prior table (None when there is nothing to
     estimate from)."""
@@ -149,7 +152,7 @@ def prior_candidates(cfg: "Config", run, models: dict, predictions, out, log=pri
         if table is None or "q" not in table.column_names:
             continue
         if how == "bbse" and name == "zero-shot":
-            shared = source_language_prior(cfg, model, log)
+            shared = source_language_prior(cfg, model)
         est = estimates(q_by_language(table, langs), prior_s, shared)
         if name == "zero-shot":
             text = write_prior_table(cfg, est, prior_s, out)
@@ -161,7 +164,8 @@ def prior_candidates(cfg: "Config", run, models: dict, predictions, out, log=pri
         storage.publish(run.prior_model(stage))  # object storage: where every node and the user find it
         predictions.add(STAGE_OF[name] + SUFFIX, derived_predictions(table, bias))
         found[corrected_name(name)] = str(folder)
-        log(f"[report] {corrected_name(name)}: {name} with a class-prior correction per language ({how}) -> {folder}")
+        log.info(f"[report] {corrected_name(name)}: {name} with a class-prior correction per language ({how}) "
+                 f"-> {folder}")
     return found, text
 
 

@@ -5,6 +5,7 @@ commands/report.py for the list of files)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,20 +35,22 @@ from conlst_ray.reporting.selection import hand_back
 from conlst_ray.reporting.tables import write_language_table, write_table
 from conlst_ray.storage import mirror as storage
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
 
 
 # -- per-language accuracy (Tables 1-2) ------------------------------------------------------
 
-def evaluate(cfg: "Config", model_dir: str, split: str = "dev", log=print, by_class: dict | None = None) -> dict:
+def evaluate(cfg: "Config", model_dir: str, split: str = "dev", by_class: dict | None = None) -> dict:
     """Accuracy per language of one model on a labelled split (in the driver);
     ``by_class``, when given, receives the recall of each of the task's
     labels over the target-language rows."""
     from conlst_ray.models.encoder import ConlstEncoder
     from conlst_ray.training.inference import accuracy_by_language, default_device, predict_proba
 
-    data, pad_id = _eval_rows(cfg, model_dir, split, log)
+    data, pad_id = _eval_rows(cfg, model_dir, split)
     if data is None:
         return {}
     model = ConlstEncoder.load(model_dir)
@@ -64,7 +67,7 @@ def evaluate(cfg: "Config", model_dir: str, split: str = "dev", log=print, by_cl
 _EVAL_ROWS: dict = {}
 
 
-def _eval_rows(cfg: "Config", model_dir: str, split: str, log):
+def _eval_rows(cfg: "Config", model_dir: str, split: str):
     """A labelled split, tokenised once per report for every model that
     shares a tokenizer (zero-shot, CoNL and CoNLST do), not once per model."""
     from conlst_ray.models.tokenizers import open_tokenizer
@@ -72,7 +75,7 @@ def _eval_rows(cfg: "Config", model_dir: str, split: str, log):
 
     key = (split, tokenizer_stamp(model_dir, cfg.data.max_length), digest(cfg.data.model_dump()))
     if key not in _EVAL_ROWS:
-        table = eval_corpus(cfg.data, split, log)
+        table = eval_corpus(cfg.data, split)
         tokenizer = open_tokenizer(model_dir)
         if len(_EVAL_ROWS) >= 4:
             _EVAL_ROWS.clear()
@@ -99,13 +102,13 @@ def _with_frozen_states(cfg: "Config", model, data) -> None:
     model.frozen_layers = n
 
 
-def evaluate_per_language(cfg: "Config", models: dict, split: str, log=print) -> dict:
+def evaluate_per_language(cfg: "Config", models: dict, split: str) -> dict:
     """per_language mode: each language scored by its own model; the source
     column is the mean over those models."""
 
     accs, source = {}, []
     for lang, path in models.items():
-        res = evaluate(with_values(cfg, {"data.target_langs": [lang]}), path, split, log)
+        res = evaluate(with_values(cfg, {"data.target_langs": [lang]}), path, split)
         if lang in res:
             accs[lang] = res[lang]
         if cfg.data.source_lang in res:
@@ -125,7 +128,7 @@ def split_label(cfg: "Config", split: str) -> str:
     return split
 
 
-def accuracy_tables(cfg: "Config", out: Path, models: dict, log=print, prefix: str = "",
+def accuracy_tables(cfg: "Config", out: Path, models: dict, prefix: str = "",
                     scores: dict | None = None) -> str:
     """Write ``out/<prefix>accuracy_{dev,test}.{md,csv}``; ``models``: row
     name -> model directory (or lang -> directory). ``scores``, when given,
@@ -134,8 +137,8 @@ def accuracy_tables(cfg: "Config", out: Path, models: dict, log=print, prefix: s
     text = []
     for split in ("dev", "test"):
         by_class: dict = {}
-        results = {name: evaluate_per_language(cfg, path, split, log) if isinstance(path, dict)
-                   else evaluate(cfg, path, split, log, by_class.setdefault(name, {})) for name, path in models.items()}
+        results = {name: evaluate_per_language(cfg, path, split) if isinstance(path, dict)
+                   else evaluate(cfg, path, split, by_class.setdefault(name, {})) for name, path in models.items()}
         results = {k: v for k, v in results.items() if v}
         if scores is not None:
             scores[split] = results
@@ -185,7 +188,7 @@ def with_corrected(models: dict, corrected: dict) -> dict:
 
 # -- calibration (Table 4, Fig. 3-4) ---------------------------------------------------------
 
-def calibration_report(cfg: "Config", run: RunDir, conl, out: Path, log=print,
+def calibration_report(cfg: "Config", run: RunDir, conl, out: Path,
                        predictions: TargetPredictions | None = None) -> str | None:
     """Write calibration.{md,csv} and calibration_hist.png under ``out``,
     comparing ``run``'s initial pseudo-labels with those of the ``conl``
@@ -196,12 +199,12 @@ def calibration_report(cfg: "Config", run: RunDir, conl, out: Path, log=print,
 
     before_dir = run.pseudo_labels("source")
     if not conl or not run.is_done("pseudo_labels"):
-        log("[report] calibration skipped: the run has no CoNL model or no initial pseudo-labels")
+        log.info("[report] calibration skipped: the run has no CoNL model or no initial pseudo-labels")
         return None
-    predictions = predictions or TargetPredictions(cfg, run, log)
+    predictions = predictions or TargetPredictions(cfg, run)
     corpus = predictions.corpus
     if not any(label >= 0 for label in corpus.column("label").to_pylist()):
-        log("[report] calibration skipped: the target corpus carries no gold labels")
+        log.info("[report] calibration skipped: the target corpus carries no gold labels")
         return None
     after_table = predictions.of("conl", conl)
     langs = list(cfg.data.target_langs)
@@ -250,24 +253,24 @@ def stage_costs(cfg: "Config", run: RunDir, out: Path) -> str | None:
     return write_table(out / "stage_costs", ["stage", "seconds", "work", "unit", "per second"], rows)
 
 
-def full_report(cfg: "Config", run: RunDir, models: dict | None = None, log=print, calibration: bool = True) -> str:
+def full_report(cfg: "Config", run: RunDir, models: dict | None = None, calibration: bool = True) -> str:
     """Every table and figure of one run under RUN/results; returns the text."""
     models = models if models is not None else finished_models(cfg, run)
     out = run.results
     out.mkdir(parents=True, exist_ok=True)
     scores: dict = {}
-    predictions = TargetPredictions(cfg, run, log)
-    corrected, prior_md = prior_candidates(cfg, run, models, predictions, out, log)
+    predictions = TargetPredictions(cfg, run)
+    corrected, prior_md = prior_candidates(cfg, run, models, predictions, out)
     models = with_corrected(models, corrected)
-    parts = [accuracy_tables(cfg, out, models, log, scores=scores)]
+    parts = [accuracy_tables(cfg, out, models, scores=scores)]
     if prior_md:
         parts.append(prior_md)
     if calibration:
-        md = calibration_report(cfg, run, models.get("CoNL"), out, log, predictions)
+        md = calibration_report(cfg, run, models.get("CoNL"), out, predictions)
         if md:
             parts.append(md + f"\nHistograms: {out / 'calibration_hist.png'}\n")
     if models:
-        parts.append(hand_back(cfg, run, models, scores.get("dev", {}), predictions, out, log))
+        parts.append(hand_back(cfg, run, models, scores.get("dev", {}), predictions, out))
     costs = stage_costs(cfg, run, out)
     if costs:
         parts.append(f"Cost per stage:\n\n{costs}")

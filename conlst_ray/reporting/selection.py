@@ -25,6 +25,7 @@ rule picks the truly best candidate of a chain (its hits and regret).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ from conlst_ray.config.stages import STAGES
 from conlst_ray.reporting.tables import write_table
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
@@ -135,7 +138,7 @@ def stage_signals(cfg: "Config", models: dict, dev_results: dict, predictions) -
     return out
 
 
-def hand_back(cfg: "Config", run, models: dict, dev_results: dict, predictions, out, log=print) -> str:
+def hand_back(cfg: "Config", run, models: dict, dev_results: dict, predictions, out) -> str:
     """Choose the stage model to hand back; write ``out/stage_selection.{md,csv}``
     and the run's record of the choice, point ``RUN/model`` at it (joint mode),
     and return the report's paragraph."""
@@ -155,7 +158,7 @@ def hand_back(cfg: "Config", run, models: dict, dev_results: dict, predictions, 
          "signals": [asdict(s) for s in signals], "why": dict(zip((s.name for s in signals), lines))}, indent=2))
     if isinstance(model, str):
         _point(run.handed_back, model)
-    log(f"[report] handed back: {chosen} ({model}): {reason}")
+    log.info(f"[report] handed back: {chosen} ({model}): {reason}")
     where = f"`{run.handed_back}` -> `{model}`" if isinstance(model, str) else json.dumps(model)
     if storage.is_remote(run.root) and isinstance(model, str):
         where = f"`{storage.location(model)}`"  # the symlink exists on this machine only

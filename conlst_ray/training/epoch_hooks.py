@@ -1,7 +1,7 @@
 """What happens at the end of each epoch (an SSL iteration counts as one),
 as hooks on the one step loop, in the manner of USB's hooks: write the
 thresholds applied, score the dev sets, keep the best source epoch, log
-the epoch's record, checkpoint. The Ray Train worker, the in-process stage
+the epoch's record, checkpoint. The stage body (``ray_jobs/worker.run_stage``)
 and the study's harness pick the hooks they need from this one list.
 
 A hook is any object with ``after_epoch(epoch, step, record)``; it may add
@@ -10,7 +10,6 @@ to ``record`` (the epoch's metrics), which the hooks after it see.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Protocol
@@ -19,7 +18,7 @@ import torch
 
 from conlst_ray.models.card import stage_card
 from conlst_ray.storage import mirror as storage
-from conlst_ray.storage.files import atomic_write_bytes, atomic_write_text
+from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.training.distributed import world
 from conlst_ray.training.inference import dev_metrics
 from conlst_ray.training.loop import append_jsonl, fit
@@ -135,29 +134,6 @@ class Checkpoint:
         state = {**self.algorithm.state_dict(), "step": step, "epoch": epoch,
                  "best_source_dev_acc": self.best.acc if self.best else None}
         self.session.report(state, record)
-
-
-class InProcessSession:
-    """A stage trained in this process (one worker, no GPU: no Ray Train):
-    the checkpoint is one file, written whole or not at all, and published
-    with the run, where a rerun of the stage resumes."""
-
-    def __init__(self, checkpoint: Path, device: torch.device):
-        self.checkpoint, self.device = Path(checkpoint), device
-
-    def wrap(self, step_module):
-        return step_module
-
-    def restore(self) -> Optional[dict]:
-        path = storage.fetch(self.checkpoint)
-        # weights_only: a checkpoint is data, never code, whoever wrote the run directory
-        return torch.load(path, weights_only=True) if path.is_file() else None
-
-    def report(self, state: dict, record: dict) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.checkpoint, buffer.getvalue())
-        storage.publish(self.checkpoint)
 
 
 def drop_replayed_records(logs: tuple[Path, Path], step: int, epoch: int) -> None:

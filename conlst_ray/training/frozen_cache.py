@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from conlst_ray.storage import integrity
 from conlst_ray.storage.files import write_via_temporary
 from conlst_ray.training.batches import batch_of, length_sorted_batches, to_device
 from conlst_ray.training.inference import autocast
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 
@@ -73,7 +76,7 @@ def compute_states(model, rows, run: FrozenRun) -> FrozenStates:
     return FrozenStates(flat, offsets)
 
 
-def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str] = (), log=print) -> FrozenStates:
+def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str] = ()) -> FrozenStates:
     """The states of ``rows`` from ``folder`` (the token folder the rows were
     read from, which keys them), computed and written there first if absent.
     The file is written under a temporary name and renamed when complete."""
@@ -92,7 +95,7 @@ def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str
         if meta.get("tokens") == int(offsets[-1]) and not problem:
             return FrozenStates(_tensor(raw, dtype, hidden), offsets)
         if problem:
-            log(f"[frozen] {problem}: computing the states again")
+            log.info(f"[frozen] {problem}: computing the states again")
             integrity.discard(path)
     t0 = time.time()
     states = compute_states(model, rows, run)
@@ -101,7 +104,7 @@ def cached_states(model, rows, folder: Path, run: FrozenRun, langs: Sequence[str
     integrity.seal(path, publish=False, data=raw.numpy())  # the states stay on this node
     meta_path.write_text(json.dumps({"tokens": int(offsets[-1]), "rows": len(rows), "layers": n,
                                      "dtype": str(dtype), "hidden": hidden}))
-    log(f"[frozen] states of {len(rows)} rows after the lower {n} layers: {time.time() - t0:.0f} s -> {path.name}")
+    log.info(f"[frozen] states of {len(rows)} rows after the lower {n} layers: {time.time() - t0:.0f} s -> {path.name}")
     return states  # what the file holds, already in memory
 
 
