@@ -176,8 +176,7 @@ def train_source(shared: Shared, out: Path, log=print, given: Optional[str] = No
     ``given``: a source model a run trained (its curve read from the run's
     ``source/metrics.jsonl``), used as it is."""
     from conlst_ray.algorithm.base import SourceTraining
-    from conlst_ray.training.epoch_hooks import EvaluateDev, KeepBestEpoch, run_epochs
-    from conlst_ray.training.loop import StepModule
+    from conlst_ray.training.loop import EvaluateDev, KeepBestEpoch, StepModule, run_epochs
 
     if given:
         metrics = stage_files(Path(given).parent).metrics  # the stage folder the model is in
@@ -264,8 +263,7 @@ def train_row(shared: Shared, stage: str, cls, start_dir: Path, overrides: dict,
     """One row: ``cls`` (a stage object or a probe subclass) trained from the
     model in ``start_dir`` under the study's config plus ``overrides``.
     Returns the trained model and what was measured."""
-    from conlst_ray.training.epoch_hooks import run_epochs
-    from conlst_ray.training.loop import StepModule
+    from conlst_ray.training.loop import StepModule, run_epochs
 
     cfg = with_values(shared.cfg, overrides)
     model = load(start_dir, cfg, stage, shared.device)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from conlst_ray.algorithm.conl import ConlBatch, build_conl_batch, plan_negatives
 from conlst_ray.algorithm.negatives import NegativePool
-from conlst_ray.algorithm.steps import ConlBatch, build_conl_batch, plan_negatives
 from conlst_ray.data.schema import ROW_SCHEMA
 from conlst_ray.data.synthetic import SOURCE_LANG, SyntheticBenchmark
 from conlst_ray.data.task import NLI, UNKNOWN_LABEL, Task

@@ -227,3 +227,50 @@ def test_messages_go_through_logging_not_a_log_parameter():
              for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)
              and "log" in [a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]]]
     assert not found, found
+
+
+# the calls that take a stage's name, and the variables that hold one
+STAGE_TAKERS = {"model", "stage_files", "done_file", "is_done", "begin", "mark_done", "stage_fingerprint", "fit_stage",
+                "fit_plain", "prepare_stage_tokens", "stage_card", "damage", "stage", "prior_model", "pseudo_labels",
+                "of", "build_algorithm", "algorithm_of", "unit"}
+STAGE_VARS = {"stage", "name", "stop_after", "row"}
+
+
+def stage_spellings(path: Path, names: tuple) -> list[str]:
+    """Where a module spells a stage's name as a stage: an argument of a call
+    that takes one, a comparison with a variable that holds one, a default."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if called in STAGE_TAKERS:
+                given = [*node.args, *(k.value for k in node.keywords)]
+                found += [f"{node.lineno}: {called}({a.value!r})" for a in given
+                          if isinstance(a, ast.Constant) and a.value in names]
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            held = any((s.id if isinstance(s, ast.Name) else s.attr) in STAGE_VARS
+                       for s in sides if isinstance(s, (ast.Name, ast.Attribute)))
+            found += [f"{node.lineno}: == {s.value!r}" for s in sides
+                      if held and isinstance(s, ast.Constant) and s.value in names]
+        elif isinstance(node, ast.FunctionDef):
+            found += [f"{node.lineno}: default {d.value!r}" for d in [*node.args.defaults, *node.args.kw_defaults]
+                      if isinstance(d, ast.Constant) and d.value in names]
+    return found
+
+
+def test_no_stage_name_is_spelled_outside_the_table_and_the_registry():
+    """A stage is named through config/stages.py's constants and records
+    (``run.model(CONL)``, ``stage == SOURCE``); the algorithm classes name
+    theirs once, in ``@register``. A new stage then touches the table, its
+    algorithm class and its test."""
+    from conlst_ray.config.stages import NAMES
+
+    spelled = {str(p.relative_to(ROOT)): s for p in sorted(ROOT.rglob("*.py"))
+               if p.relative_to(ROOT).as_posix() not in ("config/stages.py", "algorithm/registry.py")
+               and (s := stage_spellings(p, NAMES))}
+    assert not spelled, spelled
+    assert stage_spellings(ROOT / "config" / "stages.py", NAMES) == []  # the table names them by value only
+    # the check sees a spelling where there is one: the tests name stages as a user does
+    assert stage_spellings(ROOT.parent / "tests" / "test_train_stages.py", NAMES)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from conlst_ray.algorithm.base import source_step
+from conlst_ray.algorithm.conl import conl_step
 from conlst_ray.algorithm.negatives import NegativePool, Predictions
-from conlst_ray.algorithm.steps import SslBatch, TokenIds, conl_step, source_step, ssl_step, strong_view
+from conlst_ray.algorithm.self_training import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.config import CoNLConfig, ModelConfig, SSLConfig
 from conlst_ray.data.synthetic import SyntheticBenchmark
 from conlst_ray.models.encoder import build_model
@@ -256,7 +258,8 @@ def test_source_step_is_cross_entropy(setup, synthetic_tokenizer):
 def test_algorithm_layer_does_not_import_ray():
     code = ("import sys\n"
             "import conlst_ray.algorithm.losses, conlst_ray.algorithm.negatives, conlst_ray.algorithm.thresholds\n"
-            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.steps, conlst_ray.models.encoder\n"
+            "import conlst_ray.algorithm.base, conlst_ray.algorithm.self_training\n"
+            "import conlst_ray.algorithm.augment, conlst_ray.algorithm.conl, conlst_ray.models.encoder\n"
             "import conlst_ray.training\n"
             "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules), 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -117,7 +117,7 @@ def test_a_restarted_worker_drops_replayed_and_cut_records(tmp_path):
     and epoch 0, and drops the cut line instead of failing on it."""
     import json
 
-    from conlst_ray.training.epoch_hooks import drop_replayed_records
+    from conlst_ray.training.loop import drop_replayed_records
 
     steps = "".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3))
     (tmp_path / "steps.jsonl").write_text(steps + '{"step": 4, "lo')

@@ -102,7 +102,7 @@ def test_keep_best_epoch_hands_on_the_epoch_with_the_best_source_dev_accuracy(tm
 
 
 def test_best_epoch_saves_only_improvements_and_survives_a_restart():
-    from conlst_ray.training.epoch_hooks import KeepBestEpoch
+    from conlst_ray.training.loop import KeepBestEpoch
 
     class Model:
         saved = []

@@ -3,7 +3,7 @@
 ``state_dict``. The object owns what its stage needs across steps (the
 optimizer and schedule, CoNL's negative pool and gamma, self-training's
 thresholds, the random state); ``training.loop.fit`` runs it, under Ray
-Train on each worker (``ray_jobs/train.py`` only wires device, DDP,
+Train on each worker (``ray_jobs/worker.py`` only wires device, DDP,
 checkpoints and reports) and without Ray in tests and benchmarks. A variant
 of the method is a small subclass.
 
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from conlst_ray.algorithm.losses import supervised_loss
 from conlst_ray.algorithm.registry import StageData, register
-from conlst_ray.algorithm.steps import source_step
 from conlst_ray.training.batches import batch_of, to_device
 from conlst_ray.training.distributed import global_plan, micro_batches, my_slice
 from conlst_ray.training.loop import accumulated_step, rng_state, set_rng_state
@@ -30,6 +30,16 @@ from conlst_ray.training.optim import linear_warmup_schedule, make_optimizer
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
     from conlst_ray.config.sections import Config
 
+
+# -- one step: a batch and the model in, (loss, logs) out ---------------------------------------
+
+def source_step(model, batch: dict, labels: torch.Tensor):
+    """Source fine-tuning: cross-entropy on labelled source rows (Eq. 13's form)."""
+    loss = supervised_loss(model(**batch), labels)
+    return loss, {"loss": loss.item()}
+
+
+# -- the stage ---------------------------------------------------------------------------------
 
 class StageAlgorithm:
     """What every stage shares: the model, its optimizer and schedule, the

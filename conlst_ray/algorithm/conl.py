@@ -4,21 +4,139 @@ give every worker the same complementary labels and negatives."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
 
 from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.losses import (
+    clcs_loss,
+    conl_loss,
+    contrast_space,
+    eq6_effect,
+    eq6_logits,
+    eq6_loss,
+    negative_learning_loss,
+)
+from conlst_ray.algorithm.negatives import (
+    NegativePool,
+    Predictions,
+    complementary_labels,
+    complementary_sets,
+    relative_gamma,
+    unique_negatives,
+)
 from conlst_ray.algorithm.registry import StageData, register
-from conlst_ray.algorithm.steps import ConlBatch, build_conl_batch, conl_pool, conl_step, plan_negatives
-from conlst_ray.training.batches import to_device
+from conlst_ray.training.batches import Encoded, batch_of, to_device
 from conlst_ray.training.distributed import micro_batches, my_slice, world
 from conlst_ray.training.optim import linear_warmup_schedule
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
-    from conlst_ray.config.sections import Config
+    from conlst_ray.config.sections import Config, CoNLConfig
 
+
+# -- one step: a batch and the model in, (loss, logs) out ---------------------------------------
+
+@dataclass
+class ConlBatch:
+    """Stage-1 inputs. ``negatives`` holds each distinct negative once;
+    ``negative_index`` [B, K] points into it (-1 = none)."""
+    anchors: dict
+    complementary: torch.Tensor
+    negatives: Optional[dict]
+    negative_index: torch.Tensor
+    source: Optional[dict] = None
+    source_labels: Optional[torch.Tensor] = None
+
+
+def conl_pool(target: Encoded, q: np.ndarray, cfg: "CoNLConfig", num_classes: int,
+              seed: int) -> tuple[NegativePool, Optional[np.ndarray], dict]:
+    """Eq. 5's pool of confident target rows for one CoNL epoch, with gamma
+    the absolute ``cfg.gamma`` or, under ``conl.gamma_quantile``, one per
+    language. Returns (pool, gamma per row or None, language -> gamma)."""
+    conf = q.max(-1)
+    classes = q.argmax(-1) if cfg.gamma_groups == "class" else None
+    gamma, by_lang = (relative_gamma(conf, target.langs, cfg.gamma_quantile, classes) if cfg.gamma_quantile
+                      else (None, {}))
+    pool = NegativePool(np.arange(len(target)), Predictions(q.argmax(-1), conf, target.langs),
+                        cfg.gamma if gamma is None else gamma, num_classes, seed=seed)
+    return pool, gamma, by_lang
+
+
+def plan_negatives(target: Encoded, index: np.ndarray, q: np.ndarray, pool: NegativePool, cfg: "CoNLConfig",
+                   generator: Optional[torch.Generator] = None,
+                   gamma: Optional[np.ndarray] = None) -> tuple[torch.Tensor, np.ndarray]:
+    """For anchors ``target[index]``: one complementary label each (Eq. 4,
+    used by the NL ablation) and K negative row indices each from the pool
+    (Eq. 5), -1 = none, drawn from the anchor's complementary set
+    (``conl.complementary``) through one shared bank per step
+    (``conl.negative_bank``). ``q`` holds the pseudo-label distribution of
+    every target row; ``gamma`` optionally one threshold per target row
+    (``conl.gamma_quantile``), else ``cfg.gamma``."""
+    q_batch = torch.as_tensor(q[index])
+    g = cfg.gamma if gamma is None else torch.as_tensor(gamma[index], dtype=q_batch.dtype)
+    comp = complementary_labels(q_batch, g, generator)  # one class: the "w/o contrastive" ablation's Eq. 1
+    if cfg.complementary == "set":
+        sets = complementary_sets(q_batch, g).numpy()
+    else:
+        sets = torch.nn.functional.one_hot(comp, q_batch.shape[-1]).bool().numpy()
+    langs = [target.langs[i] for i in index]
+    bank = (cfg.bank_per_class or cfg.num_negatives) if cfg.negative_bank == "step" else None
+    return comp, pool.draw_sets(sets, cfg.num_negatives, langs, scope=cfg.negative_scope, bank_per_class=bank)
+
+
+def build_conl_batch(target: Encoded, index: np.ndarray, comp: torch.Tensor, drawn: np.ndarray, pad_id: int,
+                     source: Optional[Encoded] = None, source_index: Optional[np.ndarray] = None) -> ConlBatch:
+    """Tokenised anchors and their negatives, each distinct negative once,
+    plus a source batch for the CLCS loss."""
+    uniq, remapped = unique_negatives(drawn)
+    batch = ConlBatch(anchors=batch_of(target, index, pad_id), complementary=comp,
+                      negatives=batch_of(target, uniq, pad_id) if len(uniq) else None,
+                      negative_index=torch.as_tensor(remapped))
+    if source is not None and source_index is not None:
+        batch.source = batch_of(source, source_index, pad_id)
+        batch.source_labels = torch.as_tensor(source.labels[source_index])
+    return batch
+
+
+def conl_step(model, batch: ConlBatch, cfg: "CoNLConfig", generator: Optional[torch.Generator] = None):
+    """Stage 1, Eq. 8: L_CL (Eq. 6) + lambda * L_CLCS (Eq. 7).
+
+    Encoder passes: the anchors twice (two dropout views: anchor and
+    positive), the unique negatives once, and the source batch once for CLCS.
+    Switches: ``use_contrastive=False`` replaces L_CL by negative learning
+    with the cross-entropy form on the target pseudo-labels (Eq. 1 with the
+    complementary labels of Eq. 4; the paper's "w/o contrastive learning");
+    ``use_clcs=False`` drops L_CLCS."""
+    logs: dict[str, float] = {}
+    if cfg.use_contrastive:
+        def space(inputs):
+            return contrast_space(model.contrast(model.embed(**inputs)), cfg.normalize)
+
+        z_anchor, z_positive = space(batch.anchors), space(batch.anchors)  # two dropout views
+        z_bank = space(batch.negatives) if batch.negatives is not None else z_anchor.new_zeros((0, z_anchor.shape[-1]))
+        index = batch.negative_index.to(z_anchor.device)
+        logits = eq6_logits(z_anchor, z_positive, z_bank, index, cfg.tau, cfg.squared_distance)
+        loss = eq6_loss(logits).mean()
+        logs["loss_cl"] = loss.item()
+        logs["negatives_missing"] = float((batch.negative_index < 0).float().mean())
+        logs["bank_size"] = float(z_bank.shape[0])
+        logs.update(eq6_effect(logits, index))
+    else:
+        logits = model(**batch.anchors)
+        loss = negative_learning_loss(logits, batch.complementary.to(logits.device)).mean()
+        logs["loss_nl_target"] = loss.item()
+    if cfg.use_clcs and batch.source is not None:
+        l_clcs = clcs_loss(model(**batch.source), batch.source_labels.to(loss.device), generator)
+        logs["loss_clcs"] = l_clcs.item()
+        loss = conl_loss(loss, l_clcs, cfg.lambda_clcs)
+    logs["loss"] = loss.item()
+    return loss, logs
+
+
+# -- the stage ---------------------------------------------------------------------------------
 
 @register("conl")
 class CoNL(StageAlgorithm):

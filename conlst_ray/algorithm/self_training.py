@@ -6,25 +6,130 @@ per selected row under a schedule sized by what was selected."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from conlst_ray.algorithm.augment import random_token_mask
 from conlst_ray.algorithm.base import StageAlgorithm
+from conlst_ray.algorithm.losses import mixup, ssl_loss, supervised_loss, unlabelled_loss
 from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching_bias
 from conlst_ray.algorithm.registry import StageData, register
-from conlst_ray.algorithm.steps import SslBatch, TokenIds, ssl_step, strong_view
 from conlst_ray.algorithm.thresholds import make_thresholds
 from conlst_ray.models.language_bias import corrected
-from conlst_ray.training.batches import to_device
+from conlst_ray.training.batches import Encoded, collate, to_device
 from conlst_ray.training.distributed import all_gather_rows, micro_batches, my_slice, world
 from conlst_ray.training.inference import predict_proba
 from conlst_ray.training.optim import linear_warmup_schedule
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
-    from conlst_ray.config.sections import Config
+    from conlst_ray.config.sections import Config, SSLConfig
 
+
+# -- one step: a batch and the model in, (loss, logs) out ---------------------------------------
+
+@dataclass
+class SslBatch:
+    """Stage-2 inputs: labelled source rows, and target rows as their strong
+    view with the pseudo-label of their weak view and the selection mask;
+    ``mixup_rows`` marks the rows whose strong view is a mixup (Eqs. 9-11)."""
+    source: dict
+    source_labels: torch.Tensor
+    strong: dict
+    pseudo_labels: torch.Tensor
+    mask: torch.Tensor
+    mixup_rows: Optional[torch.Tensor] = None
+
+
+BACKTRANSLATION, MASKING, MIXUP = "backtranslation", "masking", "mixup"
+
+
+def enabled_augmentations(cfg: "SSLConfig", have_backtranslation: bool) -> list[str]:
+    """The strong augmentations this config switches on (ablation switches)."""
+    on = {BACKTRANSLATION: cfg.use_backtranslation and have_backtranslation,
+          MASKING: cfg.use_masking and cfg.mask_rate > 0, MIXUP: cfg.use_mixup}
+    return [name for name, enabled in on.items() if enabled]
+
+
+class TokenIds(NamedTuple):
+    """The tokenizer's ids a view needs: padding, the special tokens masking
+    leaves alone, and the mask token."""
+    pad: int
+    special: Iterable[int]
+    mask: int
+
+
+def strong_view(target: Encoded, backtranslated: Optional[Encoded], index: np.ndarray, ids: TokenIds, cfg: "SSLConfig",
+                generator: Optional[torch.Generator] = None):
+    """The strong views A(x) of Eq. 14 for rows ``target[index]``.
+
+    ``ssl.augmentation=one_per_row`` (default, the paper's set-up): each row
+    gets exactly one augmentation drawn uniformly among the enabled ones --
+    its back-translation, random token masking, or mixup of its sentence
+    embedding (applied in ``ssl_step``). ``stack``: every row gets the
+    back-translation when there is one, then masking, then mixup.
+    Returns (batch, mixup_rows [B] bool, logs with each augmentation's share)."""
+    names = enabled_augmentations(cfg, backtranslated is not None)
+    n = len(index)
+    if cfg.augmentation == "stack":
+        chosen = {name: np.ones(n, dtype=bool) for name in names}
+    else:
+        draw = torch.randint(0, max(len(names), 1), (n,), generator=generator).numpy()
+        chosen = {name: draw == j for j, name in enumerate(names)}
+    use_bt = chosen.get(BACKTRANSLATION, np.zeros(n, dtype=bool))
+    rows = [(backtranslated if bt else target, i) for bt, i in zip(use_bt, index)]
+    types = None if target.token_type_ids is None else [src.token_type_ids[i] for src, i in rows]
+    view = collate([src.input_ids[i] for src, i in rows], types, ids.pad)
+    if MASKING in chosen:
+        maskable = view["attention_mask"] * torch.as_tensor(chosen[MASKING], dtype=torch.long)[:, None]
+        view["input_ids"] = random_token_mask(view["input_ids"], maskable, ids.special, ids.mask, cfg.mask_rate,
+                                              generator)
+    frozen = getattr(target, "frozen", None)
+    if frozen is not None:  # cached states of the rows' own tokens; a changed row runs the frozen layers again
+        stale = use_bt | (chosen[MASKING] if MASKING in chosen else np.zeros(n, dtype=bool))
+        view["frozen_hidden"] = frozen.padded(index, view["input_ids"].shape[1], keep=~stale)
+        view["frozen_stale"] = torch.as_tensor(stale)
+    mixup_rows = torch.as_tensor(chosen.get(MIXUP, np.zeros(n, dtype=bool)))
+    logs = {f"aug_{name}": float(chosen[name].mean()) if name in chosen else 0.0
+            for name in (BACKTRANSLATION, MASKING, MIXUP)}
+    return view, mixup_rows, logs
+
+
+def ssl_step(model, batch: SslBatch, cfg: "SSLConfig", rng: np.random.Generator):
+    """Stage 2, Eq. 12: l_sup (Eq. 13) + lambda_u * l_u (Eq. 14).
+
+    Selected rows marked in ``mixup_rows`` (two or more) have their sentence
+    embeddings mixed among themselves (Eqs. 9-11) before the classification
+    head, with one-hot pseudo-labels mixed alike; the other selected rows
+    train on their strong view as it is. The mean of l_u is over all target
+    rows of the batch (see ``unlabelled_loss``)."""
+    logs: dict[str, float] = {}
+    l_sup = supervised_loss(model(**batch.source), batch.source_labels)
+    h = model.embed(**batch.strong)
+    mask = batch.mask.to(h.device)
+    labels = batch.pseudo_labels.to(h.device)
+    mix = mask & (batch.mixup_rows.to(h.device) if batch.mixup_rows is not None else torch.zeros_like(mask))
+    if int(mix.sum()) < 2:  # mixup needs a partner
+        mix = torch.zeros_like(mask)
+    plain = mask & ~mix
+    n_rows, n_sel = mask.numel(), int(mask.sum())
+    l_u = unlabelled_loss(model.classify(h), labels, plain)
+    if mix.any():
+        y = F.one_hot(labels[mix], model.num_labels).float()
+        h_mix, y_mix, lam, _ = mixup(h[mix], y, cfg.mixup_alpha, rng)
+        l_u = l_u + unlabelled_loss(model.classify(h_mix), y_mix, torch.ones(len(y), dtype=torch.bool,
+                                                                            device=h.device), num_rows=n_rows)
+        logs["mixup_lambda"] = lam
+    loss = ssl_loss(l_sup, l_u, cfg.lambda_u)
+    logs.update({"loss": loss.item(), "loss_sup": l_sup.item(), "loss_u": l_u.item(),
+                 "selected_rate": n_sel / max(n_rows, 1)})
+    return loss, logs
+
+
+# -- the stage ---------------------------------------------------------------------------------
 
 @register("ssl")
 class SelfTraining(StageAlgorithm):

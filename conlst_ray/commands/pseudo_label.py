@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from conlst_ray.commands.common import add_ray_address, add_recompute, base_parser, entry_point, init_ray, parse
+from conlst_ray.config.stages import SOURCE
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.tables import to_markdown
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     args, cfg = parse(build_parser(), argv)
     if cfg is None:
         return 2
-    model_dir = Path(args.model_dir) if args.model_dir else RunDir.of(cfg).model("source")
+    model_dir = Path(args.model_dir) if args.model_dir else RunDir.of(cfg).model(SOURCE)
     if not (model_dir / "config.json").is_file():
         print(f"error: no model at {model_dir}; pass --model-dir or run python -m conlst_ray.run first",
               file=sys.stderr)

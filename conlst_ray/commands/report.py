@@ -133,14 +133,15 @@ def trial_models(run: RunDir) -> dict | None:
     shared zero-shot model and the trial's own stage models; None otherwise."""
     import json
 
+    from conlst_ray.config.stages import TARGET
     from conlst_ray.models.encoder import WEIGHTS_FILE
 
     if not run.trial_record.is_file():
         return None
     models = {"zero-shot": json.loads(run.trial_record.read_text())["source_model"]}
-    for name, stage in (("CoNL", "conl"), ("CoNLST", "ssl")):
-        if (run.model(stage) / WEIGHTS_FILE).is_file():
-            models[name] = str(run.model(stage))
+    for stage in TARGET:  # a trial's own stages, each named as after the one before it (CoNL, CoNLST)
+        if (run.model(stage.name) / WEIGHTS_FILE).is_file():
+            models[stage.rows[0]] = str(run.model(stage.name))
     return models
 
 

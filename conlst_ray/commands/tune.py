@@ -25,9 +25,11 @@ from conlst_ray import quiet
 from conlst_ray.commands.common import add_ray_address, base_parser, entry_point, init_ray, parse, printable
 from conlst_ray.config import ConfigError, load_config, save_config
 from conlst_ray.config.search_space import apply, parse_search_space
+from conlst_ray.config.stages import CONL
 from conlst_ray.pipeline.preflight import preflight
 from conlst_ray.pipeline.rundir import RunDir, SearchDir, trial_of_model
-from conlst_ray.pipeline.stages import stage_backtranslation, stage_corpora, stage_pseudo_labels, stage_source
+from conlst_ray.pipeline.search import tokenize_for_trials
+from conlst_ray.pipeline.stages import SharedWork, shared_work
 from conlst_ray.reporting.labelling_job import TargetPredictions
 from conlst_ray.reporting.report import accuracy_tables, calibration_report
 from conlst_ray.reporting.tables import to_markdown, write_table
@@ -151,9 +153,10 @@ def main(argv=None) -> int:
     from conlst_ray.pipeline.search import trial
     from conlst_ray.ray_jobs.tune import run_search
 
-    run, shared = shared_work(cfg, search, phases)
+    run, shared = search_shared_work(cfg, search, phases)
     with phases("trials (Ray Tune)"):
-        results = run_search(cfg, dims, trial, shared, search.storage, search.name, resume=args.resume)
+        results = run_search(cfg, dims, trial, {"shared": shared, "trials_dir": str(search.trials)}, search.storage,
+                             search.name, resume=args.resume)
     keys = [d.key for d in dims]
     md = write_trials(*trials_table(results, cfg, keys), search.root)
     if interrupted(results, cfg, dims):
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     best_cfg = apply(cfg, {k: best.config[k] for k in keys})
     save_config(best_cfg, search.best_config)
     with phases("report"):
-        table, calibration = report_best(best_cfg, run, search, shared["source_model"], best.metrics["model_dir"])
+        table, calibration = report_best(best_cfg, run, search, shared.source_model, best.metrics["model_dir"])
     print(f"\nTrials ({cfg.tune.metric}, after the last stage each reached):\n\n{md}")
     print("Best configuration (" + ", ".join(f"{k}={best.config[k]!r}" for k in keys) + f"), saved to "
           f"{search.best_config}\n")
@@ -182,31 +185,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def shared_work(cfg: "Config", search: SearchDir, phases: Phases) -> tuple[RunDir, dict]:
+def search_shared_work(cfg: "Config", search: SearchDir, phases: Phases) -> tuple[RunDir, SharedWork]:
     """The work every trial shares, once per search (and reused by --resume):
-    corpora, source model, pseudo-labels, back-translations, the trials'
-    token files; returns its run and what a trial reads."""
-    from conlst_ray.ray_jobs.train import prepare_stage_tokens
-    from conlst_ray.ray_jobs.worker import StageInputs
-
+    the pipeline's own first stages (``pipeline.stages.shared_work``) in the
+    search's shared run, then the trials' token files; returns that run and
+    what a trial starts from."""
     shared_cfg = apply(cfg, {"run_name": search.shared_run_name, "output_dir": str(search.storage)})
     run = RunDir.create(shared_cfg, resume=True)
-    with phases("shared: corpora"):
-        stage_corpora(shared_cfg, run)  # every corpus read in full: a bad row stops the search before training
-    with phases("shared: source model"):
-        source_model = stage_source(shared_cfg, run)
-    with phases("shared: pseudo-labels"):
-        corpus, labels = stage_pseudo_labels(shared_cfg, run, source_model)
-    with phases("shared: back-translations, trial tokens"):
-        translations = stage_backtranslation(shared_cfg, run, corpus)
-        # Every corpus a trial reads, tokenised here once: trials only map the files
-        # (their stages would otherwise tokenise the same rows, each trial again).
-        inputs = StageInputs(target_corpus=str(corpus), translations=str(translations) if translations else None,
-                             langs=list(cfg.data.target_langs), corpus_dir=str(run.corpus_dir))
-        prepare_stage_tokens("ssl", shared_cfg, source_model, inputs)
-    return run, {"source_model": source_model, "corpus": str(corpus), "pseudo_labels": str(labels),
-                 "translations": inputs.translations, "corpus_dir": str(run.corpus_dir),
-                 "trials_dir": str(search.trials)}
+    _, shared = shared_work(shared_cfg, run, phase=phases)
+    with phases("shared: trial tokens"):
+        tokenize_for_trials(shared_cfg, shared)
+    return run, shared
 
 
 def report_best(best_cfg, run: RunDir, search: SearchDir, source_model: str, best_model: str) -> tuple[str, str]:
@@ -217,7 +206,7 @@ def report_best(best_cfg, run: RunDir, search: SearchDir, source_model: str, bes
         table = accuracy_tables(best_cfg, search.root, models, prefix="best_")
     best_trial = trial_of_model(best_model)
     predictions = TargetPredictions(best_cfg, run, search.analysis(best_trial.root.name))
-    calibration = calibration_report(best_cfg, run, str(best_trial.model("conl")), search.root,
+    calibration = calibration_report(best_cfg, run, str(best_trial.model(CONL)), search.root,
                                      predictions=predictions)
     return table, calibration
 

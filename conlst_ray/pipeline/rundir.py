@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from conlst_ray.config import save_config, with_values
 from conlst_ray.config.provenance import DOWNSTREAM, StaleError, config_values, differences, read_json
-from conlst_ray.config.stages import SHARDED, TRAINED
+from conlst_ray.config.stages import SHARDED, SOURCE, TRAINED
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.storage import lock as run_lock
 from conlst_ray.storage import mirror as storage
@@ -127,7 +127,7 @@ class RunDir:
         """A Tune trial's record of the shared model it started from."""
         return self.root / TRIAL_RECORD
 
-    def pseudo_labels(self, name: str = "source") -> Path:
+    def pseudo_labels(self, name: str = SOURCE) -> Path:
         return self.root / "pseudo_labels" / name
 
     def translations(self, mode: str) -> Path:

@@ -14,6 +14,7 @@ rerun with ``--resume`` skips finished stages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from conlst_ray import message_prefix
 from conlst_ray.config import Config, with_values
 from conlst_ray.config.keys import get, keys
 from conlst_ray.config.provenance import spec_files, stage_fingerprint, weights_stamp
-from conlst_ray.config.stages import BACKTRANSLATION, PSEUDO_LABELS, TARGET, Stage
+from conlst_ray.config.stages import BACKTRANSLATION, CONL, PSEUDO_LABELS, SOURCE, TARGET, Stage
 from conlst_ray.data.corpora import CORPUS_FOLDERS
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
@@ -38,9 +39,9 @@ def stage_source(cfg: "Config", run: RunDir) -> str:
         log.info(f"[source] using the given checkpoint {cfg.model.source_checkpoint}")
         return _shared(run, cfg.model.source_checkpoint)
     langs = cfg.data.source_train_langs or [cfg.data.source_lang]
-    if run.begin("source", stage_fingerprint("source", cfg, spec_files(cfg.data.source_train, langs))):
-        log.info(f"[source] done already: {run.model('source')}")
-        return str(run.model("source"))
+    if run.begin(SOURCE, stage_fingerprint(SOURCE, cfg, spec_files(cfg.data.source_train, langs))):
+        log.info(f"[source] done already: {run.model(SOURCE)}")
+        return str(run.model(SOURCE))
     from conlst_ray.models.encoder import build_model, build_tokenizer
     from conlst_ray.ray_jobs.train import fit_stage
     from conlst_ray.training.optim import seed_everything
@@ -51,13 +52,13 @@ def stage_source(cfg: "Config", run: RunDir) -> str:
                                                                                               tokenizer)
     storage.publish(init)
     t0 = time.time()
-    metrics = fit_stage("source", cfg, run.stage_files("source"), str(init))
-    run.mark_done("source", {"seconds": time.time() - t0, **metrics})
+    metrics = fit_stage(SOURCE, cfg, run.stage_files(SOURCE), str(init))
+    run.mark_done(SOURCE, {"seconds": time.time() - t0, **metrics})
     kept = (f" (the best epoch is kept: {100 * metrics['best_source_dev_acc']:.1f} %)"
             if "best_source_dev_acc" in metrics else "")
     log.info(f"[source] {time.time() - t0:.1f}s, source dev accuracy "
         f"{100 * metrics.get('source_dev_acc', float('nan')):.1f} %{kept}")
-    return str(run.model("source"))
+    return str(run.model(SOURCE))
 
 
 def _shared(run: RunDir, model: str) -> str:
@@ -81,12 +82,12 @@ def stage_pseudo_labels(cfg: "Config", run: RunDir, model_dir: str) -> tuple[Pat
     corpus = run.target_corpus
     manifests = ingest_corpora(cfg.data.target_train, cfg.data.target_langs, corpus, cfg.data,
                                cfg.resources.cpus_per_task)
-    out = run.pseudo_labels("source")
+    out = run.pseudo_labels(SOURCE)
     inputs = {"model weights": weights_stamp(model_dir), "corpus": corpus_digest(manifests)}
-    if not run.begin("pseudo_labels", stage_fingerprint("pseudo_labels", cfg, inputs)):
+    if not run.begin(PSEUDO_LABELS, stage_fingerprint(PSEUDO_LABELS, cfg, inputs)):
         report = pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg,
                               recompute=run.recompute)
-        run.mark_done("pseudo_labels", {"rows": report.rows, "seconds": report.seconds}, _shards(out))
+        run.mark_done(PSEUDO_LABELS, {"rows": report.rows, "seconds": report.seconds}, _shards(out))
     return corpus, out
 
 
@@ -116,7 +117,7 @@ def _target_stage(stage: Stage, cfg: "Config", run: RunDir, model_dir: str, shar
                                             cfg.data.source_train_langs or [cfg.data.source_lang])
     if not run.begin(name, stage_fingerprint(name, cfg, inputs)):
         t0 = time.time()
-        inputs = StageInputs(target_corpus=str(corpus), corpus_dir=str(corpus.parent),
+        inputs = StageInputs(target_corpus=str(corpus), corpus_dir=shared.corpus_dir,
                              langs=list(cfg.data.target_langs), **reads)
         metrics = fit_stage(name, cfg, run.stage_files(name), model_dir, inputs)
         run.mark_done(name, {"seconds": time.time() - t0, **metrics})
@@ -135,14 +136,14 @@ def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path):
 
     out = run.translations("back")
     manifests = {lang: read_manifest(corpus, lang) for lang in cfg.data.target_langs}
-    if not run.begin("backtranslation", stage_fingerprint("backtranslation", cfg,
+    if not run.begin(BACKTRANSLATION, stage_fingerprint(BACKTRANSLATION, cfg,
                                                           {"corpus": corpus_digest(manifests)})):
         t0 = time.time()
         job = TranslationJob(cfg.translation, CachedCorpus(Path(corpus), manifests), out, "back",
                              cpus_per_task=cfg.resources.cpus_per_task, recompute=run.recompute,
                              synthetic=(cfg.data.synthetic.seed, len(cfg.data.task.labels)))
         report, fallback = translate(job)
-        run.mark_done("backtranslation", {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0},
+        run.mark_done(BACKTRANSLATION, {"rows": report.rows, "fallback": fallback, "seconds": time.time() - t0},
                       _shards(out))
     return out
 
@@ -150,11 +151,18 @@ def stage_backtranslation(cfg: "Config", run: RunDir, corpus: Path):
 @dataclass(frozen=True)
 class SharedWork:
     """What the target stages start from: the source model, the sharded
-    unlabelled target corpus, its pseudo-labels and back-translations."""
+    unlabelled target corpus, its pseudo-labels and back-translations. One
+    run's target stages, every per-language sub-run and every trial of a
+    search read the same object (``shared_work``)."""
     source_model: str
     corpus: str
     labels: str
     translations: Optional[str] = None
+
+    @property
+    def corpus_dir(self) -> str:
+        """The run's corpus cache: the token files of every corpus a target stage reads."""
+        return str(Path(self.corpus).parent)
 
 
 def target_stages(cfg: "Config", run: RunDir, shared: SharedWork,
@@ -229,16 +237,36 @@ def stage_corpora(cfg: "Config", run: RunDir) -> None:
                            cfg.resources.cpus_per_task, max_rows=cfg.data.corpus_max_rows(key.name))
 
 
+def _no_phase(name: str):
+    return contextlib.nullcontext()
+
+
+def shared_work(cfg: "Config", run: RunDir, stop_after: str | None = None,
+                phase=_no_phase) -> tuple[str, Optional[SharedWork]]:
+    """The stages before the target stages: every corpus sharded, the source
+    model, its pseudo-labels of the target rows, their back-translations.
+    Returns the source model and what the target stages start from (None
+    when the run stops after the source model). ``phase(name)``: a context
+    manager around each (the search times them)."""
+    with phase("shared: corpora"):
+        stage_corpora(cfg, run)  # every corpus read in full: a bad row stops the run before training
+    with phase("shared: source model"):
+        source_model = stage_source(cfg, run)
+    if stop_after == SOURCE:
+        return source_model, None
+    with phase("shared: pseudo-labels"):
+        corpus, labels = stage_pseudo_labels(cfg, run, source_model)
+    with phase("shared: back-translations"):
+        translations = stage_backtranslation(cfg, run, corpus) if stop_after != CONL else None
+    return source_model, SharedWork(source_model, str(corpus), str(labels), str(translations) if translations else None)
+
+
 def run_pipeline(cfg: "Config", run: RunDir, stop_after: str | None = None) -> dict:
     """Run (or resume) every stage; returns name -> model directory, or for
     per_language mode name -> {language -> model directory}."""
-    stage_corpora(cfg, run)
-    models: dict = {"zero-shot": stage_source(cfg, run)}
-    if stop_after == "source":
-        return models
-    corpus, labels = stage_pseudo_labels(cfg, run, models["zero-shot"])
-    translations = stage_backtranslation(cfg, run, corpus) if stop_after != "conl" else None
-    stages = per_language if cfg.data.target_mode == "per_language" else target_stages
-    shared = SharedWork(models["zero-shot"], str(corpus), str(labels), str(translations) if translations else None)
-    models.update(stages(cfg, run, shared, stop_after))
+    source_model, shared = shared_work(cfg, run, stop_after)
+    models: dict = {"zero-shot": source_model}
+    if shared is not None:
+        stages = per_language if cfg.data.target_mode == "per_language" else target_stages
+        models.update(stages(cfg, run, shared, stop_after))
     return models

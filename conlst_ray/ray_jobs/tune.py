@@ -64,14 +64,14 @@ def concurrency(cfg: "Config") -> int:
     return max(1, int(cpus // per_trial))
 
 
-def run_search(cfg: "Config", dims: list[Dimension], trial_fn, shared: dict, storage_path: Path, name: str,
+def run_search(cfg: "Config", dims: list[Dimension], trial_fn, trial_args: dict, storage_path: Path, name: str,
                resume: bool = False):
     """Fit (or resume) the Tuner; returns its ResultGrid. ``trial_fn(params,
-    base, shared)`` runs one trial (``pipeline/search.trial``)."""
+    base, **trial_args)`` runs one trial (``pipeline/search.trial``)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    fn = tune.with_resources(tune.with_parameters(trial_fn, base=cfg, shared=shared), trial_resources(cfg))
+    fn = tune.with_resources(tune.with_parameters(trial_fn, base=cfg, **trial_args), trial_resources(cfg))
     path = storage_path / name
     where = storage.remote(storage_path)  # object storage: Tune keeps its state there
     fs, state = (where[0], f"{where[1]}/{name}") if where else (None, str(path))

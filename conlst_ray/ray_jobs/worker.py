@@ -7,7 +7,7 @@ algorithm object (``algorithm/``, picked by name in its registry) over the
 token files the driver made, memory-mapped (no worker calls a tokenizer on
 corpus rows, and 8 workers on a node share one copy of the ids in the page
 cache), in the one step loop with the end-of-epoch hooks
-(``training/epoch_hooks``). The ``session`` says where it runs:
+(``training/loop.py``). The ``session`` says where it runs:
 
 * ``RayTrainSession``: a Ray Train worker (``train_loop_per_worker``):
   its device, DDP around the model, checkpoints reported to Ray Train and
@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import torch
 
 from conlst_ray.algorithm.registry import StageData, build_algorithm
+from conlst_ray.config.stages import CONL, SOURCE
 from conlst_ray.data.token_files import AlignedRows, TokenRows, open_token_rows
 from conlst_ray.models.card import stage_card
 from conlst_ray.models.encoder import ConlstEncoder, apply_freezing
@@ -40,17 +41,17 @@ from conlst_ray.models.tokenizers import fetch_tokenizer, keep_tokenizer_files, 
 from conlst_ray.storage import mirror as storage
 from conlst_ray.storage.files import atomic_write_bytes
 from conlst_ray.training.distributed import world
-from conlst_ray.training.epoch_hooks import (
+from conlst_ray.training.loop import (
     Checkpoint,
     EvaluateDev,
     Extra,
     KeepBestEpoch,
     LogMetrics,
+    StepModule,
     WriteThresholds,
     drop_replayed_records,
     run_epochs,
 )
-from conlst_ray.training.loop import StepModule
 from conlst_ray.training.stage_files import StageFiles
 
 if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
@@ -155,7 +156,7 @@ def read_backtranslations(tokens: dict, target: TokenRows, stamp: str) -> Option
 
 def freeze(model, cfg: "Config", stage: str) -> dict:
     """The parameters this stage trains (model.freeze_*, conl.train_classifier)."""
-    return apply_freezing(model, cfg.model, freeze_classifier=stage == "conl" and not cfg.conl.train_classifier)
+    return apply_freezing(model, cfg.model, freeze_classifier=stage == CONL and not cfg.conl.train_classifier)
 
 
 def stage_algorithm(job: StageJob, model, tokenizer, device, stamp: str):
@@ -239,7 +240,7 @@ def epoch_hooks(job: StageJob, algorithm, tokenizer, stamp: str, state: Optional
             for r, entry in zip(rows, job.tokens.get("eval", [])):
                 attach_frozen(r, entry, model, cfg, session.device)
             hooks.append(EvaluateDev(model, rows, tokenizer.pad_token_id, cfg, session.device))
-        if job.stage == "source" and cfg.source.keep_best_epoch:
+        if job.stage == SOURCE and cfg.source.keep_best_epoch:
             best = KeepBestEpoch(model, cfg, job.files.model, tokenizer,
                                  state.get("best_source_dev_acc") if state else None)
             hooks.append(best)

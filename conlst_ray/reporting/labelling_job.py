@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from conlst_ray.config.stages import PSEUDO_LABELS, SOURCE
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
@@ -52,8 +53,8 @@ class TargetPredictions:
 
         if stage in self._made:
             return self._made[stage]
-        if stage == "source" and self.run.is_done("pseudo_labels"):
-            table = read_outputs(self.run.pseudo_labels("source"))
+        if stage == SOURCE and self.run.is_done(PSEUDO_LABELS):
+            table = read_outputs(self.run.pseudo_labels(SOURCE))
         elif not storage.exists(self.run.target_corpus) or not model:
             return None
         elif self.corpus.num_rows <= DRIVER_INFERENCE_ROWS:

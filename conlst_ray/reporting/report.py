@@ -13,7 +13,7 @@ import numpy as np
 
 from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
-from conlst_ray.config.stages import STAGES, TARGET
+from conlst_ray.config.stages import CONL, PSEUDO_LABELS, SOURCE, STAGES, TARGET
 from conlst_ray.data.corpora import eval_corpus
 from conlst_ray.models.language_bias import by_language
 from conlst_ray.models.tokenizers import tokenizer_stamp
@@ -159,8 +159,8 @@ def finished_models(cfg: "Config", run: RunDir) -> dict:
     """Row name -> model directory (per_language mode: -> {lang: directory})
     for every finished stage of the run."""
     models: dict = {}
-    if cfg.model.source_checkpoint or run.is_done("source"):
-        models["zero-shot"] = cfg.model.source_checkpoint or str(run.model("source"))
+    if cfg.model.source_checkpoint or run.is_done(SOURCE):
+        models["zero-shot"] = cfg.model.source_checkpoint or str(run.model(SOURCE))
     earlier = False  # a target stage before it is on: CoNLST after CoNL, self-training alone (config/stages.py)
     for record in TARGET:
         if not enabled(cfg, record):
@@ -197,8 +197,8 @@ def calibration_report(cfg: "Config", run: RunDir, conl, out: Path,
     from conlst_ray.ray_jobs.sharded import read_outputs
     from conlst_ray.reporting.figures import class_histograms, confidence_histograms
 
-    before_dir = run.pseudo_labels("source")
-    if not conl or not run.is_done("pseudo_labels"):
+    before_dir = run.pseudo_labels(SOURCE)
+    if not conl or not run.is_done(PSEUDO_LABELS):
         log.info("[report] calibration skipped: the run has no CoNL model or no initial pseudo-labels")
         return None
     predictions = predictions or TargetPredictions(cfg, run)
@@ -206,7 +206,7 @@ def calibration_report(cfg: "Config", run: RunDir, conl, out: Path,
     if not any(label >= 0 for label in corpus.column("label").to_pylist()):
         log.info("[report] calibration skipped: the target corpus carries no gold labels")
         return None
-    after_table = predictions.of("conl", conl)
+    after_table = predictions.of(CONL, conl)
     langs = list(cfg.data.target_langs)
     before_table = read_outputs(before_dir)
     write_table(out / "calibration_transitions", *band_transitions(before_table, after_table, corpus, langs),
