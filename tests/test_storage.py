@@ -122,7 +122,7 @@ def test_a_restarted_worker_drops_replayed_and_cut_records(tmp_path):
     steps = "".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3))
     (tmp_path / "steps.jsonl").write_text(steps + '{"step": 4, "lo')
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n" + json.dumps({"epoch": 1}) + "\n")
-    drop_replayed_records((tmp_path / "metrics.jsonl", tmp_path / "steps.jsonl"), step=2, epoch=1)
+    drop_replayed_records(tmp_path / "metrics.jsonl", tmp_path / "steps.jsonl", step=2, epoch=1)
     assert [json.loads(x)["step"] for x in (tmp_path / "steps.jsonl").read_text().splitlines()] == [1, 2]
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
 

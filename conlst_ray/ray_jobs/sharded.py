@@ -129,7 +129,7 @@ def run_sharded_job(job: ShardedJob, on_progress: Optional[Callable[[JobReport],
         ds = job.stages(ds).map_batches(write_parts, batch_format="pyarrow", batch_size=None,
                                         num_cpus=job.cpus_per_task, fn_kwargs={"tmp_root": str(tmp_root)})
         batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
-    _collect(batches, expected, (tmp_root, out_root), report, JobProgress(job.name, on_progress))
+    _collect(batches, expected, tmp_root, out_root, report, JobProgress(job.name, on_progress))
     missing = [k for k in expected if k not in report.computed]
     if missing:
         raise RuntimeError(f"{job.name} ended with incomplete shards: {missing[:5]}")
@@ -159,10 +159,9 @@ def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
     return expected, files
 
 
-def _collect(batches, expected: dict, roots: tuple, report: JobReport, progress: Callable) -> None:
+def _collect(batches, expected: dict, tmp_root: Path, out_root: Path, report: JobReport, progress: Callable) -> None:
     """Count the rows written per shard (``batches``: tables of shard, rows);
     a shard is finalized (merged, renamed into place) once all its rows are written."""
-    tmp_root, out_root = roots
     t0 = time.time()
     counts = dict.fromkeys(expected, 0)
     for batch in batches:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +32,9 @@ from conlst_ray.models.translation import (
 from conlst_ray.ray_jobs.corpus_cache import CachedCorpus
 from conlst_ray.ray_jobs.sharded import JobReport, ShardedJob, run_sharded_job
 from conlst_ray.storage import mirror as storage
+
+if TYPE_CHECKING:  # for annotations only: a run-time import could point up the layers
+    from conlst_ray.config.sections import TranslationConfig
 
 TEXT_COLUMNS = ["id", "lang", "pos", "text", "text_pair", "label"]
 
@@ -90,7 +93,7 @@ def _table(out: dict) -> pa.Table:
     return pa.table({k: pa.array(v, pa.string()) if k in ("text", "text_pair") else v for k, v in out.items()})
 
 
-def resolve_family(tr_cfg) -> str:
+def resolve_family(tr_cfg: "TranslationConfig") -> str:
     """The code table, read from the model's config when family is 'auto'
     (cheap: no weights are loaded)."""
     if not tr_cfg.model:
@@ -115,7 +118,7 @@ class TranslationJob:
     """Back-translate (mode 'back') every language of ``corpus``, or
     translate its rows (mode 'train', labelled source rows) into ``targets``,
     with the model of ``tr_cfg`` (the config's translation section)."""
-    tr_cfg: object
+    tr_cfg: "TranslationConfig"      # the config's translation section
     corpus: CachedCorpus
     out_root: Path
     mode: str = "back"

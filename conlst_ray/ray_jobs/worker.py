@@ -47,6 +47,7 @@ from conlst_ray.training.loop import (
     Extra,
     KeepBestEpoch,
     LogMetrics,
+    StartAt,
     StepModule,
     WriteThresholds,
     drop_replayed_records,
@@ -192,15 +193,15 @@ def run_stage(job: StageJob, session) -> dict:
     tokenizer, frozen, stamp, algorithm = build_stage(job, session.device)
     model = algorithm.model
     runner = session.wrap(StepModule(model, cfg.resources.precision))
-    start, state = (0, 0), session.restore()
+    start, state = StartAt(), session.restore()
     if state is not None:
         algorithm.load_state_dict(state)
-        start = (state["epoch"] + 1, state["step"])
+        start = StartAt(state["epoch"] + 1, state["step"])
     logs_out = [storage.here(job.files.metrics), storage.here(job.files.steps)] if rank == 0 else []
     for path in logs_out:  # a restarted worker may sit on another node: its records are in storage
         storage.fetch(path)
     if logs_out:
-        drop_replayed_records(tuple(logs_out), start[1], start[0])
+        drop_replayed_records(*logs_out, step=start.step, epoch=start.epoch)
     hooks, best = epoch_hooks(job, algorithm, tokenizer, stamp, state, session, frozen)
     with storage.PublishEvery(logs_out):
         record = run_epochs(algorithm, runner, hooks, start=start, prefetch_depth=cfg.resources.prefetch_batches,

@@ -51,7 +51,7 @@ class FrozenRun:
     """How the frozen layers are run: the lower ``layers`` of the encoder, on
     ``device``, at ``precision`` (which is also the storage precision)."""
     layers: int
-    device: object = "cpu"
+    device: str | torch.device = "cpu"
     precision: str = "fp32"
     batch_size: int = 64
 

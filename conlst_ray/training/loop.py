@@ -23,7 +23,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Optional, Protocol
 
 import numpy as np
 import torch
@@ -144,12 +144,23 @@ class EpochHook(Protocol):
     def after_epoch(self, epoch: int, step: int, record: dict) -> None: ...
 
 
-def run_epochs(algorithm, runner, hooks: Iterable[EpochHook], *, start=(0, 0), prefetch_depth: int = 2,
+class StartAt(NamedTuple):
+    """Where a stage (re)starts: its first epoch and the optimizer steps done
+    before it (a restored checkpoint's, or none)."""
+    epoch: int = 0
+    step: int = 0
+
+
+FROM_THE_START = StartAt()
+
+
+def run_epochs(algorithm, runner, hooks: Iterable[EpochHook], *, start: StartAt = FROM_THE_START,
+               prefetch_depth: int = 2,
                steps_file: Optional[Path] = None, before_step: Optional[Callable[[int], None]] = None) -> dict:
-    """The algorithm's epochs from ``start`` = (epoch, optimizer step), each
-    followed by the hooks in order; returns the last epoch's record."""
+    """The algorithm's epochs from ``start``, each followed by the hooks in
+    order; returns the last epoch's record."""
     hooks, record = list(hooks), {}
-    for epoch, step, logs in fit(algorithm, runner, start_epoch=start[0], step=start[1],
+    for epoch, step, logs in fit(algorithm, runner, start_epoch=start.epoch, step=start.step,
                                  prefetch_depth=prefetch_depth, steps_file=steps_file, before_step=before_step):
         record = {"stage": algorithm.name, "epoch": epoch, "step": step, **logs}
         for hook in hooks:
@@ -249,13 +260,12 @@ class Checkpoint:
         self.session.report(state, record)
 
 
-def drop_replayed_records(logs: tuple[Path, Path], step: int, epoch: int) -> None:
+def drop_replayed_records(metrics: Path, steps: Path, step: int, epoch: int) -> None:
     """On (re)start, keep only the records the restored checkpoint covers:
-    in ``logs`` = (metrics file, steps file), epochs before ``epoch`` and
-    steps up to ``step``. The steps after the checkpoint run again and would
-    otherwise be logged twice. A line cut short (a log uploaded to object
+    in ``metrics``, epochs before ``epoch``; in ``steps``, steps up to
+    ``step``. The steps after the checkpoint run again and would otherwise be
+    logged twice. A line cut short (a log uploaded to object
     storage while it was being written, then the worker died) is dropped too."""
-    metrics, steps = logs
     for path, keep in ((steps, lambda r: r.get("step", 0) <= step),
                        (metrics, lambda r: r.get("epoch", -1) < epoch)):
         if not path.is_file():
