@@ -19,7 +19,7 @@ import torch
 from conlst_ray.commands.common import init_ray
 from conlst_ray.config import with_values
 from conlst_ray.data.corpora import CORPUS_FOLDERS
-from conlst_ray.models.language_bias import by_language
+from conlst_ray.models.language_bias import correct_by_language
 from conlst_ray.pipeline.rundir import RunDir, stage_files
 
 
@@ -120,7 +120,7 @@ def score(shared: Shared, model, bias: Optional[dict] = None) -> dict:
 
     q = _q(shared, model, shared.test)
     if bias:
-        q = by_language(q, shared.test.langs, bias)
+        q = correct_by_language(q, shared.test.langs, bias)
     out = {lang: 100 * acc for lang, acc in accuracy_by_language(q, shared.test).items()}
     pred, gold = q.argmax(-1), shared.test.labels
     targets = np.isin(np.asarray(shared.test.langs), list(shared.cfg.data.target_langs))

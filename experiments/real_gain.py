@@ -187,7 +187,7 @@ def run_seed(cfg, rows: list[Row], out: Path, budget_s: float, t_start: float, r
         q = h.target_predictions(shared, model)
         bias = h.prior_bias(shared, q, prior) if prior else None
         if bias:
-            q = h.by_language(q, shared.target.langs, bias)
+            q = h.correct_by_language(q, shared.target.langs, bias)
         shared.predictions[name] = q.argmax(-1)
         scores = h.score(shared, model, bias)
         agree = float((q.argmax(-1) == shared.predictions[start]).mean()) if start else None

@@ -30,7 +30,7 @@ from pathlib import Path
 from conlst_ray.config import load_config
 from conlst_ray.models.e5 import E5_LABEL
 from conlst_ray.pipeline.rundir import RunDir
-from conlst_ray.reporting.tables import read_rows, write_language_table
+from conlst_ray.reporting.tables import read_table, write_language_table
 from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,11 +94,11 @@ def accuracy_table(cfg, out: Path, docs: Path) -> str:
     from conlst_ray.reporting.report import evaluate
 
     results = {}
-    for row in read_rows(RunDir(out / "conlst").accuracy_table("dev")):
+    for row in read_table(RunDir(out / "conlst").accuracy_table("dev")):
         results[row["model"]] = _accs(row)
     for run_name, (label, row_name) in SELF_TRAINING_RUNS.items():
         path = RunDir(out / run_name).accuracy_table("dev")
-        for row in read_rows(path) if path.is_file() else []:
+        for row in read_table(path) if path.is_file() else []:
             if row["model"] == row_name:
                 results[label] = _accs(row)
     results["translate-train source (CoNLST-MT base)"] = evaluate(cfg, str(RunDir(out / "mt").model("source")))
@@ -183,7 +183,7 @@ def write_doc(cfg, out: Path, docs: Path, overrides: str, per_lang: int) -> None
         (docs / "figures" / "real_xnli_calibration.png").write_bytes(hist.read_bytes())
     costs = [RunDir(out / name).results / "stage_costs.csv" for name in ("conlst", "selftrain", "conlst_cq",
                                                                      "selftrain_cq")]
-    seconds = sum(float(r["seconds"]) for path in costs if path.is_file() for r in read_rows(path))
+    seconds = sum(float(r["seconds"]) for path in costs if path.is_file() for r in read_table(path))
     mt_done = RunDir(out / "mt").done_file("source")
     mt_seconds = json.loads(mt_done.read_text())["seconds"] if mt_done.is_file() else 0.0
     seconds += mt_seconds

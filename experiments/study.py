@@ -33,7 +33,7 @@ from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.ablation import ablation_table, final_row, read_avg
 from conlst_ray.reporting.analysis import CALIBRATION_HEADER, calibration_markdown
 from conlst_ray.reporting.report import full_report
-from conlst_ray.reporting.tables import read_rows, to_markdown
+from conlst_ray.reporting.tables import read_table, to_markdown
 from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def language_table(rows: dict[str, list[tuple[Path, str]]], split: str, langs: l
     for name, runs in rows.items():
         per_run = []
         for run_dir, row in runs:
-            per_run += [r for r in read_rows(RunDir(run_dir).results / f"accuracy_{split}.csv") if r["model"] == row]
+            per_run += [r for r in read_table(RunDir(run_dir).results / f"accuracy_{split}.csv") if r["model"] == row]
         out.append([name] + [mean_std([float(r[c]) for r in per_run]) for c in langs + ["avg"]])
     return to_markdown(header, out)
 
@@ -127,7 +127,7 @@ def mean_calibration(run_dirs: list[Path], after_name: str) -> str:
     """Table 4 averaged over seeds (counts and accuracies are means)."""
     acc: dict[tuple, list] = {}
     for run_dir in run_dirs:
-        for r in read_rows(RunDir(run_dir).results / "calibration.csv"):
+        for r in read_table(RunDir(run_dir).results / "calibration.csv"):
             acc.setdefault((r["lang"], r["band"]), []).append(
                 [float(r[k] or "nan") for k in ("count_before", "acc_before", "count_after", "acc_after")])
     rows = []
@@ -141,7 +141,7 @@ def band_change(run_dirs: list[Path], band: str) -> tuple[float, float]:
     """Mean over seeds and target languages of a band's accuracy before and after."""
     before, after = [], []
     for run_dir in run_dirs:
-        for r in read_rows(RunDir(run_dir).results / "calibration.csv"):
+        for r in read_table(RunDir(run_dir).results / "calibration.csv"):
             if r["band"] == band and r["acc_before"] and r["acc_after"]:
                 before.append(float(r["acc_before"]))
                 after.append(float(r["acc_after"]))
@@ -179,7 +179,7 @@ def transitions_table(groups: dict[str, list[Path]]) -> str:
         by_lang: dict[str, list] = {}
         for d in run_dirs:
             ensure_transitions(d)
-            for r in read_rows(RunDir(d).results / "calibration_transitions.csv"):
+            for r in read_table(RunDir(d).results / "calibration_transitions.csv"):
                 by_lang.setdefault(r["lang"], []).append(
                     [float(r[k]) if r[k] not in ("", "nan") else np.nan for k in
                      ("high_before", "wrong_in_high", "wrong_left_high", "right_left_high", "entered_high",
@@ -253,7 +253,7 @@ def sensitivity_table(groups: dict[str, list[Path]]) -> str:
         if not run_dirs:
             continue
         hb, ha = band_change(run_dirs, "high")
-        counts = [float(r["count_after"]) for d in run_dirs for r in read_rows(RunDir(d).results / "calibration.csv")
+        counts = [float(r["count_after"]) for d in run_dirs for r in read_table(RunDir(d).results / "calibration.csv")
                   if r["band"] == "high"]
         rows.append([name, mean_std([read_avg(d, "test", "CoNL") for d in run_dirs]),
                      mean_std([read_avg(d, "test", "CoNLST") for d in run_dirs]), f"{hb:.1f} -> {ha:.1f}",

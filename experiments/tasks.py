@@ -24,7 +24,7 @@ import numpy as np
 
 from conlst_ray.config import load_config
 from conlst_ray.pipeline.rundir import RunDir
-from conlst_ray.reporting.tables import read_rows, to_markdown
+from conlst_ray.reporting.tables import read_table, to_markdown
 from conlst_ray.storage.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def own_class_shares(run_dir: Path) -> tuple[float, float, float]:
 
 def section(title: str, run_dir: Path) -> str:
     results = RunDir(run_dir).results
-    rows = {r["model"]: r for r in read_rows(results / "accuracy_test.csv")}
+    rows = {r["model"]: r for r in read_table(results / "accuracy_test.csv")}
     shown = run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir
     parts = [f"## {title}", "", f"Run: `{shown}`.", "", "Accuracy (%), test:", "",
              (results / "accuracy_test.md").read_text()]

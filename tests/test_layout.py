@@ -274,3 +274,20 @@ def test_no_stage_name_is_spelled_outside_the_table_and_the_registry():
     assert stage_spellings(ROOT / "config" / "stages.py", NAMES) == []  # the table names them by value only
     # the check sees a spelling where there is one: the tests name stages as a user does
     assert stage_spellings(ROOT.parent / "tests" / "test_train_stages.py", NAMES)
+
+
+# the same name on purpose: every command has its own; the Auto-class registration keeps the class name a
+# saved config.json names; the API's run(config path, overrides) faces the library's run(cfg)
+SAME_NAME_ON_PURPOSE = {"main", "build_parser", "check_arguments", "ConlstForSequenceClassification", "run"}
+
+
+def test_each_public_name_is_defined_once():
+    """A reader who greps a name finds one definition: no two modules of the
+    package define the same public function or class."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    twice = {name: paths for name, paths in where.items() if len(paths) > 1 and name not in SAME_NAME_ON_PURPOSE}
+    assert not twice, twice

@@ -5,7 +5,7 @@ it is given, a correction touches only its own language's rows."""
 import numpy as np
 
 from conlst_ray.algorithm.prior import em_bias, em_prior, matching_bias
-from conlst_ray.models.language_bias import by_language, corrected
+from conlst_ray.models.language_bias import correct_by_language, corrected
 
 
 def calibrated_posteriors(prior, n=6000, seed=0, separation=1.2):
@@ -53,11 +53,11 @@ def test_the_matching_bias_makes_the_mean_posterior_the_prior_it_is_given():
 
 def test_a_correction_touches_only_the_rows_of_its_language():
     q = np.array([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], dtype=np.float32)
-    out = by_language(q, ["fr", "en", "fr"], {"fr": [1.0, 0.0, 0.0]})
+    out = correct_by_language(q, ["fr", "en", "fr"], {"fr": [1.0, 0.0, 0.0]})
     np.testing.assert_array_equal(out[1], q[1])
     assert out[0].argmax() == 0 and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-6)
-    assert by_language(q, ["fr"] * 3, {}) is q
+    assert correct_by_language(q, ["fr"] * 3, {}) is q
 
 
 def test_bbse_recovers_a_skewed_prior_from_a_miscalibrated_model_where_em_does_not():

@@ -78,7 +78,7 @@ def keys(cls, prefix: str = "", sections: bool = False) -> Iterator[Key]:
             yield Key(f"{prefix}{name}", field, False)
 
 
-def find(cls, dotted: str) -> Key:
+def find_key(cls, dotted: str) -> Key:
     for key in keys(cls, sections=True):
         if key.name == dotted:
             return key

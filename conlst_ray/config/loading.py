@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from conlst_ray.config.keys import base_type, find, get, keys
+from conlst_ray.config.keys import base_type, find_key, get, keys
 from conlst_ray.config.sections import Config, ConfigError
 from conlst_ray.storage.files import atomic_write_text
 from conlst_ray.storage.mirror import mask_secrets
@@ -93,7 +93,7 @@ def _one_line(cls, error: dict, origin: str = "") -> ConfigError:
     if kind == "value_error" and isinstance((error.get("ctx") or {}).get("error"), ConfigError):
         return error["ctx"]["error"]  # a section's own check (data.task) says it best
     try:
-        field = find(cls, key)
+        field = find_key(cls, key)
     except KeyError:
         return ConfigError(f"{key or 'config'}: {error['msg']}")
     if kind == "finite_number":
@@ -165,7 +165,7 @@ def parse_override(text: str, cls=Config) -> tuple[list[str], Any]:
 
 def _is_text_key(cls, key: str) -> bool:
     try:
-        return base_type(find(cls, key).field.annotation) is str
+        return base_type(find_key(cls, key).field.annotation) is str
     except KeyError:  # an unknown key: named when the config is built
         return False
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from conlst_ray.config.keys import base_type, find, keys
+from conlst_ray.config.keys import base_type, find_key, keys
 from conlst_ray.config.loading import with_values
 from conlst_ray.config.sections import Config, ConfigError
 
@@ -98,7 +98,7 @@ def parse_search_space(space: dict, base: Config) -> list[Dimension]:
 
 def _is_int_key(base: Config, key: str) -> bool:
     """Whether the config key holds an integer (Optional[int] included)."""
-    return base_type(find(type(base), key).field.annotation) is int
+    return base_type(find_key(type(base), key).field.annotation) is int
 
 
 def _number(where: str, name: str, value) -> float:

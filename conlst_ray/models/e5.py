@@ -50,7 +50,7 @@ def is_e5_name(name: Optional[str]) -> bool:
     return name == E5_NAME
 
 
-def cache_root() -> Path:
+def e5_cache_dir() -> Path:
     """``$CONLST_RAY_CACHE`` or ``~/.cache/conlst_ray``."""
     return Path(os.environ.get("CONLST_RAY_CACHE") or Path.home() / ".cache" / "conlst_ray")
 
@@ -293,7 +293,7 @@ def trusted(out_dir: Path, bin_path: Path) -> bool:
 def ensure_converted(cache_dir: str | os.PathLike | None = None) -> Path:
     """The converted directory, converting on first use."""
     bin_path = bundled_file()
-    out = Path(cache_dir) if cache_dir else cache_root()
+    out = Path(cache_dir) if cache_dir else e5_cache_dir()
     out = out / f"{E5_NAME}-q4-dequantised"
     if trusted(out, bin_path):
         return out

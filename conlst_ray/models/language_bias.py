@@ -22,7 +22,7 @@ def corrected(q: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return reweighted(q, np.exp(np.asarray(bias, dtype=np.float64)))
 
 
-def by_language(q: np.ndarray, langs, bias: dict) -> np.ndarray:
+def correct_by_language(q: np.ndarray, langs, bias: dict) -> np.ndarray:
     """Each row's posteriors corrected with its language's bias; rows of a
     language without one (the source language) are left as they are."""
     if not bias:

@@ -285,9 +285,9 @@ def check_cache_dir(cfg: "Config") -> list[str]:
     """multilingual-e5-small is converted into model.cache_dir on first use."""
     if cfg.model.name_or_path != "multilingual-e5-small" or cfg.model.source_checkpoint:
         return []
-    from conlst_ray.models.e5 import cache_root
+    from conlst_ray.models.e5 import e5_cache_dir
 
-    problem = writable_dir_problem("model.cache_dir", cfg.model.cache_dir or cache_root())
+    problem = writable_dir_problem("model.cache_dir", cfg.model.cache_dir or e5_cache_dir())
     return [problem] if problem else []
 
 

@@ -9,19 +9,19 @@ import numpy as np
 
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.reporting.selection import SUFFIX
-from conlst_ray.reporting.tables import read_rows, write_table
+from conlst_ray.reporting.tables import read_table, write_table
 
 
 def final_row(run_dir: Path) -> str:
     """The last trained model of a run's table: its CoNLST (or self-training,
     or CoNL) row, not a class-prior correction of it (name it to compare those)."""
-    names = [r["model"] for r in read_rows(RunDir(run_dir).accuracy_table("dev"))]
+    names = [r["model"] for r in read_table(RunDir(run_dir).accuracy_table("dev"))]
     return [n for n in names if not n.endswith(SUFFIX)][-1]
 
 
 def read_avg(run_dir: Path, split: str, row: str) -> float:
     path = RunDir(run_dir).accuracy_table(split)
-    for r in read_rows(path):
+    for r in read_table(path):
         if r["model"] == row:
             return float(r["avg"])
     raise ValueError(f"{path}: no row named {row!r}")

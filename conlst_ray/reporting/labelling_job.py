@@ -75,7 +75,7 @@ def _labels_by_job(cfg: "Config", run: RunDir, model, out: Path) -> Path:
     from conlst_ray.ray_jobs.pseudo_label import CachedCorpus, pseudo_label
 
     corpus = run.target_corpus
-    for lang, model_dir in by_language(model):
+    for lang, model_dir in models_by_language(model):
         langs = [lang] if lang else list(cfg.data.target_langs)
         manifests = {code: read_manifest(corpus, code) for code in langs}
         pseudo_label(model_dir, CachedCorpus(Path(corpus), manifests), out, cfg, recompute=True)
@@ -89,13 +89,13 @@ def _labels_in_driver(cfg: "Config", corpus, model):
     import pyarrow.compute as pc
 
     from conlst_ray.models.encoder import ConlstEncoder
-    from conlst_ray.models.language_bias import by_language as correct_by_language
+    from conlst_ray.models.language_bias import correct_by_language
     from conlst_ray.models.tokenizers import open_tokenizer
     from conlst_ray.training.batches import encode_table
     from conlst_ray.training.inference import default_device, predict_proba
 
     parts = []
-    for lang, model_dir in by_language(model):
+    for lang, model_dir in models_by_language(model):
         rows = corpus if lang is None else corpus.filter(pc.equal(corpus.column("lang"), lang))
         tokenizer = open_tokenizer(model_dir)
         encoder = ConlstEncoder.load(model_dir)
@@ -108,6 +108,6 @@ def _labels_in_driver(cfg: "Config", corpus, model):
     return pa.concat_tables(parts)
 
 
-def by_language(model) -> list[tuple]:
+def models_by_language(model) -> list[tuple]:
     """(language, model directory) pairs; language None = one model for all."""
     return list(model.items()) if isinstance(model, dict) else [(None, model)]

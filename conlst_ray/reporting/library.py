@@ -101,12 +101,12 @@ def result_of(cfg: "Config", run_dir: RunDir, models: dict, report: str = "") ->
     """The RunResult of a run directory's finished stages and report."""
     from conlst_ray.reporting.prior import saved_candidates
     from conlst_ray.reporting.report import with_corrected
-    from conlst_ray.reporting.tables import read_rows
+    from conlst_ray.reporting.tables import read_table
 
     record = run_dir.handed_back_record
     chosen = json.loads(record.read_text()) if record.is_file() else {}
     accuracy = {split: {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
-                        for r in read_rows(run_dir.accuracy_table(split))}
+                        for r in read_table(run_dir.accuracy_table(split))}
                 for split in ("dev", "test") if run_dir.accuracy_table(split).is_file()}
     seconds = {}
     for stage in NAMES:

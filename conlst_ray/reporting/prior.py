@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from conlst_ray.algorithm.prior import class_shares, em_bias, em_prior, matching_bias
-from conlst_ray.models.language_bias import by_language
+from conlst_ray.models.language_bias import correct_by_language
 from conlst_ray.reporting.selection import STAGE_OF, SUFFIX, TRAINED
 from conlst_ray.reporting.tables import write_table
 
@@ -126,7 +126,7 @@ def derived_predictions(table, bias: dict):
     import pyarrow as pa
 
     col = table.column("q").combine_chunks()
-    q = by_language(col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1),
+    q = correct_by_language(col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1),
                     table.column("lang").to_pylist(), bias).astype(np.float32)
     return pa.table({"id": table.column("id"), "lang": table.column("lang"),
                      "pseudo_label": q.argmax(-1).astype("int64"), "confidence": q.max(-1),

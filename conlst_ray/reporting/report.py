@@ -15,7 +15,7 @@ from conlst_ray.config import with_values
 from conlst_ray.config.provenance import digest
 from conlst_ray.config.stages import CONL, PSEUDO_LABELS, SOURCE, STAGES, TARGET
 from conlst_ray.data.corpora import eval_corpus
-from conlst_ray.models.language_bias import by_language
+from conlst_ray.models.language_bias import correct_by_language
 from conlst_ray.models.tokenizers import tokenizer_stamp
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.pipeline.stages import enabled
@@ -56,7 +56,7 @@ def evaluate(cfg: "Config", model_dir: str, split: str = "dev", by_class: dict |
     model = ConlstEncoder.load(model_dir)
     _with_frozen_states(cfg, model, data)
     q = predict_proba(model, data, pad_id, cfg.source.eval_batch_size, default_device(), cfg.resources.precision)
-    q = by_language(q, data.langs, model.language_bias)  # a prior-corrected model: its correction per language
+    q = correct_by_language(q, data.langs, model.language_bias)  # a prior-corrected model: its correction per language
     if by_class is not None:
         target = np.isin(np.asarray(data.langs), list(cfg.data.target_langs))
         by_class.update(zip(cfg.data.task.labels, recall_by_class(q.argmax(-1)[target], data.labels[target],

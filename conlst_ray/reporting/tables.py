@@ -34,7 +34,7 @@ def to_csv(header: list, rows: list) -> str:
     return buf.getvalue()
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_table(path: str | Path) -> list[dict]:
     """The rows of a CSV table this module wrote, as dicts of strings."""
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -57,13 +57,13 @@ class Classifier:
 
     def proba_of(self, table, batch_size: int = 64) -> np.ndarray:
         """[N, C] probabilities of the rows of a corpus table (the readers' schema)."""
-        from conlst_ray.models.language_bias import by_language
+        from conlst_ray.models.language_bias import correct_by_language
         from conlst_ray.training.batches import encode_table
         from conlst_ray.training.inference import predict_proba
 
         data = encode_table(self.tokenizer, table, self.max_length)
         q = predict_proba(self.model, data, self.tokenizer.pad_token_id, batch_size, self.device)
-        return by_language(q, table.column("lang").to_pylist(), self.language_bias)
+        return correct_by_language(q, table.column("lang").to_pylist(), self.language_bias)
 
     @property
     def language_bias(self) -> dict:
