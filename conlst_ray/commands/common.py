@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from conlst_ray.config import ConfigError, config_help, load_config
-from conlst_ray.pipeline.errors import disk_full, find_user_error, one_line, printable
+from conlst_ray.pipeline.errors import failure_line, printable
 from conlst_ray.pipeline.ray_setup import init_ray, quiet_ray_loggers
 from conlst_ray.storage.mirror import credentials_problem, mask_secrets
 
@@ -63,16 +63,12 @@ def guarded(main: Callable[[list], int], argv: Optional[list] = None,
     except BaseException as exc:  # noqa: BLE001 -- classified below, re-raised when not ours
         if isinstance(exc, SystemExit):
             raise
-        cause = find_user_error(exc)
-        full = disk_full(exc) if cause is None else None
-        if (cause is None and full is None) or debug:
+        # a full disk says where the run stopped and how to continue it, as after Ctrl+C
+        found = failure_line(exc, where_stopped or (lambda: ""))
+        if found is None or debug:
             raise
         keep_traceback(exc)
-        if full:  # where the run stopped and how to continue it, as after Ctrl+C
-            where = where_stopped() if where_stopped else ""
-            print(printable(f"error: {full}{'; ' + where if where else ''}"), file=sys.stderr)
-        else:
-            print(f"error: {one_line(cause)}", file=sys.stderr)
+        print(f"error: {found[0]}", file=sys.stderr)
         return 2
     finally:
         from conlst_ray.storage.lock import release_all

@@ -7,7 +7,7 @@ line; the library raises it as ``RunError``."""
 from __future__ import annotations
 
 import errno
-from typing import Optional
+from typing import Callable, Optional
 
 from conlst_ray.config import ConfigError
 from conlst_ray.config.provenance import StaleError
@@ -88,6 +88,22 @@ def disk_full(exc: BaseException) -> Optional[str]:
     where = f" writing {full.filename}" if full.filename else ""
     return (f"no space left on the device{where} ({full.strerror}): free space there, or set output_dir "
             f"(or model.cache_dir) to a larger disk")
+
+
+def failure_line(exc: BaseException, where_stopped: Callable[[], str]) -> Optional[tuple[str, str]]:
+    """The one line a failure is to its user, and where the run stopped:
+    the user error behind ``exc``, or a full disk with where the run stopped
+    and how to continue it (``where_stopped()``); None for anything else,
+    which is a bug to show whole. The command prints the line after
+    ``error: ``; the library raises it as RunError."""
+    cause = find_user_error(exc)
+    if cause is not None:
+        return one_line(cause), ""
+    full = disk_full(exc)
+    if full is None:
+        return None
+    where = where_stopped()
+    return printable(f"{full}{'; ' + where if where else ''}"), where
 
 
 LINE_CHARS = 2000  # an error line longer than this is cut (a value quoted in it may be huge)

@@ -110,6 +110,10 @@ class RunDir:
     def done_file(self, stage: str) -> Path:
         return self.root / stage / DONE_FILE
 
+    def done_record(self, stage: str) -> dict | None:
+        """What a finished stage recorded (its seconds, metrics, outputs); None when it has not finished."""
+        return read_json(storage.fetch(self.done_file(stage)))
+
     @property
     def handed_back(self) -> Path:
         return self.root / MODEL
@@ -231,14 +235,15 @@ class RunDir:
         damaged one (its model deleted or cut short) is removed, with the
         stages that read it, and runs again."""
         path = self.root / name
-        if self.is_done(name) and name in SHARDED and (problem := self.damage(name)):
-            # its output is made shard by shard: redo the damaged ones, and the stages after it keep
-            # their results (they depend on what made the shards, which has not changed)
-            log.info(f"[{name}] {problem}: computing the missing or damaged shards again")
-            storage.remove(self.done_file(name))
-        elif self.is_done(name) and (problem := self.damage(name)):
-            log.info(f"[{name}] {problem}; training it again, and the stages after it")
-            self._remove(path)
+        if self.is_done(name) and (problem := self.damage(name)):  # checked once: it reads every output
+            if name in SHARDED:
+                # its output is made shard by shard: redo the damaged ones, and the stages after it keep
+                # their results (they depend on what made the shards, which has not changed)
+                log.info(f"[{name}] {problem}: computing the missing or damaged shards again")
+                storage.remove(self.done_file(name))
+            else:
+                log.info(f"[{name}] {problem}; training it again, and the stages after it")
+                self._remove(path)
         old = read_json(storage.fetch(path / FINGERPRINT_FILE))
         if (old is not None or self.is_done(name)) and differences(old, fingerprint):
             changed = differences(old, fingerprint)
@@ -275,11 +280,8 @@ class RunDir:
         the stage's job computes it again); None when all are whole."""
         from conlst_ray.storage import integrity
 
-        recorded = (read_json(storage.fetch(self.done_file(name))) or {}).get(OUTPUTS, [])
-        for relative in recorded:
-            shard = self.root / relative
-            if problem := integrity.damage(shard):
-                integrity.discard(shard)
+        for relative in (self.done_record(name) or {}).get(OUTPUTS, []):
+            if problem := integrity.discard_if_damaged(self.root / relative):
                 return f"{Path(relative).parent}/{problem}"
         return None
 

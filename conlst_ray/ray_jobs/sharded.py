@@ -147,9 +147,8 @@ def _pending_shards(job: ShardedJob, report: JobReport) -> tuple[dict, dict]:
         for shard in manifest["shards"]:
             name = f"{Path(shard['file']).stem}.parquet"
             key, output = f"lang={lang}/{Path(shard['file']).stem}", lang_dir(Path(job.out_root), lang) / name
-            if name in finished and (problem := integrity.damage(output)):
+            if name in finished and (problem := integrity.discard_if_damaged(output)):
                 log.info(f"[{job.name}] {lang}: {problem}: computing that shard again")
-                integrity.discard(output)
                 finished.discard(name)
             if name in finished:
                 report.skipped.append(key)

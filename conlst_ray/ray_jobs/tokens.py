@@ -89,10 +89,10 @@ def tokenize_corpus(root: str | Path, langs: list[str], tokenizer_dir: str, max_
         storage.publish(recorded)
         done = set(storage.listdir(dst_dir))
         for s in shards:
-            if token_file(out, s).name in done and (problem := integrity.damage(token_file(out, s))):
+            made = token_file(out, s)
+            if made.name in done and (problem := integrity.discard_if_damaged(made)):
                 log.info(f"[tokenize] {lang}: {problem}: tokenising that shard again")
-                integrity.discard(token_file(out, s))
-                done.discard(token_file(out, s).name)
+                done.discard(made.name)
         pending += [(str(s), str(token_file(out, s))) for s in shards if token_file(out, s).name not in done]
     if pending:
         task = corpus_task(tokenize_shard, cpus_per_task, max_retries=1)

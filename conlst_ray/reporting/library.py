@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from conlst_ray.config.stages import NAMES
-from conlst_ray.pipeline.errors import RunError, RunInterrupted, disk_full, find_user_error, one_line
+from conlst_ray.pipeline.errors import RunError, RunInterrupted, failure_line
 from conlst_ray.pipeline.rundir import RunDir
 from conlst_ray.storage import mirror as storage
 
@@ -67,12 +67,9 @@ def _raise_as_run_error(exc: Exception, state: dict, command: Sequence[str], cfg
     (or a full disk); returns for anything else, which is re-raised as it is."""
     if isinstance(exc, RunError):
         return
-    cause = find_user_error(exc)
-    full = disk_full(exc) if cause is None else None
-    if cause is None and full is None:
-        return
-    where = where_it_stopped(state["run"], command, cfg) if full and "run" in state else ""
-    raise RunError(f"{full}{'; ' + where if where else ''}" if full else one_line(cause), where) from exc
+    found = failure_line(exc, lambda: where_it_stopped(state["run"], command, cfg) if "run" in state else "")
+    if found is not None:
+        raise RunError(*found) from exc
 
 
 def _run(cfg: "Config", resume: bool, recompute: bool, address: Optional[str], stop_after: Optional[str],
@@ -108,11 +105,8 @@ def result_of(cfg: "Config", run_dir: RunDir, models: dict, report: str = "") ->
     accuracy = {split: {r["model"]: {k: float(v) for k, v in r.items() if k != "model" and v != ""}
                         for r in read_table(run_dir.accuracy_table(split))}
                 for split in ("dev", "test") if run_dir.accuracy_table(split).is_file()}
-    seconds = {}
-    for stage in NAMES:
-        done = storage.fetch(run_dir.done_file(stage))
-        if done.is_file():
-            seconds[stage] = float(json.loads(done.read_text()).get("seconds", float("nan")))
+    seconds = {stage: float(done.get("seconds", float("nan"))) for stage in NAMES
+               if (done := run_dir.done_record(stage)) is not None}
     return RunResult(run_dir.root, run_dir.handed_back if chosen else None, chosen.get("stage"),
                      chosen.get("reason", ""), with_corrected(models, saved_candidates(run_dir, models)),
                      accuracy, seconds, report)

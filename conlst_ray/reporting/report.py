@@ -4,7 +4,6 @@ commands/report.py for the list of files)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -237,10 +236,9 @@ def stage_costs(cfg: "Config", run: RunDir, out: Path) -> str | None:
     rows = []
     for prefix, root in roots:
         for stage, batch_of in ((s.name, s.batch_section) for s in STAGES):
-            done = storage.fetch(RunDir(root).done_file(stage))
-            if not done.is_file():
+            info = RunDir(root).done_record(stage)
+            if info is None:
                 continue
-            info = json.loads(done.read_text())
             seconds = float(info.get("seconds", float("nan")))
             if batch_of:
                 work = int(info.get("step", 0)) * getattr(cfg, batch_of).batch_size

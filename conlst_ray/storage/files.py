@@ -4,6 +4,7 @@ safetensors file cut short (written before that was so) from a whole one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -101,7 +102,7 @@ def safetensors_problem(path: Path) -> str | None:
     for name, t in header.items():
         try:
             begin, stop = (int(x) for x in t["data_offsets"])
-            want = DTYPE_BYTES[t["dtype"]] * _product(t["shape"])
+            want = DTYPE_BYTES[t["dtype"]] * math.prod(int(d) for d in t["shape"])
         except (KeyError, TypeError, ValueError):
             return f"its weights ({path.name}) are unreadable (tensor {name!r} badly described)"
         if stop - begin != want:
@@ -112,10 +113,3 @@ def safetensors_problem(path: Path) -> str | None:
         how = "cut short" if size < 8 + n + end else "longer than its tensors (bytes appended)"
         return f"its weights ({path.name}) are {how}: {size} bytes, its header declares {8 + n + end}"
     return None
-
-
-def _product(shape) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out

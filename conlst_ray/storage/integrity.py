@@ -78,6 +78,15 @@ def damage(path: str | os.PathLike, data=None) -> Optional[str]:
     return None
 
 
+def discard_if_damaged(path: str | os.PathLike) -> Optional[str]:
+    """``damage(path)``, and a damaged file discarded so that its cache
+    computes it again; None (the file kept) when it is whole."""
+    problem = damage(path)
+    if problem:
+        discard(path)
+    return problem
+
+
 def discard(path: str | os.PathLike) -> None:
     """Remove a damaged file and its seal (so that its cache rebuilds it)."""
     for p in (Path(path), seal_path(path)):
